@@ -1,0 +1,40 @@
+r"""Elman cell math shared by the BPTT scan and the probes.
+
+Conventions (row vectors, time-major): for one layer with input ``x_t`` (B, I) and state
+``h_{t-1}`` (B, H),
+
+    a_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh,      h_t = φ(a_t),
+    J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh.
+
+Both supported nonlinearities let φ'(a_t) be read off h_t alone (tanh: 1 - h_t²; ReLU:
+[h_t > 0], with φ'(0) = 0 as in PyTorch), so nothing but the outputs need be kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnprobe.errors import RnnprobeError
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+def check_nonlinearity(nonlinearity: str) -> str:
+    """Return ``nonlinearity`` if supported, else raise a one-line error naming the choices."""
+    if nonlinearity not in NONLINEARITIES:
+        raise RnnprobeError(
+            f"unknown nonlinearity {nonlinearity!r}; choose one of {', '.join(NONLINEARITIES)}"
+        )
+    return nonlinearity
+
+
+def activate_(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """Apply φ in place to pre-activations ``a`` and return it."""
+    return a.tanh_() if nonlinearity == "tanh" else a.relu_()
+
+
+def derivative_from_output(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """Return φ'(a) computed from h = φ(a), same shape as ``h``."""
+    if nonlinearity == "tanh":
+        return torch.mul(h, h).neg_().add_(1.0)  # one buffer, no temporaries
+    return (h > 0).to(h.dtype)

@@ -1,0 +1,249 @@
+r"""Text corpora for language-model runs: loading, vocabulary, encoding, train/validation split.
+
+A corpus is a text file (``--corpus PATH``, UTF-8) or the built-in offline corpus ``stdlib``:
+the Python standard library's own ``.py`` sources, read in sorted path order and capped in
+size, so every machine with the same Python sees the same text and no network is needed.
+
+Token ids are ``int64``; the ids ``0`` and ``1`` are reserved for ``<pad>`` and ``<unk>``,
+the rest follow in sorted token order. The vocabulary is built from the training split only,
+so validation tokens never seen in training encode as ``<unk>``.
+
+Loss units: a mean cross-entropy ``ℓ`` in nats per token gives ``bpc = ℓ / ln 2`` and
+perplexity ``e^ℓ``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sysconfig
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rnnprobe.errors import RnnprobeError
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+STDLIB = "stdlib"
+DEFAULT_STDLIB_CHARS = 2_000_000  # ~2 MB: large enough for char LMs, reads in well under 1 s
+LEVELS = ("char", "word")
+Level = Literal["char", "word"]
+
+# Words, runs of whitespace, or any other single character: every character falls in exactly
+# one class, so joining the tokens gives back the text.
+_WORD_PATTERN = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def read_text_file(path: str | os.PathLike[str], *, max_chars: int | None = None) -> str:
+    """Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given)."""
+    p = Path(path)
+    if not p.exists():
+        raise RnnprobeError(f"corpus file not found: {p}")
+    if p.is_dir():
+        raise RnnprobeError(f"corpus path is a directory, not a text file: {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise RnnprobeError(f"cannot read corpus file {p}: {err.strerror or err}") from None
+    if not data:
+        raise RnnprobeError(f"corpus file is empty: {p}")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise RnnprobeError(f"corpus file looks binary (NUL byte at byte offset {nul}): {p}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        raise RnnprobeError(
+            f"corpus file is not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}): {p}"
+        ) from None
+    if not text.strip():
+        raise RnnprobeError(f"corpus file has no text, only whitespace: {p}")
+    return text if max_chars is None else text[:max_chars]
+
+
+def stdlib_source_files() -> list[Path]:
+    """Return the standard library's ``.py`` files sorted by relative POSIX path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise RnnprobeError(f"the Python standard library directory is missing: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Installed packages differ between machines; caches are not source.
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "__pycache__")]
+        found.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
+    return sorted(found, key=lambda f: f.relative_to(root).as_posix())
+
+
+def read_stdlib_text(max_chars: int = DEFAULT_STDLIB_CHARS) -> str:
+    """Return the first ``max_chars`` characters of the stdlib sources, joined in path order.
+
+    Files that are not valid UTF-8 (or contain NUL bytes) are skipped.
+    """
+    if max_chars < 1:
+        raise RnnprobeError(f"stdlib corpus size must be at least 1 character, got {max_chars}")
+    parts: list[str] = []
+    total = 0
+    for path in stdlib_source_files():
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "\x00" in text or not text:
+            continue
+        parts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    if not parts:
+        raise RnnprobeError("the stdlib corpus is empty: no readable .py files in the stdlib")
+    return "".join(parts)[:max_chars]
+
+
+def read_corpus_text(source: str | os.PathLike[str], *, max_chars: int | None = None) -> str:
+    """Return the text of ``source``: ``"stdlib"`` for the built-in corpus, else a file path.
+
+    A file actually named ``stdlib`` can be given as ``./stdlib``.
+    """
+    if isinstance(source, str) and source == STDLIB:
+        return read_stdlib_text(DEFAULT_STDLIB_CHARS if max_chars is None else max_chars)
+    return read_text_file(source, max_chars=max_chars)
+
+
+def tokenize(text: str, level: Level = "char") -> list[str]:
+    """Return the tokens of ``text``: characters, or words/whitespace runs/punctuation."""
+    check_level(level)
+    return list(text) if level == "char" else _WORD_PATTERN.findall(text)
+
+
+def check_level(level: str) -> str:
+    """Return ``level`` if it is a known tokenisation level, else raise a one-line error."""
+    if level not in LEVELS:
+        raise RnnprobeError(f"unknown tokenisation level {level!r}; choose one of char, word")
+    return level
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """A token ↔ id table: ``tokens[i]`` has id ``i``; ``<pad>`` and ``<unk>`` come first."""
+
+    tokens: tuple[str, ...]
+    level: Level = "char"
+
+    @classmethod
+    def build(cls, text: str, level: Level = "char", *, max_size: int | None = None) -> Vocab:
+        """Return the vocabulary of ``text``; ``max_size`` keeps the most frequent tokens.
+
+        ``max_size`` counts the two reserved symbols; ties in frequency break by token order.
+        """
+        counts = Counter(tokenize(text, level))
+        counts.pop(PAD, None)
+        counts.pop(UNK, None)
+        kept = sorted(counts)
+        if max_size is not None:
+            if max_size < 3:
+                raise RnnprobeError(f"vocabulary max_size must be at least 3, got {max_size}")
+            kept = sorted(sorted(kept, key=lambda t: -counts[t])[: max_size - 2])
+        return cls((PAD, UNK, *kept), level)
+
+    def __post_init__(self) -> None:
+        check_level(self.level)
+        object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Return the ids of ``text`` as an int64 tensor of shape (N,); unknown tokens → 1."""
+        index: dict[str, int] = self._index  # type: ignore[attr-defined]
+        ids = [index.get(t, UNK_ID) for t in tokenize(text, self.level)]
+        return torch.tensor(ids, dtype=torch.int64)
+
+    def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
+        """Return the text of ids (N,); pads are dropped, unknown tokens show as ``<unk>``."""
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return "".join(self.tokens[i] for i in values if i != PAD_ID)
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """An encoded corpus: ``train`` (N_train,) and ``valid`` (N_valid,) int64 ids, on CPU."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    vocab: Vocab
+    source: str
+
+    @property
+    def vocab_size(self) -> int:
+        """Return the number of token ids, reserved symbols included."""
+        return len(self.vocab)
+
+
+def split_text(text: str, valid_fraction: float = 0.1) -> tuple[str, str]:
+    """Return ``(train, valid)``: the last ``valid_fraction`` of the characters is validation."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise RnnprobeError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    cut = len(text) - int(len(text) * valid_fraction)
+    return text[:cut], text[cut:]
+
+
+def build_corpus(
+    source: str | os.PathLike[str],
+    *,
+    level: Level = "char",
+    valid_fraction: float = 0.1,
+    max_chars: int | None = None,
+    max_vocab: int | None = None,
+) -> Corpus:
+    """Return the encoded corpus read from ``source`` (a path or ``"stdlib"``)."""
+    text = read_corpus_text(source, max_chars=max_chars)
+    return corpus_from_text(
+        text, level=level, valid_fraction=valid_fraction, max_vocab=max_vocab, source=str(source)
+    )
+
+
+def corpus_from_text(
+    text: str,
+    *,
+    level: Level = "char",
+    valid_fraction: float = 0.1,
+    max_vocab: int | None = None,
+    source: str = "<text>",
+) -> Corpus:
+    """Return ``text`` split, with a vocabulary from the training part, and encoded."""
+    if not text:
+        raise RnnprobeError(f"corpus {source} is empty")
+    train_text, valid_text = split_text(text, valid_fraction)
+    vocab = Vocab.build(train_text, level, max_size=max_vocab)
+    train = vocab.encode(train_text)
+    if train.numel() < 2:
+        raise RnnprobeError(
+            f"corpus {source} is too short: its training split has {train.numel()} token(s)"
+        )
+    return Corpus(train, vocab.encode(valid_text), vocab, source)
+
+
+def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
+    """Return the entropy in nats/token of the token frequencies in ``ids`` (N,)."""
+    if ids.numel() == 0:
+        raise RnnprobeError("cannot compute the unigram entropy of an empty corpus")
+    p = torch.bincount(ids, minlength=vocab_size).double() / ids.numel()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def bits_per_char(nats: float) -> float:
+    """Return a loss in nats per token as bits per token (bpc for character models)."""
+    return nats / math.log(2.0)
+
+
+def perplexity(nats: float) -> float:
+    """Return the perplexity ``e^nats`` of a mean cross-entropy in nats per token."""
+    return math.exp(nats)

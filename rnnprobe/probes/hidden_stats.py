@@ -1,0 +1,96 @@
+r"""Per-step statistics of one layer's hidden states h (T, B, H): scale, saturation, dimension.
+
+Convention: time-major ``h`` (T, B, H) = φ(a_t) for t = 1 … T, with φ' read off h
+(:func:`rnnprobe.cell.derivative_from_output`). A unit passes (almost) no gradient at (t, b)
+when φ'(a_t) < ``threshold``: for tanh that is *saturation* (|h| close to 1), for ReLU it is
+*inactivity* (h = 0, φ' = 0 < any positive threshold). A unit is *dead* when that holds at
+every (t, b) of the batch. The effective dimensionality is the participation ratio of the
+covariance C of the states pooled over batch and time,
+
+    PR = (Σ_i λ_i)² / Σ_i λ_i² = tr(C)² / ‖C‖_F²  ∈ [1, H],
+
+H for isotropic states, 1 when they vary along a single direction (NaN if they do not vary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rnnprobe.cell import check_nonlinearity, derivative_from_output
+from rnnprobe.errors import RnnprobeError
+
+
+@dataclass(frozen=True)
+class HiddenStats:
+    """Per-step (T,) tensors, plus two whole-batch scalars (0-d tensors).
+
+    ``mean``, ``std`` over batch and units (population std); ``mean_norm`` = mean over batch of
+    ‖h_t‖₂; ``mean_phi_prime``; ``saturated_fraction`` (tanh, else None) / ``inactive_fraction``
+    (ReLU, else None) = fraction of (b, unit) with φ' < threshold; ``dead_fraction`` = fraction
+    of units blocked at every (t, b); ``participation_ratio`` of the pooled covariance.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    mean_norm: torch.Tensor
+    mean_phi_prime: torch.Tensor
+    saturated_fraction: torch.Tensor | None
+    inactive_fraction: torch.Tensor | None
+    dead_fraction: torch.Tensor
+    participation_ratio: torch.Tensor
+
+    def rows(self) -> list[dict]:
+        """Return tidy rows: {t, quantity, value} per step, {quantity, value} for the scalars."""
+        per_step = {
+            "hidden_mean": self.mean,
+            "hidden_std": self.std,
+            "hidden_mean_norm": self.mean_norm,
+            "mean_phi_prime": self.mean_phi_prime,
+            "saturated_fraction": self.saturated_fraction,
+            "inactive_fraction": self.inactive_fraction,
+        }
+        rows = [
+            {"t": t, "quantity": name, "value": v}
+            for name, series in per_step.items()
+            if series is not None
+            for t, v in enumerate(series.detach().cpu().tolist())
+        ]
+        rows.append({"quantity": "dead_fraction", "value": float(self.dead_fraction)})
+        rows.append({"quantity": "participation_ratio", "value": float(self.participation_ratio)})
+        return rows
+
+
+def participation_ratio(states: torch.Tensor) -> torch.Tensor:
+    """Return tr(C)² / ‖C‖_F² of the covariance of ``states`` (N, H) over its N rows, 0-d."""
+    centred = states - states.mean(0)
+    cov = centred.mT @ centred / max(states.shape[0] - 1, 1)  # (H, H)
+    return cov.diagonal().sum() ** 2 / (cov * cov).sum()
+
+
+def hidden_state_stats(
+    h: torch.Tensor, nonlinearity: str, *, threshold: float = 0.05
+) -> HiddenStats:
+    """Return :class:`HiddenStats` of one layer's outputs ``h`` (T, B, H)."""
+    check_nonlinearity(nonlinearity)
+    if h.ndim != 3 or 0 in h.shape:
+        raise RnnprobeError(
+            f"hidden states must be a non-empty (T, B, H) tensor, got {tuple(h.shape)}"
+        )
+    if not 0 < threshold <= 1:
+        raise RnnprobeError(f"threshold must lie in (0, 1], got {threshold}")
+    T, B, H = h.shape  # steps, batch, hidden units
+    phi_prime = derivative_from_output(h, nonlinearity)
+    blocked = phi_prime < threshold  # (T, B, H)
+    blocked_fraction = blocked.flatten(1).to(h.dtype).mean(1)  # (T,)
+    return HiddenStats(
+        mean=h.mean((1, 2)),
+        std=h.flatten(1).std(1, correction=0),
+        mean_norm=h.norm(dim=2).mean(1),
+        mean_phi_prime=phi_prime.mean((1, 2)),
+        saturated_fraction=blocked_fraction if nonlinearity == "tanh" else None,
+        inactive_fraction=blocked_fraction if nonlinearity == "relu" else None,
+        dead_fraction=blocked.all(0).all(0).to(h.dtype).mean(),
+        participation_ratio=participation_ratio(h.reshape(T * B, H)),
+    )

@@ -1,0 +1,85 @@
+"""When a probe fires: every step, every k steps, log-spaced, or never; and cheap defaults.
+
+Parsed from short strings: ``"always"``, ``"never"``, ``"every:K"`` (steps 0, K, 2K, …) and
+``"log:BASE"`` (step 0 and the steps ⌈BASE^n⌉, n = 0, 1, …; ``log:2`` fires at 0, 1, 2, 4, 8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rnnprobe.errors import RnnprobeError
+
+ScheduleKind = Literal["always", "never", "every", "log"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A firing rule: ``kind`` and its ``period`` (K for 'every', BASE for 'log')."""
+
+    kind: ScheduleKind = "always"
+    period: float = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("always", "never", "every", "log"):
+            raise RnnprobeError(
+                f"unknown schedule kind {self.kind!r}; use always, never, every, log"
+            )
+        if self.kind == "every" and (self.period < 1 or self.period != int(self.period)):
+            raise RnnprobeError(f"'every' needs a whole number of steps ≥ 1, got {self.period}")
+        if self.kind == "log" and not self.period > 1:
+            raise RnnprobeError(f"'log' needs a base greater than 1, got {self.period}")
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        """Return the schedule written as 'always', 'never', 'every:K' or 'log:BASE'."""
+        kind, _, arg = text.strip().partition(":")
+        if kind in ("always", "never") and not arg:
+            return cls(kind)
+        if kind in ("every", "log") and arg:
+            try:
+                value = float(arg)
+            except ValueError:
+                raise RnnprobeError(f"schedule {text!r} needs a number after ':'") from None
+            return cls(kind, value)
+        raise RnnprobeError(f"bad schedule {text!r}; use always, never, every:K or log:BASE")
+
+    def fires(self, step: int) -> bool:
+        """Return whether the probe runs at ``step`` (0-based)."""
+        if step < 0:
+            raise RnnprobeError(f"step must be non-negative, got {step}")
+        if self.kind in ("always", "never"):
+            return self.kind == "always"
+        if self.kind == "every":
+            return step % int(self.period) == 0
+        if step == 0:
+            return True
+        n = math.floor(math.log(step, self.period))
+        return any(math.ceil(self.period**p - 1e-9) == step for p in (n - 1, n, n + 1) if p >= 0)
+
+    def __str__(self) -> str:
+        if self.kind in ("always", "never"):
+            return self.kind
+        return f"{self.kind}:{self.period:g}"
+
+
+@dataclass(frozen=True)
+class ProbeCadence:
+    """Cheap defaults: how often each probe fires and on how many sequences."""
+
+    # O(T·B·H), cheaper than the step itself.
+    hidden_stats: Schedule = field(default_factory=lambda: Schedule.parse("every:10"))
+    # Dense spectra cost ~4 ms per 256² sample and grow as H³.
+    jacobian: Schedule = field(default_factory=lambda: Schedule.parse("log:2"))
+    # One GEMM and one thin QR per step per sequence; informative early, slow to change later.
+    lyapunov: Schedule = field(default_factory=lambda: Schedule.parse("log:2"))
+    # ~2T thin QRs per sweep per sequence, a few sweeps.
+    products: Schedule = field(default_factory=lambda: Schedule.parse("log:4"))
+    # Sequences (batch columns) the Jacobian-based probes see: slice h[:, :sub_batch].
+    sub_batch: int = 4
+    # (t, b) pairs sampled for one-step Jacobian spectra.
+    jacobian_samples: int = 8
+    # Lyapunov / product directions (top-k); full spectra only on request.
+    directions: int = 16

@@ -1,0 +1,500 @@
+"""Run record store: writes and reads one training run's files, atomically and incrementally.
+
+A run directory holds::
+
+    config.json                         the complete resolved config
+    status.json                         {"status", "step", "error", "updated"}
+    tables/<table>/part-000000.parquet  tidy rows, one part per flush, read in sequence order
+    checkpoints/step-<step>.pt          the last ``keep_checkpoints`` training states
+
+Every file appears by ``os.replace`` of a fsynced temporary in the same directory, so a kill -9
+loses at most the rows appended since the last :meth:`RunStore.flush` and never leaves a
+half-written file under a name a reader looks at. Temporary names start with ``.`` and contain
+``.tmp-``; readers ignore them and :meth:`RunStore.open_for_resume` deletes them.
+
+Resume contract: :meth:`RunStore.save_checkpoint` flushes every table and stores each table's
+next part number inside the checkpoint; :meth:`RunStore.open_for_resume` deletes the parts
+numbered at or after those counters, so rerunning the steps after the checkpoint reproduces the
+records of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rnnprobe.errors import RnnprobeError
+
+__all__ = [
+    "STANDARD_TABLES",
+    "STATUSES",
+    "Checkpoint",
+    "Run",
+    "RunStore",
+    "is_run_dir",
+    "load_run",
+    "read_table",
+]
+
+STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+
+# The tables the training loop writes, column -> meaning; one row per (step, layer, ...) key.
+STANDARD_TABLES: dict[str, dict[str, str]] = {
+    "steps": {
+        "step": "optimizer step, counted from 1 (int)",
+        "loss": "training loss of the batch (float)",
+        "metric": "task metric of the batch: accuracy or bits per character (float)",
+        "grad_norm_pre_clip": "global gradient 2-norm before clipping (float)",
+        "grad_norm_post_clip": "global gradient 2-norm after clipping (float)",
+        "clipped": "whether clipping changed the gradient (bool)",
+        "lr": "learning rate used for the step (float)",
+        "tokens": "tokens seen so far, including this batch (int)",
+        "seconds": "wall-clock seconds since the run started (float)",
+    },
+    "adjoints": {
+        "step": "optimizer step (int)",
+        "layer": "layer index, 0 = closest to the input (int)",
+        "t": "time index within the sequence (int)",
+        "adjoint_norm": "batch-mean ‖δ_t‖ = ‖∂L/∂h_t‖, total gradient reaching h_t (float)",
+        "direct_norm": "batch-mean ‖∂L_t/∂h_t‖ from the output at t alone (float)",
+        "recurrent_norm": "batch-mean ‖δ_{t+1} J_{t+1}‖ carried back from t+1 (float)",
+        "grad_w_hh_norm": "‖contribution of time t to ∇W_hh‖ (float)",
+        "grad_w_ih_norm": "‖contribution of time t to ∇W_ih‖ (float)",
+    },
+    "hidden": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "t": "time index (int)",
+        "mean": "mean of h_t over batch and units (float)",
+        "std": "standard deviation of h_t over batch and units (float)",
+        "norm": "batch-mean ‖h_t‖ (float)",
+        "saturation": "fraction of tanh units with |h| > 0.99 (float)",
+        "inactive": "fraction of ReLU units with h = 0 (float)",
+        "mean_phi_prime": "mean of φ'(a_t) over batch and units (float)",
+    },
+    "spectra": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "quantity": "which spectrum, e.g. 'w_hh_singular', 'jacobian_singular' (str)",
+        "index": "rank of the value, 0 = largest (int)",
+        "value": "the singular value or eigenvalue modulus (float)",
+    },
+    "lyapunov": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "index": "rank of the exponent, 0 = largest (int)",
+        "exponent": "finite-time Lyapunov exponent per time step (float)",
+    },
+    "reach": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "source": "time of the loss term the gradient starts from (int)",
+        "t": "time of the hidden state it reaches (int)",
+        "distance": "source - t (int)",
+        "norm": "batch-mean ‖∂L_source/∂h_t‖ (float)",
+    },
+    "events": {
+        "step": "optimizer step (int)",
+        "kind": "event kind, e.g. 'diverged', 'nan_loss', 'resumed' (str)",
+        "message": "one human-readable line (str)",
+    },
+}
+
+Rows = Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PART_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
+_TMP_MARK = ".tmp-"
+
+
+@dataclass
+class Checkpoint:
+    """A training state saved by :meth:`RunStore.save_checkpoint`."""
+
+    step: int
+    state: dict
+    table_parts: dict[str, int]  # table -> number of parts that existed when it was saved
+
+
+@dataclass
+class Run:
+    """One run's records as read from disk."""
+
+    path: Path
+    config: dict
+    status: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Return the named table, or an empty one if the run never wrote it."""
+        if name not in self.tables:
+            return _empty_table(name)
+        return self.tables[name]
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Return whether ``path`` is a directory holding a ``config.json`` written by the store."""
+    return (Path(path) / "config.json").is_file()
+
+
+def load_run(path: str | os.PathLike, tables: Iterable[str] | None = None) -> Run:
+    """Return the run at ``path`` with ``tables`` (default: all it wrote) read eagerly."""
+    path = Path(path)
+    if not is_run_dir(path):
+        raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+    config = _read_json(path / "config.json")
+    status_path = path / "status.json"
+    status = _read_json(status_path) if status_path.is_file() else {}
+    names = _table_names(path) if tables is None else list(tables)
+    return Run(path, config, status, {name: read_table(path, name) for name in names})
+
+
+def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
+    """Return the named table of the run at ``path``: its parts concatenated in order."""
+    parts = _part_files(Path(path) / "tables" / _check_table_name(name))
+    if not parts:
+        return _empty_table(name)
+    tables = [pq.read_table(p) for p in parts.values()]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+class RunStore:
+    """Writer for one run directory; use :meth:`create` or :meth:`open_for_resume`."""
+
+    def __init__(self, path: Path, *, keep_checkpoints: int = 2) -> None:
+        if keep_checkpoints < 1:
+            raise RnnprobeError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
+        self.path = path
+        self.keep_checkpoints = keep_checkpoints
+        self.checkpoint: Checkpoint | None = None  # the one resumed from, if any
+        self._next_part: dict[str, int] = {}
+        self._schemas: dict[str, pa.Schema] = {}
+        self._pending: dict[str, list[pa.Table]] = {}
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        config: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        keep_checkpoints: int = 2,
+    ) -> RunStore:
+        """Return a store for a new run at ``path`` with ``config.json`` and a running status.
+
+        An existing run, or a non-empty directory, is refused unless ``overwrite``; then only
+        the store's own files are removed and anything else in the directory is left alone.
+        """
+        path = Path(path)
+        payload = _config_json(config)  # before touching the disk, so a bad config leaves none
+        if path.exists() and not path.is_dir():
+            raise RnnprobeError(f"{path} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                what = "holds a run" if is_run_dir(path) else "is not empty and not a run"
+                raise RnnprobeError(f"{path} {what}; pass overwrite to replace it")
+            _remove_store_files(path)
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path, keep_checkpoints=keep_checkpoints)
+        store.set_status("running", step=0)
+        # config.json last: its presence is what marks a complete run directory.
+        _atomic_write_bytes(path / "config.json", payload)
+        return store
+
+    @classmethod
+    def open_for_resume(
+        cls,
+        path: str | os.PathLike,
+        *,
+        keep_checkpoints: int = 2,
+        map_location: str | torch.device = "cpu",
+    ) -> RunStore:
+        """Return a store continuing the run at ``path`` from its latest checkpoint.
+
+        Deletes temporaries and every table part written after that checkpoint (all parts if
+        there is none); the checkpoint is available as ``store.checkpoint``.
+        """
+        path = Path(path)
+        if not is_run_dir(path):
+            raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+        store = cls(path, keep_checkpoints=keep_checkpoints)
+        _remove_temporaries(path)
+        store.checkpoint = store.load_latest_checkpoint(map_location=map_location)
+        kept = store.checkpoint.table_parts if store.checkpoint else {}
+        for name in sorted(set(_table_names(path)) | set(kept)):
+            parts = _part_files(path / "tables" / name)
+            keep = kept.get(name, 0)
+            if any(seq not in parts for seq in range(keep)):
+                raise RnnprobeError(f"{path}: table {name!r} lost parts saved at the checkpoint")
+            for seq, part in parts.items():
+                if seq >= keep:
+                    part.unlink()
+            store._next_part[name] = keep
+        return store
+
+    @property
+    def config(self) -> dict:
+        """Return the run's config as stored in ``config.json``."""
+        return _read_json(self.path / "config.json")
+
+    def set_status(self, status: str, step: int, error: str | None = None) -> None:
+        """Write ``status.json`` atomically with the current time."""
+        if status not in STATUSES:
+            raise RnnprobeError(f"unknown status {status!r}; choose one of {', '.join(STATUSES)}")
+        record = {
+            "status": status,
+            "step": int(step),
+            "error": error,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _atomic_write_bytes(self.path / "status.json", json.dumps(record, indent=2).encode())
+
+    def append(self, table: str, rows: Rows) -> None:
+        """Buffer rows for ``table``: a list of dicts, or a dict of columns (scalars broadcast).
+
+        Every row of a table must have the same columns; the first append fixes them.
+        """
+        piece = _to_arrow(_check_table_name(table), rows)
+        if piece.num_rows == 0:
+            return
+        schema = self._schema(table)
+        if schema is not None:
+            piece = _conform(table, piece, schema)
+        self._schemas[table] = piece.schema
+        self._pending.setdefault(table, []).append(piece)
+
+    def flush(self) -> None:
+        """Write each table's buffered rows as one new Parquet part."""
+        for table, pieces in self._pending.items():
+            if not pieces:
+                continue
+            # Earlier pieces may hold all-null columns that later ones gave a type.
+            data = pa.concat_tables(pieces, promote_options="permissive").cast(self._schemas[table])
+            directory = self.path / "tables" / table
+            directory.mkdir(parents=True, exist_ok=True)
+            seq = self._next_part.get(table, 0)
+            _atomic_write(directory / _part(seq), partial(pq.write_table, data))
+            self._next_part[table] = seq + 1
+            pieces.clear()
+
+    def save_checkpoint(self, state: dict, step: int) -> Path:
+        """Return the path of a new checkpoint of ``state`` at ``step``, flushing tables first.
+
+        ``state`` must hold only tensors, dicts, lists, ints, floats, bools and strings, so
+        that it loads with ``weights_only=True``. Keeps the newest ``keep_checkpoints``.
+        """
+        self.flush()
+        directory = self.path / "checkpoints"
+        directory.mkdir(exist_ok=True)
+        record = {"step": int(step), "state": state, "table_parts": dict(self._next_part)}
+        target = directory / f"step-{int(step)}.pt"
+        _atomic_write(target, lambda f: torch.save(record, f))
+        for old in list(_checkpoint_files(directory).values())[: -self.keep_checkpoints]:
+            old.unlink()
+        return target
+
+    def load_latest_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
+        """Return the checkpoint with the highest step, or None if there is none."""
+        files = _checkpoint_files(self.path / "checkpoints")
+        if not files:
+            return None
+        record = torch.load(files[max(files)], map_location=map_location, weights_only=True)
+        return Checkpoint(record["step"], record["state"], dict(record["table_parts"]))
+
+    def close(self) -> None:
+        """Flush buffered rows; the store may still be used afterwards."""
+        self.flush()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _schema(self, table: str) -> pa.Schema | None:
+        # After a resume the schema lives on disk; types only ever settle, so the last part
+        # written has the final word.
+        written = self._next_part.get(table, 0)
+        if table not in self._schemas and written > 0:
+            part = self.path / "tables" / table / _part(written - 1)
+            self._schemas[table] = pq.read_schema(part).remove_metadata()
+        return self._schemas.get(table)
+
+
+def _part(seq: int) -> str:
+    return f"part-{seq:06d}.parquet"
+
+
+def _to_arrow(table: str, rows: Rows) -> pa.Table:
+    """Return ``rows`` as an Arrow table with int64 ints, float32/64 floats and strings."""
+    if not isinstance(rows, Mapping | pd.DataFrame):
+        rows = [{k: _plain(v) for k, v in r.items()} for r in rows]
+        if any(r.keys() != rows[0].keys() for r in rows):
+            raise RnnprobeError(f"rows for table {table!r} do not all have the same columns")
+    elif isinstance(rows, Mapping):
+        rows = {k: _plain(v) for k, v in rows.items()}
+        if all(np.ndim(v) == 0 for v in rows.values()):
+            rows = {k: [v] for k, v in rows.items()}  # a dict of scalars is one row
+    try:
+        data = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    except (ValueError, TypeError, pa.ArrowException) as err:
+        raise RnnprobeError(f"rows for table {table!r} are not a table: {err}") from None
+    fields = [pa.field(f.name, _standard_type(f.type)) for f in data.schema]
+    return data.cast(pa.schema(fields))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def _standard_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_integer(kind):
+        return pa.int64()
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    return kind
+
+
+def _conform(table: str, data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``data`` in the column order and types of ``schema``, so all parts concatenate.
+
+    Allowed changes: ints into a float column, one float width into the other, nulls into
+    any column, and a so-far all-null column taking its first real type.
+    """
+    if sorted(data.column_names) != sorted(schema.names):
+        raise RnnprobeError(
+            f"table {table!r} has columns {schema.names} but got {data.column_names}"
+        )
+    data = data.select(schema.names)
+    fields = []
+    for old, new in zip(schema, data.schema, strict=True):
+        if pa.types.is_null(old.type):
+            fields.append(new)
+        elif new.type == old.type or pa.types.is_null(new.type) or _widens(new.type, old.type):
+            fields.append(old)
+        else:
+            raise RnnprobeError(
+                f"table {table!r} column {old.name!r} holds {old.type} but got {new.type}"
+            )
+    return data.cast(pa.schema(fields))
+
+
+def _widens(new: pa.DataType, old: pa.DataType) -> bool:
+    return pa.types.is_floating(old) and (pa.types.is_integer(new) or pa.types.is_floating(new))
+
+
+def _check_table_name(name: str) -> str:
+    if not _TABLE_NAME.match(name):
+        raise RnnprobeError(f"table name {name!r} must be lowercase letters, digits and _")
+    return name
+
+
+def _empty_table(name: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=list(STANDARD_TABLES.get(name, {})))
+
+
+def _table_names(path: Path) -> list[str]:
+    tables = path / "tables"
+    if not tables.is_dir():
+        return []
+    return sorted(p.name for p in tables.iterdir() if p.is_dir() and _TABLE_NAME.match(p.name))
+
+
+def _numbered_files(directory: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+    if not directory.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in directory.iterdir() if (m := pattern.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def _part_files(directory: Path) -> dict[int, Path]:
+    return _numbered_files(directory, _PART_NAME)
+
+
+def _checkpoint_files(directory: Path) -> dict[int, Path]:
+    return _numbered_files(directory, _CHECKPOINT_NAME)
+
+
+def _config_json(config: Mapping[str, Any]) -> bytes:
+    if not isinstance(config, Mapping):
+        raise RnnprobeError(f"a run config must be a dict, got {type(config).__name__}")
+    try:
+        return json.dumps(dict(config), indent=2, sort_keys=True).encode()
+    except (TypeError, ValueError) as err:
+        raise RnnprobeError(f"the run config cannot be written as JSON: {err}") from None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _atomic_write_bytes(target: Path, data: bytes) -> None:
+    _atomic_write(target, lambda f: f.write(data))
+
+
+def _atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary beside ``target``, fsync it, then rename it over."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_temporaries(path: Path) -> None:
+    # Only where the store writes, so foreign files in the directory are never touched.
+    directories = [path, path / "checkpoints", *(path / "tables").glob("*")]
+    for directory in directories:
+        for tmp in directory.glob(f".*{_TMP_MARK}*"):
+            if tmp.is_file():
+                tmp.unlink()
+
+
+def _remove_store_files(path: Path) -> None:
+    for name in ("config.json", "status.json", "tables", "checkpoints"):
+        entry = path / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()
+    _remove_temporaries(path)
