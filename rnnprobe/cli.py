@@ -81,3 +81,7 @@ def bench(seq_lens, hidden_size, layers, batch_size, vocab_size, embedding_dim, 
     )
     for seq_len in seq_lens:
         click.echo(format_result(run_bench(replace(base, seq_len=seq_len), chosen)))
+
+
+if __name__ == "__main__":
+    main()

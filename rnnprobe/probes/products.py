@@ -12,10 +12,12 @@ drown in rounding). Instead orthogonal iteration on P_kᵀ P_k is run in factore
     forward:  Q ← qr(J_t Q) for t = s+1 … s+k, accumulating ln|diag R|,
     backward: Q ← qr(J_tᵀ Q) for t = s+k … s+1,
 
-alternating until the accumulated ln|diag R| of two forward passes agree. At convergence the
-starting frame spans the right singular vectors V of P_k, so P_k V = U Σ has orthogonal
-columns and the accumulated ln|R_ii| equal ln σ_i(P_k) exactly. Each sweep converges like
-(σ_{i+1}/σ_i)², so long windows (exponentially separated σ) need one or two sweeps.
+alternating until the top k values agree between sweeps. The accumulated triangular factor
+M = R_k ⋯ R_1 is kept row-scaled (never overflows), and after each forward pass a
+Rayleigh–Ritz step on its well-scaled diagonal blocks settles near-equal σ at once. At
+convergence the starting frame spans the right singular vectors of P_k, M is diagonal, and
+its entries are σ_i(P_k) exactly. Convergence goes like (σ_{m+1}/σ_i)² per sweep for a frame
+of m ≥ k columns, so long windows (exponentially separated σ) need one or two sweeps.
 
 Cost: 2·sweeps·k thin QRs of (H × m) per sequence per window; windows 1, 2, 4, … sum to ~2T.
 Keep it on a schedule, a sub-batch and a modest m (top-m singular values).

@@ -48,9 +48,9 @@ def gradient_reach(
     if bad:
         raise RnnprobeError(f"reach source steps {bad} lie outside [0, {T - 1}]")
     S, B = len(sources), seeds.shape[1]
-    source_index = torch.as_tensor(list(sources), device=seeds.device)
     from_above = seeds.new_zeros(T, S, B, seeds.shape[2])  # injected adjoint per (t, source)
-    from_above[source_index, torch.arange(S, device=seeds.device)] = seeds[source_index]
+    for i, s in enumerate(sources):  # Python indices: no host-to-device index copy
+        from_above[s, i] = seeds[s]
     norms = []
     for layer in range(len(outputs) - 1, -1, -1):
         w_ih, w_hh = weights[layer]

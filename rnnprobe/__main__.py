@@ -1,0 +1,5 @@
+"""python -m rnnprobe: the command line."""
+
+from rnnprobe.cli import main
+
+main()
