@@ -86,6 +86,109 @@ def _training_step(model, tokens, record: bool) -> Callable[[], None]:
     return step
 
 
+def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
+    """A training step that also fires the default probe schedule, step counter included."""
+    from rnnprobe.instruments import Instruments
+    from rnnprobe.model import ElmanRNN
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
+    instruments = Instruments(probes_config, rnn, seed=0)
+    counter = iter(range(1, 10**9))
+
+    def step() -> None:
+        number = next(counter)
+        fired = instruments.firing(number)
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = model.next_token_loss(tokens)
+        needs_states = bool(fired & {"hidden", "spectra", "lyapunov"})
+        with capture(model, reach="reach" in fired, keep_states=needs_states) as cap:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        records = cap.records_on_device()
+        instruments.record_backward(number, records, [0])
+        if needs_states:
+            instruments.record_states(number, records[0].states, fired)
+        if number % 50 == 0:
+            instruments.rows.drain()
+
+    return step
+
+
+def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 200) -> str:
+    """Return a line: total time of ``steps`` steps with the default probes vs adjoints only.
+
+    Scheduled probes fire on few steps, so this compares sums over a stretch of training
+    (interleaved with ``torch.nn.RNN`` steps), not medians that would hide them.
+    """
+    from rnnprobe.config import ProbeConfig
+
+    torch.manual_seed(0)
+    elman, reference = _make_models(config, device)
+    probed, _ = _make_models(config, device)
+    probed.load_state_dict(elman.state_dict())
+    tokens = torch.randint(
+        1, config.vocab_size, (config.batch_size, config.seq_len + 1), device=device
+    )
+    variants = {
+        "nn.RNN": _training_step(reference, tokens, record=False),
+        "adjoints": _training_step(elman, tokens, record=True),
+        "default probes": _probing_step(probed, tokens, ProbeConfig()),
+    }
+    for step in variants.values():
+        for _ in range(config.warmup):
+            step()
+    totals = dict.fromkeys(variants, 0.0)
+    for _ in range(steps):
+        for name, step in variants.items():
+            totals[name] += _timed(step, device)
+    core = totals["adjoints"] / totals["nn.RNN"]
+    probes = totals["default probes"] / totals["nn.RNN"]
+    return (
+        f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
+        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
+    )
+
+
+def run_train_throughput(device_name: str, steps: int = 300) -> str:
+    """Return a line: tokens/s of ``rnnprobe train`` with the default probes vs probes off.
+
+    Both runs (same config and seed, a character LM on the built-in corpus) run in this
+    process one after the other, twice in alternating order; the better of each pair counts.
+    """
+    import tempfile
+
+    from rnnprobe.config import build_config
+    from rnnprobe.train import tokens_per_second, train_run
+
+    base = {
+        "task.name": "lm",
+        "task.max_chars": 300_000,
+        "task.seq_len": 64,
+        "model.hidden_size": 256,
+        "train.steps": steps,
+        "train.eval_every": steps,
+        "device": device_name,
+    }
+    off = dict.fromkeys(
+        ("probes.adjoints", "probes.hidden", "probes.spectra", "probes.lyapunov", "probes.reach"),
+        "never",
+    )
+    rates: dict[str, list[float]] = {"probes": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(["probes", "off", "off", "probes"]):
+            config = build_config({**base, **(off if name == "off" else {})})
+            run_dir = f"{tmp}/{i}"
+            train_run(config, run_dir, progress=False)
+            rates[name].append(tokens_per_second(run_dir))
+    probes, plain = max(rates["probes"]), max(rates["off"])
+    return (
+        f"train throughput ({steps} steps, lm, hidden 256, T=64): default probes "
+        f"{probes:,.0f} tokens/s, probes off {plain:,.0f} tokens/s, ratio {probes / plain:.3f}"
+    )
+
+
 def _timed(step: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

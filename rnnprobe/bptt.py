@@ -199,7 +199,9 @@ class ElmanStackFunction(torch.autograd.Function):
                 grad_out, grad_hn[layer], out, w_hh, nonlinearity, record, keep
             )
             if recorder is not None:
-                recorder.on_layer_backward(layer, adjoints, grad_out, g, h0[layer], out, layer_input)
+                recorder.on_layer_backward(
+                    layer, adjoints, grad_out, g, h0[layer], out, layer_input
+                )
             g2 = g.view(T * B, H)
             grad_h0[layer] = g[0] @ w_hh
             # ∇W_hh = Σ_t g_tᵀ h_{t-1}: one GEMM over steps 1..T-1, plus step 0 against h0.

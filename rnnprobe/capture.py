@@ -53,7 +53,10 @@ class BackwardRecord:
 
 
 def _step_outer_norm(g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
-    """Return ‖g_tᵀ p_t‖_F per step from Σ_bb' (g_b·g_b')(p_b·p_b'); g (T, B, H), gram_p (T, B, B)."""
+    """Return ‖g_tᵀ p_t‖_F per step, (T,), from Σ_bb' (g_b·g_b')(p_b·p_b').
+
+    ``g`` (T, B, H); ``gram_p`` (T, B, B) holds p_t p_tᵀ.
+    """
     gram = torch.bmm(g, g.transpose(1, 2)).mul_(gram_p)
     return gram.sum(dim=(1, 2)).clamp_min_(0).sqrt_()
 
@@ -134,6 +137,10 @@ class Capture:
             reach, sources, states = self._pending_reach
             layers = [self._layers[k] for k in sorted(self._layers)]
             self._records.append(BackwardRecord(layers, reach, sources, states))
+
+    def records_on_device(self) -> list[BackwardRecord]:
+        """Return every backward pass's records where they were computed (no transfer)."""
+        return self._records
 
     def records(self) -> list[BackwardRecord]:
         """Return every backward pass's records, moved to the host in one transfer."""

@@ -9,6 +9,7 @@ import click
 import torch
 
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.options import pop_settings, setting_options
 
 DEVICE = click.option(
     "--device",
@@ -41,7 +42,9 @@ def main() -> None:
 @main.command(
     epilog="Example: rnnprobe bench --seq-len 32 --seq-len 128 --threads 2",
 )
-@click.option("--seq-len", "seq_lens", type=int, multiple=True, default=(32, 128), show_default=True)
+@click.option(
+    "--seq-len", "seq_lens", type=int, multiple=True, default=(32, 128), show_default=True
+)
 @click.option("--hidden-size", type=int, default=256, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -51,11 +54,37 @@ def main() -> None:
 @click.option("--repeats", type=int, default=30, show_default=True, help="Timed step pairs.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
 @click.option("--no-record", is_flag=True, help="Time the instrumented model without capture.")
+@click.option(
+    "--suite",
+    type=click.Choice(["core", "probes", "train", "all"]),
+    default="core",
+    show_default=True,
+    help="core: one step vs nn.RNN; probes: the default probe schedule over 200 steps; "
+    "train: rnnprobe train's tokens/s with probes on and off.",
+)
 @DEVICE
-def bench(seq_lens, hidden_size, layers, batch_size, vocab_size, embedding_dim, nonlinearity,
-          repeats, threads, no_record, device) -> None:
+def bench(
+    seq_lens,
+    hidden_size,
+    layers,
+    batch_size,
+    vocab_size,
+    embedding_dim,
+    nonlinearity,
+    repeats,
+    threads,
+    no_record,
+    suite,
+    device,
+) -> None:
     """Time a training step of rnnprobe's model against torch.nn.RNN; print the ratios."""
-    from rnnprobe.bench import BenchConfig, format_result, run_bench
+    from rnnprobe.bench import (
+        BenchConfig,
+        format_result,
+        run_bench,
+        run_probe_overhead,
+        run_train_throughput,
+    )
     from rnnprobe.device import resolve_device
 
     chosen = resolve_device(device)
@@ -80,7 +109,64 @@ def bench(seq_lens, hidden_size, layers, batch_size, vocab_size, embedding_dim, 
         f"{nonlinearity}, {'recording adjoints' if not no_record else 'no capture'}"
     )
     for seq_len in seq_lens:
-        click.echo(format_result(run_bench(replace(base, seq_len=seq_len), chosen)))
+        config = replace(base, seq_len=seq_len)
+        if suite in ("core", "all"):
+            click.echo(format_result(run_bench(config, chosen)))
+        if suite in ("probes", "all"):
+            click.echo(run_probe_overhead(config, chosen))
+    if suite in ("train", "all"):
+        click.echo(run_train_throughput(str(chosen)))
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  rnnprobe train --task copy --seq-len 5 --nonlinearity relu --init identity --steps 1500
+  rnnprobe train --task lm --corpus ../shared/data/tinyshakespeare.txt --hidden-size 256
+  rnnprobe train --resume runs/train/3f2a9c01de""",
+)
+@setting_options(multiple=False)
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/train/ID].")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this dir.")
+@click.option("--set", "assignments", multiple=True, help="key=value, e.g. train.lr=0.01.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
+    """Train one RNN with every probe recording; write its records to a run directory."""
+    from rnnprobe.config import build_config, parse_assignment
+    from rnnprobe.summary import format_run_summary
+    from rnnprobe.train import resume_config, train_run
+
+    settings = pop_settings(kwargs)
+    settings.update(parse_assignment(text) for text in assignments)
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    if resume_dir is not None:
+        if settings:
+            raise RnnprobeError("--resume continues a run as configured; drop the other options")
+        config = resume_config(resume_dir)
+        run_dir = resume_dir
+    else:
+        config = build_config(settings)
+        run_dir = out or f"runs/train/{config.run_id()}"
+    result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
+    click.echo(format_run_summary(result.run_dir))
+    if result.status != "done":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--prime", default="\n", show_default=True, help="Text the sample continues.")
+@click.option("--length", type=int, default=400, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(run_dir, prime, length, temperature, seed) -> None:
+    """Generate text from a language-model run's last checkpoint."""
+    from rnnprobe.generate import sample_text
+
+    click.echo(sample_text(run_dir, prime, length=length, temperature=temperature, seed=seed))
 
 
 if __name__ == "__main__":

@@ -240,6 +240,13 @@ class RNNClassifier(nn.Module):
         self.rnn = make_rnn(rnn, rnn_input, hidden_size, num_layers, nonlinearity)
         self.head = nn.Linear(hidden_size, num_outputs)
 
+    def encode(
+        self, inputs: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the RNN's output (T, B, H), time-major, and h_n (L, B, H)."""
+        x = self.embedding(inputs.t()) if self.embedding is not None else inputs.transpose(0, 1)
+        return self.rnn(x, h0)
+
     def forward(
         self,
         inputs: torch.Tensor,
@@ -247,8 +254,7 @@ class RNNClassifier(nn.Module):
         h0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the head's outputs (B, num_outputs) read at each sequence's last real step."""
-        x = self.embedding(inputs.t()) if self.embedding is not None else inputs.transpose(0, 1)
-        output, _ = self.rnn(x, h0)  # (T, B, H)
+        output, _ = self.encode(inputs, h0)  # (T, B, H)
         T, B, _ = output.shape
         if lengths is None:
             last = output[-1]

@@ -53,7 +53,7 @@ def build(case):
     x = torch.randn(shape, generator=gen, dtype=DTYPE)
     hidden = (case["num_layers"], B, case["hidden_size"])
     h0 = torch.randn(hidden, generator=gen, dtype=DTYPE) if case["with_h0"] else None
-    out_shape = shape[:2] + (case["hidden_size"],)
+    out_shape = (*shape[:2], case["hidden_size"])
     weights = (
         torch.randn(out_shape, generator=gen, dtype=DTYPE),
         torch.randn(hidden, generator=gen, dtype=DTYPE),
@@ -178,7 +178,7 @@ def test_gradient_reach_equals_separate_backward_passes(case, data):
     sources = sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1, max_size=4)))
     sub = data.draw(st.integers(1, case["batch"]))
     with capture(model, reach=True, reach_sources=sources, reach_batch=sub) as cap:
-        out, h_n = model(x, h0)
+        out, _ = model(x, h0)
         (out * weights[0]).sum().backward()  # ℓ_s = ⟨w_s, h_s⟩ on the top layer
     (record,) = cap.records()
     x_tm = time_major(x, case["batch_first"])

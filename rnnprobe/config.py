@@ -1,0 +1,252 @@
+"""A training run's complete configuration: frozen dataclasses, one per section.
+
+Every setting has a dotted key (``train.steps``, ``model.hidden_size``) used alike by the CLI
+flags (``--steps``), study specs (TOML sections) and ``--set key=value``. Unknown keys and
+values of the wrong type are rejected with the list of valid ones; nothing is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from rnnprobe.errors import RnnprobeError
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = field(default="copy", metadata={"help": "lm, copy, adding or recall"})
+    seq_len: int = field(default=20, metadata={"help": "dependency length / window of steps"})
+    corpus: str = field(default="stdlib", metadata={"help": "lm: a UTF-8 file or 'stdlib'"})
+    level: str = field(default="char", metadata={"help": "lm tokens: char or word"})
+    sampling: str = field(default="random", metadata={"help": "lm: random or sequential"})
+    max_chars: int = field(default=2_000_000, metadata={"help": "lm: read at most this much"})
+    num_classes: int = field(default=8, metadata={"help": "recall: number of key tokens K"})
+    variable_length: bool = field(default=False, metadata={"help": "recall: padded lengths"})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = field(default=64, metadata={"help": "units per layer H"})
+    layers: int = field(default=1, metadata={"help": "stacked RNN layers"})
+    nonlinearity: str = field(default="tanh", metadata={"help": "tanh or relu"})
+    embedding_dim: int = field(default=32, metadata={"help": "token embedding size"})
+    init: str = field(
+        default="default",
+        metadata={"help": "W_hh init: default, orthogonal, identity, gaussian or spectral"},
+    )
+    init_gain: float = field(
+        default=1.0, metadata={"help": "gain g: gaussian N(0, g²/H), orthogonal·g, identity·g"}
+    )
+    init_radius: float = field(default=1.0, metadata={"help": "spectral: W_hh scaled to ρ"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per batch"})
+    optimizer: str = field(default="adam", metadata={"help": "sgd, adam, rmsprop or adagrad"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
+    clip: str = field(default="none", metadata={"help": "none, norm or value"})
+    clip_value: float = field(default=1.0, metadata={"help": "max global norm / element"})
+    bptt: str = field(default="full", metadata={"help": "full, K or random:K"})
+    on_nonfinite: str = field(
+        default="skip", metadata={"help": "skip the update, or stop the run as diverged"}
+    )
+    max_nonfinite: int = field(
+        default=20, metadata={"help": "consecutive skipped updates before giving up"}
+    )
+    eval_every: int = field(default=100, metadata={"help": "validation every K steps"})
+    eval_batches: int = field(default=4, metadata={"help": "validation batches"})
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    adjoints: str = field(default="always", metadata={"help": "schedule of adjoint records"})
+    hidden: str = field(default="every:10", metadata={"help": "hidden-state statistics"})
+    spectra: str = field(default="log:2", metadata={"help": "W_hh and Jacobian spectra"})
+    lyapunov: str = field(default="log:2", metadata={"help": "Lyapunov exponents"})
+    reach: str = field(default="log:2", metadata={"help": "gradient reach"})
+    sub_batch: int = field(default=4, metadata={"help": "sequences for spectra/Lyapunov/reach"})
+    jacobian_samples: int = field(default=8, metadata={"help": "(t, b) Jacobians sampled"})
+    top_k: int = field(default=16, metadata={"help": "singular values / exponents kept"})
+    warmup: int = field(default=0, metadata={"help": "Lyapunov warm-up steps"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    seed: int = field(default=0, metadata={"help": "seeds weights, data and probes"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    dtype: str = field(default="float32", metadata={"help": "float32 or float64"})
+    flush_every: int = field(default=50, metadata={"help": "steps between record flushes"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the nested plain dict (JSON- and TOML-ready)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Return ``{dotted key: value}`` for every setting."""
+        return flatten(self.to_dict())
+
+    def run_id(self, exclude: tuple[str, ...] = ("device",)) -> str:
+        """Return a stable 10-hex id of the settings that change results (not the device)."""
+        settings = {k: v for k, v in self.flat().items() if k not in exclude}
+        text = json.dumps(settings, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "probes": ProbeConfig}
+
+
+def _leaf_fields() -> dict[str, dataclasses.Field]:
+    keys = {}
+    for f in fields(RunConfig):
+        if f.name in SECTIONS:
+            for sub in fields(SECTIONS[f.name]):
+                keys[f"{f.name}.{sub.name}"] = sub
+        else:
+            keys[f.name] = f
+    return keys
+
+
+FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return ``{dotted key: value}`` for a nested dict."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def field_type(key: str) -> type:
+    """Return the Python type of setting ``key``."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(FIELDS[key].type)]
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names a setting, else raise an error listing the valid keys."""
+    if key not in FIELDS:
+        raise RnnprobeError(f"unknown setting {key!r}; valid: {', '.join(FIELDS)}")
+    return key
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Return ``value`` as setting ``key``'s type, or raise a one-line error."""
+    kind = field_type(check_key(key))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # e.g. bptt = 32
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RnnprobeError(f"{key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_literal(key: str, text: str) -> Any:
+    """Return ``text`` parsed as a Python literal of setting ``key``'s type (strings as is)."""
+    kind = field_type(check_key(key))
+    if kind is str:
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise RnnprobeError(f"{key}={text!r} is not a {kind.__name__} literal") from None
+    return coerce(key, value)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Return ``(key, value)`` from ``"key=value"`` (``--set``), the value parsed as a literal."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise RnnprobeError(f"--set needs key=value, got {text!r}")
+    return key.strip(), parse_literal(key.strip(), raw.strip())
+
+
+def build_config(settings: dict[str, Any]) -> RunConfig:
+    """Return a ``RunConfig`` from ``{dotted key: value}`` over the defaults, checked."""
+    nested: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in settings.items():
+        value = coerce(key, value)
+        section, _, name = key.partition(".")
+        if name:
+            nested[section][name] = value
+        else:
+            top[key] = value
+    config = RunConfig(**{s: cls(**nested[s]) for s, cls in SECTIONS.items()}, **top)
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Return the ``RunConfig`` stored as a nested dict (e.g. a run's ``config.json``)."""
+    return build_config(flatten(data))
+
+
+CHOICES = {
+    "task.name": ("lm", "copy", "adding", "recall"),
+    "task.level": ("char", "word"),
+    "task.sampling": ("random", "sequential"),
+    "model.nonlinearity": ("tanh", "relu"),
+    "model.init": ("default", "orthogonal", "identity", "gaussian", "spectral"),
+    "train.optimizer": ("sgd", "adam", "rmsprop", "adagrad"),
+    "train.clip": ("none", "norm", "value"),
+    "train.on_nonfinite": ("skip", "stop"),
+    "dtype": ("float32", "float64"),
+}
+POSITIVE = (
+    "task.seq_len",
+    "task.max_chars",
+    "task.num_classes",
+    "model.hidden_size",
+    "model.layers",
+    "model.embedding_dim",
+    "train.steps",
+    "train.batch_size",
+    "train.max_nonfinite",
+    "train.eval_every",
+    "train.eval_batches",
+    "probes.sub_batch",
+    "probes.jacobian_samples",
+    "probes.top_k",
+    "flush_every",
+    "checkpoint_every",
+)
+
+
+def validate(config: RunConfig) -> None:
+    """Raise a one-line error for a value outside its choices or range."""
+    flat = config.flat()
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise RnnprobeError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
+    for key in POSITIVE:
+        if flat[key] < 1:
+            name = "--" + key.rpartition(".")[2].replace("_", "-")
+            raise RnnprobeError(f"{name} must be at least 1, got {flat[key]}")
+    for key in ("train.lr", "train.clip_value", "model.init_radius"):
+        if not flat[key] > 0:
+            raise RnnprobeError(f"{key} must be positive, got {flat[key]}")
+    if config.probes.warmup < 0:
+        raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
+    from rnnprobe.probes.schedule import Schedule
+    from rnnprobe.tasks import Truncation
+
+    Truncation.parse(config.train.bptt)
+    for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach"):
+        Schedule.parse(getattr(config.probes, name))

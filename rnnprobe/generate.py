@@ -1,0 +1,44 @@
+"""Sample text from a language-model run's last checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rnnprobe.corpus import Vocab
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.objective import build_model
+from rnnprobe.store import RunStore
+from rnnprobe.train import make_task_from_config, resume_config
+
+
+@torch.no_grad()
+def sample_text(
+    run_dir: str | Path, prime: str, *, length: int = 400, temperature: float = 0.8, seed: int = 0
+) -> str:
+    """Return ``prime`` followed by ``length`` tokens drawn from the run's model."""
+    config = resume_config(run_dir)
+    if config.task.name != "lm":
+        raise RnnprobeError(f"{run_dir} trained task {config.task.name!r}; sampling needs lm")
+    if length < 1 or not temperature > 0:
+        raise RnnprobeError("--length must be ≥ 1 and --temperature > 0")
+    checkpoint = RunStore(Path(run_dir)).load_latest_checkpoint()
+    if checkpoint is None:
+        raise RnnprobeError(f"{run_dir} has no checkpoint yet")
+    vocab = Vocab(tuple(checkpoint.state["vocab"]), level=config.task.level)
+    task = make_task_from_config(config)
+    model = build_model(task, config.model).double()
+    model.load_state_dict(checkpoint.state["model"])
+    model.eval()
+    ids = vocab.encode(prime or "\n")
+    generator = torch.Generator().manual_seed(seed)
+    logits, h = model(ids.unsqueeze(0))
+    out = []
+    for _ in range(length):
+        probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
+        probs[0] = 0.0  # never emit padding
+        token = torch.multinomial(probs, 1, generator=generator)
+        out.append(int(token))
+        logits, h = model(token.view(1, 1), h)
+    return prime + vocab.decode(torch.tensor(out))

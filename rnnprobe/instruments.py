@@ -1,0 +1,211 @@
+"""The probes a training run fires on their schedules, filed as tidy rows (see store.py).
+
+Adjoint records come from the BPTT capture (every backward pass of the step, each segment's
+time offset added); hidden-state statistics, W_hh and Jacobian spectra and Lyapunov exponents
+run on the captured layer outputs of the whole batch (segments joined), the last three on a
+sub-batch. All values stay on the device until ``PendingRows.drain``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnnprobe.capture import BackwardRecord
+from rnnprobe.cell import derivative_from_output
+from rnnprobe.config import ProbeConfig
+from rnnprobe.model import ElmanRNN
+from rnnprobe.pending import PendingRows
+from rnnprobe.probes.hidden_stats import hidden_state_stats
+from rnnprobe.probes.jacobian import jacobian_spectrum, recurrent_weight_spectrum
+from rnnprobe.probes.lyapunov import lyapunov_exponents
+from rnnprobe.probes.mean_field import mean_field_from_weights
+from rnnprobe.probes.schedule import Schedule
+
+
+class Instruments:
+    """Decides which probes fire at a step and turns their results into pending rows."""
+
+    def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
+        self.config, self.rnn = config, rnn
+        self.schedules = {
+            name: Schedule.parse(getattr(config, name))
+            for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach")
+        }
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.rows = PendingRows()
+
+    def firing(self, step: int) -> set[str]:
+        """Return the names of the probes that fire at ``step`` (1-based)."""
+        return {name for name, s in self.schedules.items() if s.fires(step - 1)}
+
+    def record_backward(self, step: int, records: list[BackwardRecord], offsets: list[int]):
+        """File adjoint (and reach) rows of each backward pass of ``step``."""
+        for record, offset in zip(records, offsets, strict=True):
+            for layer, r in enumerate(record.layers):
+                T = r.adjoint_norm.shape[0]
+                self.rows.add(
+                    "adjoints",
+                    step=step,
+                    layer=layer,
+                    t=np.arange(offset, offset + T),
+                    adjoint_norm=r.adjoint_norm.mean(1),
+                    direct_norm=r.direct_norm.mean(1),
+                    recurrent_norm=r.recurrent_norm.mean(1),
+                    grad_w_hh_norm=r.grad_w_hh_norm,
+                    grad_w_ih_norm=r.grad_w_ih_norm,
+                )
+            if record.reach is not None:
+                self._record_reach(step, record, offset)
+
+    def _record_reach(self, step: int, record: BackwardRecord, offset: int) -> None:
+        L, _, T, _ = record.reach.shape
+        layer, source, t = np.meshgrid(
+            np.arange(L), np.asarray(record.reach_sources), np.arange(T), indexing="ij"
+        )
+        keep = (t <= source).reshape(-1)
+        self.rows.add(
+            "reach",
+            keep=keep,
+            step=step,
+            layer=layer.reshape(-1),
+            source=source.reshape(-1) + offset,
+            t=t.reshape(-1) + offset,
+            distance=(source - t).reshape(-1),
+            norm=record.reach.mean(-1),
+        )
+
+    def record_states(self, step: int, states: list[torch.Tensor], fired: set[str]) -> None:
+        """File hidden-state statistics, spectra and Lyapunov exponents of layer outputs."""
+        nonlinearity, cfg = self.rnn.nonlinearity, self.config
+        for layer, h in enumerate(states):  # h (T, B, H)
+            if "hidden" in fired:
+                self._record_hidden(step, layer, h)
+            sub = h[:, : cfg.sub_batch]
+            phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
+            w_hh = self.rnn.layer_weights(layer)[1].detach().to(torch.float64)
+            if "spectra" in fired:
+                self._record_spectra(step, layer, phi_prime, w_hh)
+            if "lyapunov" in fired:
+                k = min(cfg.top_k, w_hh.shape[0])
+                warmup = min(cfg.warmup, phi_prime.shape[0] - 1)
+                spectrum = lyapunov_exponents(phi_prime, w_hh, k=k, warmup=warmup, seed=step)
+                self.rows.add(
+                    "lyapunov",
+                    step=step,
+                    layer=layer,
+                    index=np.arange(k),
+                    exponent=spectrum.mean_exponents,
+                )
+
+    def _record_hidden(self, step: int, layer: int, h: torch.Tensor) -> None:
+        stats = hidden_state_stats(h, self.rnn.nonlinearity)
+        T = h.shape[0]
+        nan = torch.full((T,), float("nan"), device=h.device, dtype=h.dtype)
+        saturation = stats.saturated_fraction if stats.saturated_fraction is not None else nan
+        inactive = stats.inactive_fraction if stats.inactive_fraction is not None else nan
+        self.rows.add(
+            "hidden",
+            step=step,
+            layer=layer,
+            t=np.arange(T),
+            mean=stats.mean,
+            std=stats.std,
+            norm=stats.mean_norm,
+            saturation=saturation,
+            inactive=inactive,
+            mean_phi_prime=stats.mean_phi_prime,
+        )
+        relu = self.rnn.nonlinearity == "relu"
+        self.rows.add(
+            "health",
+            step=step,
+            layer=layer,
+            saturation=saturation.mean(),
+            inactive=inactive.mean(),
+            dead_fraction=stats.dead_fraction if relu else nan[0],
+            mean_phi_prime=stats.mean_phi_prime.mean(),
+            participation_ratio=stats.participation_ratio,
+        )
+
+    def _record_spectra(self, step, layer, phi_prime, w_hh) -> None:
+        T, B, H = phi_prime.shape
+        count = self.config.jacobian_samples
+        t = torch.randint(0, T, (count,), generator=self.generator)
+        b = torch.randint(0, B, (count,), generator=self.generator)
+        k = min(self.config.top_k, H)
+        jac = jacobian_spectrum(phi_prime, w_hh, t, b, k=k)
+        self.rows.add(
+            "spectra",
+            step=step,
+            layer=layer,
+            quantity="jacobian_singular",
+            sample=np.repeat(np.arange(count), k),
+            index=np.tile(np.arange(k), count),
+            value=jac.singular_values,
+            imag=0.0,
+        )
+        self.record_weights(
+            step, layer, w_hh, jac.spectral_norm.mean(), jac.mean_log_singular_value.mean()
+        )
+
+    def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
+        """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
+        w_hh = w_hh.detach().to(torch.float64)
+        spectrum = recurrent_weight_spectrum(w_hh)
+        H = w_hh.shape[0]
+        nan = float("nan")
+        self.rows.add(
+            "weights",
+            step=step,
+            layer=layer,
+            spectral_radius=spectrum.spectral_radius,
+            sigma_max=spectrum.sigma_max,
+            pascanu_bound=spectrum.pascanu_bound,
+            jacobian_norm=nan if jacobian_norm is None else jacobian_norm,
+            jacobian_mean_log_sv=nan if jacobian_mean_log is None else jacobian_mean_log,
+        )
+        for quantity, values, imag in (
+            ("w_hh_eigenvalue", spectrum.eigenvalues.real, spectrum.eigenvalues.imag),
+            ("w_hh_singular", spectrum.singular_values, torch.zeros_like(spectrum.singular_values)),
+        ):
+            self.rows.add(
+                "spectra",
+                step=step,
+                layer=layer,
+                quantity=quantity,
+                sample=0,
+                index=np.arange(H),
+                value=values,
+                imag=imag,
+            )
+
+    def record_init(self, input_second_moment: float) -> None:
+        """File W_hh spectra at initialisation and the mean-field prediction per layer.
+
+        ``input_second_moment`` is E[x²] of layer 0's inputs; a deeper layer's is the E[h²]
+        = (q* − σ_in²)/σ_w² that the fixed point of the layer below implies.
+        """
+        second_moment = input_second_moment
+        for layer in range(self.rnn.num_layers):
+            w_ih, w_hh = (w.detach().double() for w in self.rnn.layer_weights(layer))
+            self.record_weights(0, layer, w_hh)
+            bias = None
+            if self.rnn.bias:
+                b_ih, b_hh = (getattr(self.rnn, f"bias_{n}_l{layer}") for n in ("ih", "hh"))
+                bias = (b_ih + b_hh).detach().double()
+            field = mean_field_from_weights(
+                w_hh, self.rnn.nonlinearity, w_ih, bias, input_second_moment=second_moment
+            )
+            self.rows.add(
+                "mean_field",
+                layer=layer,
+                sigma_w2=field.sigma_w2,
+                sigma_in2=field.sigma_in2,
+                q_star=field.q_star,
+                chi=field.chi,
+                predicted_decay=field.gradient_decay,
+                predicted_half_life=field.half_life,
+            )
+            if field.sigma_w2 > 0:
+                second_moment = max(field.q_star - field.sigma_in2, 0.0) / field.sigma_w2

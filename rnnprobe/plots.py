@@ -1,0 +1,605 @@
+"""Figures of stored run records: pure functions ``plot_x(df, *, ax=None) -> Axes``.
+
+Each function takes tidy DataFrames shaped like the store's tables (``rnnprobe.store.
+STANDARD_TABLES``) or a study summary, draws on ``ax`` (a new figure when None) and returns it.
+None of them touches a live model, reads a file or raises on missing data: an empty table, or
+one without the needed columns or finite values, gives a panel saying "no data" instead.
+Colours come from seaborn's colour-blind-safe "colorblind" palette (lines) and "viridis" /
+"cividis" (colour scales); magnitudes that span decades get log axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, Normalize
+
+from rnnprobe.analysis import fit_decay
+
+__all__ = [
+    "plot_adjoint_heatmap",
+    "plot_clipping",
+    "plot_decay_vs_mean_field",
+    "plot_eigenvalues",
+    "plot_gradient_reach",
+    "plot_hidden_health",
+    "plot_jacobian_spectra",
+    "plot_loss",
+    "plot_lyapunov",
+    "plot_lyapunov_spectrum",
+    "plot_metric",
+    "plot_participation_ratio",
+    "plot_phase_diagram",
+    "thin_steps",
+]
+
+PALETTE = "colorblind"
+_NOTE_COLOR = "0.45"
+
+
+def thin_steps(steps: Sequence[float] | pd.Series, limit: int) -> np.ndarray:
+    """Return at most ``limit`` of the distinct ``steps``, evenly spread, first and last kept."""
+    unique = np.unique(np.asarray(pd.to_numeric(pd.Series(steps), errors="coerce").dropna()))
+    if len(unique) <= limit:
+        return unique
+    return unique[np.unique(np.round(np.linspace(0, len(unique) - 1, max(limit, 1))).astype(int))]
+
+
+def plot_adjoint_heatmap(
+    df: pd.DataFrame,
+    *,
+    layer: int | None = None,
+    value: str = "adjoint_norm",
+    max_steps: int = 200,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return a heatmap of ‖∂L/∂h_t‖ over time step t (y) and training step (x), log colours."""
+    ax = _axes(ax)
+    data = _finite(df, ["step", "layer", "t", value], positive=value)
+    if data.empty:
+        return _no_data(ax, "adjoint norms", "adjoint norm ‖∂L/∂h_t‖")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    data = data[data["step"].isin(thin_steps(data["step"], max_steps))]
+    if data.empty:
+        return _no_data(ax, f"adjoint norms of layer {layer}", "adjoint norm ‖∂L/∂h_t‖")
+    grid = data.pivot_table(index="t", columns="step", values=value, aggfunc="mean")
+    z = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    lo, hi = float(z.min()), float(z.max())
+    if hi <= lo:
+        lo, hi = lo / 2, hi * 2
+    mesh = ax.pcolormesh(
+        _edges(grid.columns.to_numpy(dtype=float)),
+        _edges(grid.index.to_numpy(dtype=float)),
+        z,
+        norm=LogNorm(vmin=lo, vmax=hi),
+        cmap="viridis",
+        shading="flat",
+    )
+    ax.figure.colorbar(mesh, ax=ax, label="‖∂L/∂h_t‖ (batch mean)")
+    ax.set(xlabel="training step", ylabel="time step t", title=f"adjoint norm, layer {layer}")
+    return ax
+
+
+def plot_gradient_reach(
+    df: pd.DataFrame, *, hue: str | None = None, max_lines: int = 12, ax: Axes | None = None
+) -> Axes:
+    """Return log ‖∂ℓ_s/∂h_t‖ against distance s − t, one line per ``hue`` value, fits in legend.
+
+    ``hue`` defaults to ``"label"`` when the frame has it (one configuration per label), else
+    ``"source"``. Rows repeated at a distance (several steps, layers or sources) are averaged
+    geometrically for the line; the fit uses every row of the group.
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["distance", "norm"], positive="norm")
+    hue = hue or ("label" if "label" in data.columns else "source")
+    if data.empty or hue not in data.columns:
+        return _no_data(ax, "gradient reach", "‖∂ℓ_s/∂h_t‖")
+    groups = list(data.groupby(hue, sort=True))
+    if len(groups) > max_lines:
+        keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))
+        groups = [groups[i] for i in keep]
+    colours = sns.color_palette(PALETTE, len(groups))
+    for colour, (name, group) in zip(colours, groups, strict=True):
+        line = np.exp(np.log(group["norm"]).groupby(group["distance"]).mean())
+        fit = fit_decay(group)
+        label = f"{_label(hue, name)}: " + (
+            f"×{fit.rate_per_step:.3g}/step, t½ {_steps(fit.half_life)}"
+            if math.isfinite(fit.rate_per_step)
+            else "no fit (one distance)"
+        )
+        ax.plot(line.index, line.to_numpy(), color=colour, marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="distance s − t (time steps)",
+        ylabel="‖∂ℓ_s/∂h_t‖",
+        title="gradient reach (legend: fitted decay per step, half-life)",
+    )
+    ax.legend(fontsize="x-small", loc="best")
+    return ax
+
+
+def plot_jacobian_spectra(
+    df: pd.DataFrame, *, layer: int | None = None, max_steps: int = 8, ax: Axes | None = None
+) -> Axes:
+    """Return box plots of the one-step Jacobian singular values at a few training steps."""
+    ax = _axes(ax)
+    data = _finite(_quantity(df, "jacobian_singular"), ["step", "layer", "value"], "value")
+    if data.empty:
+        return _no_data(ax, "Jacobian spectra", "singular value σ of J_t")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[(data["layer"] == layer) & data["step"].isin(thin_steps(data["step"], max_steps))]
+    if data.empty:
+        return _no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
+    order = [str(int(s)) for s in sorted(data["step"].unique())]
+    data = data.assign(step=data["step"].astype(int).astype(str))
+    sns.boxplot(
+        data=data,
+        x="step",
+        y="value",
+        order=order,
+        color=sns.color_palette(PALETTE)[0],
+        fliersize=1.5,
+        log_scale=True,
+        ax=ax,
+    )
+    ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
+    ax.legend(fontsize="small", loc="best")
+    ax.set(
+        xlabel="training step",
+        ylabel="singular value σ of J_t",
+        title=f"spectrum of J_t = diag(φ′) W_hh, layer {layer}",
+    )
+    return ax
+
+
+def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return the largest Lyapunov exponent λ₁ over training, one line per layer, 0 marked."""
+    ax = _axes(ax)
+    data = _finite(df, ["step", "layer", "index", "exponent"])
+    data = data[data["index"] == 0] if not data.empty else data
+    if data.empty:
+        return _no_data(ax, "Lyapunov exponents", "λ₁ (nats per time step)")
+    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
+    sns.lineplot(
+        data=data,
+        x="step",
+        y="exponent",
+        hue="layer",
+        palette=PALETTE,
+        marker="o",
+        errorbar=None,
+        ax=ax,
+    )
+    ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
+    _step_scale(ax, data["step"])
+    ax.set(
+        xlabel="training step",
+        ylabel="λ₁ (nats per time step)",
+        title="largest Lyapunov exponent",
+    )
+    return ax
+
+
+def plot_lyapunov_spectrum(
+    df: pd.DataFrame,
+    *,
+    steps: Sequence[int] | None = None,
+    layer: int | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the Lyapunov spectrum (exponent by rank) at ``steps`` (default first, mid, last)."""
+    ax = _axes(ax)
+    data = _finite(df, ["step", "layer", "index", "exponent"])
+    if data.empty:
+        return _no_data(ax, "Lyapunov spectrum", "exponent λ_i (nats per time step)")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    steps = list(steps) if steps is not None else list(thin_steps(data["step"], 3))
+    data = data[data["step"].isin(steps)]
+    if data.empty:
+        return _no_data(ax, f"Lyapunov spectrum of layer {layer}", "exponent λ_i")
+    order = [f"step {int(s)}" for s in sorted(data["step"].unique())]
+    data = data.assign(when=[f"step {int(s)}" for s in data["step"]])
+    sns.lineplot(
+        data=data,
+        x="index",
+        y="exponent",
+        hue="when",
+        hue_order=order,
+        palette=PALETTE,
+        marker="o",
+        errorbar=None,
+        ax=ax,
+    )
+    ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
+    ax.legend(title=None, fontsize="small")
+    ax.set(
+        xlabel="rank i (0 = largest)",
+        ylabel="λ_i (nats per time step)",
+        title=f"Lyapunov spectrum, layer {layer}",
+    )
+    return ax
+
+
+def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | None = None) -> Axes:
+    """Return W_hh's eigenvalues in the complex plane at the first and last step, unit circle."""
+    ax = _axes(ax)
+    data = _finite(_quantity(df, "w_hh_eigenvalue"), ["step", "layer", "value", "imag"])
+    if data.empty:
+        return _no_data(ax, "W_hh eigenvalues", "Im λ")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    if data.empty:
+        return _no_data(ax, f"W_hh eigenvalues of layer {layer}", "Im λ")
+    first, last = data["step"].min(), data["step"].max()
+    circle = np.linspace(0, 2 * np.pi, 256)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1")
+    colours = sns.color_palette(PALETTE, 2)
+    marks = [(first, "init" if first == 0 else "first", colours[0], "o")]
+    if last != first:
+        marks.append((last, "end", colours[1], "x"))
+    for step, name, colour, marker in marks:
+        rows = data[data["step"] == step]
+        ax.scatter(
+            rows["value"],
+            rows["imag"],
+            s=12,
+            color=colour,
+            marker=marker,
+            label=f"{name} (step {int(step)})",
+            alpha=0.8,
+        )
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.axhline(0, color="0.8", linewidth=0.5, zorder=0)
+    ax.axvline(0, color="0.8", linewidth=0.5, zorder=0)
+    ax.legend(fontsize="small", loc="upper right")
+    ax.set(xlabel="Re λ", ylabel="Im λ", title=f"W_hh eigenvalues, layer {layer}")
+    return ax
+
+
+def plot_hidden_health(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return saturated (tanh), inactive and dead (ReLU) unit fractions over training."""
+    ax = _axes(ax)
+    columns = [c for c in ("saturation", "inactive", "dead_fraction") if c in df.columns]
+    data = _finite(df, ["step", "layer"])
+    if data.empty or not columns:
+        return _no_data(ax, "hidden-state health", "fraction of units")
+    long = data.melt(id_vars=["step", "layer"], value_vars=columns, var_name="quantity")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    long = long[np.isfinite(long["value"])]
+    if long.empty:
+        return _no_data(ax, "hidden-state health", "fraction of units")
+    long["quantity"] = long["quantity"].str.replace("_", " ")
+    long["layer"] = [f"layer {int(v)}" for v in long["layer"]]
+    many = long["layer"].nunique() > 1
+    sns.lineplot(
+        data=long,
+        x="step",
+        y="value",
+        hue="quantity",
+        style="layer" if many else None,
+        palette=PALETTE,
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="small", title=None)
+    ax.set(xlabel="training step", ylabel="fraction of units", title="hidden-unit health")
+    return ax
+
+
+def plot_participation_ratio(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return the participation ratio (effective dimensionality of h) over training per layer."""
+    ax = _axes(ax)
+    data = _finite(df, ["step", "layer", "participation_ratio"])
+    if data.empty:
+        return _no_data(ax, "participation ratio", "participation ratio (dimensions)")
+    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
+    sns.lineplot(
+        data=data,
+        x="step",
+        y="participation_ratio",
+        hue="layer",
+        palette=PALETTE,
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set(
+        xlabel="training step",
+        ylabel="participation ratio (dimensions)",
+        title="hidden-state dimensionality",
+    )
+    return ax
+
+
+def plot_loss(
+    df: pd.DataFrame,
+    *,
+    evals: pd.DataFrame | None = None,
+    baseline: float | None = None,
+    unit: str = "nats per target",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return training loss (raw and smoothed), validation loss and the baseline as a line."""
+    return _curve(df, "loss", evals=evals, baseline=baseline, ylabel=f"loss ({unit})", ax=ax)
+
+
+def plot_metric(
+    df: pd.DataFrame,
+    *,
+    evals: pd.DataFrame | None = None,
+    baseline: float | None = None,
+    metric: str = "metric",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the task metric over training (batch and validation) with the baseline's metric."""
+    return _curve(df, "metric", evals=evals, baseline=baseline, ylabel=metric, ax=ax)
+
+
+def plot_clipping(df: pd.DataFrame, *, window: int = 50, ax: Axes | None = None) -> Axes:
+    """Return pre-/post-clip gradient norms (log) and, on a right axis, the rolling clip rate."""
+    ax = _axes(ax)
+    data = _finite(df, ["step", "grad_norm_pre_clip"], positive="grad_norm_pre_clip")
+    if data.empty:
+        return _no_data(ax, "gradient norms", "global gradient norm")
+    data = data.sort_values("step")
+    colours = sns.color_palette(PALETTE, 3)
+    ax.plot(data["step"], data["grad_norm_pre_clip"], color=colours[0], lw=1, label="before clip")
+    if "grad_norm_post_clip" in data.columns:
+        post = pd.to_numeric(data["grad_norm_post_clip"], errors="coerce")
+        ax.plot(data["step"], post, color=colours[1], lw=1, linestyle="--", label="after clip")
+    _log_if_spans(ax, data["grad_norm_pre_clip"].to_numpy(float))
+    handles, labels = ax.get_legend_handles_labels()
+    if "clipped" in data.columns:
+        rate = data["clipped"].astype(float).rolling(max(1, window), min_periods=1).mean()
+        right = ax.twinx()
+        right.plot(
+            data["step"], rate, color=colours[2], lw=1.5, label=f"clip rate ({window} steps)"
+        )
+        right.set_ylim(-0.02, 1.02)
+        right.set_ylabel("fraction of steps clipped")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize="small", loc="upper right")
+    ax.set(xlabel="training step", ylabel="global gradient norm ‖∇θ L‖", title="gradient clipping")
+    return ax
+
+
+def plot_phase_diagram(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    y: str | None = None,
+    value: str = "loss_ratio",
+    label: str | None = None,
+    log: bool = False,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return a heatmap of ``value`` (mean over repeats) over two sweep axes; ∞ cells marked."""
+    ax = _axes(ax)
+    label = label or value
+    needed = [c for c in (x, y, value) if c]
+    if df.empty or any(c not in df.columns for c in needed):
+        return _no_data(ax, f"{label} over {x}" + (f" × {y}" if y else ""), y or "")
+    data = df[needed].copy()
+    data[value] = pd.to_numeric(data[value], errors="coerce")
+    data = data[data[value].notna()]
+    if log:
+        data = data[data[value] > 0]
+    if data.empty:
+        return _no_data(ax, label, y or "")
+    if y is None:
+        data = data.assign(_row="")
+    rows = y or "_row"
+    grid = data.pivot_table(index=rows, columns=x, values=value, aggfunc="mean")
+    grid = grid.loc[_sorted_levels(grid.index), _sorted_levels(grid.columns)]
+    values = grid.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    annot = np.vectorize(_cell_text)(values)
+    if finite.size == 0:  # every cell ±∞: colour them alike, the text says which
+        colour_values, lo, hi = np.where(np.isnan(values), np.nan, 1.0), 0.5, 2.0
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
+        colour_values = np.clip(np.where(np.isnan(values), np.nan, values), lo, hi)
+    if hi <= lo:
+        lo, hi = (lo / 2, hi * 2) if log else (lo - 1, hi + 1)
+    norm = LogNorm(vmin=lo, vmax=hi) if log else Normalize(vmin=lo, vmax=hi)
+    sns.heatmap(
+        pd.DataFrame(colour_values, index=grid.index, columns=grid.columns),
+        annot=annot,
+        fmt="",
+        cmap="cividis",
+        norm=norm,
+        cbar_kws={"label": label},
+        ax=ax,
+        annot_kws={"fontsize": "small"},
+    )
+    ax.set(xlabel=x, ylabel=y or "", title=label)
+    return ax
+
+
+def plot_decay_vs_mean_field(
+    df: pd.DataFrame,
+    *,
+    measured: str = "decay_per_step",
+    predicted: str = "predicted_decay",
+    hue: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return measured gradient decay per step against the mean-field √χ, with the y = x line."""
+    ax = _axes(ax)
+    data = _finite(df, [measured, predicted], positive=measured)
+    data = data[data[predicted] > 0] if not data.empty else data
+    if data.empty:
+        return _no_data(ax, "measured vs predicted decay", "measured decay per step")
+    hue = hue if hue and hue in data.columns else None
+    if hue is not None:
+        data = data.assign(**{hue: data[hue].astype(str)})
+    sns.scatterplot(
+        data=data,
+        x=predicted,
+        y=measured,
+        hue=hue,
+        palette=PALETTE if hue else None,
+        s=40,
+        color=None if hue else sns.color_palette(PALETTE)[0],
+        ax=ax,
+    )
+    both = np.concatenate([data[measured].to_numpy(float), data[predicted].to_numpy(float)])
+    lo, hi = float(both.min()) * 0.9, float(both.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1, label="y = x")
+    if hi / lo > 10:
+        ax.set(xscale="log", yscale="log")
+    ax.legend(fontsize="small", loc="best")
+    ax.set(
+        xlabel="mean-field prediction √χ (factor per time step)",
+        ylabel="measured decay (factor per time step)",
+        title="gradient decay: measured vs mean field",
+    )
+    return ax
+
+
+def _curve(
+    df: pd.DataFrame,
+    column: str,
+    *,
+    evals: pd.DataFrame | None,
+    baseline: float | None,
+    ylabel: str,
+    ax: Axes | None,
+) -> Axes:
+    ax = _axes(ax)
+    data = _finite(df, ["step", column]).sort_values("step") if not df.empty else df
+    held = _finite(evals, ["step", column]) if evals is not None else pd.DataFrame()
+    if data.empty and held.empty:
+        return _no_data(ax, column, ylabel)
+    colours = sns.color_palette(PALETTE, 3)
+    values = []
+    if not data.empty:
+        window = max(1, len(data) // 50)
+        smooth = data[column].rolling(window, min_periods=1).mean()
+        ax.plot(data["step"], data[column], color=colours[0], alpha=0.3, lw=0.8, label="batch")
+        if window > 1:
+            ax.plot(
+                data["step"], smooth, color=colours[0], lw=1.5, label=f"batch, mean of {window}"
+            )
+        values.append(data[column].to_numpy(float))
+    if not held.empty:
+        ax.plot(held["step"], held[column], color=colours[1], marker="o", ms=4, label="validation")
+        values.append(held[column].to_numpy(float))
+    if baseline is not None and math.isfinite(baseline):
+        ax.axhline(baseline, color=colours[2], linestyle="--", lw=1.2, label="baseline")
+        values.append(np.array([baseline]))
+    _log_if_spans(ax, np.concatenate(values))
+    ax.legend(fontsize="small", loc="best")
+    ax.set(xlabel="training step", ylabel=ylabel, title=column)
+    return ax
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.2))
+    return ax
+
+
+def _no_data(ax: Axes, what: str, ylabel: str) -> Axes:
+    ax.text(
+        0.5,
+        0.5,
+        f"no data: {what}",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        color=_NOTE_COLOR,
+        fontsize="large",
+    )
+    ax.set(xticks=[], yticks=[], xlabel="", ylabel=ylabel, title=what)
+    return ax
+
+
+def _finite(
+    df: pd.DataFrame | None, columns: Sequence[str], positive: str | None = None
+) -> pd.DataFrame:
+    """Return the rows of ``df`` whose ``columns`` are finite numbers (``positive`` > 0)."""
+    if df is None or df.empty or any(c not in df.columns for c in columns):
+        return pd.DataFrame(columns=list(columns))
+    data = df.copy()
+    keep = np.ones(len(data), dtype=bool)
+    for c in columns:
+        data[c] = pd.to_numeric(data[c], errors="coerce").astype(float)
+        keep &= np.isfinite(data[c].to_numpy())
+    if positive is not None:
+        keep &= data[positive].to_numpy() > 0
+    return data[keep]
+
+
+def _quantity(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    if df.empty or "quantity" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["quantity"] == name]
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Return cell edges halfway between sorted ``centres`` (±0.5 at a lone or outer cell)."""
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    middle = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate(
+        [
+            [centres[0] - (middle[0] - centres[0])],
+            middle,
+            [centres[-1] + (centres[-1] - middle[-1])],
+        ]
+    )
+
+
+def _step_scale(ax: Axes, steps: pd.Series) -> None:
+    """Use a symlog step axis for log-spaced schedules (1, 2, 4, … spread over decades)."""
+    unique = np.unique(steps.to_numpy(float))
+    positive = unique[unique > 0]
+    spread = len(positive) >= 3 and positive.max() / positive.min() >= 100
+    if spread and np.median(positive[1:] / positive[:-1]) > 1.5:
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
+
+
+def _log_if_spans(ax: Axes, values: np.ndarray, decades: float = 1.5) -> None:
+    """Use a log y axis when the positive ``values`` span more than ``decades`` decades."""
+    values = values[np.isfinite(values)]
+    if values.size and (values > 0).all() and np.log10(values.max() / values.min()) > decades:
+        ax.set_yscale("log")
+
+
+def _sorted_levels(index: pd.Index) -> list:
+    """Return index labels sorted numerically when they all are numbers, else as text."""
+    numbers = pd.to_numeric(pd.Series(list(index)), errors="coerce")
+    if numbers.notna().all():
+        return [index[i] for i in np.argsort(numbers.to_numpy(), kind="stable")]
+    return sorted(index, key=str)
+
+
+def _cell_text(value: float) -> str:
+    if np.isnan(value):
+        return ""
+    if np.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.3g}"
+
+
+def _label(hue: str, name: object) -> str:
+    if hue == "source":
+        return f"s = {int(name)}" if isinstance(name, int | float | np.number) else f"s = {name}"
+    return str(name)
+
+
+def _steps(half_life: float) -> str:
+    if math.isnan(half_life):
+        return "n/a"
+    return "∞" if math.isinf(half_life) else f"{half_life:.3g} steps"

@@ -1,0 +1,406 @@
+"""Studies: a grid of training runs from a TOML spec or repeated flags, run with resume.
+
+A spec file (TOML, parsed with ``tomllib``; nothing is evaluated)::
+
+    # Question: does ReLU carry gradients further back than tanh on the copy task?
+    name = "seq_len"
+    description = "tanh vs ReLU across sequence lengths"
+    seeds = 3                        # seeds 0, 1, 2 become an axis on `seed`
+    device = "cpu"                   # top-level settings: seed, device, dtype, flush_every, ...
+    [task]                           # [task] [model] [train] [probes]: fixed settings
+    name = "copy"
+    [sweep]                          # dotted key -> list of values: one axis each
+    "task.seq_len" = [10, 50, 200]
+    "model.nonlinearity" = ["tanh", "relu"]
+
+Precedence: config defaults < spec < command-line flags and ``--set``. A flag given once fixes
+its setting (even one the spec sweeps); given several times it becomes an axis.
+
+The output directory OUT holds ``study.json`` (the index: name, fixed settings, axes and, per
+run, its id, axis values, status and error) and ``runs/<id>/``, one run directory per grid
+point with ``id = RunConfig.run_id()``. Only this process writes the index, atomically.
+
+Resume: rerunning a study skips runs whose own status is done or diverged, continues
+interrupted (or killed) runs from their last checkpoint, and restarts failed runs from scratch
+(their partial records came from the failing attempt). Two studies are *the same* when they
+have the same set of run ids; OUT holding a different study is an error unless ``force_new``,
+which replaces the index and reuses the runs both share (same id, same settings); the others
+stay on disk under ``runs/`` but leave the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.executors import Executor, RunJob, RunOutcome, recorded_status
+from rnnprobe.store import is_run_dir
+
+__all__ = [
+    "INDEX_NAME",
+    "GridPoint",
+    "StudyResult",
+    "StudySpec",
+    "expand",
+    "load_spec",
+    "override",
+    "read_index",
+    "run_study",
+    "spec_from_dict",
+]
+
+INDEX_NAME = "study.json"
+FINISHED = ("done", "diverged")
+_SPEC_KEYS = ("name", "description", "seeds")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: fixed settings plus axes; the grid is the product of the axes, in order."""
+
+    name: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # dotted key -> value
+    axes: Mapping[str, tuple] = field(default_factory=dict)  # dotted key -> values
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of a study: its id, complete config and the axis values that picked it."""
+
+    run_id: str
+    config: RunConfig
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """How an invocation ended: run statuses (all runs) and whether it was interrupted."""
+
+    out: Path
+    statuses: Counter
+    interrupted: bool
+
+    @property
+    def failed(self) -> int:
+        return self.statuses.get("failed", 0)
+
+
+# -- specs -------------------------------------------------------------------------------
+
+
+def load_spec(path: str | os.PathLike) -> StudySpec:
+    """Return the study spec in the TOML file at ``path`` (name defaults to the file's stem)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RnnprobeError(f"no study spec at {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RnnprobeError(f"{path} is not valid TOML: {error}") from None
+    try:
+        return spec_from_dict(data, default_name=path.stem)
+    except RnnprobeError as error:
+        raise RnnprobeError(f"{path}: {error}") from None
+
+
+def spec_from_dict(data: Mapping[str, Any], default_name: str = "study") -> StudySpec:
+    """Return the spec a parsed TOML document describes; unknown keys list the valid ones."""
+    data = dict(data)
+    name = data.pop("name", default_name)
+    description = data.pop("description", "")
+    seeds = data.pop("seeds", None)
+    sweep = data.pop("sweep", {})
+    for key, value in (("name", name), ("description", description)):
+        if not isinstance(value, str):
+            raise RnnprobeError(f"{key} must be a string, got {value!r}")
+    fixed: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise RnnprobeError(f"[{key}] must be a table of settings, got {value!r}")
+            for sub, item in flatten(value, f"{key}.").items():
+                fixed[check_key(sub)] = coerce(sub, item)
+        elif key in FIELDS and key not in SECTIONS:
+            fixed[key] = coerce(key, value)
+        else:
+            top = [k for k in FIELDS if "." not in k]
+            valid = [*_SPEC_KEYS, "[sweep]", *(f"[{s}]" for s in SECTIONS), *top]
+            raise RnnprobeError(f"unknown key {key!r}; valid: {', '.join(valid)}")
+    if not isinstance(sweep, dict):
+        raise RnnprobeError("[sweep] must be a table of dotted key = [values]")
+    axes = {}
+    for key, values in flatten(sweep).items():
+        if key in fixed:
+            raise RnnprobeError(f"{key} is both fixed and swept; keep one")
+        if not isinstance(values, list):
+            raise RnnprobeError(f"sweep {key} must be a list of values, got {values!r}")
+        axes[check_key(key)] = _axis(key, values)
+    spec = StudySpec(_check_name(name), fixed, axes, description)
+    return override(spec, seeds=seeds) if seeds is not None else spec
+
+
+def override(
+    spec: StudySpec,
+    flags: Mapping[str, Iterable[Any]] | None = None,
+    assignments: Iterable[tuple[str, Any]] = (),
+    *,
+    seeds: int | None = None,
+) -> StudySpec:
+    """Return ``spec`` with command-line settings applied: one value fixes, several sweep.
+
+    ``flags`` maps dotted keys to the values given (``--seq-len 8 --seq-len 32``),
+    ``assignments`` are ``--set`` pairs (always fixed), ``seeds`` makes seeds 0..n-1 an axis.
+    """
+    fixed, axes = dict(spec.fixed), dict(spec.axes)
+
+    def put(key: str, values: list) -> None:
+        fixed.pop(key, None)
+        axes.pop(key, None)
+        if len(values) == 1:
+            fixed[key] = coerce(key, values[0])
+        else:
+            axes[key] = _axis(key, values)
+
+    flags = {check_key(k): list(v) for k, v in (flags or {}).items()}
+    for key, values in flags.items():
+        put(key, values)
+    for key, value in assignments:
+        if key in flags:
+            raise RnnprobeError(f"{key} is given both as a flag and with --set; keep one")
+        put(check_key(key), [value])
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise RnnprobeError(f"seeds must be a whole number ≥ 1, got {seeds!r}")
+        if "seed" in flags:
+            raise RnnprobeError("give either --seed or --seeds, not both")
+        put("seed", list(range(seeds)))
+    return StudySpec(spec.name, fixed, axes, spec.description)
+
+
+def _axis(key: str, values: list) -> tuple:
+    if not values:
+        raise RnnprobeError(f"sweep axis {key} is empty; give at least one value")
+    axis = tuple(coerce(key, v) for v in values)
+    repeated = sorted({repr(v) for v in axis if axis.count(v) > 1})
+    if repeated:
+        raise RnnprobeError(f"sweep axis {key} repeats {', '.join(repeated)}")
+    return axis
+
+
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise RnnprobeError(f"study name {name!r} must be a plain file name")
+    return name
+
+
+def expand(spec: StudySpec) -> list[GridPoint]:
+    """Return one grid point per combination of axis values, in axis order, ids unique."""
+    keys = list(spec.axes)
+    points: dict[str, GridPoint] = {}
+    for combo in itertools.product(*spec.axes.values()):
+        values = dict(zip(keys, combo, strict=True))
+        try:
+            config = build_config({**spec.fixed, **values})
+        except RnnprobeError as error:
+            where = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise RnnprobeError(f"{where}: {error}" if where else str(error)) from None
+        run_id = config.run_id()
+        if run_id in points:
+            raise RnnprobeError(
+                f"{points[run_id].values} and {values} give the same run (the device does not "
+                "change results); drop that axis"
+            )
+        points[run_id] = GridPoint(run_id, config, values)
+    return list(points.values())
+
+
+# -- the index ---------------------------------------------------------------------------
+
+
+def read_index(out: str | os.PathLike) -> dict | None:
+    """Return the study index in ``out``, or None if there is none."""
+    path = Path(out) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RnnprobeError(f"{path} is not a study index: {error}") from None
+
+
+def write_index(out: Path, index: dict) -> None:
+    """Write ``study.json`` atomically: a temporary in ``out``, then ``os.replace``."""
+    index["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX_NAME}.tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=2)
+        os.replace(tmp, out / INDEX_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: bool) -> dict:
+    old = read_index(out)
+    old_runs = {r["id"]: r for r in old.get("runs", [])} if old else {}
+    if old and set(old_runs) != {p.run_id for p in points} and not force_new:
+        raise RnnprobeError(
+            f"{out} holds a different study {old.get('name')!r} ({_difference(old, spec)}); "
+            "use another --out, or --force-new to replace its index"
+        )
+    if old is None and out.is_dir() and any(out.iterdir()) and not (out / "runs").is_dir():
+        raise RnnprobeError(f"{out} is not empty and holds no study; choose another --out")
+    runs = []
+    for point in points:
+        entry = old_runs.get(point.run_id, {})
+        runs.append(
+            {
+                "id": point.run_id,
+                "axes": point.values,
+                "status": entry.get("status", "pending"),
+                "error": entry.get("error"),
+            }
+        )
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "fixed": dict(spec.fixed),
+        "axes": {k: list(v) for k, v in spec.axes.items()},
+        "runs": runs,
+    }
+
+
+def _difference(old: dict, spec: StudySpec) -> str:
+    keys = set(old.get("fixed", {})) | set(old.get("axes", {})) | set(spec.fixed) | set(spec.axes)
+    new_axes = {k: list(v) for k, v in spec.axes.items()}
+    differs = [
+        k
+        for k in sorted(keys)
+        if old.get("fixed", {}).get(k) != spec.fixed.get(k)
+        or old.get("axes", {}).get(k) != new_axes.get(k)
+    ]
+    return f"differs in {', '.join(differs)}" if differs else "different runs"
+
+
+def run_status(run_dir: Path) -> str | None:
+    """Return the status a run directory records, or None if it holds no run."""
+    if not is_run_dir(run_dir):
+        return None
+    return recorded_status(run_dir)[0] or "interrupted"  # no readable status: cut short
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def run_study(
+    spec: StudySpec,
+    out: str | os.PathLike,
+    executor: Executor,
+    *,
+    force_new: bool = False,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run every unfinished grid point of ``spec`` into ``out`` with ``executor``.
+
+    Never raises for a failing run (it is marked failed and retried on the next call); a
+    KeyboardInterrupt stops the study, marks running runs interrupted and returns with
+    ``interrupted`` set.
+    """
+    out = Path(out)
+    points = expand(spec)
+    index = _open_index(out, spec, points, force_new)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    entries = {e["id"]: e for e in index["runs"]}
+    jobs = []
+    for point in points:
+        entry, run_dir = entries[point.run_id], out / "runs" / point.run_id
+        status = run_status(run_dir)
+        if status in FINISHED:
+            entry.update(status=status, error=None)
+            continue
+        resume = status is not None and status != "failed" and entry["status"] != "failed"
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # a failed attempt, or a creation cut short
+        entry["status"] = "interrupted" if resume else "pending"
+        jobs.append(RunJob(point.run_id, point.config, str(run_dir.resolve()), resume))
+    write_index(out, index)
+    total = len(points)
+    echo(
+        f"study {spec.name}: {total} runs, {total - len(jobs)} finished, {len(jobs)} to run "
+        f"({executor.description}) -> {out}"
+    )
+
+    def started(job: RunJob) -> None:
+        entries[job.run_id].update(status="running", error=None)
+        write_index(out, index)
+
+    progress = _Progress(total, total - len(jobs), echo)
+    interrupted = False
+    runs = executor.run(jobs, started)
+    try:
+        with contextlib.closing(runs):
+            for outcome in runs:
+                entry = entries[outcome.run_id]
+                entry["status"] = outcome.status
+                entry["error"] = outcome.message if outcome.status == "failed" else None
+                write_index(out, index)
+                interrupted = interrupted or outcome.status == "interrupted"
+                progress.finished(outcome, entry["axes"])
+    except KeyboardInterrupt:
+        interrupted = True
+    for entry in index["runs"]:
+        if entry["status"] == "running":
+            entry["status"] = "interrupted"
+    write_index(out, index)
+    return StudyResult(out, Counter(e["status"] for e in index["runs"]), interrupted)
+
+
+class _Progress:
+    """One line per finished run: done/total, the run, its status, and an ETA."""
+
+    def __init__(self, total: int, done: int, echo: Callable[[str], None]) -> None:
+        self.total, self.done, self.here, self.echo = total, done, 0, echo
+        self.start = time.monotonic()
+
+    def finished(self, outcome: RunOutcome, values: Mapping[str, Any]) -> None:
+        self.done += 1
+        self.here += 1
+        elapsed = time.monotonic() - self.start
+        left = self.total - self.done
+        eta = f"ETA {_duration(elapsed / self.here * left)}" if left else "all finished"
+        where = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items())
+        note = f" ({outcome.message})" if outcome.status in ("failed", "diverged") else ""
+        self.echo(
+            f"[{self.done}/{self.total}] {outcome.run_id} {where}: {outcome.status} "
+            f"at step {outcome.steps_done} in {_duration(outcome.seconds)}{note}; {eta}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"

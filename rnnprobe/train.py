@@ -1,0 +1,358 @@
+"""One training run, end to end: a plain loop whose probes fire on their schedules.
+
+Records go to the run directory through ``store.RunStore``: values stay on the device and
+move to the host once per flush interval (``flush_every`` steps); a checkpoint follows every
+``checkpoint_every`` steps, so a killed run loses at most that much and resumes with the same
+RNG state. The only per-step host sync is the guard that keeps non-finite gradients out of
+the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rnnprobe.capture import capture
+from rnnprobe.config import RunConfig, config_from_dict
+from rnnprobe.device import resolve_device
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.init import init_recurrent_weights
+from rnnprobe.instruments import Instruments
+from rnnprobe.model import ElmanRNN
+from rnnprobe.objective import build_model, run_batch
+from rnnprobe.store import RunStore, is_run_dir, load_run
+from rnnprobe.tasks import Task, Truncation, make_task
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # done | diverged | failed | interrupted
+    run_dir: Path
+    steps_done: int
+    message: str
+
+
+def make_task_from_config(config: RunConfig) -> Task:
+    """Return the task a run's config names, with its options."""
+    cfg = config.task
+    options: dict = {"seq_len": cfg.seq_len}
+    if cfg.name == "lm":
+        options.update(
+            corpus=cfg.corpus, level=cfg.level, sampling=cfg.sampling, max_chars=cfg.max_chars
+        )
+    elif cfg.name == "recall":
+        options.update(num_classes=cfg.num_classes, variable_length=cfg.variable_length)
+    return make_task(cfg.name, **options)
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    cfg, params = config.train, model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    kinds = {
+        "adam": torch.optim.Adam,
+        "rmsprop": torch.optim.RMSprop,
+        "adagrad": torch.optim.Adagrad,
+    }
+    return kinds[cfg.optimizer](params, lr=cfg.lr)
+
+
+def _clip(params: list[torch.Tensor], mode: str, value: float):
+    """Clip gradients in place; return (pre-clip norm, post-clip norm) as 0-d device tensors."""
+    if mode == "norm":
+        pre = torch.nn.utils.clip_grad_norm_(params, value, foreach=True)
+        return pre, pre * torch.clamp(value / (pre + 1e-6), max=1.0)
+    pre = torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
+    if mode == "none":
+        return pre, pre
+    torch.nn.utils.clip_grad_value_(params, value, foreach=True)
+    return pre, torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
+
+
+class Trainer:
+    """Holds one run's state; ``run()`` trains to ``train.steps`` or gives up."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool, progress: bool):
+        self.config, self.progress = config, progress
+        self.device = resolve_device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.task = make_task_from_config(config)
+        self.truncation = Truncation.parse(config.train.bptt)
+        torch.manual_seed(config.seed)
+        self.model = build_model(self.task, config.model)
+        self.rnn = next(m for m in self.model.modules() if isinstance(m, ElmanRNN))
+        init_recurrent_weights(
+            self.rnn,
+            config.model.init,
+            gain=config.model.init_gain,
+            radius=config.model.init_radius,
+        )
+        self.model.to(self.device, self.dtype)
+        self.optimizer = make_optimizer(self.model, config)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.cut_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.instruments = Instruments(config.probes, self.rnn, config.seed)
+        self.eval_batches = self.task.eval_batches(
+            config.train.batch_size, num_batches=config.train.eval_batches, seed=config.seed + 3
+        )
+        self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
+        self.h: torch.Tensor | None = None
+        if resume and is_run_dir(run_dir):
+            self.store = RunStore.open_for_resume(run_dir)
+            self._restore()
+        else:
+            self.store = RunStore.create(run_dir, config.to_dict())
+            self._record_start()
+        self.batches = self.task.batches(config.train.batch_size, self.data_generator)
+        if getattr(self.task, "sampling", "random") == "sequential":
+            self.batches = islice(self.batches, self.step, None)  # the streams' position
+
+    # -- records -------------------------------------------------------------------------
+    def _record_start(self) -> None:
+        task = self.task
+        self.store.append(
+            "task",
+            {
+                "name": task.name,
+                "kind": task.kind,
+                "metric": task.metric,
+                "seq_len": int(self.eval_batches[0].inputs.shape[1]),
+                "baseline_loss": float(task.baseline_loss),
+                "baseline_metric": float(task.baseline_metric),
+                "baseline_description": task.baseline_description,
+                "parameters": sum(p.numel() for p in self.params),
+            },
+        )
+        first = self.eval_batches[0].to(self.device)
+        with torch.no_grad():
+            x = (
+                first.inputs.to(self.dtype)
+                if task.input_kind == "features"
+                else (self.model.embedding(first.inputs))
+            )
+        self.instruments.record_init(float(x.square().mean()))
+
+    def _flush(self) -> None:
+        for table, blocks in self.instruments.rows.drain().items():
+            for block in blocks:
+                self.store.append(table, block)
+        self.store.flush()
+
+    def _checkpoint(self) -> None:
+        self._flush()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_rng": self.data_generator.get_state(),
+            "cut_rng": self.cut_generator.get_state(),
+            "probe_rng": self.instruments.generator.get_state(),
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "nonfinite_run": self.nonfinite_run,
+            "h": self.h if self.h is not None else torch.empty(0),
+        }
+        if hasattr(self.task, "corpus"):
+            state["vocab"] = list(self.task.corpus.vocab.tokens)
+        self.store.save_checkpoint(state, self.step)
+
+    def _restore(self) -> None:
+        checkpoint = self.store.checkpoint
+        if checkpoint is None:  # killed before its first checkpoint: start over
+            self.store.append("events", {"step": 0, "kind": "resumed", "message": "from start"})
+            self._record_start()
+            return
+        state = checkpoint.state
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.data_generator.set_state(state["data_rng"])
+        self.cut_generator.set_state(state["cut_rng"])
+        self.instruments.generator.set_state(state["probe_rng"])
+        self.step, self.seconds = checkpoint.step, float(state["seconds"])
+        self.tokens, self.nonfinite_run = int(state["tokens"]), int(state["nonfinite_run"])
+        h = state["h"]
+        self.h = h.to(self.device, self.dtype) if h.numel() else None
+        self.store.append(
+            "events",
+            {"step": self.step, "kind": "resumed", "message": f"from checkpoint {self.step}"},
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg = self.config.train
+        self.store.set_status("running", self.step)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        status, message = "done", ""
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                diverged = self._train_step()
+                self.seconds += time.perf_counter() - start
+                bar.update(1)
+                if diverged:
+                    status, message = "diverged", f"non-finite gradients at step {self.step}"
+                    break
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    self._evaluate()
+                if self.step % self.config.checkpoint_every == 0:
+                    self._checkpoint()
+                elif self.step % self.config.flush_every == 0:
+                    self._flush()
+                    self._show_progress(bar)
+        except KeyboardInterrupt:
+            self._checkpoint()
+            self.store.append("events", {"step": self.step, "kind": "interrupted", "message": ""})
+            self._flush()
+            self.store.set_status("interrupted", self.step)
+            bar.close()
+            raise
+        bar.close()
+        if status == "diverged":
+            self.store.append("events", {"step": self.step, "kind": "diverged", "message": message})
+        self._checkpoint()
+        self.store.set_status(status, self.step, message or None)
+        self.store.close()
+        return RunResult(status, self.store.path, self.step, message)
+
+    def _show_progress(self, bar: tqdm) -> None:
+        if bar.disable or self.seconds == 0:
+            return
+        bar.set_postfix(tokens_per_s=f"{self.tokens / self.seconds:,.0f}")
+
+    def _train_step(self) -> bool:
+        """Run one optimizer step; return True when the run must stop as diverged."""
+        cfg, probes = self.config.train, self.instruments
+        self.step += 1
+        fired = probes.firing(self.step)
+        batch = next(self.batches).to(self.device)
+        if batch.inputs.is_floating_point():
+            batch = type(batch)(
+                batch.inputs.to(self.dtype),
+                batch.targets.to(self.dtype),
+                batch.lengths,
+                batch.continues,
+            )
+        T = batch.inputs.shape[1]
+        segments = list(self.truncation.segments(T, self.cut_generator))
+        h0 = self.h if batch.continues else None
+        self.optimizer.zero_grad(set_to_none=True)
+        needs_states = bool(fired & {"hidden", "spectra", "lyapunov"})
+        with capture(
+            self.model,
+            reach="reach" in fired,
+            reach_batch=self.config.probes.sub_batch,
+            keep_states=needs_states,
+        ) as cap:
+            result = run_batch(self.model, self.task, batch, segments, h0)
+        self.h = result.h_n
+        self.tokens += batch.inputs.shape[0] * T
+        pre, post = _clip(self.params, cfg.clip, cfg.clip_value)
+        finite = bool(torch.isfinite(result.loss) & torch.isfinite(pre))  # the one sync
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_run += 1
+            probes.rows.add("events", step=self.step, kind="nonfinite", message="update skipped")
+        probes.rows.add(
+            "steps",
+            step=self.step,
+            loss=result.loss,
+            metric=result.metric,
+            grad_norm_pre_clip=pre,
+            grad_norm_post_clip=post,
+            clipped=post < pre,
+            skipped=not finite,
+            lr=self.optimizer.param_groups[0]["lr"],
+            tokens=self.tokens,
+            seconds=self.seconds,
+        )
+        records = cap.records_on_device()
+        if "adjoints" in fired or "reach" in fired:
+            probes.record_backward(self.step, records, result.backward_offsets)
+        if needs_states and records and records[0].states is not None:
+            states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
+            probes.record_states(self.step, states, fired)
+        if not finite:
+            return cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
+        return False
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        losses, metrics, h = [], [], None
+        for batch in self.eval_batches:
+            batch = batch.to(self.device)
+            if batch.inputs.is_floating_point():
+                batch = type(batch)(
+                    batch.inputs.to(self.dtype),
+                    batch.targets.to(self.dtype),
+                    batch.lengths,
+                    batch.continues,
+                )
+            result = run_batch(
+                self.model,
+                self.task,
+                batch,
+                [(0, batch.inputs.shape[1])],
+                h if batch.continues else None,
+                train=False,
+            )
+            h = result.h_n
+            losses.append(result.loss)
+            metrics.append(result.metric)
+        self.instruments.rows.add(
+            "evals",
+            step=self.step,
+            loss=torch.stack(losses).mean(),
+            metric=torch.stack(metrics).mean(),
+        )
+
+
+def train_run(
+    config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> RunResult:
+    """Train one run into ``run_dir``; with ``resume``, continue a run found there."""
+    run_dir = Path(run_dir)
+    if resume and is_run_dir(run_dir):
+        status = load_run(run_dir, tables=()).status.get("status")
+        if status in ("done", "diverged"):
+            step = int(load_run(run_dir, tables=()).status.get("step", 0))
+            return RunResult(status, run_dir, step, "already finished")
+    trainer = Trainer(config, run_dir, resume, progress)
+    try:
+        return trainer.run()
+    except (RnnprobeError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a bug or a numerical failure: record it, then re-raise
+        trainer.store.set_status("failed", trainer.step, f"{type(error).__name__}: {error}")
+        raise
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """Return the config stored in ``run_dir``, or a one-line error if it is not a run."""
+    return config_from_dict(load_run(run_dir, tables=()).config)
+
+
+def tokens_per_second(run_dir: str | Path) -> float:
+    """Return the run's training throughput from its step records."""
+    steps = load_run(run_dir, tables=("steps",)).table("steps")
+    if steps.empty:
+        return float("nan")
+    return float(steps["tokens"].iloc[-1] / max(steps["seconds"].iloc[-1], 1e-9))

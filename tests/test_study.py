@@ -1,0 +1,374 @@
+"""Studies: spec parsing, grid expansion with stable ids, resume after interrupts, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+import rnnprobe.train
+from rnnprobe.analysis import study_summary
+from rnnprobe.cli_study import study
+from rnnprobe.config import build_config
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.executors import InProcessExecutor
+from rnnprobe.store import read_table
+from rnnprobe.study import (
+    StudySpec,
+    expand,
+    load_spec,
+    override,
+    read_index,
+    run_study,
+    spec_from_dict,
+)
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+WALL_CLOCK = ["seconds"]
+TINY = [
+    "--device", "cpu", "--hidden-size", "8", "--embedding-dim", "4", "--batch-size", "4",
+    "--eval-every", "5", "--eval-batches", "1", "--flush-every", "5", "--checkpoint-every", "5",
+    "--reach", "every:5", "--spectra", "never", "--lyapunov", "every:5", "--hidden", "every:5",
+]  # fmt: skip
+TINY_SETTINGS = {
+    "device": "cpu",
+    "model.hidden_size": 8,
+    "model.embedding_dim": 4,
+    "train.batch_size": 4,
+    "train.steps": 10,
+    "train.eval_every": 5,
+    "train.eval_batches": 1,
+    "flush_every": 5,
+    "checkpoint_every": 5,
+    "probes.spectra": "never",
+    "probes.reach": "every:5",
+}
+
+
+def tiny_spec(**axes) -> StudySpec:
+    axes = axes or {"task.seq_len": (3, 5)}
+    return StudySpec("tiny", dict(TINY_SETTINGS), {k: tuple(v) for k, v in axes.items()})
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(study, [*args, "--jobs", "1", "--no-report"])
+
+
+def comparable(out: Path) -> pd.DataFrame:
+    return study_summary(out).drop(columns=WALL_CLOCK)
+
+
+def mtimes(run_dir: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+# -- specs and grids ---------------------------------------------------------------------
+
+
+def test_grid_is_the_product_of_axes_in_order():
+    spec = tiny_spec(**{"task.seq_len": (3, 5, 7), "model.nonlinearity": ("tanh", "relu")})
+    points = expand(spec)
+    assert [tuple(p.values.values()) for p in points] == [
+        (3, "tanh"), (3, "relu"), (5, "tanh"), (5, "relu"), (7, "tanh"), (7, "relu")
+    ]  # fmt: skip
+    assert points[3].config.task.seq_len == 5 and points[3].config.model.nonlinearity == "relu"
+    assert all(p.config.model.hidden_size == 8 for p in points)
+    assert len({p.run_id for p in points}) == 6
+    assert [p.run_id for p in expand(spec)] == [p.run_id for p in points]
+
+
+@given(
+    hidden=st.integers(1, 512),
+    lr=st.floats(1e-6, 1.0),
+    nonlinearity=st.sampled_from(["tanh", "relu"]),
+    seed=st.integers(0, 2**31),
+)
+def test_run_id_depends_on_settings_only(hidden, lr, nonlinearity, seed):
+    settings = {
+        "model.hidden_size": hidden,
+        "train.lr": lr,
+        "model.nonlinearity": nonlinearity,
+        "seed": seed,
+    }
+    same = build_config(settings).run_id()
+    assert build_config(dict(reversed(settings.items()))).run_id() == same
+    assert build_config({**settings, "device": "cpu"}).run_id() == same  # device: no effect
+    assert build_config({**settings, "seed": seed + 1}).run_id() != same
+    assert build_config({**settings, "model.hidden_size": hidden + 1}).run_id() != same
+
+
+def test_spec_file_gives_fixed_settings_axes_and_seeds(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '# Question: a test\nname = "s"\nseeds = 2\ndtype = "float64"\n'
+        '[model]\nhidden_size = 8\n[sweep]\n"task.seq_len" = [3, 5]\n'
+        "train.lr = [0.1, 1]\n"  # unquoted dotted keys work too; ints coerced to float
+    )
+    spec = load_spec(path)
+    assert spec.fixed == {"dtype": "float64", "model.hidden_size": 8}
+    assert spec.axes == {"task.seq_len": (3, 5), "train.lr": (0.1, 1.0), "seed": (0, 1)}
+    assert len(expand(spec)) == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\nhiden_size = 8", "unknown setting 'model.hiden_size'; valid: task.name"),
+        ("stepz = 8", "unknown key 'stepz'; valid: name, description, seeds, [sweep]"),
+        ("[optim]\nlr = 1", "unknown key 'optim'"),
+        ("[sweep]\n\"model.widht\" = [1, 2]", "unknown setting 'model.widht'"),
+        ("[train]\nsteps = 'many'", "train.steps must be int, got str 'many'"),
+        ("[sweep]\n\"train.steps\" = [10, 'x']", "train.steps must be int"),
+        ("[sweep]\n\"train.steps\" = []", "sweep axis train.steps is empty"),
+        ("[sweep]\n\"train.steps\" = 10", "sweep train.steps must be a list"),
+        ("[sweep]\n\"train.steps\" = [10, 10]", "repeats 10"),
+        ("[train]\nsteps = 5\n[sweep]\n\"train.steps\" = [1, 2]", "both fixed and swept"),
+        ("seeds = 0", "seeds must be a whole number"),
+        ("name = 3", "name must be a string"),
+        ("name = '../x'", "must be a plain file name"),
+        ("[model\n", "is not valid TOML"),
+    ],
+)
+def test_bad_spec_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(RnnprobeError, match="^.*$") as error:
+        expand(load_spec(path))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_invalid_value_names_the_grid_point():
+    spec = tiny_spec(**{"model.nonlinearity": ("tanh", "relu"), "train.lr": (0.1, -1.0)})
+    with pytest.raises(RnnprobeError, match=r"^model.nonlinearity='tanh', train.lr=-1.0: train"):
+        expand(spec)
+
+
+def test_command_line_overrides_the_spec():
+    spec = spec_from_dict(
+        {"name": "x", "train": {"steps": 100}, "sweep": {"task.seq_len": [3, 5]}, "seeds": 3}
+    )
+    spec = override(spec, {"task.seq_len": (9,), "model.nonlinearity": ("tanh", "relu")},
+                    [("train.steps", 7)], seeds=None)  # fmt: skip
+    assert spec.fixed == {"train.steps": 7, "task.seq_len": 9}  # a flag given once fixes
+    assert spec.axes == {"seed": (0, 1, 2), "model.nonlinearity": ("tanh", "relu")}
+    assert override(spec, {"seed": (4,)}).axes == {"model.nonlinearity": ("tanh", "relu")}
+    with pytest.raises(RnnprobeError, match="both as a flag and with --set"):
+        override(spec, {"train.steps": (1,)}, [("train.steps", 2)])
+
+
+def test_same_run_twice_is_refused():
+    with pytest.raises(RnnprobeError, match="give the same run"):
+        expand(tiny_spec(device=("cpu", "auto")))
+
+
+def test_every_canonical_spec_loads_and_expands():
+    paths = sorted(STUDIES.glob("*.toml"))
+    names = {p.stem for p in paths}
+    assert {"seq_len", "init_gain", "clipping", "truncation", "irnn_adding", "lm_text", "smoke"} <= names  # noqa: E501
+    for path in paths:
+        assert path.read_text().startswith("# Question:"), f"{path.name} states no question"
+        spec = load_spec(path)
+        assert spec.name == path.stem and spec.description
+        points = expand(spec)
+        assert 1 < len(points) <= 24
+        assert all(p.config.train.steps <= 1000 for p in points)
+    assert len(expand(load_spec(STUDIES / "smoke.toml"))) <= 4
+
+
+# -- running, resume, failures -----------------------------------------------------------
+
+
+def test_study_runs_every_point_and_rerun_skips_finished_runs(tmp_path):
+    out = tmp_path / "study"
+    result = run_study(tiny_spec(), out, InProcessExecutor(progress=False), echo=lambda s: None)
+    assert not result.interrupted and result.statuses == {"done": 2}
+    index = read_index(out)
+    assert index["name"] == "tiny" and index["axes"] == {"task.seq_len": [3, 5]}
+    assert [r["axes"] for r in index["runs"]] == [{"task.seq_len": 3}, {"task.seq_len": 5}]
+    assert all(r["status"] == "done" and r["error"] is None for r in index["runs"])
+    before = {r["id"]: mtimes(out / "runs" / r["id"]) for r in index["runs"]}
+    lines = []
+    run_study(tiny_spec(), out, InProcessExecutor(progress=False), echo=lines.append)
+    assert "2 finished, 0 to run" in lines[0]
+    assert {r["id"]: mtimes(out / "runs" / r["id"]) for r in index["runs"]} == before
+
+
+def test_run_without_status_resumes_and_summary_matches(tmp_path):
+    spec, quiet = tiny_spec(), {"echo": lambda s: None}
+    run_study(spec, tmp_path / "whole", InProcessExecutor(progress=False), **quiet)
+    out = tmp_path / "cut"
+    run_study(spec, out, InProcessExecutor(progress=False), **quiet)
+    first, second = (r["id"] for r in read_index(out)["runs"])
+    before = mtimes(out / "runs" / first)
+    (out / "runs" / second / "status.json").unlink()  # as if killed before the status write
+    assert run_study(spec, out, InProcessExecutor(progress=False), **quiet).statuses == {"done": 2}
+    assert mtimes(out / "runs" / first) == before
+    pd.testing.assert_frame_equal(comparable(out), comparable(tmp_path / "whole"))
+
+
+def test_failing_run_does_not_stop_the_others_and_is_retried(tmp_path, monkeypatch):
+    real = rnnprobe.train.train_run
+
+    def flaky(config, run_dir, **kwargs):
+        if config.task.seq_len == 3:
+            real(config, run_dir, **{**kwargs, "resume": False})  # leaves a finished run
+            raise FloatingPointError("boom\nsecond line")
+        return real(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(rnnprobe.train, "train_run", flaky)
+    spec = tiny_spec(**{"task.seq_len": (3, 5, 7)})
+    lines = []
+    result = run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lines.append)
+    assert result.statuses == {"failed": 1, "done": 2} and result.failed == 1
+    failed = read_index(tmp_path)["runs"][0]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "FloatingPointError: boom second line"
+    assert any("failed" in line and "boom" in line for line in lines)
+    monkeypatch.setattr(rnnprobe.train, "train_run", real)
+    result = run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lines.append)
+    assert result.statuses == {"done": 3}  # retried from scratch
+    events = read_table(tmp_path / "runs" / failed["id"], "events")
+    assert "resumed" not in set(events["kind"])  # a fresh start, not a resume
+
+
+def test_user_error_inside_a_run_is_recorded_as_failed(tmp_path, monkeypatch):
+    def refuse(config, run_dir, **kwargs):
+        raise RnnprobeError("corpus not found")
+
+    monkeypatch.setattr(rnnprobe.train, "train_run", refuse)
+    result = run_study(tiny_spec(), tmp_path, InProcessExecutor(progress=False), echo=print)
+    assert result.statuses == {"failed": 2}
+    assert {r["error"] for r in read_index(tmp_path)["runs"]} == {"corpus not found"}
+
+
+def test_out_dir_holding_a_different_study_is_refused_unless_force_new(tmp_path):
+    quiet = {"echo": lambda s: None}
+    run_study(tiny_spec(), tmp_path, InProcessExecutor(progress=False), **quiet)
+    shared = read_index(tmp_path)["runs"][0]["id"]
+    before = mtimes(tmp_path / "runs" / shared)
+    bigger = tiny_spec(**{"task.seq_len": (3, 4)})
+    with pytest.raises(RnnprobeError, match="holds a different study 'tiny'.*--force-new"):
+        run_study(bigger, tmp_path, InProcessExecutor(progress=False), **quiet)
+    result = run_study(bigger, tmp_path, InProcessExecutor(progress=False), force_new=True, **quiet)
+    assert result.statuses == {"done": 2}
+    assert mtimes(tmp_path / "runs" / shared) == before  # the run both share is reused
+    assert read_index(tmp_path)["axes"] == {"task.seq_len": [3, 4]}
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def test_cli_sweeps_repeated_flags_and_writes_summary(tmp_path):
+    out = tmp_path / "s"
+    result = invoke(*TINY, "--steps", "5", "--seq-len", "3", "--seq-len", "5",
+                    "--nonlinearity", "tanh", "--nonlinearity", "relu", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "[4/4]" in result.output and "all finished" in result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and set(summary["status"]) == {"done"}
+    assert {"task.seq_len", "model.nonlinearity", "decay_per_step", "loss_ratio"} <= set(summary)
+    assert len(pd.read_parquet(out / "summary.parquet")) == 4
+    assert "nonlinearity" in result.output and "half_life" in result.output
+
+
+def test_cli_runs_a_spec_file_with_set_and_default_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(str(STUDIES / "smoke.toml"), "--set", "train.steps=4", "--set",
+                    "task.seq_len=3")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    index = read_index(tmp_path / "runs" / "smoke")
+    assert index["fixed"]["train.steps"] == 4 and index["axes"] == {"model.nonlinearity": ["tanh", "relu"]}  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.steps=__import__('os')"], "is not a int literal"),
+        (["--set", "model.widht=3"], "unknown setting 'model.widht'"),
+        (["--set", "train.steps"], "--set needs key=value"),
+        (["--seeds", "0"], "seeds must be a whole number"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--address", "h:1"], "--address needs --executor ray"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["missing.toml"], "no study spec at missing.toml"),
+        (["--executor", "ray", "--address", "127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(study, args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+# -- interrupts, in a real process -------------------------------------------------------
+
+
+def start_study(out: Path, *extra: str) -> subprocess.Popen:
+    args = [*TINY, "--steps", "150", "--seq-len", "3", "--seq-len", "4", "--seq-len", "5",
+            "--checkpoint-every", "20", "--jobs", "1", "--no-report", "--out", str(out), *extra]  # fmt: skip  # noqa: E501
+    return subprocess.Popen(
+        [sys.executable, "-m", "rnnprobe.cli_study", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+
+
+def wait_for_first_done(out: Path, process: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        index = read_index(out) if (out / "study.json").is_file() else None
+        done = [r["id"] for r in (index or {}).get("runs", []) if r["status"] == "done"]
+        if done:
+            return done[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no run finished: {process.communicate()}")
+
+
+@pytest.fixture(scope="module")
+def whole_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "s"
+    process = start_study(out)
+    assert process.wait(120) == 0, process.communicate()
+    return out
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_study_resumes_to_the_same_summary(tmp_path, whole_study, how):
+    out = tmp_path / "s"
+    process = start_study(out)
+    first = wait_for_first_done(out, process)
+    before = mtimes(out / "runs" / first)
+    process.send_signal(how)
+    code = process.wait(60)
+    _, stderr = process.communicate()
+    if how == signal.SIGINT:
+        assert code == 130
+        assert stderr.strip().splitlines()[-1].startswith("rnnprobe: study interrupted")
+        assert "Traceback" not in stderr
+        statuses = [r["status"] for r in read_index(out)["runs"]]
+        assert statuses[statuses.index("done") + 1] in ("interrupted", "pending")
+        assert "running" not in statuses
+    else:
+        assert code == -signal.SIGKILL
+    rerun = start_study(out)
+    assert rerun.wait(120) == 0, rerun.communicate()
+    assert "1 finished, 2 to run" in rerun.communicate()[0]
+    assert mtimes(out / "runs" / first) == before
+    pd.testing.assert_frame_equal(comparable(out), comparable(whole_study))
+    assert json.loads((out / "study.json").read_text())["runs"][1]["status"] == "done"
