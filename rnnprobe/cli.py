@@ -19,18 +19,35 @@ DEVICE = click.option(
 )
 
 
-class RnnprobeGroup(click.Group):
-    """Turns a user mistake (RnnprobeError) into one line on stderr and exit status 2."""
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
-    def invoke(self, ctx: click.Context):
+
+class RnnprobeGroup(click.Group):
+    """Turns a user mistake (a bad option, an RnnprobeError) into one line on stderr, exit 2."""
+
+    def main(self, *args, **kwargs):
         try:
-            return super().invoke(ctx)
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.Abort:
+            click.echo("rnnprobe: interrupted", err=True)
+            sys.exit(130)
+        except _NO_ARGS_IS_HELP as error:
+            click.echo(error.format_message())
+            sys.exit(0)
+        except click.ClickException as error:  # usage errors: unknown option, bad choice
+            ctx = getattr(error, "ctx", None)
+            command = ctx.command_path if ctx is not None else "rnnprobe"
+            click.echo(f"{command}: error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
         except RnnprobeError as error:
             click.echo(f"rnnprobe: error: {error}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("rnnprobe: interrupted", err=True)
             sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 @click.group(cls=RnnprobeGroup)

@@ -302,10 +302,14 @@ def diagnose_study(summary: pd.DataFrame, axes: Sequence[str]) -> StudyDiagnosis
             continue
         eta2, best = ranked[-1]
         means = data.groupby(data[best].astype(str))[value].mean()
-        spread = ", ".join(f"{k}: {v:.3g}" for k, v in means.items() if math.isfinite(v))
+        what, shown = "mean", {k: f"{v:.3g}" for k, v in means.items() if math.isfinite(v)}
+        if value == "log10_half_life":  # back to steps: the geometric-mean half-life
+            what = "geometric-mean half-life in steps"
+            shown = {k: _capped(10**v, cap) for k, v in means.items() if math.isfinite(v)}
+        spread = ", ".join(f"{k}: {v}" for k, v in shown.items())
         lines.append(
             f"{name}: {best} mattered most, explaining {eta2:.0%} of the variance across runs "
-            f"(mean by {best}: {spread})."
+            f"({what} by {best}: {spread})."
         )
     lines += _regime_patterns(summary, axes)
     lines += _mean_field_agreement(summary)
@@ -421,6 +425,10 @@ def _mean(df: pd.DataFrame, column: str) -> float:
     (values,) = _columns(df, column)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else math.nan
+
+
+def _capped(value: float, cap: float) -> str:
+    return f"≥ {cap:.3g} (no decay)" if value >= cap * 0.999 else f"{value:.3g}"
 
 
 def _number(value: object) -> float:

@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from rnnprobe.analysis import fit_decay
 
@@ -115,13 +116,14 @@ def plot_gradient_reach(
             else "no fit (one distance)"
         )
         ax.plot(line.index, line.to_numpy(), color=colour, marker=".", label=label)
-    ax.set_yscale("log")
-    ax.set(
-        xlabel="distance s − t (time steps)",
-        ylabel="‖∂ℓ_s/∂h_t‖",
-        title="gradient reach (legend: fitted decay per step, half-life)",
+    _log_axis(ax, "y")
+    ax.set(xlabel="distance s − t (time steps)", ylabel="‖∂ℓ_s/∂h_t‖", title="gradient reach")
+    ax.legend(
+        fontsize="x-small",
+        loc="best",
+        title="fit: decay per step, half-life",
+        title_fontsize="x-small",
     )
-    ax.legend(fontsize="x-small", loc="best")
     return ax
 
 
@@ -137,18 +139,20 @@ def plot_jacobian_spectra(
     data = data[(data["layer"] == layer) & data["step"].isin(thin_steps(data["step"], max_steps))]
     if data.empty:
         return _no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
-    order = [str(int(s)) for s in sorted(data["step"].unique())]
-    data = data.assign(step=data["step"].astype(int).astype(str))
-    sns.boxplot(
-        data=data,
-        x="step",
-        y="value",
-        order=order,
-        color=sns.color_palette(PALETTE)[0],
-        fliersize=1.5,
-        log_scale=True,
-        ax=ax,
+    steps = sorted(data["step"].unique())
+    # matplotlib's own boxplot: seaborn 0.13's passes the deprecated `vert` on matplotlib ≥ 3.11
+    boxes = ax.boxplot(
+        [data.loc[data["step"] == s, "value"].to_numpy() for s in steps],
+        positions=range(len(steps)),
+        widths=0.6,
+        patch_artist=True,
+        flierprops={"markersize": 2},
+        medianprops={"color": "0.1"},
     )
+    for box in boxes["boxes"]:
+        box.set_facecolor(sns.color_palette(PALETTE)[0])
+    ax.set_xticks(range(len(steps)), [str(int(s)) for s in steps])
+    _log_axis(ax, "y")
     ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
     ax.legend(fontsize="small", loc="best")
     ax.set(
@@ -456,8 +460,9 @@ def plot_decay_vs_mean_field(
     lo, hi = float(both.min()) * 0.9, float(both.max()) * 1.1
     ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1, label="y = x")
     if hi / lo > 10:
-        ax.set(xscale="log", yscale="log")
-    ax.legend(fontsize="small", loc="best")
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+    ax.legend(fontsize="small", loc="best", title=hue, title_fontsize="small")
     ax.set(
         xlabel="mean-field prediction √χ (factor per time step)",
         ylabel="measured decay (factor per time step)",
@@ -574,7 +579,21 @@ def _log_if_spans(ax: Axes, values: np.ndarray, decades: float = 1.5) -> None:
     """Use a log y axis when the positive ``values`` span more than ``decades`` decades."""
     values = values[np.isfinite(values)]
     if values.size and (values > 0).all() and np.log10(values.max() / values.min()) > decades:
-        ax.set_yscale("log")
+        _log_axis(ax, "y")
+
+
+def _log_axis(ax: Axes, which: str) -> None:
+    """Log scale with plain tick labels (0.5, 1, 2, 100); minor labels only within a decade."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = sorted(abs(v) for v in (ax.get_ylim() if which == "y" else ax.get_xlim()))
+    axis.set_major_formatter(FuncFormatter(_tick))
+    few = lo > 0 and hi / lo < 20
+    axis.set_minor_formatter(FuncFormatter(_tick) if few else NullFormatter())
+
+
+def _tick(value: float, _: object) -> str:
+    return f"{value:g}"
 
 
 def _sorted_levels(index: pd.Index) -> list:

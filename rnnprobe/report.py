@@ -35,6 +35,21 @@ from rnnprobe.store import Run, is_run_dir, load_run
 __all__ = ["MAX_RUN_FIGURES", "Page", "StudyRun", "build_report", "read_study_index"]
 
 MAX_RUN_FIGURES = 8
+SHOWN = (  # summary columns on the page; summary.csv has them all
+    "status",
+    "regime",
+    "final_loss",
+    "loss_ratio",
+    "decay_per_step",
+    "half_life",
+    "half_life_over_seq_len",
+    "lyapunov_max",
+    "saturation",
+    "dead_fraction",
+    "grad_growth",
+    "divergence_step",
+    "predicted_decay",
+)
 DPI = 80
 SUMMARY_TABLES = ("task", "steps", "evals", "reach", "lyapunov", "health", "events", "mean_field")
 SETTINGS = (
@@ -250,7 +265,7 @@ def _run_report(run: Run, out: Path) -> tuple[Page, pd.DataFrame]:
     row["error"] = run.status.get("error")
     summary = _ordered(pd.DataFrame([row]), [])
     page.heading("Summary")
-    page.table(_display(summary))
+    page.table(_display(summary[[c for c in ("run_id", *SHOWN) if c in summary]]))
     if not diagnosis.measures.has_records:
         page.text("No figures: the run has written no records yet.")
         return page, summary
@@ -286,7 +301,7 @@ def _study_report(path: Path, out: Path, max_run_figures: int) -> tuple[Page, pd
     page.heading("Diagnosis")
     page.bullets(study.lines)
     page.heading("Summary")
-    page.table(_display(summary.drop(columns=["error"])))
+    page.table(_display(summary[[c for c in ("run_id", *axes, *SHOWN) if c in summary]]))
     page.heading("Study figures")
     _study_figures(page, out, summary, swept, study.importance, reach)
     page.heading("Runs")
@@ -455,11 +470,11 @@ def _render(shape: tuple[int, int], panels: list, size: tuple[float, float]) -> 
     width, height = size
     # Fixed margins in inches: a layout engine would lay out every label twice (2× the time).
     fig.subplots_adjust(
-        left=0.8 / width,
+        left=0.9 / width,
         right=1 - 0.3 / width,
         bottom=0.6 / height,
         top=1 - 0.45 / height,
-        wspace=0.45,
+        wspace=0.5,
         hspace=0.55,
     )
     grid = fig.subplots(*shape, squeeze=False).ravel()

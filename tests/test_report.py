@@ -7,7 +7,9 @@ chosen factor per step back in time, so the expected regime is known by construc
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import math
 import re
@@ -224,7 +226,7 @@ class _Links(HTMLParser):
 
 def _check_png(data: bytes) -> None:
     assert data[:8] == PNG_MAGIC and len(data) > 1000
-    with Image.open(__import__("io").BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as image:
         image.verify()
 
 
@@ -239,7 +241,7 @@ def _check_report(out: Path) -> None:
     links.feed(page)
     assert links.sources and all(s.startswith("data:image/png;base64,") for s in links.sources)
     for source in links.sources:
-        _check_png(__import__("base64").b64decode(source.partition(",")[2]))
+        _check_png(base64.b64decode(source.partition(",")[2]))
     assert "could not draw" not in page
     readme = (out / "README.md").read_text()
     targets = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)

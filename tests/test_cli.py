@@ -1,0 +1,105 @@
+"""The command line: bad input gets one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rnnprobe.cli import main
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "binary.dat").write_bytes(b"\x7fELF\x00\x01\x02")
+    (tmp_path / "short.txt").write_text("hello world")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--task", "lm", "--corpus", "{tmp}/missing.txt"], "not found"),
+        (["--task", "lm", "--corpus", "{tmp}/empty.txt"], "empty"),
+        (["--task", "lm", "--corpus", "{tmp}/latin1.txt"], "not UTF-8"),
+        (["--task", "lm", "--corpus", "{tmp}/binary.dat"], "binary"),
+        (["--task", "lm", "--corpus", "{tmp}"], "directory"),
+        (["--seq-len", "0"], "--seq-len must be at least 1"),
+        (["--task", "lm", "--corpus", "{tmp}/short.txt", "--seq-len", "50"], "too long"),
+        (["--task", "sorting"], "'sorting' is not one of"),
+        (["--bogus", "1"], "No such option"),
+        (["--set", "train.bogus=1"], "unknown setting 'train.bogus'; valid:"),
+        (["--set", "train.lr=__import__('os')"], "not a float literal"),
+        (["--bptt", "random:x"], "invalid bptt"),
+        (["--probes-typo", "x"], "No such option"),
+        (["--resume", "{tmp}"], "not an rnnprobe run directory"),
+    ],
+)
+def test_train_bad_input_gets_one_line_and_nonzero_exit(bad_files, tmp_path, args, needle):
+    args = [a.replace("{tmp}", str(bad_files)) for a in args]
+    out = [] if "--resume" in args else ["--out", str(tmp_path / "run"), "--steps", "1"]
+    line = one_error_line(invoke(["train", *args, *out, "--no-progress"]))
+    assert needle in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    line = one_error_line(invoke(["train", "--device", "cuda", "--out", str(tmp_path / "r")]))
+    assert "CUDA is not available" in line
+
+
+def test_unknown_command_and_bare_call():
+    assert "No such command" in one_error_line(invoke(["frobnicate"]))
+    assert invoke([]).exit_code == 0
+
+
+def test_train_then_sample_from_the_language_model(tmp_path):
+    run = tmp_path / "lm"
+    args = ["train", "--task", "lm", "--max-chars", "20000", "--steps", "3", "--hidden-size",
+            "16", "--seq-len", "16", "--device", "cpu", "--out", str(run), "--no-progress"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert str(run) in result.output and "baseline" in result.output
+    sampled = invoke(["sample", str(run), "--prime", "def ", "--length", "20"])
+    assert sampled.exit_code == 0 and sampled.output.startswith("def ")
+    line = one_error_line(invoke(["sample", str(tmp_path)]))
+    assert "not an rnnprobe run directory" in line
+
+
+def test_sampling_a_non_language_model_run_is_refused(tmp_path):
+    run = tmp_path / "copy"
+    assert invoke(["train", "--steps", "2", "--hidden-size", "8", "--device", "cpu",
+                   "--out", str(run), "--no-progress"]).exit_code == 0
+    assert "needs lm" in one_error_line(invoke(["sample", str(run)]))
+
+
+def test_train_refuses_a_directory_holding_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    line = one_error_line(invoke(["train", "--out", str(tmp_path), "--steps", "1"]))
+    assert str(tmp_path) in line
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnprobe", "train", "--seq-len", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

@@ -1,0 +1,206 @@
+"""Plot functions: pure, labelled, log where magnitudes span decades, and calm without data."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from rnnprobe import plots
+from rnnprobe.store import STANDARD_TABLES, load_run
+from tests.test_report import write_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plots") / "run"
+    return load_run(write_run(path, decay=0.6, steps=60, seq_len=12, layers=2, clip="norm",
+                              grad_growth=50.0))  # fmt: skip
+
+
+def _ax():
+    return Figure().subplots()
+
+
+def _texts(ax) -> str:
+    return " ".join(t.get_text() for t in ax.texts)
+
+
+def _check_labels(ax) -> None:
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+
+
+SUMMARY = pd.DataFrame(
+    {
+        "model.init_gain": [0.5, 0.5, 1.0, 1.0, 2.0, 2.0],
+        "task.seq_len": [8, 24, 8, 24, 8, 24],
+        "loss_ratio": [0.7, 1.0, 0.3, 0.32, 0.9, 0.92],
+        "half_life": [1.0, 1.0, 35.0, 34.0, np.inf, np.inf],
+        "decay_per_step": [0.5, 0.5, 0.98, 0.98, 1.3, 1.3],
+        "predicted_decay": [0.51, 0.51, 1.0, 1.0, 1.33, 1.33],
+    }
+)
+
+
+def _figures(run):
+    t = run.table
+    reach = t("reach")
+    return {
+        "adjoints": lambda ax: plots.plot_adjoint_heatmap(t("adjoints"), layer=1, ax=ax),
+        "reach": lambda ax: plots.plot_gradient_reach(reach[reach["step"] == reach["step"].max()],
+                                                      ax=ax),
+        "jacobian": lambda ax: plots.plot_jacobian_spectra(t("spectra"), ax=ax),
+        "lyapunov": lambda ax: plots.plot_lyapunov(t("lyapunov"), ax=ax),
+        "spectrum": lambda ax: plots.plot_lyapunov_spectrum(t("lyapunov"), ax=ax),
+        "eigenvalues": lambda ax: plots.plot_eigenvalues(t("spectra"), ax=ax),
+        "health": lambda ax: plots.plot_hidden_health(t("health"), ax=ax),
+        "participation": lambda ax: plots.plot_participation_ratio(t("health"), ax=ax),
+        "loss": lambda ax: plots.plot_loss(t("steps"), evals=t("evals"), baseline=2.0, ax=ax),
+        "metric": lambda ax: plots.plot_metric(t("steps"), evals=t("evals"), baseline=0.1,
+                                               metric="accuracy", ax=ax),
+        "clipping": lambda ax: plots.plot_clipping(t("steps"), ax=ax),
+        "phase": lambda ax: plots.plot_phase_diagram(SUMMARY, x="model.init_gain",
+                                                     y="task.seq_len", ax=ax),
+        "decay": lambda ax: plots.plot_decay_vs_mean_field(SUMMARY, hue="model.init_gain", ax=ax),
+    }  # fmt: skip
+
+
+FIGURES = [
+    "adjoints", "reach", "jacobian", "lyapunov", "spectrum", "eigenvalues", "health",
+    "participation", "loss", "metric", "clipping", "phase", "decay",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_draws_labelled_axes_from_records(run, name):
+    ax = _ax()
+    assert _figures(run)[name](ax) is ax
+    _check_labels(ax)
+    assert "no data" not in _texts(ax)
+    ax.figure.savefig(io.BytesIO(), format="png", dpi=40)
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_with_empty_tables_says_no_data(tmp_path, name):
+    empty = load_run(write_run(tmp_path / "r", tables=()))
+    figures = _figures(empty)
+    figures["phase"] = lambda ax: plots.plot_phase_diagram(SUMMARY.iloc[0:0], x="a", ax=ax)
+    figures["decay"] = lambda ax: plots.plot_decay_vs_mean_field(pd.DataFrame(), ax=ax)
+    ax = figures[name](_ax())
+    assert "no data" in _texts(ax)
+    ax.figure.savefig(io.BytesIO(), format="png", dpi=40)
+
+
+@pytest.mark.parametrize("table", ["adjoints", "reach", "spectra", "lyapunov", "health", "steps"])
+def test_all_nan_values_say_no_data(run, table):
+    frame = run.table(table).copy()
+    for column in frame.columns:
+        if column not in ("step", "layer", "t", "index", "quantity", "source", "distance"):
+            frame[column] = np.nan
+    draw = {
+        "adjoints": plots.plot_adjoint_heatmap, "reach": plots.plot_gradient_reach,
+        "spectra": plots.plot_jacobian_spectra, "lyapunov": plots.plot_lyapunov,
+        "health": plots.plot_participation_ratio, "steps": plots.plot_clipping,
+    }[table]  # fmt: skip
+    assert "no data" in _texts(draw(frame, ax=_ax()))
+
+
+def test_adjoint_heatmap_uses_log_colours_and_at_most_max_steps(run):
+    ax = plots.plot_adjoint_heatmap(run.table("adjoints"), max_steps=20, ax=_ax())
+    mesh = ax.collections[0]
+    assert isinstance(mesh.norm, LogNorm)
+    assert mesh.get_array().shape[1] == 20  # 60 recorded steps thinned to 20 columns
+    assert "layer 0" in ax.get_title()
+
+
+def test_gradient_reach_is_log_with_fit_in_legend(run):
+    reach = run.table("reach")
+    ax = plots.plot_gradient_reach(reach[reach["step"] == reach["step"].max()], ax=_ax())
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("×0.6/step" in label and "t½ 1.36 steps" in label for label in labels)
+
+
+def test_reach_one_line_per_configuration_label():
+    rows = [
+        {"step": 1, "layer": 0, "distance": d, "norm": r**d, "label": f"gain {g}"}
+        for g, r in ((0.5, 0.5), (2.0, 1.3))
+        for d in range(10)
+    ]
+    ax = plots.plot_gradient_reach(pd.DataFrame(rows), ax=_ax())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["gain 0.5: ×0.5/step, t½ 1 steps", "gain 2.0: ×1.3/step, t½ ∞"]
+
+
+def test_jacobian_spectra_mark_sigma_one_on_log_axis(run):
+    ax = plots.plot_jacobian_spectra(run.table("spectra"), ax=_ax())
+    assert ax.get_yscale() == "log"
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.lines)
+
+
+def test_eigenvalues_draw_unit_circle_init_and_end(run):
+    ax = plots.plot_eigenvalues(run.table("spectra"), ax=_ax())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "|λ| = 1" and labels[1] == "init (step 0)" and "end" in labels[2]
+    circle = ax.lines[0]
+    assert np.allclose(np.hypot(circle.get_xdata(), circle.get_ydata()), 1.0)
+
+
+def test_loss_draws_baseline_line(run):
+    ax = plots.plot_loss(run.table("steps"), baseline=2.0, ax=_ax())
+    assert any(list(line.get_ydata()) == [2.0, 2.0] for line in ax.lines)
+    assert "nats" in ax.get_ylabel()
+
+
+def test_clipping_has_log_norms_and_clip_rate_axis(run):
+    ax = plots.plot_clipping(run.table("steps"), ax=_ax())
+    assert ax.get_yscale() == "log"  # gradient norms span ~2 decades
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["before clip", "after clip"] and "clip rate" in labels[2]
+
+
+def test_phase_diagram_marks_infinite_half_life():
+    ax = plots.plot_phase_diagram(SUMMARY, x="model.init_gain", y="task.seq_len",
+                                  value="half_life", log=True, ax=_ax())  # fmt: skip
+    assert "∞" in _texts(ax)
+    assert ax.get_xlabel() == "model.init_gain" and ax.get_ylabel() == "task.seq_len"
+
+
+def test_phase_diagram_with_one_axis_is_one_row():
+    ax = plots.plot_phase_diagram(SUMMARY, x="model.init_gain", ax=_ax())
+    assert ax.collections[0].get_array().size == 3
+
+
+def test_decay_scatter_has_identity_line():
+    ax = plots.plot_decay_vs_mean_field(SUMMARY, ax=_ax())
+    assert "y = x" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_plot_without_ax_makes_its_own_figure(run):
+    ax = plots.plot_lyapunov(run.table("lyapunov"))
+    try:
+        assert ax.figure is not None
+    finally:
+        plt.close(ax.figure)
+
+
+def test_thin_steps_keeps_first_and_last():
+    kept = plots.thin_steps(range(2000), 200)
+    assert len(kept) == 200 and kept[0] == 0 and kept[-1] == 1999
+    assert list(plots.thin_steps([3, 1, 2, 2], 10)) == [1, 2, 3]
+
+
+def test_empty_standard_tables_never_raise():
+    for name, columns in STANDARD_TABLES.items():
+        frame = pd.DataFrame(columns=list(columns))
+        for draw in (plots.plot_adjoint_heatmap, plots.plot_hidden_health, plots.plot_loss):
+            draw(frame, ax=_ax())
