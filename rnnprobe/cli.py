@@ -186,5 +186,13 @@ def sample(run_dir, prime, length, temperature, seed) -> None:
     click.echo(sample_text(run_dir, prime, length=length, temperature=temperature, seed=seed))
 
 
+def _register_commands() -> None:
+    from rnnprobe.cli_report import report
+
+    main.add_command(report)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

@@ -39,3 +39,7 @@ def report(path: Path, output: Path | None) -> None:
         click.echo(f"rnnprobe: error: {error}", err=True)
         sys.exit(2)
     click.echo(f"wrote {out / 'index.html'}, {out / 'README.md'} and {out / 'summary.csv'}")
+
+
+if __name__ == "__main__":
+    report()

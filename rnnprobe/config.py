@@ -68,10 +68,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     adjoints: str = field(default="always", metadata={"help": "schedule of adjoint records"})
-    hidden: str = field(default="every:10", metadata={"help": "hidden-state statistics"})
-    spectra: str = field(default="log:2", metadata={"help": "W_hh and Jacobian spectra"})
-    lyapunov: str = field(default="log:2", metadata={"help": "Lyapunov exponents"})
-    reach: str = field(default="log:2", metadata={"help": "gradient reach"})
+    # Schedules: always, never, every:K or log:BASE (steps 1, 2, 3, 5, 9, … for BASE 2).
+    # Defaults keep the probes' cost near 5% of a step's: spectra cost a few steps each.
+    hidden: str = field(default="every:25", metadata={"help": "hidden-state statistics"})
+    spectra: str = field(default="every:100", metadata={"help": "W_hh and Jacobian spectra"})
+    lyapunov: str = field(default="every:100", metadata={"help": "Lyapunov exponents"})
+    reach: str = field(default="every:50", metadata={"help": "gradient reach"})
     sub_batch: int = field(default=4, metadata={"help": "sequences for spectra/Lyapunov/reach"})
     jacobian_samples: int = field(default=8, metadata={"help": "(t, b) Jacobians sampled"})
     top_k: int = field(default=16, metadata={"help": "singular values / exponents kept"})

@@ -194,7 +194,7 @@ class RunDiagnosis:
 
     def lines(self) -> list[str]:
         """Return the verdict, the evidence and what is missing, as plain lines."""
-        gone = [f"no records of: {', '.join(self.missing)}"] if self.missing else []
+        gone = [f"no finite value for: {', '.join(self.missing)}"] if self.missing else []
         return [self.verdict, *self.evidence, *gone]
 
 
@@ -245,8 +245,8 @@ def _statements(ev: Evidence) -> list[str]:
 
 def _missing(ev: Evidence) -> list[str]:
     checks = {
-        "loss": ev.final_loss,
-        "baseline": ev.baseline_loss,
+        "final loss": ev.final_loss,
+        "baseline loss": ev.baseline_loss,
         "gradient reach or adjoints": ev.decay_per_step,
         "Lyapunov exponents": ev.lyapunov_max,
         "hidden-unit health": _or_nan(ev.saturation, ev.dead_fraction),

@@ -82,8 +82,8 @@ class Instruments:
             if "hidden" in fired:
                 self._record_hidden(step, layer, h)
             sub = h[:, : cfg.sub_batch]
-            phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
-            w_hh = self.rnn.layer_weights(layer)[1].detach().to(torch.float64)
+            phi_prime = derivative_from_output(sub, nonlinearity)
+            w_hh = self.rnn.layer_weights(layer)[1].detach()
             if "spectra" in fired:
                 self._record_spectra(step, layer, phi_prime, w_hh)
             if "lyapunov" in fired:
@@ -151,8 +151,7 @@ class Instruments:
 
     def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
         """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
-        w_hh = w_hh.detach().to(torch.float64)
-        spectrum = recurrent_weight_spectrum(w_hh)
+        spectrum = recurrent_weight_spectrum(w_hh.detach())
         H = w_hh.shape[0]
         nan = float("nan")
         self.rows.add(

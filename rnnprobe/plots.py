@@ -113,7 +113,7 @@ def plot_gradient_reach(
         label = f"{_label(hue, name)}: " + (
             f"×{fit.rate_per_step:.3g}/step, t½ {_steps(fit.half_life)}"
             if math.isfinite(fit.rate_per_step)
-            else "no fit (one distance)"
+            else "too few points to fit"
         )
         ax.plot(line.index, line.to_numpy(), color=colour, marker=".", label=label)
     _log_axis(ax, "y")
@@ -482,6 +482,7 @@ def _curve(
 ) -> Axes:
     ax = _axes(ax)
     data = _finite(df, ["step", column]).sort_values("step") if not df.empty else df
+    bad = _nonfinite_steps(df, column)
     held = _finite(evals, ["step", column]) if evals is not None else pd.DataFrame()
     if data.empty and held.empty:
         return _no_data(ax, column, ylabel)
@@ -490,7 +491,8 @@ def _curve(
     if not data.empty:
         window = max(1, len(data) // 50)
         smooth = data[column].rolling(window, min_periods=1).mean()
-        ax.plot(data["step"], data[column], color=colours[0], alpha=0.3, lw=0.8, label="batch")
+        faint = 0.3 if window > 1 else 1.0
+        ax.plot(data["step"], data[column], color=colours[0], alpha=faint, lw=0.8, label="batch")
         if window > 1:
             ax.plot(
                 data["step"], smooth, color=colours[0], lw=1.5, label=f"batch, mean of {window}"
@@ -502,10 +504,21 @@ def _curve(
     if baseline is not None and math.isfinite(baseline):
         ax.axhline(baseline, color=colours[2], linestyle="--", lw=1.2, label="baseline")
         values.append(np.array([baseline]))
+    if len(bad):
+        ax.axvline(bad[0], color="0.3", linestyle=":", lw=1.2, label=f"first non-finite {column}")
     _log_if_spans(ax, np.concatenate(values))
     ax.legend(fontsize="small", loc="best")
     ax.set(xlabel="training step", ylabel=ylabel, title=column)
     return ax
+
+
+def _nonfinite_steps(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Return the sorted steps whose ``column`` is NaN or ±inf (e.g. a diverging loss)."""
+    if df.empty or not {"step", column} <= set(df.columns):
+        return np.array([])
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
+    steps = pd.to_numeric(df["step"], errors="coerce").to_numpy(float)
+    return np.sort(steps[~np.isfinite(values) & np.isfinite(steps)])
 
 
 def _axes(ax: Axes | None) -> Axes:

@@ -271,8 +271,8 @@ def _run_report(run: Run, out: Path) -> tuple[Page, pd.DataFrame]:
         return page, summary
     page.heading("Figures")
     for slug, caption, shape, panels in _run_figure_groups(run):
-        png = _render(shape, panels, size=(5.2 * shape[1], 4.0 * shape[0]))
-        _add_figure(page, out, f"{slug}.png", png, caption)
+        size = (5.2 * shape[1], 4.0 * shape[0])
+        _add_figure(page, out, f"{slug}.png", caption, shape, panels, size)
     return page, summary
 
 
@@ -316,8 +316,8 @@ def _study_report(path: Path, out: Path, max_run_figures: int) -> tuple[Page, pd
         page.bullets(verdicts[entry.id])
         run = _try_load(entry.path) if recorded.get(entry.id) else None
         if run is not None:
-            png = _render((2, 4), _compact_panels(run), size=(19, 7.5))
-            _add_figure(page, out, f"run-{_slug(entry.id)}.png", png, f"run {entry.id}")
+            name, caption = f"run-{_slug(entry.id)}.png", f"run {entry.id}"
+            _add_figure(page, out, name, caption, (2, 4), _compact_panels(run), (19, 7.5))
     if rest:
         page.text(f"Other runs ({len(rest)}; figures only for representative runs):")
         page.table(pd.DataFrame(rest))
@@ -372,19 +372,14 @@ def _study_figures(
         note = f"{x} × {y}" if y else x
         if len(axes) > 2:
             note += " (mean over the other axes)"
-        _add_figure(
-            page,
-            out,
-            "study-phase.png",
-            _render((1, 2), panels, (13, 5)),
-            f"phase diagrams over {note}",
-        )
+        caption = f"phase diagrams over {note}"
+        _add_figure(page, out, "study-phase.png", caption, (1, 2), panels, (13, 5))
     panels = [
         lambda ax: plots.plot_gradient_reach(reach, hue="label", ax=ax),
         lambda ax: plots.plot_decay_vs_mean_field(summary, hue=x, ax=ax),
     ]
     caption = "gradient reach per configuration; measured decay vs mean-field prediction"
-    _add_figure(page, out, "study-decay.png", _render((1, 2), panels, (13, 5)), caption)
+    _add_figure(page, out, "study-decay.png", caption, (1, 2), panels, (13, 5))
 
 
 def _run_figure_groups(run: Run) -> list[tuple[str, str, tuple[int, int], list]]:
@@ -464,24 +459,28 @@ def _panels(run: Run) -> dict[str, Callable[[Axes], Axes]]:
     }
 
 
-def _render(shape: tuple[int, int], panels: list, size: tuple[float, float]) -> bytes:
-    """Return the PNG of a grid of panels; a panel that fails shows its error, not a traceback."""
+def _render(
+    shape: tuple[int, int], panels: list, size: tuple[float, float]
+) -> tuple[bytes, list[str]]:
+    """Return the PNG of a grid of panels and the errors of panels that failed to draw."""
     fig = Figure(figsize=size)
     width, height = size
     # Fixed margins in inches: a layout engine would lay out every label twice (2× the time).
     fig.subplots_adjust(
         left=0.9 / width,
-        right=1 - 0.3 / width,
+        right=1 - 0.7 / width,
         bottom=0.6 / height,
         top=1 - 0.45 / height,
         wspace=0.5,
         hspace=0.55,
     )
     grid = fig.subplots(*shape, squeeze=False).ravel()
+    problems = []
     for ax, draw in zip(grid, panels, strict=False):
         try:
             draw(ax)
         except Exception as err:  # a report must still come out; the panel says what broke
+            problems.append(f"{type(err).__name__}: {err}")
             ax.clear()
             ax.text(
                 0.5,
@@ -496,12 +495,23 @@ def _render(shape: tuple[int, int], panels: list, size: tuple[float, float]) -> 
         ax.set_axis_off()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return buffer.getvalue(), problems
 
 
-def _add_figure(page: Page, out: Path, name: str, png: bytes, caption: str) -> None:
+def _add_figure(
+    page: Page,
+    out: Path,
+    name: str,
+    caption: str,
+    shape: tuple[int, int],
+    panels: list,
+    size: tuple[float, float],
+) -> None:
+    """Render the panels, write ``name`` under ``out`` and add it (and any failures) to ``page``."""
+    png, problems = _render(shape, panels, size)
     (out / name).write_bytes(png)
     page.figure(name, png, caption)
+    page.bullets([f"could not draw a panel of {name}: {p}" for p in problems])
 
 
 def _last_reach(run: Run | None, label: str | None) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 import pytest
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.probes.schedule import ProbeCadence, Schedule
+from rnnprobe.probes.schedule import Schedule
 
 
 def test_every_always_never_fire_where_expected():
@@ -32,8 +32,6 @@ def test_bad_schedules_raise_one_line_errors(text):
     assert "\n" not in str(info.value)
 
 
-def test_negative_step_and_defaults():
+def test_negative_step_is_rejected():
     with pytest.raises(RnnprobeError):
         Schedule.parse("always").fires(-1)
-    cadence = ProbeCadence()
-    assert cadence.sub_batch == 4 and cadence.lyapunov.fires(0)

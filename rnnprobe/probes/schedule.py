@@ -1,13 +1,14 @@
-"""When a probe fires: every step, every k steps, log-spaced, or never; and cheap defaults.
+"""When a probe fires: every step, every k steps, log-spaced, or never.
 
 Parsed from short strings: ``"always"``, ``"never"``, ``"every:K"`` (steps 0, K, 2K, …) and
 ``"log:BASE"`` (step 0 and the steps ⌈BASE^n⌉, n = 0, 1, …; ``log:2`` fires at 0, 1, 2, 4, 8).
+The defaults a training run uses live in ``config.ProbeConfig``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from rnnprobe.errors import RnnprobeError
@@ -63,23 +64,3 @@ class Schedule:
         if self.kind in ("always", "never"):
             return self.kind
         return f"{self.kind}:{self.period:g}"
-
-
-@dataclass(frozen=True)
-class ProbeCadence:
-    """Cheap defaults: how often each probe fires and on how many sequences."""
-
-    # O(T·B·H), cheaper than the step itself.
-    hidden_stats: Schedule = field(default_factory=lambda: Schedule.parse("every:10"))
-    # Dense spectra cost ~4 ms per 256² sample and grow as H³.
-    jacobian: Schedule = field(default_factory=lambda: Schedule.parse("log:2"))
-    # One GEMM and one thin QR per step per sequence; informative early, slow to change later.
-    lyapunov: Schedule = field(default_factory=lambda: Schedule.parse("log:2"))
-    # ~2T thin QRs per sweep per sequence, a few sweeps.
-    products: Schedule = field(default_factory=lambda: Schedule.parse("log:4"))
-    # Sequences (batch columns) the Jacobian-based probes see: slice h[:, :sub_batch].
-    sub_batch: int = 4
-    # (t, b) pairs sampled for one-step Jacobian spectra.
-    jacobian_samples: int = 8
-    # Lyapunov / product directions (top-k); full spectra only on request.
-    directions: int = 16
