@@ -188,7 +188,9 @@ def sample(run_dir, prime, length, temperature, seed) -> None:
 
 def _register_commands() -> None:
     from rnnprobe.cli_report import report
+    from rnnprobe.cli_study import study
 
+    main.add_command(study)
     main.add_command(report)
 
 

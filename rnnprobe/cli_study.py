@@ -97,6 +97,9 @@ def study(ctx: click.Context, **options: object) -> None:
     except RnnprobeError as error:  # also handled by the group; this keeps `-m` one-line
         click.echo(f"rnnprobe: error: {error}", err=True)
         code = 2
+    except KeyboardInterrupt:  # after the runs: while summarising or reporting
+        click.echo("rnnprobe: interrupted", err=True)
+        code = 130
     if code:
         ctx.exit(code)
 
@@ -127,9 +130,9 @@ def _study(
     result = run_study(spec, out, executor, force_new=force_new, echo=click.echo)
     if result.interrupted:
         unfinished = sum(n for s, n in result.statuses.items() if s not in ("done", "diverged"))
+        left = f"{unfinished} runs unfinished" if unfinished else "every run finished"
         click.echo(
-            f"rnnprobe: study interrupted with {unfinished} runs unfinished; "
-            "rerun the same command to continue",
+            f"rnnprobe: study interrupted with {left}; rerun the same command to continue",
             err=True,
         )
         return 130

@@ -247,7 +247,7 @@ def validate(config: RunConfig) -> None:
     if config.probes.warmup < 0:
         raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
     from rnnprobe.probes.schedule import Schedule
-    from rnnprobe.tasks import Truncation
+    from rnnprobe.truncation import Truncation
 
     Truncation.parse(config.train.bptt)
     for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach"):

@@ -82,8 +82,9 @@ class Instruments:
             if "hidden" in fired:
                 self._record_hidden(step, layer, h)
             sub = h[:, : cfg.sub_batch]
-            phi_prime = derivative_from_output(sub, nonlinearity)
-            w_hh = self.rnn.layer_weights(layer)[1].detach()
+            # Spectra and QR in float64: eigh of a float32 Gram matrix can fail to converge.
+            phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
+            w_hh = self.rnn.layer_weights(layer)[1].detach().to(torch.float64)
             if "spectra" in fired:
                 self._record_spectra(step, layer, phi_prime, w_hh)
             if "lyapunov" in fired:
@@ -151,7 +152,7 @@ class Instruments:
 
     def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
         """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
-        spectrum = recurrent_weight_spectrum(w_hh.detach())
+        spectrum = recurrent_weight_spectrum(w_hh.detach().to(torch.float64))
         H = w_hh.shape[0]
         nan = float("nan")
         self.rows.add(

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -306,7 +306,7 @@ class RunStore:
             "status": status,
             "step": int(step),
             "error": error,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _atomic_write_bytes(self.path / "status.json", json.dumps(record, indent=2).encode())
 

@@ -37,17 +37,13 @@ import os
 import shutil
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
 from rnnprobe.errors import RnnprobeError
@@ -249,7 +245,7 @@ def read_index(out: str | os.PathLike) -> dict | None:
 
 def write_index(out: Path, index: dict) -> None:
     """Write ``study.json`` atomically: a temporary in ``out``, then ``os.replace``."""
-    index["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    index["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX_NAME}.tmp-")
     try:
         with os.fdopen(fd, "w") as f:

@@ -27,7 +27,8 @@ from rnnprobe.instruments import Instruments
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
 from rnnprobe.store import RunStore, is_run_dir, load_run
-from rnnprobe.tasks import Task, Truncation, make_task
+from rnnprobe.tasks import Task, make_task
+from rnnprobe.truncation import Truncation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -103,3 +103,15 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_record_column():
+    from pathlib import Path
+
+    from rnnprobe.store import STANDARD_TABLES
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for table, columns in STANDARD_TABLES.items():
+        assert f"**{table}**" in readme
+        for column, meaning in columns.items():
+            assert f"| `{column}` | {meaning} |" in readme, (table, column)

@@ -24,12 +24,11 @@ from rnnprobe.tasks import (
     LMTask,
     RecallTask,
     TaskStream,
-    Truncation,
-    bptt_segments,
     make_task,
     random_windows,
     sequential_batches,
 )
+from rnnprobe.truncation import Truncation, bptt_segments
 
 SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
 

@@ -121,7 +121,10 @@ def top_singular_values(
         return torch.linalg.svdvals(step_jacobians(phi_prime, w_hh))[:, :k]
     if method == "gram":
         gram = (w_hh @ w_hh.mT).unsqueeze(0) * (phi_prime.unsqueeze(2) * phi_prime.unsqueeze(1))
-        eig = torch.linalg.eigvalsh(gram)[:, H - k :].flip(-1)  # ascending -> top k, descending
+        try:
+            eig = torch.linalg.eigvalsh(gram)[:, H - k :].flip(-1)  # ascending -> top k
+        except torch.linalg.LinAlgError:  # an ill-conditioned Gram matrix: take the SVD
+            return torch.linalg.svdvals(step_jacobians(phi_prime, w_hh))[:, :k]
         return eig.clamp_min(0).sqrt()
     raise RnnprobeError(f"unknown method {method!r}; choose one of auto, svd, gram")
 
