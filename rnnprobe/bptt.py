@@ -96,6 +96,9 @@ class LayerAdjoints:
     delta: torch.Tensor | None  # (T, B, H)
 
 
+RECORD_BLOCK = 16  # steps of δ buffered before their norms are taken in one go
+
+
 def backward_layer(
     grad_out: torch.Tensor,
     grad_hn: torch.Tensor,
@@ -107,30 +110,37 @@ def backward_layer(
 ) -> tuple[torch.Tensor, LayerAdjoints | None]:
     """Return g = φ'(a) ⊙ δ (T, B, H) and, if ``record``, the adjoints' norms (and δ).
 
-    ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n. Norms
-    are taken inside the scan, so recording needs no (T, B, H) buffer unless δ is kept.
+    ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n.
+    Recording writes δ_t into a buffer of ``RECORD_BLOCK`` steps (all T if δ is kept) and
+    takes the norms of a whole block at once: no extra op per step, little extra memory.
     """
-    T, B, _ = outputs.shape
+    T, B, H = outputs.shape
     g = derivative_from_output(outputs, nonlinearity)  # φ'(a_t), overwritten by g_t below
-    delta = torch.empty_like(outputs) if keep_delta else None
-    adjoints = None
-    if record:
-        adjoints = LayerAdjoints(outputs.new_empty(T, B), outputs.new_empty(T, B), delta)
-        torch.linalg.vector_norm(grad_hn, dim=-1, out=adjoints.recurrent_norm[T - 1])
-    d_t = torch.add(grad_out[T - 1], grad_hn, out=None if delta is None else delta[T - 1])
+    if not record:
+        d_t = grad_out[T - 1] + grad_hn
+        for t in range(T - 1, -1, -1):
+            g_t = g[t].mul_(d_t)
+            if t > 0:
+                d_t = torch.addmm(grad_out[t - 1], g_t, w_hh)
+        return g, None
+
+    block = T if keep_delta else min(RECORD_BLOCK, T)
+    buffer = outputs.new_empty(block, B, H)
+    adjoints = LayerAdjoints(
+        outputs.new_empty(T, B), outputs.new_empty(T, B), buffer if keep_delta else None
+    )
+    lo, hi = max(T - block, 0), T  # the buffer holds δ_t for t in [lo, hi)
+    d_t = torch.add(grad_out[T - 1], grad_hn, out=buffer[T - 1 - lo])
     for t in range(T - 1, -1, -1):
-        if adjoints is not None:
-            torch.linalg.vector_norm(d_t, dim=-1, out=adjoints.adjoint_norm[t])
         g_t = g[t].mul_(d_t)
-        if t == 0:
-            break
-        out = None if delta is None else delta[t - 1]
-        if adjoints is None:
-            d_t = torch.addmm(grad_out[t - 1], g_t, w_hh, out=out)
-        else:
-            recurrent = g_t @ w_hh
-            torch.linalg.vector_norm(recurrent, dim=-1, out=adjoints.recurrent_norm[t - 1])
-            d_t = torch.add(grad_out[t - 1], recurrent, out=out)
+        if t == lo:  # the block is complete: its norms, then the buffer is free again
+            deltas = buffer[: hi - lo]
+            torch.linalg.vector_norm(deltas, dim=-1, out=adjoints.adjoint_norm[lo:hi])
+            recurrent = deltas - grad_out[lo:hi] if keep_delta else deltas.sub_(grad_out[lo:hi])
+            torch.linalg.vector_norm(recurrent, dim=-1, out=adjoints.recurrent_norm[lo:hi])
+            lo, hi = max(lo - block, 0), lo
+        if t > 0:
+            d_t = torch.addmm(grad_out[t - 1], g_t, w_hh, out=buffer[t - 1 - lo])
     return g, adjoints
 
 

@@ -91,6 +91,12 @@ def test_forward_and_all_gradients_match_torch_rnn(case):
         assert close(grad, ref_grad, 1e-10)
 
 
+@pytest.fixture(autouse=True)
+def small_record_blocks(monkeypatch):
+    """Blocks of 5 steps make the buffered norm path cross many block boundaries."""
+    monkeypatch.setattr("rnnprobe.bptt.RECORD_BLOCK", 5)
+
+
 @given(rnn_cases())
 def test_recorded_adjoints_match_retain_grad_on_unrolled_loop(case):
     model, _, x, h0, weights = build(case)
@@ -112,6 +118,15 @@ def test_recorded_adjoints_match_retain_grad_on_unrolled_loop(case):
         expected = torch.stack([h.grad for h in states[layer]])
         assert close(layer_record.delta, expected, 1e-10)
         assert close(layer_record.adjoint_norm, expected.norm(dim=-1), 1e-10)
+    # Without δ kept, the norms come from a small buffer of blocks; they must be the same.
+    model.zero_grad()
+    with capture(model) as cap:
+        out, h_n = model(x, h0)
+        linear_loss(out, h_n, weights).backward()
+    for blocked, kept in zip(cap.records()[0].layers, record.layers, strict=True):
+        assert blocked.delta is None
+        assert close(blocked.adjoint_norm, kept.adjoint_norm, 1e-12)
+        assert close(blocked.recurrent_norm, kept.recurrent_norm, 1e-12)
     # The top layer's direct part is the loss's own gradient at each output.
     direct_top = time_major(weights[0], case["batch_first"])
     assert close(record.layers[-1].direct_norm, direct_top.norm(dim=-1), 1e-12)
