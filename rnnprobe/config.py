@@ -75,7 +75,7 @@ class ProbeConfig:
     lyapunov: str = field(default="every:100", metadata={"help": "Lyapunov exponents"})
     reach: str = field(default="every:50", metadata={"help": "gradient reach"})
     sub_batch: int = field(default=4, metadata={"help": "sequences for spectra/Lyapunov/reach"})
-    jacobian_samples: int = field(default=8, metadata={"help": "(t, b) Jacobians sampled"})
+    jacobian_samples: int = field(default=4, metadata={"help": "(t, b) Jacobians sampled"})
     top_k: int = field(default=16, metadata={"help": "singular values / exponents kept"})
     warmup: int = field(default=0, metadata={"help": "Lyapunov warm-up steps"})
 

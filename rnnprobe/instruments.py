@@ -84,13 +84,15 @@ class Instruments:
             sub = h[:, : cfg.sub_batch]
             # Spectra and QR in float64: eigh of a float32 Gram matrix can fail to converge.
             phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
-            w_hh = self.rnn.layer_weights(layer)[1].detach().to(torch.float64)
+            w_hh = self.rnn.layer_weights(layer)[1].detach()
             if "spectra" in fired:
                 self._record_spectra(step, layer, phi_prime, w_hh)
             if "lyapunov" in fired:
                 k = min(cfg.top_k, w_hh.shape[0])
                 warmup = min(cfg.warmup, phi_prime.shape[0] - 1)
-                spectrum = lyapunov_exponents(phi_prime, w_hh, k=k, warmup=warmup, seed=step)
+                spectrum = lyapunov_exponents(
+                    phi_prime, w_hh.to(torch.float64), k=k, warmup=warmup, seed=step
+                )
                 self.rows.add(
                     "lyapunov",
                     step=step,
@@ -135,7 +137,7 @@ class Instruments:
         t = torch.randint(0, T, (count,), generator=self.generator)
         b = torch.randint(0, B, (count,), generator=self.generator)
         k = min(self.config.top_k, H)
-        jac = jacobian_spectrum(phi_prime, w_hh, t, b, k=k)
+        jac = jacobian_spectrum(phi_prime, w_hh.to(torch.float64), t, b, k=k)
         self.rows.add(
             "spectra",
             step=step,
@@ -152,7 +154,7 @@ class Instruments:
 
     def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
         """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
-        spectrum = recurrent_weight_spectrum(w_hh.detach().to(torch.float64))
+        spectrum = recurrent_weight_spectrum(w_hh.detach())  # the weights' own precision
         H = w_hh.shape[0]
         nan = float("nan")
         self.rows.add(
