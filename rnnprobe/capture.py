@@ -52,13 +52,13 @@ class BackwardRecord:
     states: list[torch.Tensor] | None = None  # per layer outputs h (T, B, H), if kept
 
 
-def _step_outer_norm(g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
+def _outer_norms(gram_g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
     """Return ‖g_tᵀ p_t‖_F per step, (T,), from Σ_bb' (g_b·g_b')(p_b·p_b').
 
-    ``g`` (T, B, H); ``gram_p`` (T, B, B) holds p_t p_tᵀ.
+    ``gram_g`` and ``gram_p`` (T, B, B) hold g_t g_tᵀ and p_t p_tᵀ: O(T·B²) instead of
+    forming T outer-product matrices.
     """
-    gram = torch.bmm(g, g.transpose(1, 2)).mul_(gram_p)
-    return gram.sum(dim=(1, 2)).clamp_min_(0).sqrt_()
+    return (gram_g * gram_p).sum(dim=(1, 2)).clamp_min_(0).sqrt_()
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -123,14 +123,16 @@ class Capture:
 
     def on_layer_backward(self, layer, adjoints, direct, g, h0, outputs, inputs) -> None:
         """Reduce one layer's adjoints to per-step records (no host sync)."""
-        gram_out = _gram(outputs)
-        gram_prev = torch.cat([(h0 @ h0.t()).unsqueeze(0), gram_out[:-1]])  # h_{t-1} h_{t-1}ᵀ
+        gram_g = _gram(g)
+        gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
+        torch.mm(h0, h0.t(), out=gram_prev[0])
+        torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
         self._layers[layer] = LayerRecord(
             adjoint_norm=adjoints.adjoint_norm,
             direct_norm=direct.norm(dim=-1),
             recurrent_norm=adjoints.recurrent_norm,
-            grad_w_hh_norm=_step_outer_norm(g, gram_prev),
-            grad_w_ih_norm=_step_outer_norm(g, _gram(inputs)),
+            grad_w_hh_norm=_outer_norms(gram_g, gram_prev),
+            grad_w_ih_norm=_outer_norms(gram_g, _gram(inputs)),
             delta=adjoints.delta,
         )
         if layer == 0:

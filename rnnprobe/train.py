@@ -10,11 +10,16 @@ the weights.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -107,6 +112,7 @@ class Trainer:
         )
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
         self.h: torch.Tensor | None = None
+        self.diverged = self.mid_step = False
         if resume and is_run_dir(run_dir):
             self.store = RunStore.open_for_resume(run_dir)
             self._restore()
@@ -144,8 +150,8 @@ class Trainer:
 
     def _flush(self) -> None:
         for table, blocks in self.instruments.rows.drain().items():
-            for block in blocks:
-                self.store.append(table, block)
+            columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+            self.store.append(table, columns)
         self.store.flush()
 
     def _checkpoint(self) -> None:
@@ -202,22 +208,13 @@ class Trainer:
         )
         status, message = "done", ""
         try:
-            while self.step < cfg.steps:
-                start = time.perf_counter()
-                diverged = self._train_step()
-                self.seconds += time.perf_counter() - start
-                bar.update(1)
-                if diverged:
-                    status, message = "diverged", f"non-finite gradients at step {self.step}"
-                    break
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    self._evaluate()
-                if self.step % self.config.checkpoint_every == 0:
-                    self._checkpoint()
-                elif self.step % self.config.flush_every == 0:
-                    self._flush()
-                    self._show_progress(bar)
+            with _interrupts_between_steps() as interrupted:
+                self._loop(bar, interrupted)
         except KeyboardInterrupt:
+            if self.mid_step:  # a second Ctrl-C cut a step: keep the last checkpoint only
+                self.store.set_status("interrupted", self.step)
+                bar.close()
+                raise
             self._checkpoint()
             self.store.append("events", {"step": self.step, "kind": "interrupted", "message": ""})
             self._flush()
@@ -225,12 +222,34 @@ class Trainer:
             bar.close()
             raise
         bar.close()
-        if status == "diverged":
+        if self.diverged:
+            status, message = "diverged", f"non-finite gradients at step {self.step}"
             self.store.append("events", {"step": self.step, "kind": "diverged", "message": message})
         self._checkpoint()
         self.store.set_status(status, self.step, message or None)
         self.store.close()
         return RunResult(status, self.store.path, self.step, message)
+
+    def _loop(self, bar: tqdm, interrupted: threading.Event) -> None:
+        cfg = self.config.train
+        while self.step < cfg.steps:
+            if interrupted.is_set():  # Ctrl-C arrived during the last step: stop between steps
+                raise KeyboardInterrupt
+            start = time.perf_counter()
+            self.mid_step = True
+            self.diverged = self._train_step()
+            self.mid_step = False
+            self.seconds += time.perf_counter() - start
+            bar.update(1)
+            if self.diverged:
+                return
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                self._evaluate()
+            if self.step % self.config.checkpoint_every == 0:
+                self._checkpoint()
+            elif self.step % self.config.flush_every == 0:
+                self._flush()
+                self._show_progress(bar)
 
     def _show_progress(self, bar: tqdm) -> None:
         if bar.disable or self.seconds == 0:
@@ -324,6 +343,31 @@ class Trainer:
             loss=torch.stack(losses).mean(),
             metric=torch.stack(metrics).mean(),
         )
+
+
+@contextmanager
+def _interrupts_between_steps() -> Iterator[threading.Event]:
+    """Yield an event set by the first SIGINT, so a step is never cut in half.
+
+    A second SIGINT interrupts at once. Outside the main thread signals cannot be caught;
+    there the event simply never fires.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train_run(
