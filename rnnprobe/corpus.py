@@ -77,7 +77,12 @@ def stdlib_source_files() -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         # Installed packages differ between machines; caches are not source.
         dirnames[:] = [d for d in dirnames if d not in ("site-packages", "__pycache__")]
-        found.extend(Path(dirpath, f) for f in filenames if f.endswith(".py"))
+        # _sysconfigdata_* is a generated dict of build flags, not code worth modelling.
+        found.extend(
+            Path(dirpath, f)
+            for f in filenames
+            if f.endswith(".py") and not f.startswith("_sysconfigdata")
+        )
     return sorted(found, key=lambda f: f.relative_to(root).as_posix())
 
 

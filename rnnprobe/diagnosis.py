@@ -290,6 +290,11 @@ def diagnose_study(summary: pd.DataFrame, axes: Sequence[str]) -> StudyDiagnosis
     cap = HALF_LIFE_CAP * (np.nanmax(seq) if seq.notna().any() else 100.0)
     half = pd.to_numeric(data.get("half_life", pd.Series(np.nan, index=data.index)), "coerce")
     data["log10_half_life"] = np.log10(half.clip(upper=cap))
+    if "loss_ratio" in data:  # a diverged run's last loss says nothing about its configuration
+        diverged = data.get("regime", pd.Series("", index=data.index)) == "diverged"
+        data["loss_ratio"] = pd.to_numeric(data["loss_ratio"], errors="coerce").mask(diverged)
+        if diverged.any():
+            lines.append(f"{int(diverged.sum())} diverged run(s) left out of the loss comparison.")
     rows = []
     quantities = {"loss_ratio": "loss/baseline", "log10_half_life": "log₁₀ half-life"}
     for value, name in quantities.items():

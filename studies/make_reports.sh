@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run every canonical study and write its report under reports/<name> (resumable: rerun to
+# continue). Usage: bash studies/make_reports.sh [extra rnnprobe study options, e.g. --jobs 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for spec in studies/*.toml; do
+    name="$(basename "$spec" .toml)"
+    [ "$name" = smoke ] && continue
+    rnnprobe study "$spec" --out "runs/$name" --report-dir "reports/$name" "$@"
+done
