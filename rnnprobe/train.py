@@ -32,7 +32,7 @@ from rnnprobe.instruments import Instruments
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
 from rnnprobe.store import RunStore, is_run_dir, load_run
-from rnnprobe.tasks import Task, make_task
+from rnnprobe.tasks import Batch, Task, make_task
 from rnnprobe.truncation import Truncation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -256,19 +256,20 @@ class Trainer:
             return
         bar.set_postfix(tokens_per_s=f"{self.tokens / self.seconds:,.0f}")
 
+    def _on_device(self, batch: Batch) -> Batch:
+        """Return the batch on the run's device, float features in the run's dtype."""
+        batch = batch.to(self.device)
+        if not batch.inputs.is_floating_point():
+            return batch
+        inputs, targets = batch.inputs.to(self.dtype), batch.targets.to(self.dtype)
+        return Batch(inputs, targets, batch.lengths, batch.continues)
+
     def _train_step(self) -> bool:
         """Run one optimizer step; return True when the run must stop as diverged."""
         cfg, probes = self.config.train, self.instruments
         self.step += 1
         fired = probes.firing(self.step)
-        batch = next(self.batches).to(self.device)
-        if batch.inputs.is_floating_point():
-            batch = type(batch)(
-                batch.inputs.to(self.dtype),
-                batch.targets.to(self.dtype),
-                batch.lengths,
-                batch.continues,
-            )
+        batch = self._on_device(next(self.batches))
         T = batch.inputs.shape[1]
         segments = list(self.truncation.segments(T, self.cut_generator))
         h0 = self.h if batch.continues else None
@@ -318,14 +319,7 @@ class Trainer:
     def _evaluate(self) -> None:
         losses, metrics, h = [], [], None
         for batch in self.eval_batches:
-            batch = batch.to(self.device)
-            if batch.inputs.is_floating_point():
-                batch = type(batch)(
-                    batch.inputs.to(self.dtype),
-                    batch.targets.to(self.dtype),
-                    batch.lengths,
-                    batch.continues,
-                )
+            batch = self._on_device(batch)
             result = run_batch(
                 self.model,
                 self.task,

@@ -133,18 +133,20 @@ def run_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+EXPLODING = dict(
+    train__steps=30,
+    model__nonlinearity="relu",
+    model__init="gaussian",
+    model__init_gain=6.0,
+    train__optimizer="sgd",
+    train__lr=50.0,
+    train__momentum=0.0,
+    task__seq_len=40,
+)
+
+
 def test_non_finite_gradients_are_skipped_and_never_reach_the_weights(tmp_path):
-    config = tiny(
-        train__steps=30,
-        model__nonlinearity="relu",
-        model__init="gaussian",
-        model__init_gain=6.0,
-        train__optimizer="sgd",
-        train__lr=50.0,
-        train__momentum=0.0,
-        task__seq_len=40,
-        train__max_nonfinite=3,
-    )
+    config = tiny(**EXPLODING, train__max_nonfinite=3)
     result = train_run(config, tmp_path / "run", progress=False)
     assert result.status == "diverged"
     run = load_run(tmp_path / "run")
@@ -160,17 +162,7 @@ def test_non_finite_gradients_are_skipped_and_never_reach_the_weights(tmp_path):
 
 
 def test_stop_on_first_non_finite_when_asked(tmp_path):
-    config = tiny(
-        train__steps=30,
-        model__nonlinearity="relu",
-        model__init="gaussian",
-        model__init_gain=6.0,
-        train__optimizer="sgd",
-        train__lr=50.0,
-        train__momentum=0.0,
-        task__seq_len=40,
-        train__on_nonfinite="stop",
-    )
+    config = tiny(**EXPLODING, train__on_nonfinite="stop")
     result = train_run(config, tmp_path / "run", progress=False)
     steps = load_run(tmp_path / "run").table("steps")
     assert result.status == "diverged"
