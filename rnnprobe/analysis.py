@@ -57,10 +57,16 @@ class DecayFit:
 def fit_decay(
     reach: pd.DataFrame, adjoints: pd.DataFrame | None = None, *, layer: int | None = None
 ) -> DecayFit:
-    """Return the exponential fit of gradient norm against distance at the last step."""
+    """Return the exponential fit of gradient norm against distance at the last step.
+
+    Reach curves of different source steps start from different ‖∂ℓ_s/∂h_s‖ (a loss term
+    near the start of a sequence may be tiny), so each source gets its own intercept and
+    only the common slope of ln ‖∂ℓ_s/∂h_t‖ against s − t is fitted.
+    """
     rows = _last_step(reach, layer)
     if not rows.empty and {"distance", "norm"} <= set(rows.columns):
-        return _fit(rows["distance"], rows["norm"], "reach")
+        groups = rows["source"] if "source" in rows else None
+        return _fit(rows["distance"], rows["norm"], "reach", groups)
     rows = _last_step(adjoints, layer) if adjoints is not None else rows.iloc[0:0]
     if not rows.empty and {"t", "adjoint_norm"} <= set(rows.columns):
         distance = rows["t"].max() - rows["t"]  # T − 1 − t with T = max t + 1
@@ -78,19 +84,26 @@ def _last_step(table: pd.DataFrame, layer: int | None) -> pd.DataFrame:
     return rows
 
 
-def _fit(distance: pd.Series, norm: pd.Series, table: str) -> DecayFit:
+def _fit(
+    distance: pd.Series, norm: pd.Series, table: str, groups: pd.Series | None = None
+) -> DecayFit:
+    """Least-squares slope of ln norm against distance, one intercept per group."""
     x = pd.to_numeric(distance, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(norm, errors="coerce").to_numpy(dtype=float)
-    keep = (x >= 1) & np.isfinite(y) & (y > 0)
-    x, y = x[keep], np.log(y[keep])
-    if np.unique(x).size < 2:
-        return DecayFit(NAN, NAN, NAN, int(x.size), table)
-    slope, intercept = np.polyfit(x, y, 1)
-    total = float(((y - y.mean()) ** 2).sum())
-    residual = float(((y - (slope * x + intercept)) ** 2).sum())
+    g = np.zeros(len(x)) if groups is None else groups.to_numpy()
+    keep = (x >= 1) & np.isfinite(y) & (y > 0)  # decay across at least one Jacobian
+    frame = pd.DataFrame({"x": x[keep], "y": np.log(y[keep]), "g": g[keep]})
+    frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]  # a slope needs 2 points
+    if frame.empty:
+        return DecayFit(NAN, NAN, NAN, 0, table)
+    dx = frame["x"] - frame.groupby("g")["x"].transform("mean")
+    dy = frame["y"] - frame.groupby("g")["y"].transform("mean")
+    slope = float((dx * dy).sum() / (dx * dx).sum())
+    total = float((dy * dy).sum())
+    residual = float(((dy - slope * dx) ** 2).sum())
     r2 = 1.0 - residual / total if total > 0 else NAN
     half_life = math.log(2) / -slope if slope < 0 else math.inf
-    return DecayFit(float(math.exp(slope)), float(half_life), float(r2), int(x.size), table)
+    return DecayFit(float(math.exp(slope)), float(half_life), float(r2), len(frame), table)
 
 
 def run_summary(run: Run, axes: Sequence[str] = ()) -> dict[str, Any]:
@@ -98,8 +111,8 @@ def run_summary(run: Run, axes: Sequence[str] = ()) -> dict[str, Any]:
 
     Keys: ``run_id``, each dotted key of ``axes`` (its config value), ``status``, ``steps``,
     ``final_loss``, ``final_valid_loss``, ``baseline_loss``, ``loss_ratio``,
-    ``beat_baseline``, ``metric``, ``final_metric``, ``seq_len`` (the dependency length of the
-    config), ``decay_per_step``, ``half_life``, ``decay_r2``, ``half_life_over_seq_len``,
+    ``beat_baseline``, ``metric``, ``final_metric``, ``seq_len`` (T, the steps the network runs
+    per sequence), ``decay_per_step``, ``half_life``, ``decay_r2``, ``half_life_over_seq_len``,
     ``lyapunov_max`` (top layer, last step), ``saturation`` (tanh) and ``dead_fraction``
     (ReLU) of the top layer at the last health step, ``divergence_step`` (first skipped
     update or ``diverged`` event), ``predicted_decay`` and ``predicted_half_life`` (mean
@@ -119,7 +132,9 @@ def run_summary(run: Run, axes: Sequence[str] = ()) -> dict[str, Any]:
     row["beat_baseline"] = bool(row["loss_ratio"] < BEAT_BASELINE)
     row["metric"] = task["metric"].iloc[0] if "metric" in task and len(task) else None
     row["final_metric"] = _last(evals, "metric") if len(evals) else _final_mean(steps, "metric")
-    row["seq_len"] = config.get("task.seq_len", _first(task, "seq_len"))
+    # T, the steps the network runs (copy: the delay + 20), from the task table when present.
+    steps_run = _first(task, "seq_len")
+    row["seq_len"] = steps_run if np.isfinite(steps_run) else config.get("task.seq_len", NAN)
     fit = fit_decay(run.table("reach"), run.table("adjoints"))
     row["decay_per_step"], row["half_life"], row["decay_r2"] = (
         fit.rate_per_step,

@@ -493,9 +493,20 @@ def _render(
             )
     for ax in grid[len(panels) :]:
         ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue(), problems
+    return _png_bytes(fig), problems
+
+
+def _png_bytes(fig) -> bytes:
+    """Return the figure as a 256-colour PNG: a third of the size, the same to the eye."""
+    from PIL import Image
+
+    raw = io.BytesIO()
+    fig.savefig(raw, format="png", dpi=DPI)
+    raw.seek(0)
+    image = Image.open(raw).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _add_figure(

@@ -79,11 +79,18 @@ def test_fit_falls_back_to_adjoint_norms_against_steps_to_the_end():
     assert fit.table == "adjoints" and fit.rate_per_step == pytest.approx(0.6) and fit.n == T - 1
 
 
+def test_fit_gives_each_source_its_own_intercept():
+    reach = reach_table({(2, 0): 0.6})
+    tiny_source = reach["source"] == reach["source"].min()
+    reach.loc[tiny_source, "norm"] *= 1e-12  # an early loss term with a tiny gradient
+    assert fit_decay(reach).rate_per_step == pytest.approx(0.6)
+
+
 def test_fit_without_usable_points_is_nan():
     assert fit_decay(pd.DataFrame()).table == "none"
     single = reach_table({(1, 0): 0.5}, sources=(1,))  # one distance: no slope
     fit = fit_decay(single)
-    assert math.isnan(fit.rate_per_step) and fit.n == 1
+    assert math.isnan(fit.rate_per_step) and fit.n == 0  # no source has two usable points
     assert isinstance(fit, DecayFit)
 
 
@@ -141,9 +148,9 @@ def test_run_summary_reads_every_quantity_from_the_tables(tmp_path):
     assert row["final_valid_loss"] == 0.5 and row["final_metric"] == 0.7
     assert row["baseline_loss"] == 1.0 and row["loss_ratio"] == 0.5
     assert row["beat_baseline"] is True and BEAT_BASELINE > 0.5
-    assert row["metric"] == "accuracy" and row["seq_len"] == 10
+    assert row["metric"] == "accuracy" and row["seq_len"] == 30  # T from the task table
     assert row["decay_per_step"] == pytest.approx(0.5)
-    assert row["half_life_over_seq_len"] == pytest.approx(math.log(2) / -math.log(0.5) / 10)
+    assert row["half_life_over_seq_len"] == pytest.approx(math.log(2) / -math.log(0.5) / 30)
     assert row["lyapunov_max"] == pytest.approx(-0.2)
     assert row["dead_fraction"] == 0.25 and math.isnan(row["saturation"])
     assert row["divergence_step"] == 19
