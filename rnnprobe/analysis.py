@@ -65,7 +65,7 @@ def fit_decay(
     """
     rows = _last_step(reach, layer)
     if not rows.empty and {"distance", "norm"} <= set(rows.columns):
-        groups = rows["source"] if "source" in rows else None
+        groups = rows.get("source")
         return _fit(rows["distance"], rows["norm"], "reach", groups)
     rows = _last_step(adjoints, layer) if adjoints is not None else rows.iloc[0:0]
     if not rows.empty and {"t", "adjoint_norm"} <= set(rows.columns):

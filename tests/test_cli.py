@@ -72,8 +72,24 @@ def test_unknown_command_and_bare_call():
 
 def test_train_then_sample_from_the_language_model(tmp_path):
     run = tmp_path / "lm"
-    args = ["train", "--task", "lm", "--max-chars", "20000", "--steps", "3", "--hidden-size",
-            "16", "--seq-len", "16", "--device", "cpu", "--out", str(run), "--no-progress"]
+    args = [
+        "train",
+        "--task",
+        "lm",
+        "--max-chars",
+        "20000",
+        "--steps",
+        "3",
+        "--hidden-size",
+        "16",
+        "--seq-len",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert str(run) in result.output and "baseline" in result.output
@@ -85,8 +101,23 @@ def test_train_then_sample_from_the_language_model(tmp_path):
 
 def test_sampling_a_non_language_model_run_is_refused(tmp_path):
     run = tmp_path / "copy"
-    assert invoke(["train", "--steps", "2", "--hidden-size", "8", "--device", "cpu",
-                   "--out", str(run), "--no-progress"]).exit_code == 0
+    assert (
+        invoke(
+            [
+                "train",
+                "--steps",
+                "2",
+                "--hidden-size",
+                "8",
+                "--device",
+                "cpu",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        ).exit_code
+        == 0
+    )
     assert "needs lm" in one_error_line(invoke(["sample", str(run)]))
 
 
@@ -99,7 +130,9 @@ def test_train_refuses_a_directory_holding_other_files(tmp_path):
 def test_console_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "rnnprobe", "train", "--seq-len", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
