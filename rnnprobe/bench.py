@@ -101,7 +101,7 @@ def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
         fired = instruments.firing(number)
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
-        needs_states = bool(fired & {"hidden", "spectra", "lyapunov"})
+        needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
         with capture(model, reach="reach" in fired, keep_states=needs_states) as cap:
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
@@ -172,7 +172,14 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
         "device": device_name,
     }
     off = dict.fromkeys(
-        ("probes.adjoints", "probes.hidden", "probes.spectra", "probes.lyapunov", "probes.reach"),
+        (
+            "probes.adjoints",
+            "probes.hidden",
+            "probes.spectra",
+            "probes.lyapunov",
+            "probes.reach",
+            "probes.products",
+        ),
         "never",
     )
     rates: dict[str, list[float]] = {"probes": [], "off": []}

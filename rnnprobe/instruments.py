@@ -20,6 +20,7 @@ from rnnprobe.probes.hidden_stats import hidden_state_stats
 from rnnprobe.probes.jacobian import jacobian_spectrum, recurrent_weight_spectrum
 from rnnprobe.probes.lyapunov import lyapunov_exponents
 from rnnprobe.probes.mean_field import mean_field_from_weights
+from rnnprobe.probes.products import product_spectrum
 from rnnprobe.probes.schedule import Schedule
 
 
@@ -30,7 +31,7 @@ class Instruments:
         self.config, self.rnn = config, rnn
         self.schedules = {
             name: Schedule.parse(getattr(config, name))
-            for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach")
+            for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach", "products")
         }
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.rows = PendingRows()
@@ -87,6 +88,12 @@ class Instruments:
             w_hh = self.rnn.layer_weights(layer)[1].detach()
             if "spectra" in fired:
                 self._record_spectra(step, layer, phi_prime, w_hh)
+            if "products" in fired:
+                try:
+                    self._record_products(step, layer, phi_prime, w_hh.to(torch.float64))
+                except torch.linalg.LinAlgError as error:  # e.g. rank lost to dead ReLU units
+                    message = f"products probe, layer {layer}: {str(error).splitlines()[0]}"
+                    self.rows.add("events", step=step, kind="probe_failed", message=message)
             if "lyapunov" in fired:
                 k = min(cfg.top_k, w_hh.shape[0])
                 warmup = min(cfg.warmup, phi_prime.shape[0] - 1)
@@ -100,6 +107,20 @@ class Instruments:
                     index=np.arange(k),
                     exponent=spectrum.mean_exponents,
                 )
+
+    def _record_products(self, step, layer, phi_prime, w_hh) -> None:
+        k = min(self.config.top_k, w_hh.shape[0])
+        products = product_spectrum(phi_prime, w_hh, k=k)
+        W = len(products.windows)
+        self.rows.add(
+            "ftle",
+            step=step,
+            layer=layer,
+            window=np.repeat(np.asarray(products.windows), k),
+            index=np.tile(np.arange(k), W),
+            exponent=products.exponents.mean(1),  # (W, k): batch mean
+            converged=np.repeat(np.asarray(products.converged), k),
+        )
 
     def _record_hidden(self, step: int, layer: int, h: torch.Tensor) -> None:
         stats = hidden_state_stats(h, self.rnn.nonlinearity)

@@ -136,6 +136,14 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "index": "rank of the exponent, 0 = largest (int)",
         "exponent": "Lyapunov exponent, natural log per time step, batch mean (float)",
     },
+    "ftle": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "window": "k: steps in the product J_{t+k}⋯J_{t+1}, from the sequence start (int)",
+        "index": "rank, 0 = largest (int)",
+        "exponent": "ln σ_i(product) / k, batch mean: a finite-time Lyapunov exponent (float)",
+        "converged": "whether the factored orthogonal iteration converged (bool)",
+    },
     "reach": {
         "step": "optimizer step (int)",
         "layer": "layer index (int)",
@@ -155,7 +163,7 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     },
     "events": {
         "step": "optimizer step (int)",
-        "kind": "nonfinite, diverged, resumed, interrupted or failed (str)",
+        "kind": "nonfinite, diverged, resumed, interrupted or probe_failed (str)",
         "message": "one human-readable line (str)",
     },
 }

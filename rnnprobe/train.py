@@ -274,7 +274,7 @@ class Trainer:
         segments = list(self.truncation.segments(T, self.cut_generator))
         h0 = self.h if batch.continues else None
         self.optimizer.zero_grad(set_to_none=True)
-        needs_states = bool(fired & {"hidden", "spectra", "lyapunov"})
+        needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
         with capture(
             self.model,
             reach="reach" in fired,
@@ -308,7 +308,7 @@ class Trainer:
         records = cap.records_on_device()
         if "adjoints" in fired or "reach" in fired:
             probes.record_backward(self.step, records, result.backward_offsets)
-        if needs_states and records and records[0].states is not None:
+        if finite and needs_states and records and records[0].states is not None:
             states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
             probes.record_states(self.step, states, fired)
         if not finite:

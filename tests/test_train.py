@@ -31,6 +31,7 @@ TINY = {
     "probes.spectra": "every:4",
     "probes.lyapunov": "every:4",
     "probes.reach": "every:5",
+    "probes.products": "every:6",
 }
 
 
@@ -216,6 +217,8 @@ def test_every_task_and_knob_trains_and_records(tmp_path, settings):
         "mean_field",
     ):
         assert not run.table(table).empty, table
+    ftle, events = run.table("ftle"), run.table("events")
+    assert not ftle.empty or "probe_failed" in set(events.get("kind", []))
     adjoints = run.table("adjoints")
     assert adjoints["t"].max() < run.table("task")["seq_len"].iloc[0]
     assert (run.table("reach")["distance"] >= 0).all()

@@ -101,6 +101,9 @@ def _forward(
     return q, log_d, unit
 
 
+_LOG_ZERO = -1e30  # stands in for ln 0 inside _ritz
+
+
 def _ritz(
     log_d: torch.Tensor, unit: torch.Tensor, spread: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +114,9 @@ def _ritz(
     block's left singular vectors is a Rayleigh–Ritz step that settles near-equal σ at once.
     """
     B, m = log_d.shape
+    # Exactly singular directions (dead ReLU units) have ln D = −inf; a finite stand-in keeps
+    # each block's SVD well defined, and −inf is put back at the end.
+    log_d = log_d.masked_fill(log_d == -math.inf, _LOG_ZERO)
     log_sv = torch.empty_like(log_d)
     rotation = torch.zeros_like(unit)
     bounds = log_d.detach().cpu().tolist()  # once per sweep, outside the step loop
@@ -128,7 +134,7 @@ def _ritz(
             log_sv[b, start:stop] = top + s.log()
             rotation[b, start:stop, start:stop] = u
             start = stop
-    return log_sv, rotation
+    return log_sv.masked_fill(log_sv <= _LOG_ZERO / 2, -math.inf), rotation
 
 
 def _changed(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
