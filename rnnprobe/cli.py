@@ -170,6 +170,7 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
     click.echo(format_run_summary(result.run_dir))
     if result.status != "done":
+        click.echo(f"rnnprobe: run {result.status}: {result.message}", err=True)
         sys.exit(1)
 
 

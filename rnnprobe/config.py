@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -169,7 +170,7 @@ def parse_literal(key: str, text: str) -> Any:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise RnnprobeError(f"{key}={text!r} is not a {kind.__name__} literal") from None
+        raise RnnprobeError(f"{key}={text!r} is not a literal of type {kind.__name__}") from None
     return coerce(key, value)
 
 
@@ -243,9 +244,16 @@ def validate(config: RunConfig) -> None:
         if flat[key] < 1:
             name = "--" + key.rpartition(".")[2].replace("_", "-")
             raise RnnprobeError(f"{name} must be at least 1, got {flat[key]}")
+    for key, value in flat.items():  # inf or NaN would poison the weights or crash LAPACK
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) < 1e30):
+            raise RnnprobeError(f"{key} must be a finite number below 1e30, got {value}")
     for key in ("train.lr", "train.clip_value", "model.init_radius"):
         if not flat[key] > 0:
             raise RnnprobeError(f"{key} must be positive, got {flat[key]}")
+    if flat["model.init_gain"] < 0:
+        raise RnnprobeError(f"model.init_gain must be ≥ 0, got {flat['model.init_gain']}")
+    if not 0 <= flat["train.momentum"] < 1:
+        raise RnnprobeError(f"train.momentum must lie in [0, 1), got {flat['train.momentum']}")
     if config.probes.warmup < 0:
         raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
     from rnnprobe.probes.schedule import Schedule

@@ -8,9 +8,9 @@ import torch
 
 from rnnprobe.corpus import Vocab
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.objective import build_model
+from rnnprobe.model import RNNLanguageModel
 from rnnprobe.store import RunStore
-from rnnprobe.train import make_task_from_config, resume_config
+from rnnprobe.train import resume_config
 
 
 @torch.no_grad()
@@ -27,8 +27,10 @@ def sample_text(
     if checkpoint is None:
         raise RnnprobeError(f"{run_dir} has no checkpoint yet")
     vocab = Vocab(tuple(checkpoint.state["vocab"]), level=config.task.level)
-    task = make_task_from_config(config)
-    model = build_model(task, config.model).double()
+    cfg = config.model  # the vocabulary travels in the checkpoint: no corpus needed here
+    model = RNNLanguageModel(
+        len(vocab), cfg.embedding_dim, cfg.hidden_size, cfg.layers, cfg.nonlinearity
+    ).double()
     model.load_state_dict(checkpoint.state["model"])
     model.eval()
     ids = vocab.encode(prime or "\n")
@@ -37,7 +39,7 @@ def sample_text(
     out = []
     for _ in range(length):
         probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
-        probs[0] = 0.0  # never emit padding
+        probs[:2] = 0.0  # never emit padding or <unk>
         token = torch.multinomial(probs, 1, generator=generator)
         out.append(int(token))
         logits, h = model(token.view(1, 1), h)

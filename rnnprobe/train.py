@@ -154,8 +154,20 @@ class Trainer:
             self.store.append(table, columns)
         self.store.flush()
 
-    def _checkpoint(self) -> None:
+    def _weights_finite(self) -> bool:
+        norms = torch.stack([p.detach().abs().max() for p in self.params])
+        return bool(torch.isfinite(norms).all())
+
+    def _checkpoint(self) -> bool:
+        """Flush and save a checkpoint; refuse (return False) if any weight is not finite."""
         self._flush()
+        self.store.set_status("running", self.step)
+        if not self._weights_finite():  # an update overflowed: keep the last good checkpoint
+            self.store.append(
+                "events",
+                {"step": self.step, "kind": "nonfinite", "message": "weights not finite"},
+            )
+            return False
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -171,6 +183,7 @@ class Trainer:
         if hasattr(self.task, "corpus"):
             state["vocab"] = list(self.task.corpus.vocab.tokens)
         self.store.save_checkpoint(state, self.step)
+        return True
 
     def _restore(self) -> None:
         checkpoint = self.store.checkpoint
@@ -222,10 +235,15 @@ class Trainer:
             bar.close()
             raise
         bar.close()
+        if not self._checkpoint():
+            self.diverged = True
         if self.diverged:
-            status, message = "diverged", f"non-finite gradients at step {self.step}"
+            status, message = (
+                "diverged",
+                f"non-finite loss, gradients or weights at step {self.step}",
+            )
             self.store.append("events", {"step": self.step, "kind": "diverged", "message": message})
-        self._checkpoint()
+            self.store.flush()
         self.store.set_status(status, self.step, message or None)
         self.store.close()
         return RunResult(status, self.store.path, self.step, message)
@@ -246,9 +264,12 @@ class Trainer:
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 self._evaluate()
             if self.step % self.config.checkpoint_every == 0:
-                self._checkpoint()
+                if not self._checkpoint():
+                    self.diverged = True
+                    return
             elif self.step % self.config.flush_every == 0:
                 self._flush()
+                self.store.set_status("running", self.step)
                 self._show_progress(bar)
 
     def _show_progress(self, bar: tqdm) -> None:
@@ -286,6 +307,13 @@ class Trainer:
         self.tokens += batch.inputs.shape[0] * T
         pre, post = _clip(self.params, cfg.clip, cfg.clip_value)
         finite = bool(torch.isfinite(result.loss) & torch.isfinite(pre))  # the one sync
+        records = cap.records_on_device()
+        if "adjoints" in fired or "reach" in fired:
+            probes.record_backward(self.step, records, result.backward_offsets)
+        if finite and needs_states and records and records[0].states is not None:
+            # Before the update: J_t = diag(φ'(a_t)) W_hh with the W_hh that made a_t.
+            states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
+            probes.record_states(self.step, states, fired)
         if finite:
             self.optimizer.step()
             self.nonfinite_run = 0
@@ -305,12 +333,6 @@ class Trainer:
             tokens=self.tokens,
             seconds=self.seconds,
         )
-        records = cap.records_on_device()
-        if "adjoints" in fired or "reach" in fired:
-            probes.record_backward(self.step, records, result.backward_offsets)
-        if finite and needs_states and records and records[0].states is not None:
-            states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
-            probes.record_states(self.step, states, fired)
         if not finite:
             return cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
         return False
@@ -341,9 +363,9 @@ class Trainer:
 
 @contextmanager
 def _interrupts_between_steps() -> Iterator[threading.Event]:
-    """Yield an event set by the first SIGINT, so a step is never cut in half.
+    """Yield an event set by the first SIGINT or SIGTERM, so a step is never cut in half.
 
-    A second SIGINT interrupts at once. Outside the main thread signals cannot be caught;
+    A second signal interrupts at once. Outside the main thread signals cannot be caught;
     there the event simply never fires.
     """
     interrupted = threading.Event()
@@ -357,11 +379,14 @@ def _interrupts_between_steps() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         interrupted.set()
 
+    previous_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
     try:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def train_run(

@@ -46,8 +46,12 @@ def bad_files(tmp_path):
         (["--task", "sorting"], "'sorting' is not one of"),
         (["--bogus", "1"], "No such option"),
         (["--set", "train.bogus=1"], "unknown setting 'train.bogus'; valid:"),
-        (["--set", "train.lr=__import__('os')"], "not a float literal"),
+        (["--set", "train.lr=__import__('os')"], "not a literal of type float"),
         (["--bptt", "random:x"], "invalid bptt"),
+        (["--lr", "inf"], "train.lr must be a finite number"),
+        (["--init-gain", "nan"], "model.init_gain must be a finite number"),
+        (["--lr", "1e300"], "train.lr must be a finite number below 1e30"),
+        (["--momentum", "1.5"], "train.momentum must lie in [0, 1)"),
         (["--probes-typo", "x"], "No such option"),
         (["--resume", "{tmp}"], "not an rnnprobe run directory"),
     ],
@@ -95,6 +99,7 @@ def test_train_then_sample_from_the_language_model(tmp_path):
     assert str(run) in result.output and "baseline" in result.output
     sampled = invoke(["sample", str(run), "--prime", "def ", "--length", "20"])
     assert sampled.exit_code == 0 and sampled.output.startswith("def ")
+    assert "<unk>" not in sampled.output
     line = one_error_line(invoke(["sample", str(tmp_path)]))
     assert "not an rnnprobe run directory" in line
 
