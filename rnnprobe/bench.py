@@ -102,7 +102,12 @@ def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
         needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
-        with capture(model, reach="reach" in fired, keep_states=needs_states) as cap:
+        with capture(
+            model,
+            reach="reach" in fired,
+            keep_states=needs_states,
+            weight_grads="weight_grads" in fired,
+        ) as cap:
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
@@ -155,7 +160,7 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
     """Return a line: tokens/s of ``rnnprobe train`` with the default probes vs probes off.
 
     Both runs (same config and seed, a character LM on the built-in corpus) run in this
-    process one after the other, four times each in alternating order; the best rate counts.
+    process as 6 pairs in alternating order; the median of the pairs' ratios is reported.
     """
     import tempfile
 
@@ -182,17 +187,21 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
         ),
         "never",
     )
-    rates: dict[str, list[float]] = {"probes": [], "off": []}
+    ratios, rates = [], {"probes": [], "off": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(["probes", "off", "off", "probes"] * 2):
-            config = build_config({**base, **(off if name == "off" else {})})
-            run_dir = f"{tmp}/{i}"
-            train_run(config, run_dir, progress=False)
-            rates[name].append(tokens_per_second(run_dir))
-    probes, plain = max(rates["probes"]), max(rates["off"])
+        for pair in range(6):  # alternate which runs first: drifts hit both alike
+            order = ("probes", "off") if pair % 2 == 0 else ("off", "probes")
+            for name in order:
+                config = build_config({**base, **(off if name == "off" else {})})
+                run_dir = f"{tmp}/{pair}-{name}"
+                train_run(config, run_dir, progress=False)
+                rates[name].append(tokens_per_second(run_dir))
+            ratios.append(rates["probes"][-1] / rates["off"][-1])
     return (
         f"train throughput ({steps} steps, lm, hidden 256, T=64): default probes "
-        f"{probes:,.0f} tokens/s, probes off {plain:,.0f} tokens/s, ratio {probes / plain:.3f}"
+        f"{statistics.median(rates['probes']):,.0f} tokens/s, probes off "
+        f"{statistics.median(rates['off']):,.0f} tokens/s; ratio median "
+        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f}, 6 pairs)"
     )
 
 

@@ -37,8 +37,8 @@ class LayerRecord:
     adjoint_norm: torch.Tensor
     direct_norm: torch.Tensor
     recurrent_norm: torch.Tensor
-    grad_w_hh_norm: torch.Tensor
-    grad_w_ih_norm: torch.Tensor
+    grad_w_hh_norm: torch.Tensor | None  # None unless the capture asked for weight_grads
+    grad_w_ih_norm: torch.Tensor | None
     delta: torch.Tensor | None = None  # (T, B, H) the adjoints themselves, if kept
 
 
@@ -69,6 +69,7 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 class Capture:
     """Context manager that records every backward pass of the model's ``ElmanRNN``.
 
+    ``weight_grads``: also record each step's contribution to ∇W_hh and ∇W_ih.
     ``reach``: also compute gradient reach on the first ``reach_batch`` samples, for
     ``reach_sources`` (default: the last step and log-spaced ones). ``keep_adjoints`` keeps δ
     itself and ``keep_states`` the layer outputs (for probes) — both (T, B, H) per layer.
@@ -83,6 +84,7 @@ class Capture:
         reach_batch: int = 4,
         keep_adjoints: bool = False,
         keep_states: bool = False,
+        weight_grads: bool = True,
     ) -> None:
         rnns = [m for m in model.modules() if isinstance(m, ElmanRNN)]
         if len(rnns) != 1:
@@ -94,6 +96,7 @@ class Capture:
         self.slot: RecorderSlot = rnns[0].recorder_slot
         self.reach, self.reach_sources, self.reach_batch = reach, reach_sources, reach_batch
         self.keep_adjoints, self.keep_states = keep_adjoints, keep_states
+        self.weight_grads = weight_grads
         self._records: list[BackwardRecord] = []
         self._layers: dict[int, LayerRecord] = {}
         self._pending_reach: tuple[torch.Tensor | None, list[int], list[torch.Tensor] | None]
@@ -123,16 +126,20 @@ class Capture:
 
     def on_layer_backward(self, layer, adjoints, direct, g, h0, outputs, inputs) -> None:
         """Reduce one layer's adjoints to per-step records (no host sync)."""
-        gram_g = _gram(g)
-        gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
-        torch.mm(h0, h0.t(), out=gram_prev[0])
-        torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
+        grad_w_hh_norm = grad_w_ih_norm = None
+        if self.weight_grads:  # three (T, B, B) Gram products: the one costly record
+            gram_g = _gram(g)
+            gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
+            torch.mm(h0, h0.t(), out=gram_prev[0])
+            torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
+            grad_w_hh_norm = _outer_norms(gram_g, gram_prev)
+            grad_w_ih_norm = _outer_norms(gram_g, _gram(inputs))
         self._layers[layer] = LayerRecord(
             adjoint_norm=adjoints.adjoint_norm,
             direct_norm=direct.norm(dim=-1),
             recurrent_norm=adjoints.recurrent_norm,
-            grad_w_hh_norm=_outer_norms(gram_g, gram_prev),
-            grad_w_ih_norm=_outer_norms(gram_g, _gram(inputs)),
+            grad_w_hh_norm=grad_w_hh_norm,
+            grad_w_ih_norm=grad_w_ih_norm,
             delta=adjoints.delta,
         )
         if layer == 0:

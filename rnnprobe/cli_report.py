@@ -16,7 +16,8 @@ __all__ = ["report"]
 
 
 @click.command(
-    epilog="Examples: rnnprobe report runs/copy-tanh; rnnprobe report runs/init_gain -o reports/init_gain",
+    epilog="Examples: rnnprobe report runs/copy-tanh; "
+    "rnnprobe report runs/init_gain -o reports/init_gain",
 )
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(

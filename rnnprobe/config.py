@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import math
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -69,6 +69,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     adjoints: str = field(default="always", metadata={"help": "schedule of adjoint records"})
+    weight_grads: str = field(
+        default="every:10", metadata={"help": "per-step ∇W_hh, ∇W_ih contributions"}
+    )
     # Schedules: always, never, every:K or log:BASE (steps 1, 2, 3, 5, 9, … for BASE 2).
     # Defaults keep the probes' cost near 5% of a step's: spectra cost a few steps each.
     hidden: str = field(default="every:25", metadata={"help": "hidden-state statistics"})
@@ -260,5 +263,5 @@ def validate(config: RunConfig) -> None:
     from rnnprobe.truncation import Truncation
 
     Truncation.parse(config.train.bptt)
-    for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach", "products"):
+    for name in ("adjoints", "weight_grads", "hidden", "spectra", "lyapunov", "reach", "products"):
         Schedule.parse(getattr(config.probes, name))

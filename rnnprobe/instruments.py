@@ -31,7 +31,15 @@ class Instruments:
         self.config, self.rnn = config, rnn
         self.schedules = {
             name: Schedule.parse(getattr(config, name))
-            for name in ("adjoints", "hidden", "spectra", "lyapunov", "reach", "products")
+            for name in (
+                "adjoints",
+                "weight_grads",
+                "hidden",
+                "spectra",
+                "lyapunov",
+                "reach",
+                "products",
+            )
         }
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.rows = PendingRows()
@@ -42,6 +50,7 @@ class Instruments:
 
     def record_backward(self, step: int, records: list[BackwardRecord], offsets: list[int]):
         """File adjoint (and reach) rows of each backward pass of ``step``."""
+        nan = float("nan")
         for record, offset in zip(records, offsets, strict=True):
             for layer, r in enumerate(record.layers):
                 T = r.adjoint_norm.shape[0]
@@ -53,8 +62,8 @@ class Instruments:
                     adjoint_norm=r.adjoint_norm.mean(1),
                     direct_norm=r.direct_norm.mean(1),
                     recurrent_norm=r.recurrent_norm.mean(1),
-                    grad_w_hh_norm=r.grad_w_hh_norm,
-                    grad_w_ih_norm=r.grad_w_ih_norm,
+                    grad_w_hh_norm=nan if r.grad_w_hh_norm is None else r.grad_w_hh_norm,
+                    grad_w_ih_norm=nan if r.grad_w_ih_norm is None else r.grad_w_ih_norm,
                 )
             if record.reach is not None:
                 self._record_reach(step, record, offset)

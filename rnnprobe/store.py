@@ -89,8 +89,8 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "adjoint_norm": "batch mean of per-sample ‖δ_t‖ = ‖∂L/∂h_t‖, all paths (float)",
         "direct_norm": "batch mean ‖ε_t‖: the part from the layer above or the head (float)",
         "recurrent_norm": "batch mean ‖δ_t − ε_t‖: the part through h_{t+1} (float)",
-        "grad_w_hh_norm": "‖g_tᵀ h_{t-1}‖_F: step t's contribution to ∇W_hh (float)",
-        "grad_w_ih_norm": "‖g_tᵀ x_t‖_F: step t's contribution to ∇W_ih (float)",
+        "grad_w_hh_norm": "‖g_tᵀ h_{t-1}‖_F: step t's share of ∇W_hh; NaN off its schedule",
+        "grad_w_ih_norm": "‖g_tᵀ x_t‖_F: step t's share of ∇W_ih; NaN off its schedule",
     },
     "hidden": {
         "step": "optimizer step (int)",

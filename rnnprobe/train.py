@@ -301,6 +301,7 @@ class Trainer:
             reach="reach" in fired,
             reach_batch=self.config.probes.sub_batch,
             keep_states=needs_states,
+            weight_grads="weight_grads" in fired,
         ) as cap:
             result = run_batch(self.model, self.task, batch, segments, h0)
         self.h = result.h_n
