@@ -359,10 +359,15 @@ def _study_figures(
     if x is None:
         page.text("No sweep axis with two or more values: no phase diagram.")
     else:
+        # A diverged run's last loss says nothing about its cell: leave it out of the means.
+        diverged = summary.get("regime", pd.Series("", index=summary.index)) == "diverged"
+        phased = summary.assign(
+            loss_ratio=pd.to_numeric(summary.get("loss_ratio"), errors="coerce").mask(diverged)
+        )
 
         def phase(value: str, label: str, log: bool) -> Callable[[Axes], Axes]:
             return lambda ax: plots.plot_phase_diagram(
-                summary, x=x, y=y, value=value, label=label, log=log, ax=ax
+                phased, x=x, y=y, value=value, label=label, log=log, ax=ax
             )
 
         panels = [
@@ -373,6 +378,8 @@ def _study_figures(
         if len(axes) > 2:
             note += " (mean over the other axes)"
         caption = f"phase diagrams over {note}"
+        if diverged.any():
+            caption += "; diverged runs are left out of loss / baseline"
         _add_figure(page, out, "study-phase.png", caption, (1, 2), panels, (13, 5))
     panels = [
         lambda ax: plots.plot_gradient_reach(reach, hue="label", ax=ax),

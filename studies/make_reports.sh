@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 for spec in studies/*.toml; do
     name="$(basename "$spec" .toml)"
     [ "$name" = smoke ] && continue
+    rm -rf "reports/$name"  # no stale figures of runs that left the study
     rnnprobe study "$spec" --out "runs/$name" --report-dir "reports/$name" "$@"
 done
