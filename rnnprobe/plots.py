@@ -163,6 +163,14 @@ def plot_jacobian_spectra(
     return ax
 
 
+def _lines_per_layer(data: pd.DataFrame, y: str, ax: Axes, marker: str | None = None) -> None:
+    """Draw ``y`` against training step, one colour-blind-safe line per layer."""
+    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
+    sns.lineplot(
+        data=data, x="step", y=y, hue="layer", palette=PALETTE, marker=marker, errorbar=None, ax=ax
+    )
+
+
 def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Return the largest Lyapunov exponent λ₁ over training, one line per layer, 0 marked."""
     ax = _axes(ax)
@@ -170,17 +178,7 @@ def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     data = data[data["index"] == 0] if not data.empty else data
     if data.empty:
         return _no_data(ax, "Lyapunov exponents", "λ₁ (nats per time step)")
-    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
-    sns.lineplot(
-        data=data,
-        x="step",
-        y="exponent",
-        hue="layer",
-        palette=PALETTE,
-        marker="o",
-        errorbar=None,
-        ax=ax,
-    )
+    _lines_per_layer(data, "exponent", ax, marker="o")
     ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
     _step_scale(ax, data["step"])
     ax.set(
@@ -305,16 +303,7 @@ def plot_participation_ratio(df: pd.DataFrame, *, ax: Axes | None = None) -> Axe
     data = _finite(df, ["step", "layer", "participation_ratio"])
     if data.empty:
         return _no_data(ax, "participation ratio", "participation ratio (dimensions)")
-    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
-    sns.lineplot(
-        data=data,
-        x="step",
-        y="participation_ratio",
-        hue="layer",
-        palette=PALETTE,
-        errorbar=None,
-        ax=ax,
-    )
+    _lines_per_layer(data, "participation_ratio", ax)
     ax.set(
         xlabel="training step",
         ylabel="participation ratio (dimensions)",
