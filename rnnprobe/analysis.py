@@ -1,42 +1,74 @@
-r"""Summaries of stored runs: gradient-decay fits, one row per run, one table per study.
+r"""Every number a user sees, computed once: a :class:`RunSummary` per run, a study's summaries.
 
 Pure functions over the tables :mod:`rnnprobe.store` wrote; no live model. A missing table or
-column gives NaN, never an error.
+column gives NaN (or None), never an error. The terminal table, ``summary.csv``, the report and
+the diagnosis all read these objects; nothing downstream recomputes a number.
 
 Conventions, stated once:
 
-* *Last recorded step*: the largest ``step`` in the table in question.
 * *Top layer*: the largest ``layer`` index (the one the loss sees first). Decay, Lyapunov
-  exponent, saturation and the mean-field prediction are all read for the top layer.
-* *Decay*: least squares of ``ln ‖∂ℓ_s/∂h_t‖`` on the distance ``d = s − t`` over every source
-  ``s`` at the last reach step (``d ≥ 1``, finite positive norms), slope ``b``:
-  ``rate = e^b`` per step, ``half-life = ln 2 / −b`` (inf when ``b ≥ 0``). Without reach rows
-  it falls back to the adjoints table: ``ln ‖δ_t‖`` on ``d = T − 1 − t``.
-* *Final training loss*: mean over the last 10 % of recorded steps (at least one), skipping
-  steps whose update was skipped or whose loss is not finite.
-* *Beat the baseline*: final loss (validation if any, else training) below
-  ``BEAT_BASELINE`` × the task's memoryless baseline loss.
+  exponent, saturation and the mean-field prediction are read for the top layer.
+* *Phases*: every probe fires at step 1 (before the first update: the initial weights) and at
+  the run's final step. ``init`` is a table's step 1 (step 0 for W_hh records), ``end`` its
+  last step when that is later, ``training`` the steps in between (the median over them).
+* *Decay per step* r at a phase step: least squares of ``ln ‖∂ℓ_s/∂h_t‖`` on the distance
+  ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
+  ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
+  the source's largest norm: a contribution below it is lost when summed in that precision).
+  At least ``MIN_FIT_POINTS`` distances are needed; a fit with R² < ``MIN_R2``, or whose two
+  halves have slopes of opposite sign differing by more than ``BEND`` per step, is "not
+  exponential" and has no rate. Without reach rows, r is the geometric mean over t of the
+  one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part of δ_t is
+  δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
+* *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
+  −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
+  never averaged into a number.
+* *Final loss*: the last validation loss if any, else the mean training loss over the last
+  10 % of steps (skipped or non-finite steps dropped); ``loss_ratio`` = final loss / the task's
+  memoryless baseline loss.
+* *Mean-field prediction* √χ (``mean_field`` table) is a statement about random weights at
+  initialisation; it applies only to the ``default`` (uniform) and ``gaussian`` inits and is
+  compared only with the init-phase decay.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rnnprobe.config import config_from_dict, flatten
+from rnnprobe.config import flatten
 from rnnprobe.store import Run, is_run_dir, load_run
 
-__all__ = ["BEAT_BASELINE", "DecayFit", "fit_decay", "run_summary", "study_summary"]
+__all__ = [
+    "MEAN_FIELD_INITS",
+    "PHASES",
+    "DecayFit",
+    "PhaseMeasures",
+    "RunSummary",
+    "StudySummary",
+    "aggregate",
+    "fit_decay",
+    "phase_steps",
+    "study_summary",
+    "summarise_run",
+]
 
-BEAT_BASELINE = 0.95  # a loss within 5 % of the baseline is noise, not learning
+PHASES = ("init", "training", "end")
+MEAN_FIELD_INITS = ("default", "gaussian")  # i.i.d. random weights: the theory's premise
+MIN_FIT_POINTS = 4  # distinct distances a decay fit needs
+MIN_R2 = 0.9
+BEND = 0.05  # |slope difference| per step between the fit's halves that makes it two curves
 FINAL_FRACTION = 0.10
+GROWTH_MIN_STEPS = 10
+NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
+# what the analysis reads; plots read more (spectra, hidden, weights, ftle)
 SUMMARY_TABLES = ("task", "steps", "evals", "adjoints", "reach", "lyapunov", "health")
 SUMMARY_TABLES += ("mean_field", "events")
 NAN = float("nan")
@@ -44,197 +76,536 @@ NAN = float("nan")
 
 @dataclass(frozen=True)
 class DecayFit:
-    """Gradient decay per step e^slope, its half-life in steps, the fit's R², the points used,
-    and the table fitted (``reach``, ``adjoints`` or ``none``)."""
+    """Gradient decay per step r, half-life, R², points, distances fitted and the verdict.
 
-    rate_per_step: float
-    half_life: float
-    r2: float
-    n: int
-    table: str = "reach"
+    ``shape`` is ``exponential`` (r is the fit), ``ratio`` (r from adjoint ratios, no fit),
+    ``not exponential``, ``too few points`` or ``no data``; r is NaN unless the first two.
+    """
+
+    rate_per_step: float = NAN
+    half_life: float = NAN
+    r2: float = NAN
+    n: int = 0
+    source: str = "none"  # reach, adjoints or none
+    step: int | None = None
+    d_min: float = NAN
+    d_max: float = NAN
+    shape: str = "no data"
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.rate_per_step)
+
+
+@dataclass(frozen=True)
+class PhaseMeasures:
+    """The gradient and hidden-state measurements of one phase (top layer)."""
+
+    phase: str
+    steps: tuple[int, ...] = ()  # probe steps the phase covers
+    decay: DecayFit = field(default_factory=DecayFit)
+    lyapunov_max: float = NAN
+    lyapunov_note: str | None = None
+    saturation: float = NAN
+    dead_fraction: float = NAN
+
+    @property
+    def step(self) -> int | None:
+        """The phase's step (the first of the training phase's range)."""
+        return self.steps[0] if self.steps else None
+
+    @property
+    def measured(self) -> bool:
+        values = (self.decay.rate_per_step, self.lyapunov_max, self.saturation, self.dead_fraction)
+        return any(math.isfinite(v) for v in values) or self.lyapunov_note is not None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run: its settings, outcome numbers and per-phase gradient measurements."""
+
+    run_id: str
+    settings: dict[str, Any]  # flat config (dotted keys)
+    status: str = "pending"
+    error: str | None = None
+    steps: int = 0  # optimizer steps recorded
+    task: str | None = None
+    task_kind: str | None = None
+    seq_len: float = NAN  # T, the steps the network runs (copy: delay + 20)
+    final_loss: float = NAN
+    final_train_loss: float = NAN
+    final_valid_loss: float = NAN
+    initial_loss: float = NAN  # mean training loss of the first 10 % of steps
+    baseline_loss: float = NAN
+    loss_ratio: float = NAN
+    initial_loss_ratio: float = NAN
+    metric: str | None = None
+    final_metric: float = NAN
+    clip: str = "none"
+    clip_rate: float = NAN  # NaN when clipping is off
+    clip_burst: float = NAN  # max pre-clip norm / clip threshold (norm clipping)
+    grad_growth: float = NAN  # median pre-clip norm, last 10 % of steps / first 10 %
+    nonfinite_steps: int = 0
+    first_nonfinite_step: int | None = None
+    divergence_step: int | None = None
+    init: str | None = None
+    predicted_decay: float = NAN
+    predicted_half_life: float = NAN
+    mean_field_applies: bool = False
+    phases: dict[str, PhaseMeasures] = field(default_factory=dict)
+    seconds: float = NAN
+
+    @property
+    def last_step(self) -> int | None:
+        return self.steps or None
+
+    def phase(self, name: str) -> PhaseMeasures:
+        return self.phases.get(name, PhaseMeasures(name))
+
+    @property
+    def mean_field_ratio(self) -> float:
+        """Init-phase measured decay / √χ, when the prediction applies."""
+        measured = self.phase("init").decay.rate_per_step
+        if not self.mean_field_applies or not self.predicted_decay > 0:
+            return NAN
+        return measured / self.predicted_decay
+
+    def row(self) -> dict[str, Any]:
+        """Return the flat summary row: settings' swept keys are added by the caller."""
+        own = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("settings", "phases", "run_id", "init")
+        }
+        row: dict[str, Any] = {"run_id": self.run_id, **own}
+        row["mean_field_ratio"] = self.mean_field_ratio
+        for name in PHASES:
+            p = self.phase(name)
+            d = p.decay
+            row[f"{name}_step"] = p.step
+            row[f"decay_per_step_{name}"] = d.rate_per_step
+            row[f"half_life_{name}"] = d.half_life
+            row[f"half_life_over_seq_len_{name}"] = (
+                d.half_life / self.seq_len if self.seq_len > 0 else NAN
+            )
+            row[f"decay_r2_{name}"] = d.r2
+            row[f"decay_source_{name}"] = d.source if d.source != "none" else None
+            row[f"decay_shape_{name}"] = d.shape
+            row[f"lyapunov_max_{name}"] = p.lyapunov_max
+            row[f"saturation_{name}"] = p.saturation
+            row[f"dead_fraction_{name}"] = p.dead_fraction
+        return row
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's run summaries in grid order, its swept axes (seed apart) and seeds."""
+
+    name: str
+    question: str
+    description: str
+    axes: list[str]  # swept settings, seed excluded
+    seeds: list[Any]
+    runs: list[RunSummary]
+
+    def table(self) -> pd.DataFrame:
+        """Return one row per run: run id, axis values and seed, then every summary number."""
+        rows = []
+        for r in self.runs:
+            values = {a: r.settings.get(a) for a in self.axes}
+            rows.append({"run_id": r.run_id, **values, "seed": r.settings.get("seed"), **r.row()})
+        return pd.DataFrame(rows)
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def phase_steps(table: pd.DataFrame, *, first: int = 1) -> dict[str, tuple[int, ...]]:
+    """Return the steps of ``table`` per phase: init (≤ ``first``), training, end (the last)."""
+    if table is None or table.empty or "step" not in table:
+        return {}
+    steps = np.unique(pd.to_numeric(table["step"], errors="coerce").dropna().astype(int))
+    out: dict[str, tuple[int, ...]] = {}
+    init = steps[steps <= first]
+    if len(init):
+        out["init"] = (int(init.max()),)
+    rest = steps[steps > first]
+    if len(rest):
+        out["end"] = (int(rest.max()),)
+        if len(rest) > 1:
+            out["training"] = tuple(int(s) for s in rest[:-1])
+    return out
+
+
+# -- decay fits -----------------------------------------------------------------------------
 
 
 def fit_decay(
-    reach: pd.DataFrame, adjoints: pd.DataFrame | None = None, *, layer: int | None = None
+    reach: pd.DataFrame | None,
+    adjoints: pd.DataFrame | None = None,
+    *,
+    step: int | None = None,
+    layer: int | None = None,
+    dtype: str = "float32",
 ) -> DecayFit:
-    """Return the exponential fit of gradient norm against distance at the last step.
+    """Return the decay per step at ``step`` (default: the last) of the top (or given) layer.
 
-    Reach curves of different source steps start from different ‖∂ℓ_s/∂h_s‖ (a loss term
-    near the start of a sequence may be tiny), so each source gets its own intercept and
-    only the common slope of ln ‖∂ℓ_s/∂h_t‖ against s − t is fitted.
+    The reach fit comes first; the adjoint one-step ratios stand in without reach rows.
     """
-    rows = _last_step(reach, layer)
+    rows = _rows_at(reach, step, layer)
     if not rows.empty and {"distance", "norm"} <= set(rows.columns):
-        groups = rows.get("source")
-        return _fit(rows["distance"], rows["norm"], "reach", groups)
-    rows = _last_step(adjoints, layer) if adjoints is not None else rows.iloc[0:0]
-    if not rows.empty and {"t", "adjoint_norm"} <= set(rows.columns):
-        distance = rows["t"].max() - rows["t"]  # T − 1 − t with T = max t + 1
-        return _fit(distance, rows["adjoint_norm"], "adjoints")
-    return DecayFit(NAN, NAN, NAN, 0, "none")
+        at = int(rows["step"].iloc[0])
+        return _fit(rows["distance"], rows["norm"], rows.get("source"), at, NOISE_EPS[dtype])
+    rows = _rows_at(adjoints, step, layer)
+    if not rows.empty and {"t", "adjoint_norm", "recurrent_norm"} <= set(rows.columns):
+        return _ratio(rows)
+    return DecayFit()
 
 
-def _last_step(table: pd.DataFrame, layer: int | None) -> pd.DataFrame:
-    """Return the rows of the table's last step and chosen layer (top layer by default)."""
+def _rows_at(table: pd.DataFrame | None, step: int | None, layer: int | None) -> pd.DataFrame:
+    """Return the rows of ``step`` (default: the table's last) and layer (default: top)."""
     if table is None or table.empty or "step" not in table:
         return pd.DataFrame()
-    rows = table[table["step"] == table["step"].max()]
-    if "layer" in rows:
+    steps = pd.to_numeric(table["step"], errors="coerce")
+    rows = table[steps == (steps.max() if step is None else step)]
+    if "layer" in rows and len(rows):
         rows = rows[rows["layer"] == (rows["layer"].max() if layer is None else layer)]
     return rows
 
 
 def _fit(
-    distance: pd.Series, norm: pd.Series, table: str, groups: pd.Series | None = None
+    distance: pd.Series, norm: pd.Series, groups: pd.Series | None, step: int, eps: float
 ) -> DecayFit:
-    """Least-squares slope of ln norm against distance, one intercept per group."""
     x = pd.to_numeric(distance, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(norm, errors="coerce").to_numpy(dtype=float)
     g = np.zeros(len(x)) if groups is None else groups.to_numpy()
-    keep = (x >= 1) & np.isfinite(y) & (y > 0)  # decay across at least one Jacobian
-    frame = pd.DataFrame({"x": x[keep], "y": np.log(y[keep]), "g": g[keep]})
+    frame = pd.DataFrame({"x": x, "y": y, "g": g})
+    frame = frame[np.isfinite(frame["y"]) & (frame["y"] > 0) & np.isfinite(frame["x"])]
+    peak = frame.groupby("g")["y"].transform("max")
+    frame = frame[(frame["x"] >= 1) & (frame["y"] > eps * peak)]  # across ≥ 1 Jacobian
+    frame = frame.assign(y=np.log(frame["y"]))
     frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]  # a slope needs 2 points
-    if frame.empty:
-        return DecayFit(NAN, NAN, NAN, 0, table)
+    base = {"source": "reach", "step": step, "n": len(frame)}
+    if frame.empty or frame["x"].nunique() < MIN_FIT_POINTS:
+        return DecayFit(**base, shape="too few points")
+    slope, r2 = _slope(frame)
+    base.update(r2=r2, d_min=float(frame["x"].min()), d_max=float(frame["x"].max()))
+    middle = frame["x"].median()
+    halves = [frame[frame["x"] <= middle], frame[frame["x"] > middle]]
+    bent = False
+    if all(h["x"].nunique() >= 2 for h in halves):
+        s1, s2 = (_slope(h)[0] for h in halves)
+        bent = s1 * s2 < 0 and abs(s1 - s2) > BEND
+    if not r2 >= MIN_R2 or bent:
+        return DecayFit(**base, shape="not exponential")
+    return DecayFit(math.exp(slope), _half_life(math.exp(slope)), **base, shape="exponential")
+
+
+def _slope(frame: pd.DataFrame) -> tuple[float, float]:
+    """Return the common slope of y on x (one intercept per group g) and its R²."""
+    frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]
     dx = frame["x"] - frame.groupby("g")["x"].transform("mean")
     dy = frame["y"] - frame.groupby("g")["y"].transform("mean")
-    slope = float((dx * dy).sum() / (dx * dx).sum())
+    sxx = float((dx * dx).sum())
+    if sxx == 0:
+        return NAN, NAN
+    slope = float((dx * dy).sum() / sxx)
     total = float((dy * dy).sum())
     residual = float(((dy - slope * dx) ** 2).sum())
-    r2 = 1.0 - residual / total if total > 0 else NAN
-    half_life = math.log(2) / -slope if slope < 0 else math.inf
-    return DecayFit(float(math.exp(slope)), float(half_life), float(r2), len(frame), table)
+    return slope, (1.0 - residual / total if total > 0 else 1.0)
 
 
-def run_summary(run: Run, axes: Sequence[str] = ()) -> dict[str, Any]:
-    """Return one summary row of a run: its axes, outcome, loss vs baseline and gradient health.
-
-    Keys: ``run_id``, each dotted key of ``axes`` (its config value), ``status``, ``steps``,
-    ``final_loss``, ``final_valid_loss``, ``baseline_loss``, ``loss_ratio``,
-    ``beat_baseline``, ``metric``, ``final_metric``, ``seq_len`` (T, the steps the network runs
-    per sequence), ``decay_per_step``, ``half_life``, ``decay_r2``, ``half_life_over_seq_len``,
-    ``lyapunov_max`` (top layer, last step), ``saturation`` (tanh) and ``dead_fraction``
-    (ReLU) of the top layer at the last health step, ``divergence_step`` (first skipped
-    update or ``diverged`` event), ``predicted_decay`` and ``predicted_half_life`` (mean
-    field, top layer) and ``seconds`` of training (wall clock, not reproducible).
-    """
-    config = flatten(run.config or {})
-    row: dict[str, Any] = {"run_id": _run_id(run)}
-    row.update({key: config.get(key) for key in axes})
-    steps, evals, task = run.table("steps"), run.table("evals"), run.table("task")
-    row["status"] = run.status.get("status", "pending")
-    row["steps"] = int(run.status.get("step", _last(steps, "step", 0)))
-    row["final_loss"] = _final_mean(steps, "loss")
-    row["final_valid_loss"] = _last(evals, "loss")
-    row["baseline_loss"] = _first(task, "baseline_loss")
-    loss = row["final_valid_loss"] if np.isfinite(row["final_valid_loss"]) else row["final_loss"]
-    row["loss_ratio"] = loss / row["baseline_loss"] if row["baseline_loss"] else NAN
-    row["beat_baseline"] = bool(row["loss_ratio"] < BEAT_BASELINE)
-    row["metric"] = task["metric"].iloc[0] if "metric" in task and len(task) else None
-    row["final_metric"] = _last(evals, "metric") if len(evals) else _final_mean(steps, "metric")
-    # T, the steps the network runs (copy: the delay + 20), from the task table when present.
-    steps_run = _first(task, "seq_len")
-    row["seq_len"] = steps_run if np.isfinite(steps_run) else config.get("task.seq_len", NAN)
-    fit = fit_decay(run.table("reach"), run.table("adjoints"))
-    row["decay_per_step"], row["half_life"], row["decay_r2"] = (
-        fit.rate_per_step,
-        fit.half_life,
-        fit.r2,
+def _ratio(rows: pd.DataFrame) -> DecayFit:
+    """Return the geometric-mean one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ over t."""
+    top = rows.sort_values("t")
+    ahead = pd.to_numeric(top["adjoint_norm"], errors="coerce").to_numpy(float)[1:]
+    carried = pd.to_numeric(top["recurrent_norm"], errors="coerce").to_numpy(float)[:-1]
+    keep = np.isfinite(ahead) & np.isfinite(carried) & (ahead > 0) & (carried > 0)
+    step = int(top["step"].iloc[0])
+    if keep.sum() < MIN_FIT_POINTS - 1:
+        return DecayFit(source="adjoints", step=step, n=int(keep.sum()), shape="too few points")
+    rate = float(np.exp(np.mean(np.log(carried[keep] / ahead[keep]))))
+    return DecayFit(
+        rate, _half_life(rate), NAN, int(keep.sum()), "adjoints", step, 1.0, 1.0, "ratio"
     )
-    row["half_life_over_seq_len"] = fit.half_life / row["seq_len"] if row["seq_len"] else NAN
-    lyapunov = _last_step(run.table("lyapunov"), None)
-    row["lyapunov_max"] = float(lyapunov["exponent"].max()) if "exponent" in lyapunov else NAN
-    health = _last_step(run.table("health"), None)
-    row["saturation"] = _first(health, "saturation")
-    row["dead_fraction"] = _first(health, "dead_fraction")
-    row["divergence_step"] = _divergence_step(steps, run.table("events"))
+
+
+def _half_life(rate: float) -> float:
+    if not math.isfinite(rate) or rate <= 0:
+        return NAN
+    return math.log(2) / -math.log(rate) if rate < 1 else math.inf
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
+    """Return the summary of a loaded run (tables missing from ``run`` count as empty)."""
+    settings = flatten(run.config or {})
+    steps, evals, task = run.table("steps"), run.table("evals"), run.table("task")
+    events = run.table("events")
+    status = str(run.status.get("status", "pending"))
+    last = int(_last(steps, "step", run.status.get("step", 0)) or 0)
+    valid = _last(evals, "loss")
+    train = _tail_mean(steps, "loss", last=True)
+    final = valid if math.isfinite(valid) else train
+    initial = _tail_mean(steps, "loss", last=False)
+    baseline = _first(task, "baseline_loss")
+    seq_len = _first(task, "seq_len")
+    if not math.isfinite(seq_len):
+        seq_len = float(settings.get("task.seq_len", NAN) or NAN)
+    clip = str(settings.get("train.clip", "none"))
+    clip_rate, burst = _clipping(steps, clip, settings.get("train.clip_value"))
+    nonfinite = _nonfinite_steps(steps)
     mean_field = run.table("mean_field")
     if "layer" in mean_field and len(mean_field):
         mean_field = mean_field[mean_field["layer"] == mean_field["layer"].max()]
-    row["predicted_decay"] = _first(mean_field, "predicted_decay")
-    row["predicted_half_life"] = _first(mean_field, "predicted_half_life")
-    row["seconds"] = _last(steps, "seconds")
-    return row
+    init = settings.get("model.init")
+    return RunSummary(
+        run_id=run_id or run.path.name,
+        settings=settings,
+        status=status,
+        error=run.status.get("error"),
+        steps=last,
+        task=_text(task, "name"),
+        task_kind=_text(task, "kind"),
+        seq_len=seq_len,
+        final_loss=final,
+        final_train_loss=train,
+        final_valid_loss=valid,
+        initial_loss=initial,
+        baseline_loss=baseline,
+        loss_ratio=final / baseline if baseline > 0 else NAN,
+        initial_loss_ratio=initial / baseline if baseline > 0 else NAN,
+        metric=_text(task, "metric"),
+        final_metric=_last(evals, "metric") if len(evals) else _tail_mean(steps, "metric"),
+        clip=clip,
+        clip_rate=clip_rate,
+        clip_burst=burst,
+        grad_growth=_growth(steps),
+        nonfinite_steps=len(nonfinite),
+        first_nonfinite_step=int(nonfinite[0]) if len(nonfinite) else None,
+        divergence_step=_divergence_step(run.status, events),
+        init=init,
+        predicted_decay=_first(mean_field, "predicted_decay"),
+        predicted_half_life=_first(mean_field, "predicted_half_life"),
+        mean_field_applies=init in MEAN_FIELD_INITS and len(mean_field) > 0,
+        phases=_phases(run, str(settings.get("dtype", "float32"))),
+        seconds=_last(steps, "seconds"),
+    )
 
 
-def _run_id(run: Run) -> str:
-    try:
-        return config_from_dict(run.config).run_id()
-    except Exception:  # an old or partial config: the directory name still identifies it
-        return run.path.name
+def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
+    reach, adjoints = run.table("reach"), run.table("adjoints")
+    lyapunov, health = run.table("lyapunov"), run.table("health")
+    decay_steps = phase_steps(reach if not reach.empty else adjoints)
+    lyap_steps, health_steps = phase_steps(lyapunov), phase_steps(health)
+    out = {}
+    for name in PHASES:
+        fits = [fit_decay(reach, adjoints, step=s, dtype=dtype) for s in decay_steps.get(name, ())]
+        lyap = [_lyapunov(lyapunov, s) for s in lyap_steps.get(name, ())]
+        hsteps = health_steps.get(name, ())
+        steps = tuple(sorted({*decay_steps.get(name, ()), *lyap_steps.get(name, ()), *hsteps}))
+        if not steps:
+            continue
+        notes = [n for _, n in lyap if n]
+        out[name] = PhaseMeasures(
+            phase=name,
+            steps=steps,
+            decay=_median_fit(fits),
+            lyapunov_max=_median([v for v, _ in lyap]),
+            lyapunov_note=notes[0] if notes else None,
+            saturation=_median([_top_value(health, s, "saturation") for s in hsteps]),
+            dead_fraction=_median([_top_value(health, s, "dead_fraction") for s in hsteps]),
+        )
+    return out
+
+
+def _median_fit(fits: list[DecayFit]) -> DecayFit:
+    """Return the one fit, or for a phase of many steps the fit of median rate."""
+    if not fits:
+        return DecayFit()
+    good = sorted((f for f in fits if f.ok), key=lambda f: f.rate_per_step)
+    if not good:
+        return fits[-1]
+    return good[(len(good) - 1) // 2]
+
+
+def _lyapunov(table: pd.DataFrame, step: int) -> tuple[float, str | None]:
+    rows = _rows_at(table, step, None)
+    rows = rows[rows["index"] == 0] if "index" in rows else rows.iloc[0:0]
+    if rows.empty:
+        return NAN, None
+    value = float(pd.to_numeric(rows["exponent"], errors="coerce").iloc[0])
+    if math.isfinite(value):
+        return value, None
+    if value == -math.inf:
+        return NAN, (
+            f"λ₁ = −∞ at step {step}: every unit was off at some time step of a sampled "
+            "sequence, so the Jacobian product is zero there"
+        )
+    return NAN, f"λ₁ not finite ({value}) at step {step}: the state overflowed"
+
+
+def _top_value(table: pd.DataFrame, step: int, column: str) -> float:
+    rows = _rows_at(table, step, None)
+    return _first(rows, column)
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else NAN
 
 
 def _numbers(table: pd.DataFrame, column: str) -> pd.Series:
-    if column not in table or table.empty:
+    if table is None or column not in table or table.empty:
         return pd.Series(dtype=float)
-    return pd.to_numeric(table.sort_values("step")[column] if "step" in table else table[column])
+    ordered = table.sort_values("step") if "step" in table else table
+    return pd.to_numeric(ordered[column], errors="coerce")
 
 
 def _first(table: pd.DataFrame, column: str) -> float:
-    values = _numbers(table, column)
+    values = _numbers(table, column).dropna()
     return float(values.iloc[0]) if len(values) else NAN
 
 
 def _last(table: pd.DataFrame, column: str, default: float = NAN) -> float:
-    values = _numbers(table, column)
+    values = _numbers(table, column).dropna()
     return float(values.iloc[-1]) if len(values) else default
 
 
-def _final_mean(steps: pd.DataFrame, column: str) -> float:
-    """Return the mean of ``column`` over the last 10 % of steps, skipped/non-finite dropped."""
+def _text(table: pd.DataFrame, column: str) -> str | None:
+    return str(table[column].iloc[0]) if column in table and len(table) else None
+
+
+def _good_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """Return the steps whose update went through (not skipped)."""
+    if "skipped" in steps and len(steps):
+        return steps[~steps["skipped"].fillna(False).astype(bool)]
+    return steps
+
+
+def _tail_mean(steps: pd.DataFrame, column: str, *, last: bool = True) -> float:
+    """Return the mean of ``column`` over the last (or first) 10 % of steps, finite only."""
     if column not in steps or steps.empty:
         return NAN
-    steps = steps.sort_values("step")
-    tail = steps.iloc[-max(1, math.ceil(FINAL_FRACTION * len(steps))) :]
-    values = pd.to_numeric(tail[column], errors="coerce").to_numpy(dtype=float)
-    keep = np.isfinite(values)
-    if "skipped" in tail:
-        keep &= ~tail["skipped"].fillna(False).astype(bool).to_numpy()
-    return float(values[keep].mean()) if keep.any() else NAN
+    ordered = steps.sort_values("step")
+    count = max(1, math.ceil(FINAL_FRACTION * len(ordered)))
+    part = _good_steps(ordered.iloc[-count:] if last else ordered.iloc[:count])
+    values = pd.to_numeric(part[column], errors="coerce").to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else NAN
 
 
-def _divergence_step(steps: pd.DataFrame, events: pd.DataFrame) -> float:
-    candidates = []
-    if "skipped" in steps and len(steps):
-        skipped = steps[steps["skipped"].fillna(False).astype(bool)]
-        candidates += list(skipped["step"])
-    if "kind" in events and len(events):
-        candidates += list(events[events["kind"] == "diverged"]["step"])
-    return float(min(candidates)) if candidates else NAN
+def _clipping(steps: pd.DataFrame, clip: str, threshold: object) -> tuple[float, float]:
+    """Return (fraction of steps clipped, max pre-clip norm / threshold) when clipping is on."""
+    if clip == "none" or steps.empty or "clipped" not in steps:
+        return NAN, NAN
+    good = _good_steps(steps)
+    rate = float(good["clipped"].astype(float).mean()) if len(good) else NAN
+    pre = _numbers(good, "grad_norm_pre_clip").to_numpy(float)
+    pre = pre[np.isfinite(pre)]
+    burst = NAN
+    if clip == "norm" and len(pre) and isinstance(threshold, int | float) and threshold > 0:
+        burst = float(pre.max() / threshold)
+    return rate, burst
 
 
-def study_summary(study_dir: str | os.PathLike) -> pd.DataFrame:
-    """Return one summary row per run of the study in ``study_dir``, in grid order.
+def _growth(steps: pd.DataFrame) -> float:
+    norms = _numbers(_good_steps(steps), "grad_norm_pre_clip").to_numpy(float)
+    norms = norms[np.isfinite(norms) & (norms > 0)]
+    if len(norms) < GROWTH_MIN_STEPS:
+        return NAN
+    tenth = len(norms) // 10
+    return float(np.median(norms[-tenth:]) / np.median(norms[:tenth]))
 
-    Reads ``study.json`` for the runs and axes (a run not started yet gets a row of NaN with
-    the index's status); without an index, every run directory under ``runs/`` is summarised
-    and the axes are the settings that differ between them.
+
+def _nonfinite_steps(steps: pd.DataFrame) -> np.ndarray:
+    """Return the sorted steps whose loss or gradient was not finite, or was skipped."""
+    if steps.empty or "step" not in steps:
+        return np.array([], dtype=int)
+    bad = np.zeros(len(steps), dtype=bool)
+    for column in ("loss", "grad_norm_pre_clip"):
+        if column in steps:
+            bad |= ~np.isfinite(pd.to_numeric(steps[column], errors="coerce").to_numpy(float))
+    if "skipped" in steps:
+        bad |= steps["skipped"].fillna(False).astype(bool).to_numpy()
+    return np.sort(steps["step"].to_numpy()[bad].astype(int))
+
+
+def _divergence_step(status: dict, events: pd.DataFrame) -> int | None:
+    """Return the step of the first ``diverged`` event, or the step of a diverged status."""
+    if "kind" in events and (events["kind"] == "diverged").any():
+        return int(pd.to_numeric(events.loc[events["kind"] == "diverged", "step"]).min())
+    if status.get("status") == "diverged":
+        return int(status.get("step", 0))
+    return None
+
+
+# -- a study --------------------------------------------------------------------------------
+
+
+def study_summary(
+    study_dir: str | os.PathLike, *, keep: Iterable[str] = ()
+) -> tuple[StudySummary, dict[str, Run]]:
+    """Return the study's summary and the loaded runs (tables ``SUMMARY_TABLES`` + ``keep``).
+
+    Each run's tables are read once; the report draws its figures from the returned runs.
+    A run not started yet gets a summary with the index's status and no numbers.
     """
-    from rnnprobe.study import read_index
+    from rnnprobe.study import read_study
 
-    study_dir = Path(study_dir)
-    index = read_index(study_dir)
-    if index is None:
-        return _summary_without_index(study_dir)
-    axes = list(index.get("axes", {}))
-    rows = []
-    for entry in index.get("runs", []):
-        path = study_dir / "runs" / entry["id"]
-        run = load_run(path, SUMMARY_TABLES) if is_run_dir(path) else Run(path, {}, {})
-        row = run_summary(run, axes)
-        row["run_id"] = entry["id"]
-        row.update(entry.get("axes", {}))
-        row["status"] = entry.get("status", row["status"])
-        row["error"] = entry.get("error")
-        rows.append(row)
-    return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+    index = read_study(Path(study_dir))
+    tables = tuple(dict.fromkeys([*SUMMARY_TABLES, *keep]))
+    summaries, runs = [], {}
+    for entry in index.runs:
+        run = load_run(entry.path, tables) if is_run_dir(entry.path) else None
+        if run is None:
+            settings = {**entry.axes}
+            summary = RunSummary(entry.id, settings, entry.status or "pending", entry.error)
+        else:
+            runs[entry.id] = run
+            summary = summarise_run(run, entry.id)
+            status = entry.status if entry.status not in (None, "pending") else summary.status
+            summary = replace(summary, status=status, error=summary.error or entry.error)
+        summaries.append(summary)
+    axes = [a for a in index.axes if a != "seed"]
+    seeds = sorted({s.settings.get("seed") for s in summaries if "seed" in s.settings}, key=str)
+    study = StudySummary(index.name, index.question, index.description, axes, seeds, summaries)
+    return study, runs
 
 
-def _summary_without_index(study_dir: Path) -> pd.DataFrame:
-    runs_dir = study_dir / "runs"
-    paths = sorted(p for p in runs_dir.iterdir() if is_run_dir(p)) if runs_dir.is_dir() else []
-    runs = [load_run(p, SUMMARY_TABLES) for p in paths]
-    configs = [flatten(r.config) for r in runs]
-    keys = sorted({k for c in configs for k in c})
-    axes = [k for k in keys if k != "device" and len({repr(c.get(k)) for c in configs}) > 1]
-    return pd.DataFrame([run_summary(r, axes) for r in runs])
+def aggregate(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Return mean, sd, min, max and n of ``value`` over seeds for each level of ``by``.
+
+    Levels come out in numeric order when they are all numbers; non-finite values are left out.
+    """
+    by = [b for b in by if b in table.columns]
+    if value not in table or table.empty:
+        return pd.DataFrame(columns=[*by, "mean", "sd", "min", "max", "n"])
+    data = table[[*by, value]].copy()
+    data[value] = pd.to_numeric(data[value], errors="coerce")
+    data = data[np.isfinite(data[value].to_numpy(float))]
+    if data.empty:
+        return pd.DataFrame(columns=[*by, "mean", "sd", "min", "max", "n"])
+    if not by:
+        data = data.assign(_all="all")
+        by = ["_all"]
+    grouped = data.groupby([data[b].astype(str) for b in by], sort=False)[value]
+    out = grouped.agg(["mean", "std", "min", "max", "count"]).reset_index()
+    out = out.rename(columns={"std": "sd", "count": "n"})
+    out["sd"] = out["sd"].fillna(0.0)
+    # back to the original level values, then numeric order
+    firsts = data.groupby([data[b].astype(str) for b in by], sort=False)[by].first()
+    for b in by:
+        out[b] = firsts[b].to_numpy()
+    return out.iloc[_level_order(out, by)].reset_index(drop=True)
+
+
+def _level_order(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
+    keys = []
+    for b in reversed(list(by)):
+        numbers = pd.to_numeric(frame[b], errors="coerce")
+        text = frame[b].astype(str).to_numpy()
+        keys.append(numbers.to_numpy(float) if numbers.notna().all() else text)
+    return np.lexsort(keys) if keys else np.arange(len(frame))

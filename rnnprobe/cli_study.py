@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pandas as pd
 
 from rnnprobe.errors import RnnprobeError
+
+if TYPE_CHECKING:
+    from rnnprobe.diagnosis import StudyAnalysis
 from rnnprobe.options import pop_settings, setting_options
 
 __all__ = ["format_summary", "study", "write_summary"]
@@ -29,22 +33,6 @@ Rerun the same command to resume: finished runs are skipped, interrupted ones co
 their last checkpoint, failed ones start over. Exit status: 0 all finished, 1 some runs
 failed, 2 bad input, 130 interrupted.
 """
-
-# summary column -> printed header; axes are printed first under their last key part
-SHOWN = {
-    "status": "status",
-    "steps": "steps",
-    "final_loss": "loss",
-    "final_valid_loss": "valid",
-    "loss_ratio": "/baseline",
-    "final_metric": "metric",
-    "decay_per_step": "decay",
-    "predicted_decay": "mf_decay",
-    "half_life": "half_life",
-    "half_life_over_seq_len": "hl/T",
-    "lyapunov_max": "lyap",
-    "divergence_step": "div_step",
-}
 
 
 @click.command(epilog=EPILOG)
@@ -117,9 +105,10 @@ def _study(
     report_dir: Path | None,
     **settings: object,
 ) -> int:
-    from rnnprobe.analysis import study_summary
     from rnnprobe.config import parse_assignment
+    from rnnprobe.diagnosis import analyse_study
     from rnnprobe.executors import make_executor
+    from rnnprobe.report import PLOT_TABLES, build_report
     from rnnprobe.study import StudySpec, load_spec, override, run_study
 
     flags = pop_settings(settings)
@@ -136,12 +125,15 @@ def _study(
             err=True,
         )
         return 130
-    table = study_summary(out)
-    write_summary(table, out)
-    click.echo(format_summary(table))
+    analysis = analyse_study(out, keep=PLOT_TABLES if report else ())
+    write_summary(analysis.table, out)
+    click.echo(format_summary(analysis))
     click.echo(f"summary: {out / 'summary.csv'}")
     if report:
-        _build_report(out, report_dir if report_dir is not None else out / "report")
+        built = build_report(
+            out, report_dir if report_dir is not None else out / "report", analysis=analysis
+        )
+        click.echo(f"report: {built}")
     if result.failed:
         click.echo(
             f"rnnprobe: {result.failed} runs failed (errors in {out / 'study.json'}); "
@@ -158,29 +150,13 @@ def write_summary(table: pd.DataFrame, out: Path) -> None:
     table.to_parquet(out / "summary.parquet", index=False)
 
 
-def format_summary(table: pd.DataFrame) -> str:
-    """Return the summary as a concise text table: axes, outcome, loss and gradient decay."""
-    if table.empty:
+def format_summary(analysis: StudyAnalysis) -> str:
+    """Return the answer lines, then the summary table's shown columns (same names as the CSV)."""
+    if analysis.table.empty:
         return "(no runs)"
-    start = table.columns.get_loc("run_id") + 1
-    axes = list(table.columns[start : table.columns.get_loc("status")])
-    short = [a.rpartition(".")[2] for a in axes]
-    names = {"run_id": "run"}
-    names.update({a: s if short.count(s) == 1 else a for a, s in zip(axes, short, strict=True)})
-    names.update({k: v for k, v in SHOWN.items() if k in table})
-    shown = table[list(names)].rename(columns=names)
-    shown = shown.dropna(axis=1, how="all")
-    return shown.to_string(index=False, float_format=lambda x: f"{x:.4g}")
-
-
-def _build_report(out: Path, report_dir: Path) -> None:
-    try:
-        from rnnprobe.report import build_report
-    except ImportError:
-        click.echo("no report: rnnprobe.report is not available")
-        return
-    built = build_report(out, report_dir)
-    click.echo(f"report: {built if built is not None else report_dir}")
+    shown = analysis.shown.dropna(axis=1, how="all")
+    table = shown.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    return "\n".join([*analysis.diagnosis.answer, "", table])
 
 
 if __name__ == "__main__":

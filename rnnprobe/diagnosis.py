@@ -1,265 +1,294 @@
-r"""Written diagnosis of a run or a study from its stored records: which gradient regime, and why.
+r"""Written diagnosis of a run or a study: it classifies what :mod:`rnnprobe.analysis` computed.
 
-Convention: δ_t = ∂L/∂h_t, J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh; gradients carried back
-``d`` steps scale like r^d, r the *decay per step*; their half-life is ln 2 / (−ln r) steps
-(∞ when r ≥ 1). T is the task's sequence length.
+Nothing here reads a table or computes a measurement; every number quoted comes from a
+:class:`~rnnprobe.analysis.RunSummary` field, so a sentence and the table beside it agree.
 
-Where the numbers come from: :func:`rnnprobe.analysis.run_summary` (last recorded step, top
-layer: loss/baseline, decay fit of the ``reach`` table, half-life, λ₁, saturation / dead
-fraction, mean-field prediction), plus what a diagnosis needs beyond it:
+Two separate questions, each answered per phase (init, training, end):
 
-- decay per step r without reach records: the geometric mean over t of ‖δ_t − ε_t‖ / ‖δ_{t+1}‖
-  (``adjoints``, top layer, last step). The recurrent part of δ_t is δ_{t+1} J_{t+1}, so the
-  ratio is the one-step factor whatever the task injects at each step (a fit of ‖δ_t‖ against
-  T − 1 − t, analysis' fallback, reads "no decay" for a language model's fresh ε_t).
-- gradient-norm growth: median pre-clip norm of the last 10 % of steps over the first 10 %.
-- non-finite steps: steps whose loss or gradient was not finite, or whose update was skipped.
-- divergence: status "diverged" or a "diverged" event (a skipped step alone is not one).
+**What the gradients do** (r: decay per step; T: steps the network runs; λ₁: largest
+Lyapunov exponent), the first rule that holds:
 
-Rules, checked in this order (thresholds below as module constants):
+1. *exploding* — r^T ≥ ``SPAN`` (the gradient doubles in under T/4 steps back in time); or a
+   non-finite loss or gradient (training phase); or, with clipping on, norms clipped on at least
+   ``BURST_RATE`` of the steps with bursts ≥ ``BURST`` × the threshold (training phase: the
+   clipped run looks calm but its gradients explode).
+2. *chaotic* — λ₁ > ``EDGE``: nearby trajectories separate.
+3. *vanishing* — r^T ≤ 1/``SPAN`` (half-life under T/4); or, without r, λ₁ < ``VANISH_LYAPUNOV``;
+   or, with neither, ≥ ``STUCK`` of the units saturated (tanh) or dead (ReLU).
+4. *edge of chaos* — |λ₁| ≤ ``EDGE``.
+5. *stable* — gradients measured, none of the above: they decay but reach across the sequence.
+6. *unknown* — nothing measured in that phase.
 
-1. **diverged** — status "diverged" or a "diverged" event; the step is reported.
-2. **exploding** — any of: r > 1.05; λ₁ > +0.05 (when r is unknown or ≥ 1); a non-finite
-   loss or gradient; gradient norm grown ≥ 100× over training.
-3. **vanishing** — r < 0.9 with half-life < T/4; or, without r, λ₁ < −0.1; or, with neither,
-   saturated (tanh) or dead (ReLU) fraction ≥ 0.5.
-4. **healthy** — some of those measurements exist and none of the above holds.
-5. **unknown** — no records to judge by.
+**What training achieved** (loss/baseline = final loss over the task's memoryless baseline):
+*diverged* (stopped on non-finite values), *untrained* (fewer than ``MIN_STEPS`` steps: the run
+measures its initial network), *solved* (≤ ``SOLVED``; for a language model there is no
+solving, so it is *learning*), *learning* (< ``BEATS``), *did not learn* (≥ ``BEATS``).
 
-A study's diagnosis counts the regimes and names the sweep axis that mattered most: for the
-final loss/baseline ratio and for log₁₀ half-life (capped at 10·max T so that "no decay" counts
-as long reach), the fraction of variance across runs explained by the axis' values (η² of a
-one-way grouping); at least 3 runs with values and 2 distinct axis values are needed.
+A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *matters*
+for a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
+level means that differ by more than ``EFFECT`` and by more than twice the seeds' spread;
+init-phase decay against √χ where the prediction applies; where λ₁ at init changes sign along a
+numeric axis.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from rnnprobe.analysis import DecayFit, fit_decay, run_summary
-from rnnprobe.store import Run
+from rnnprobe.analysis import PHASES, PhaseMeasures, RunSummary, StudySummary, aggregate
 
 __all__ = [
+    "OUTCOMES",
     "REGIMES",
-    "Evidence",
+    "SHOWN_COLUMNS",
+    "PhaseVerdict",
     "RunDiagnosis",
+    "StudyAnalysis",
     "StudyDiagnosis",
-    "classify",
+    "analyse_run",
+    "analyse_study",
+    "classify_phase",
     "diagnose_run",
     "diagnose_study",
-    "measure_run",
+    "outcome",
+    "study_table",
     "variance_explained",
 ]
 
-REGIMES = ("vanishing", "exploding", "healthy", "diverged", "unknown")
-VANISH_DECAY = 0.9  # r below this …
-VANISH_REACH = 0.25  # … and a half-life below this fraction of T
-VANISH_LYAPUNOV = -0.1  # λ₁ below this: perturbations shrink by e^-0.1 per step or faster
-EXPLODE_DECAY = 1.05
-EXPLODE_LYAPUNOV = 0.05
-EXPLODE_GRAD_GROWTH = 100.0
-SATURATED = 0.5  # fraction of units
-HALF_LIFE_CAP = 10.0  # × max T, for log half-life in study comparisons
+REGIMES = ("exploding", "chaotic", "vanishing", "edge of chaos", "stable", "unknown")
+OUTCOMES = ("solved", "learning", "did not learn", "diverged", "untrained", "unknown")
+SPAN = 16.0  # r^T beyond 16 (or below 1/16): the gradient doubles (halves) within T/4 steps
+EDGE = 0.02  # |λ₁| per step below which the dynamics are at the edge of chaos
+VANISH_LYAPUNOV = -0.1
+STUCK = 0.5
+BURST_RATE = 0.5
+BURST = 10.0
+SOLVED = 0.25
+BEATS = 0.95
+MIN_STEPS = 10
+MIN_RUNS = 4
+MIN_ETA2 = 0.5
+EFFECT = {"loss_ratio": 0.05, "log2_half_life_end": 1.0, "decay_per_step_init": 0.02}
+EFFECT |= {"lyapunov_max_init": EDGE, "decay_per_step_end": 0.02}
+QUANTITIES = {  # summary column -> how a statement names it
+    "loss_ratio": "loss/baseline",
+    "log2_half_life_end": "log₂ half-life at the end",
+    "decay_per_step_init": "decay per step at init",
+    "lyapunov_max_init": "λ₁ at init",
+}
 
 
 @dataclass(frozen=True)
-class Evidence:
-    """The numbers a diagnosis rests on; NaN or None where the run has no records."""
+class PhaseVerdict:
+    """A phase's gradient regime and the measurements behind it."""
 
-    status: str = "unknown"
-    last_step: int | None = None
-    seq_len: float = math.nan
-    final_loss: float = math.nan
-    baseline_loss: float = math.nan
-    loss_ratio: float = math.nan
-    decay_per_step: float = math.nan
-    half_life: float = math.nan
-    decay_source: str | None = None  # reach or adjoints
-    decay_step: int | None = None
-    lyapunov_max: float = math.nan
-    lyapunov_step: int | None = None
-    saturation: float = math.nan
-    dead_fraction: float = math.nan
-    grad_growth: float = math.nan
-    nonfinite_steps: int = 0
-    divergence_step: int | None = None
-    predicted_decay: float = math.nan
-    predicted_half_life: float = math.nan
-    clip_rate: float = math.nan
-    summary: dict = field(default_factory=dict, repr=False)  # analysis.run_summary's row
-
-    @property
-    def half_life_over_seq_len(self) -> float:
-        return self.half_life / self.seq_len if self.seq_len > 0 else math.nan
-
-    @property
-    def has_records(self) -> bool:
-        return self.last_step is not None
-
-    def row(self) -> dict:
-        """Return analysis' summary row updated with these numbers (one flat dict)."""
-        own = {k: v for k, v in asdict(self).items() if k != "summary"}
-        return {**self.summary, **own, "half_life_over_seq_len": self.half_life_over_seq_len}
-
-
-def measure_run(run: Run) -> Evidence:
-    """Return the evidence of ``run`` read from its stored tables."""
-    base = run_summary(run)
-    steps = _numeric(run.table("steps"), ["step", "loss", "grad_norm_pre_clip"])
-    decay, decay_step, source = _decay(run)
-    lyapunov = _numeric(run.table("lyapunov"), ["step"])
-    recorded = [
-        float(pd.to_numeric(t["step"], errors="coerce").max())
-        for t in (steps, run.table("adjoints"), run.table("reach"))
-        if "step" in t.columns and len(t)
-    ]
-    recorded = [int(s) for s in recorded if math.isfinite(s)]
-    final = base.get("final_valid_loss", math.nan)
-    return Evidence(
-        status=str(run.status.get("status", "unknown")),
-        last_step=max(recorded) if recorded else None,
-        seq_len=_number(base.get("seq_len")),
-        final_loss=final if math.isfinite(final) else base.get("final_loss", math.nan),
-        baseline_loss=base.get("baseline_loss", math.nan),
-        loss_ratio=base.get("loss_ratio", math.nan),
-        decay_per_step=decay,
-        half_life=_half_life(decay),
-        decay_source=source,
-        decay_step=decay_step,
-        lyapunov_max=base.get("lyapunov_max", math.nan),
-        lyapunov_step=int(lyapunov["step"].max()) if len(lyapunov) else None,
-        saturation=base.get("saturation", math.nan),
-        dead_fraction=base.get("dead_fraction", math.nan),
-        grad_growth=_growth(steps),
-        nonfinite_steps=_nonfinite(steps, run.table("events")),
-        divergence_step=_divergence(run.status, run.table("events")),
-        predicted_decay=base.get("predicted_decay", math.nan),
-        predicted_half_life=base.get("predicted_half_life", math.nan),
-        clip_rate=_mean(run.table("steps"), "clipped"),
-        summary=base,
-    )
-
-
-def classify(ev: Evidence) -> tuple[str, list[str]]:
-    """Return the regime of ``ev`` and the reasons (the rules that fired), per the module doc."""
-    r, lyap, T = ev.decay_per_step, ev.lyapunov_max, ev.seq_len
-    if ev.divergence_step is not None:
-        return "diverged", [f"the run diverged at step {ev.divergence_step}"]
-    exploding = []
-    if r > EXPLODE_DECAY:
-        exploding.append(f"gradients grow ×{r:.3g} per step back in time (> {EXPLODE_DECAY})")
-    if lyap > EXPLODE_LYAPUNOV and not r < 1:
-        exploding.append(f"λ₁ = {lyap:+.3g} per step (> {EXPLODE_LYAPUNOV:+})")
-    if ev.nonfinite_steps > 0:
-        exploding.append(f"{ev.nonfinite_steps} steps had a non-finite loss or gradient")
-    if ev.grad_growth >= EXPLODE_GRAD_GROWTH:
-        exploding.append(f"the gradient norm grew ×{ev.grad_growth:.3g} over training")
-    if exploding:
-        return "exploding", exploding
-    short = ev.half_life < VANISH_REACH * T if math.isfinite(T) else True
-    if r < VANISH_DECAY and short:
-        return "vanishing", [
-            f"gradients shrink ×{r:.3g} per step (< {VANISH_DECAY}): half-life "
-            f"{ev.half_life:.3g} steps < T/4 = {VANISH_REACH * T:.3g}"
-        ]
-    if math.isnan(r) and lyap < VANISH_LYAPUNOV:
-        return "vanishing", [f"λ₁ = {lyap:+.3g} per step (< {VANISH_LYAPUNOV})"]
-    stuck = max(_or0(ev.saturation), _or0(ev.dead_fraction))
-    if math.isnan(r) and math.isnan(lyap) and stuck >= SATURATED:
-        return "vanishing", [f"{stuck:.0%} of units saturated or dead (≥ {SATURATED:.0%})"]
-    if r < VANISH_DECAY:
-        return "healthy", [
-            f"gradients shrink ×{r:.3g} per step, but the half-life {ev.half_life:.3g} steps "
-            f"is at least T/4 = {VANISH_REACH * T:.3g}: they still reach across the sequence"
-        ]
-    if ev.has_records and not (math.isnan(r) and math.isnan(lyap) and math.isnan(ev.grad_growth)):
-        return "healthy", ["no vanishing or exploding rule fired"]
-    return "unknown", ["no records to judge the gradients by"]
+    phase: str
+    step: str  # "step 1", "steps 50–450"
+    regime: str
+    reasons: list[str]
 
 
 @dataclass(frozen=True)
 class RunDiagnosis:
-    """A run's regime, a one-line verdict and the evidence, one statement per line."""
+    """A run's outcome, its per-phase gradient regimes, and the supporting statements."""
 
-    regime: str
-    verdict: str
-    evidence: list[str]
-    missing: list[str]
-    measures: Evidence = field(repr=False)
+    outcome: str
+    outcome_reason: str
+    phases: dict[str, PhaseVerdict]
+    notes: list[str]
+    summary: RunSummary
+
+    def regime(self, phase: str) -> str:
+        verdict = self.phases.get(phase)
+        return verdict.regime if verdict else "unknown"
+
+    @property
+    def headline(self) -> str:
+        """Return one line: outcome, then the regime of each measured phase."""
+        parts = [f"{v.phase} ({v.step}): {v.regime}" for v in self.phases.values()]
+        return f"Outcome: {self.outcome}. Gradients — " + ("; ".join(parts) or "not measured")
 
     def lines(self) -> list[str]:
-        """Return the verdict, the evidence and what is missing, as plain lines."""
-        gone = [f"no finite value for: {', '.join(self.missing)}"] if self.missing else []
-        return [self.verdict, *self.evidence, *gone]
+        """Return the headline, the outcome's reason, each phase's reasons, then notes."""
+        out = [self.headline + ".", f"Loss: {self.outcome_reason}."]
+        for v in self.phases.values():
+            out.append(f"{v.phase.capitalize()} ({v.step}): {v.regime} — {'; '.join(v.reasons)}.")
+        return out + self.notes
 
 
-def diagnose_run(run: Run | Evidence) -> RunDiagnosis:
-    """Return the written diagnosis of a run (or of evidence already measured)."""
-    ev = run if isinstance(run, Evidence) else measure_run(run)
-    regime, reasons = classify(ev)
-    if not ev.has_records:
-        verdict = f"No records yet (status {ev.status}); nothing to diagnose."
-        return RunDiagnosis("unknown", verdict, [], [], ev)
-    verdict = f"Regime: {regime} — " + "; ".join(reasons) + "."
-    return RunDiagnosis(regime, verdict, _statements(ev), _missing(ev), ev)
+def _steps_text(p: PhaseMeasures) -> str:
+    if len(p.steps) > 1:
+        return f"steps {p.steps[0]}–{p.steps[-1]}, median of {len(p.steps)}"
+    return f"step {p.step}"
 
 
-def _statements(ev: Evidence) -> list[str]:
+def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
+    """Return the gradient regime of phase ``name`` of ``s`` and the rules that decided it."""
+    p = s.phase(name)
+    d, lyap, T = p.decay, p.lyapunov_max, s.seq_len
+    span = d.rate_per_step**T if d.ok and T > 0 else math.nan
+    lyap_text = f"λ₁ = {lyap:+.3g} per step" if math.isfinite(lyap) else None
+    if math.isfinite(span) and span >= SPAN:
+        reasons = [f"{_decay_text(d, T)}: the gradient doubles every {_doubling(d)} back in time"]
+        return "exploding", reasons + ([lyap_text] if lyap_text else [])
+    if name == "training":
+        if s.nonfinite_steps:
+            return "exploding", [
+                f"{s.nonfinite_steps} steps had a non-finite loss or gradient "
+                f"(first at step {s.first_nonfinite_step})"
+            ]
+        if s.clip_rate >= BURST_RATE and s.clip_burst >= BURST:
+            return "exploding", [
+                f"norm clipping acted on {s.clip_rate:.0%} of steps, with gradient norms up "
+                f"to {s.clip_burst:.3g}× the threshold: explosions held down by clipping"
+            ]
+    if lyap > EDGE:
+        return "chaotic", [f"{lyap_text} > {EDGE}: nearby trajectories separate"] + (
+            [_decay_text(d, T)] if d.ok else []
+        )
+    if math.isfinite(span) and span <= 1 / SPAN:
+        reasons = [f"{_decay_text(d, T)}: half-life {_fmt(d.half_life)} steps < T/4"]
+        return "vanishing", reasons + ([lyap_text] if lyap_text else [])
+    if not d.ok and lyap < VANISH_LYAPUNOV:
+        return "vanishing", [f"{lyap_text} < {VANISH_LYAPUNOV}"]
+    stuck = max(_or0(p.saturation), _or0(p.dead_fraction))
+    if not d.ok and not math.isfinite(lyap) and stuck >= STUCK:
+        return "vanishing", [f"{stuck:.0%} of units saturated or dead (≥ {STUCK:.0%})"]
+    if abs(lyap) <= EDGE:
+        return "edge of chaos", [f"|λ₁| = {abs(lyap):.3g} ≤ {EDGE}"] + (
+            [_decay_text(d, T)] if d.ok else []
+        )
+    if d.ok or math.isfinite(lyap):
+        reasons = [_decay_text(d, T) + ": it reaches across the sequence"] if d.ok else []
+        return "stable", reasons + ([lyap_text] if lyap_text else [])
+    why = f"decay fit: {d.shape}" if d.source != "none" else "no gradient records"
+    return "unknown", [why + (f"; {p.lyapunov_note}" if p.lyapunov_note else "")]
+
+
+def outcome(s: RunSummary) -> tuple[str, str]:
+    """Return what training achieved and the numbers that say so."""
+    if s.divergence_step is not None:
+        return "diverged", f"the run stopped on non-finite values at step {s.divergence_step}"
+    which = "validation" if math.isfinite(s.final_valid_loss) else "training"
+    ratio = (
+        f"final {which} loss {s.final_loss:.4g} = {s.loss_ratio:.3g} × the baseline "
+        f"{s.baseline_loss:.4g} (at the start {s.initial_loss_ratio:.3g} ×)"
+    )
+    if s.steps < MIN_STEPS:
+        return "untrained", (
+            f"{s.steps} training steps (< {MIN_STEPS}): the run measures its initial network; "
+            + ratio
+        )
+    if not math.isfinite(s.loss_ratio):
+        return "unknown", "no finite final loss or baseline"
+    if s.loss_ratio <= SOLVED and s.task_kind != "lm":
+        return "solved", f"{ratio}; ≤ {SOLVED} × counts as solved"
+    if s.loss_ratio < BEATS:
+        return "learning", f"{ratio}; below {BEATS} × it beats the baseline"
+    return "did not learn", f"{ratio}; within {1 - BEATS:.0%} of the baseline or above it"
+
+
+def diagnose_run(s: RunSummary) -> RunDiagnosis:
+    """Return the diagnosis of one run summary."""
+    result, reason = outcome(s)
+    verdicts = {}
+    for name in PHASES:
+        p = s.phases.get(name)
+        if p is None:
+            continue
+        regime, reasons = classify_phase(s, name)
+        verdicts[name] = PhaseVerdict(name, _steps_text(p), regime, reasons)
+    return RunDiagnosis(result, reason, verdicts, _notes(s), s)
+
+
+def _notes(s: RunSummary) -> list[str]:
     out = []
-    if math.isfinite(ev.final_loss):
-        line = f"final loss {ev.final_loss:.4g}"
-        if math.isfinite(ev.loss_ratio):
-            beat = "beats" if ev.loss_ratio < 0.95 else "does not beat"
-            line += f" = {ev.loss_ratio:.3g} × baseline {ev.baseline_loss:.4g} ({beat} it)"
+    init = s.phase("init")
+    if s.mean_field_applies and math.isfinite(s.predicted_decay):
+        line = f"mean-field prediction at init: √χ = {s.predicted_decay:.4g} per step"
+        if math.isfinite(s.mean_field_ratio):
+            line += (
+                f"; measured at init (step {init.step}) {init.decay.rate_per_step:.4g}, "
+                f"ratio {s.mean_field_ratio:.3g}"
+            )
         out.append(line)
-    if math.isfinite(ev.decay_per_step):
-        where = "gradient reach" if ev.decay_source == "reach" else "adjoint ratios"
-        line = f"decay per step {ev.decay_per_step:.3g} ({where}, step {ev.decay_step})"
-        line += f", half-life {_fmt_steps(ev.half_life)}"
-        if math.isfinite(ev.seq_len):
-            line += f" against T = {ev.seq_len:.0f} (T/4 = {ev.seq_len / 4:.3g})"
-        out.append(line)
-    if math.isfinite(ev.predicted_decay):
-        out.append(f"mean-field prediction at init: {ev.predicted_decay:.3g} per step")
-    if math.isfinite(ev.lyapunov_max):
-        out.append(f"largest Lyapunov exponent {ev.lyapunov_max:+.3g} (step {ev.lyapunov_step})")
-    if math.isfinite(ev.saturation):
-        out.append(f"saturated tanh units {ev.saturation:.1%}")
-    if math.isfinite(ev.dead_fraction):
-        out.append(f"dead ReLU units {ev.dead_fraction:.1%}")
-    if math.isfinite(ev.grad_growth):
-        out.append(f"gradient norm late/early ×{ev.grad_growth:.3g}")
-    if math.isfinite(ev.clip_rate):
-        out.append(f"clipped on {ev.clip_rate:.1%} of steps")
-    if ev.nonfinite_steps:
-        out.append(f"{ev.nonfinite_steps} non-finite steps")
-    if ev.divergence_step is not None:
-        out.append(f"diverged at step {ev.divergence_step}")
+    elif s.init and math.isfinite(s.predicted_decay):
+        out.append(
+            f"mean-field theory does not apply: the {s.init} init is not i.i.d. random weights"
+        )
+    for p in s.phases.values():
+        if p.lyapunov_note:
+            out.append(p.lyapunov_note)
+        if p.decay.shape in ("not exponential", "too few points"):
+            out.append(
+                f"{p.phase} ({_steps_text(p)}): gradient norm against distance is "
+                f"{p.decay.shape} (R² {_fmt(p.decay.r2)}): no decay rate"
+            )
+    end = s.phase("end")
+    for name, value in (
+        ("saturated tanh units", end.saturation),
+        ("dead ReLU units", end.dead_fraction),
+    ):
+        if math.isfinite(value):
+            out.append(f"{name} at the end (step {end.step}): {value:.1%}")
+    if math.isfinite(s.clip_rate):
+        out.append(f"{s.clip} clipping acted on {s.clip_rate:.1%} of the steps")
+    if math.isfinite(s.grad_growth):
+        out.append(f"gradient norm, last 10 % of steps over the first 10 %: ×{s.grad_growth:.3g}")
     return out
 
 
-def _missing(ev: Evidence) -> list[str]:
-    checks = {
-        "final loss": ev.final_loss,
-        "baseline loss": ev.baseline_loss,
-        "gradient reach or adjoints": ev.decay_per_step,
-        "Lyapunov exponents": ev.lyapunov_max,
-        "hidden-unit health": _or_nan(ev.saturation, ev.dead_fraction),
-    }
-    return [name for name, value in checks.items() if not math.isfinite(value)]
+def _decay_text(d, T: float) -> str:
+    where = "reach fit" if d.source == "reach" else "adjoint ratios"
+    text = f"decay ×{d.rate_per_step:.4g} per step ({where}"
+    text += f", R² {d.r2:.3f}" if math.isfinite(d.r2) else ""
+    return text + (f"; T = {T:.0f})" if math.isfinite(T) else ")")
+
+
+def _doubling(d) -> str:
+    return f"{math.log(2) / math.log(d.rate_per_step):.3g} steps"
+
+
+def _fmt(value: float) -> str:
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.3g}" if math.isfinite(value) else "n/a"
+
+
+def _or0(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+# -- studies --------------------------------------------------------------------------------
+
+
+def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.DataFrame:
+    """Return the study's summary table: analysis' numbers plus outcome and regime per phase.
+
+    This one table is what the terminal shows, ``summary.csv`` holds and the report prints.
+    """
+    table = study.table()
+    table.insert(len(study.axes) + 2, "outcome", [d.outcome for d in diagnoses])
+    for i, name in enumerate(PHASES):
+        table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])
+    half = pd.to_numeric(table["half_life_end"], errors="coerce")
+    cap = 8 * pd.to_numeric(table["seq_len"], errors="coerce")  # "no decay" counts as long reach
+    table["log2_half_life_end"] = np.log2(half.where(half < cap, cap))
+    return table
 
 
 @dataclass(frozen=True)
 class StudyDiagnosis:
-    """Statements about a study, and the variance each axis explains per quantity."""
+    """The study's answer lines (first), the other statements, and the per-axis effects."""
 
+    answer: list[str]
     lines: list[str]
-    importance: pd.DataFrame  # axis, quantity, variance_explained, runs
+    effects: pd.DataFrame  # axis, quantity, eta2, runs, matters
 
 
 def variance_explained(df: pd.DataFrame, axis: str, value: str) -> tuple[float, int]:
@@ -278,184 +307,206 @@ def variance_explained(df: pd.DataFrame, axis: str, value: str) -> tuple[float, 
     return float(((means - y.mean()) ** 2).sum()) / total, len(y)
 
 
-def diagnose_study(summary: pd.DataFrame, axes: Sequence[str]) -> StudyDiagnosis:
-    """Return a study's diagnosis from its summary (one row per run, ``regime`` column)."""
-    if summary.empty:
-        return StudyDiagnosis(["The study has no runs."], pd.DataFrame())
-    counts = summary.get("regime", pd.Series(dtype=str)).value_counts()
-    tally = ", ".join(f"{counts[r]} {r}" for r in REGIMES if r in counts)
-    lines = [f"{len(summary)} runs: {tally or 'none diagnosed'}."]
-    data = summary.copy()
-    seq = pd.to_numeric(data.get("seq_len", pd.Series(np.nan, index=data.index)), errors="coerce")
-    cap = HALF_LIFE_CAP * (np.nanmax(seq) if seq.notna().any() else 100.0)
-    half = pd.to_numeric(data.get("half_life", pd.Series(np.nan, index=data.index)), "coerce")
-    data["log10_half_life"] = np.log10(half.clip(upper=cap))
-    if "loss_ratio" in data:  # a diverged run's last loss says nothing about its configuration
-        diverged = data.get("regime", pd.Series("", index=data.index)) == "diverged"
-        data["loss_ratio"] = pd.to_numeric(data["loss_ratio"], errors="coerce").mask(diverged)
-        if diverged.any():
-            lines.append(f"{int(diverged.sum())} diverged run(s) left out of the loss comparison.")
-    rows = []
-    quantities = {"loss_ratio": "loss/baseline", "log10_half_life": "log₁₀ half-life"}
-    for value, name in quantities.items():
-        scores = {a: variance_explained(data, a, value) for a in axes}
-        for a, (eta2, n) in scores.items():
-            rows.append({"axis": a, "quantity": name, "variance_explained": eta2, "runs": n})
-        ranked = sorted((s[0], a) for a, s in scores.items() if math.isfinite(s[0]))
-        if not ranked:
-            lines.append(f"{name}: too few runs with values to compare the sweep axes.")
-            continue
-        eta2, best = ranked[-1]
-        means = data.groupby(data[best].astype(str))[value].mean()
-        what, shown = "mean", {k: f"{v:.3g}" for k, v in means.items() if math.isfinite(v)}
-        if value == "log10_half_life":  # back to steps: the geometric-mean half-life
-            what = "geometric-mean half-life in steps"
-            shown = {k: _capped(10**v, cap) for k, v in means.items() if math.isfinite(v)}
-        spread = ", ".join(f"{k}: {v}" for k, v in shown.items())
-        lines.append(
-            f"{name}: {best} mattered most, explaining {eta2:.0%} of the variance across runs "
-            f"({what} by {best}: {spread})."
+def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
+    """Return the study's diagnosis from its summary table (:func:`study_table`)."""
+    if table.empty:
+        return StudyDiagnosis(["The study has no runs."], [], pd.DataFrame())
+    axes = [a for a in study.axes if a in table and table[a].astype(str).nunique() > 1]
+    seeds = len(study.seeds)
+    lines = [_tally(table, "outcome", OUTCOMES, "outcomes")]
+    for name in PHASES:
+        if f"regime_{name}" in table and (table[f"regime_{name}"] != "unknown").any():
+            lines.append(_tally(table, f"regime_{name}", REGIMES, f"gradients at {name}"))
+    data = table.assign(
+        loss_ratio=pd.to_numeric(table["loss_ratio"], errors="coerce").mask(
+            table["outcome"].isin(["diverged", "untrained"])
         )
-    lines += _regime_patterns(summary, axes)
-    lines += _mean_field_agreement(summary)
-    return StudyDiagnosis(lines, pd.DataFrame(rows))
+    )
+    effects, effect_lines = _effects(data, axes, seeds)
+    answer = _outcome_answer(data, axes) + _mean_field_lines(table) + _edge_lines(table, axes)
+    answer += effect_lines
+    if (table["outcome"] == "diverged").any():
+        lines.append(
+            f"{int((table['outcome'] == 'diverged').sum())} diverged run(s) are left out of "
+            "loss/baseline comparisons."
+        )
+    return StudyDiagnosis(answer, lines, effects)
 
 
-def _regime_patterns(summary: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Return statements 'every run with axis = v is <regime>' for unanimous, non-healthy cells."""
-    out = []
-    if "regime" not in summary.columns:
-        return out
-    for axis in axes:
-        if axis not in summary.columns or summary[axis].astype(str).nunique() < 2:
-            continue
-        for value, group in summary.groupby(summary[axis].astype(str)):
-            regimes = group["regime"].unique()
-            if len(group) >= 2 and len(regimes) == 1 and regimes[0] not in ("healthy", "unknown"):
-                out.append(f"every run with {axis} = {value} is {regimes[0]} ({len(group)} runs).")
-    return out
+def _tally(table: pd.DataFrame, column: str, order: Sequence[str], what: str) -> str:
+    counts = table[column].value_counts()
+    parts = [f"{counts[k]} {k}" for k in order if k in counts]
+    return f"{len(table)} runs, {what}: " + ", ".join(parts) + "."
 
 
-def _mean_field_agreement(summary: pd.DataFrame) -> list[str]:
-    if not {"decay_per_step", "predicted_decay"} <= set(summary.columns):
+def _configs(table: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
+    return table.apply(
+        lambda r: ", ".join(f"{a.rpartition('.')[2]} = {r[a]}" for a in axes), axis=1
+    )
+
+
+def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Return which configurations solved, learned, or did not, with loss/baseline over seeds."""
+    judged = data[~data["outcome"].isin(["untrained", "unknown"])]
+    if judged.empty:
         return []
-    measured = pd.to_numeric(summary["decay_per_step"], errors="coerce")
-    predicted = pd.to_numeric(summary["predicted_decay"], errors="coerce")
-    ratio = (measured / predicted)[(measured > 0) & (predicted > 0)]
-    ratio = ratio[np.isfinite(ratio)]
+    groups = aggregate(judged, axes, "loss_ratio")
+    if groups.empty:
+        return []
+    by_outcome: dict[str, list[str]] = {}
+    for g in groups.to_dict("records"):
+        cell = judged
+        for a in axes:
+            cell = cell[cell[a].astype(str) == str(g[a])]
+        label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes) or "every run"
+        outcomes = cell["outcome"].value_counts()
+        verdict = outcomes.index[0] if len(outcomes) == 1 else "mixed"
+        seeds = f" ± {g['sd']:.2g}" if g["n"] > 1 else ""
+        by_outcome.setdefault(verdict, []).append(f"{label} ({g['mean']:.3g}{seeds})")
+    parts = [f"{k}: {'; '.join(v)}" for k in (*OUTCOMES, "mixed") if (v := by_outcome.get(k))]
+    line = "Loss/baseline by configuration (mean ± sd over seeds) — " + " | ".join(parts) + "."
+    if not any(k in by_outcome for k in ("solved", "learning")):
+        line += " No configuration beat the baseline."
+    return [line]
+
+
+def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.DataFrame, list]:
+    rows, lines = [], []
+    for value, name in QUANTITIES.items():
+        if value not in data:
+            continue
+        for axis in axes:
+            eta2, n = variance_explained(data, axis, value)
+            groups = aggregate(data, [axis], value)
+            spread = float(groups["mean"].max() - groups["mean"].min()) if len(groups) else 0.0
+            noise = float(groups["sd"].max()) if len(groups) and seeds > 1 else 0.0
+            matters = bool(
+                len(groups) >= 2
+                and n >= MIN_RUNS
+                and eta2 >= MIN_ETA2
+                and spread > EFFECT.get(value, 0.0)
+                and spread > 2 * noise
+            )
+            rows.append(
+                {"axis": axis, "quantity": name, "eta2": eta2, "runs": n, "matters": matters}
+            )
+            if matters:
+                shown = "; ".join(_level(g, axis, value) for g in groups.to_dict("records"))
+                lines.append(f"{axis} changes {name} (η² = {eta2:.2f}, {n} runs): {shown}.")
+    return pd.DataFrame(rows), lines
+
+
+def _level(g: dict, axis: str, value: str) -> str:
+    spread = f" ± {g['sd']:.2g}" if g["n"] > 1 else ""
+    if value.startswith("log2_"):
+        return f"{g[axis]}: {2 ** g['mean']:.3g} steps (×/÷ {2 ** g['sd']:.2g})"
+    return f"{g[axis]}: {g['mean']:.3g}{spread}"
+
+
+def _mean_field_lines(table: pd.DataFrame) -> list[str]:
+    if "mean_field_applies" not in table:
+        return []
+    applies = table[table["mean_field_applies"].astype(bool)]
+    ratio = pd.to_numeric(applies.get("mean_field_ratio", pd.Series(dtype=float)), "coerce")
+    ratio = ratio.dropna()
+    if applies.empty:
+        if "predicted_decay" in table and pd.to_numeric(table["predicted_decay"]).notna().any():
+            return ["Mean-field theory does not apply to these inits (not i.i.d. random weights)."]
+        return []
     if len(ratio) < 2:
         return []
+    close = (ratio - 1).abs() <= 0.05
+    verb = "follows" if close.mean() >= 0.8 else "departs from"
     return [
-        f"measured decay / mean-field prediction: median {ratio.median():.3g} over "
-        f"{len(ratio)} runs (range {ratio.min():.3g}–{ratio.max():.3g})."
+        f"At init, measured decay per step {verb} the mean-field √χ: measured/predicted "
+        f"{ratio.mean():.3f} ± {ratio.std():.2g} (mean ± sd over {len(ratio)} runs, range "
+        f"{ratio.min():.3g}–{ratio.max():.3g}; {close.mean():.0%} within 5 %)."
     ]
 
 
-def _decay(run: Run) -> tuple[float, int | None, str | None]:
-    """Return (decay per step, probe step, source): reach fit, else adjoint ratios."""
-    reach = run.table("reach")
-    fit: DecayFit = fit_decay(reach)
-    if math.isfinite(fit.rate_per_step):
-        return fit.rate_per_step, int(pd.to_numeric(reach["step"]).max()), "reach"
-    columns = ["step", "layer", "t", "adjoint_norm", "recurrent_norm"]
-    adjoints = _last_step_rows(_numeric(run.table("adjoints"), columns), columns[3:])
-    if adjoints.empty:
-        return math.nan, None, None
-    top = adjoints[adjoints["layer"] == adjoints["layer"].max()].sort_values("t")
-    ahead = top["adjoint_norm"].to_numpy()[1:]
-    carried = top["recurrent_norm"].to_numpy()[:-1]
-    keep = np.isfinite(ahead) & np.isfinite(carried) & (ahead > 0) & (carried > 0)
-    if not keep.any():
-        return math.nan, None, None
-    rate = float(np.exp(np.mean(np.log(carried[keep] / ahead[keep]))))
-    return rate, int(top["step"].iloc[0]), "adjoints"
+def _edge_lines(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Return where the mean λ₁ at init changes sign between neighbouring numeric levels."""
+    out = []
+    for axis in axes:
+        if pd.to_numeric(table[axis], errors="coerce").isna().any():
+            continue
+        groups = aggregate(table, [axis], "lyapunov_max_init")
+        if len(groups) < 2:
+            continue
+        others = " (mean over the other axes)" if len(axes) > 1 else ""
+        means = groups["mean"].to_numpy(float)
+        for i in range(len(groups) - 1):
+            if means[i] * means[i + 1] < 0 or means[i + 1] == 0:
+                a, b = groups.to_dict("records")[i : i + 2]
+                out.append(
+                    f"λ₁ at init crosses 0 between {axis} = {a[axis]} (λ₁ = {a['mean']:+.3f} ± "
+                    f"{a['sd']:.2g}) and {b[axis]} ({b['mean']:+.3f} ± {b['sd']:.2g}){others}: "
+                    "the edge of chaos."
+                )
+        if not out and len(groups) >= 2:
+            sign = "negative" if means.max() < 0 else "positive"
+            out.append(
+                f"λ₁ at init is {sign} at every {axis} level{others}: no edge of chaos in range."
+            )
+    return out
 
 
-def _growth(steps: pd.DataFrame) -> float:
-    (norms,) = _columns(steps.sort_values("step"), "grad_norm_pre_clip")
-    norms = norms[np.isfinite(norms) & (norms > 0)]
-    if len(norms) < 10:
-        return math.nan
-    tenth = len(norms) // 10
-    return float(np.median(norms[-tenth:]) / np.median(norms[:tenth]))
+# -- the pipeline a command runs once -------------------------------------------------------
+
+SHOWN_COLUMNS = (  # the columns the terminal and the report's table show; summary.csv has all
+    "status",
+    "outcome",
+    "loss_ratio",
+    "regime_init",
+    "decay_per_step_init",
+    "regime_end",
+    "decay_per_step_end",
+    "half_life_end",
+    "lyapunov_max_init",
+    "lyapunov_max_end",
+    "mean_field_ratio",
+    "clip_rate",
+    "divergence_step",
+)
 
 
-def _nonfinite(steps: pd.DataFrame, events: pd.DataFrame) -> int:
-    bad = 0
-    if not steps.empty:
-        flagged = ~np.isfinite(steps["loss"]) | ~np.isfinite(steps["grad_norm_pre_clip"])
-        if "skipped" in steps.columns:
-            flagged |= np.array([v is True or v == 1 for v in steps["skipped"]], dtype=bool)
-        bad = int(flagged.sum())
-    if "kind" in events.columns:
-        bad = max(bad, int((events["kind"] == "nonfinite").sum()))
-    return bad
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """Everything a study command shows, computed once: summaries, diagnoses, the table."""
+
+    study: StudySummary
+    runs: dict  # run id -> the loaded rnnprobe.store.Run (for figures)
+    diagnoses: list[RunDiagnosis]
+    table: pd.DataFrame
+    diagnosis: StudyDiagnosis
+
+    @property
+    def shown(self) -> pd.DataFrame:
+        """Return the table's run id, axes, seed and ``SHOWN_COLUMNS`` (present ones)."""
+        front = ["run_id", *self.study.axes, "seed"]
+        columns = [c for c in (*front, *SHOWN_COLUMNS) if c in self.table]
+        return self.table[list(dict.fromkeys(columns))]
 
 
-def _divergence(status: dict, events: pd.DataFrame) -> int | None:
-    if "kind" in events.columns and (events["kind"] == "diverged").any():
-        return int(pd.to_numeric(events.loc[events["kind"] == "diverged", "step"]).min())
-    if status.get("status") == "diverged":
-        return int(status.get("step", 0))
-    return None
+def analyse_study(path, *, keep: Sequence[str] = ()) -> StudyAnalysis:
+    """Return the analysis of the study at ``path`` (each run's tables read once)."""
+    from rnnprobe.analysis import study_summary
+
+    study, runs = study_summary(path, keep=keep)
+    diagnoses = [diagnose_run(s) for s in study.runs]
+    table = study_table(study, diagnoses)
+    return StudyAnalysis(study, runs, diagnoses, table, diagnose_study(study, table))
 
 
-def _numeric(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Return ``df`` with ``columns`` numeric; an empty frame when one is missing."""
-    if df.empty or any(c not in df.columns for c in columns):
-        return pd.DataFrame(columns=list(columns), dtype=float)
-    out = df.copy()
-    for c in columns:
-        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
-    return out[out["step"].notna()] if "step" in columns else out
+def analyse_run(run) -> StudyAnalysis:
+    """Return a single run's analysis in the shape of a one-run study (no axes)."""
+    from rnnprobe.analysis import summarise_run
 
-
-def _last_step_rows(df: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
-    """Return the rows of the last step where any of ``values`` is finite."""
-    present = [c for c in values if c in df.columns]
-    if df.empty or not present:
-        return df.iloc[0:0]
-    numbers = df[present].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    good = df[np.isfinite(numbers).any(axis=1)]
-    return good[good["step"] == good["step"].max()] if not good.empty else good
-
-
-def _columns(df: pd.DataFrame, *names: str) -> list[np.ndarray]:
-    if df.empty or any(n not in df.columns for n in names):
-        return [np.array([], dtype=float) for _ in names]
-    return [pd.to_numeric(df[n], errors="coerce").to_numpy(float) for n in names]
-
-
-def _mean(df: pd.DataFrame, column: str) -> float:
-    (values,) = _columns(df, column)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else math.nan
-
-
-def _capped(value: float, cap: float) -> str:
-    return f"≥ {cap:.3g} (no decay)" if value >= cap * 0.999 else f"{value:.3g}"
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _half_life(rate: float) -> float:
-    if not math.isfinite(rate) or rate <= 0:
-        return math.nan
-    return math.log(2) / -math.log(rate) if rate < 1 else math.inf
-
-
-def _fmt_steps(value: float) -> str:
-    return "∞ (no decay)" if math.isinf(value) else f"{value:.3g} steps"
-
-
-def _or0(value: float) -> float:
-    return value if math.isfinite(value) else 0.0
-
-
-def _or_nan(*values: float) -> float:
-    return next((v for v in values if math.isfinite(v)), math.nan)
+    summary = summarise_run(run)
+    name = run.path.resolve().name
+    study = StudySummary(name, "", "", [], [summary.settings.get("seed")], [summary])
+    diagnoses = [diagnose_run(summary)]
+    table = study_table(study, diagnoses)
+    return StudyAnalysis(
+        study, {summary.run_id: run}, diagnoses, table, diagnose_study(study, table)
+    )

@@ -44,9 +44,19 @@ class Instruments:
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.rows = PendingRows()
 
-    def firing(self, step: int) -> set[str]:
-        """Return the names of the probes that fire at ``step`` (1-based)."""
-        return {name for name, s in self.schedules.items() if s.fires(step - 1)}
+    def firing(self, step: int, final_step: int | None = None) -> set[str]:
+        """Return the names of the probes that fire at ``step`` (1-based).
+
+        Besides its schedule, every probe that is not ``never`` fires at step 1 (the initial
+        weights: records are taken before the update) and at ``final_step``, so each run has
+        an init and an end phase to compare.
+        """
+        edge = step == 1 or step == final_step
+        return {
+            name
+            for name, s in self.schedules.items()
+            if s.fires(step - 1) or (edge and s.kind != "never")
+        }
 
     def record_backward(self, step: int, records: list[BackwardRecord], offsets: list[int]):
         """File adjoint (and reach) rows of each backward pass of ``step``."""

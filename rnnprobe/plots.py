@@ -18,10 +18,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 from matplotlib.ticker import FuncFormatter, NullFormatter
-
-from rnnprobe.analysis import fit_decay
 
 __all__ = [
     "plot_adjoint_heatmap",
@@ -34,6 +32,7 @@ __all__ = [
     "plot_loss",
     "plot_lyapunov",
     "plot_lyapunov_spectrum",
+    "plot_measure_vs_axis",
     "plot_metric",
     "plot_participation_ratio",
     "plot_phase_diagram",
@@ -89,41 +88,49 @@ def plot_adjoint_heatmap(
 
 
 def plot_gradient_reach(
-    df: pd.DataFrame, *, hue: str | None = None, max_lines: int = 12, ax: Axes | None = None
+    df: pd.DataFrame,
+    *,
+    hue: str | None = None,
+    labels: dict | None = None,
+    title: str = "gradient reach",
+    max_lines: int = 12,
+    ax: Axes | None = None,
 ) -> Axes:
-    """Return log ‖∂ℓ_s/∂h_t‖ against distance s − t, one line per ``hue`` value, fits in legend.
+    """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one line per ``hue``.
 
-    ``hue`` defaults to ``"label"`` when the frame has it (one configuration per label), else
-    ``"source"``. Rows repeated at a distance (several steps, layers or sources) are averaged
-    geometrically for the line; the fit uses every row of the group.
+    Each source is divided by its own norm at distance 0, then sources (and any repeats: seeds,
+    steps) are averaged geometrically per distance, so lines start at 1 and their slope is the
+    decay per step. ``labels`` maps a hue value to its legend text (e.g. the fitted rate);
+    ``hue`` defaults to ``"label"`` when the frame has it, else ``"source"``.
     """
     ax = _axes(ax)
     data = _finite(df, ["distance", "norm"], positive="norm")
     hue = hue or ("label" if "label" in data.columns else "source")
     if data.empty or hue not in data.columns:
-        return _no_data(ax, "gradient reach", "‖∂ℓ_s/∂h_t‖")
-    groups = list(data.groupby(hue, sort=True))
+        return _no_data(ax, title, "‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖")
+    keys = [c for c in ("label", "step", "source", "run_id") if c in data.columns]
+    start = data[data["distance"] == 0].groupby(keys)["norm"].first()
+    data = data.join(start.rename("start"), on=keys)
+    data = data[np.isfinite(data["start"]) & (data["start"] > 0)]
+    data = data.assign(relative=data["norm"] / data["start"])
+    groups = [(name, g) for name, g in data.groupby(hue, sort=False)]
+    order = _sorted_levels(pd.Index([name for name, _ in groups]))
+    groups = sorted(groups, key=lambda item: order.index(item[0]))
     if len(groups) > max_lines:
         keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))
         groups = [groups[i] for i in keep]
-    colours = sns.color_palette(PALETTE, len(groups))
+    colours = _colours(len(groups))
     for colour, (name, group) in zip(colours, groups, strict=True):
-        line = np.exp(np.log(group["norm"]).groupby(group["distance"]).mean())
-        fit = fit_decay(group)
-        label = f"{_label(hue, name)}: " + (
-            f"×{fit.rate_per_step:.3g}/step, t½ {_steps(fit.half_life)}"
-            if math.isfinite(fit.rate_per_step)
-            else "too few points to fit"
-        )
-        ax.plot(line.index, line.to_numpy(), color=colour, marker=".", label=label)
+        line = np.exp(np.log(group["relative"]).groupby(group["distance"]).mean())
+        text = (labels or {}).get(name, _label(hue, name))
+        ax.plot(line.index, line.to_numpy(), color=colour, marker=".", ms=3, label=text)
     _log_axis(ax, "y")
-    ax.set(xlabel="distance s − t (time steps)", ylabel="‖∂ℓ_s/∂h_t‖", title="gradient reach")
-    ax.legend(
-        fontsize="x-small",
-        loc="best",
-        title="fit: decay per step, half-life",
-        title_fontsize="x-small",
+    ax.set(
+        xlabel="distance s − t (time steps back)",
+        ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
+        title=title,
     )
+    _legend_outside(ax)
     return ax
 
 
@@ -336,19 +343,32 @@ def plot_metric(
     return _curve(df, "metric", evals=evals, baseline=baseline, ylabel=metric, ax=ax)
 
 
-def plot_clipping(df: pd.DataFrame, *, window: int = 50, ax: Axes | None = None) -> Axes:
-    """Return pre-/post-clip gradient norms (log) and, on a right axis, the rolling clip rate."""
+def plot_clipping(
+    df: pd.DataFrame, *, clipping: bool = True, window: int = 50, ax: Axes | None = None
+) -> Axes:
+    """Return the global gradient norm over training (log when it spans decades).
+
+    With ``clipping``, also the post-clip norm and, on a right axis, the rolling clip rate.
+    """
     ax = _axes(ax)
     data = _finite(df, ["step", "grad_norm_pre_clip"], positive="grad_norm_pre_clip")
     if data.empty:
         return _no_data(ax, "gradient norms", "global gradient norm")
     data = data.sort_values("step")
     colours = sns.color_palette(PALETTE, 3)
-    ax.plot(data["step"], data["grad_norm_pre_clip"], color=colours[0], lw=1, label="before clip")
+    label = "before clip" if clipping else "‖∇θ L‖"
+    ax.plot(data["step"], data["grad_norm_pre_clip"], color=colours[0], lw=1, label=label)
+    _log_if_spans(ax, data["grad_norm_pre_clip"].to_numpy(float))
+    if not clipping:
+        ax.set(
+            xlabel="training step",
+            ylabel="global gradient norm ‖∇θ L‖",
+            title="gradient norm (clipping off)",
+        )
+        return ax
     if "grad_norm_post_clip" in data.columns:
         post = pd.to_numeric(data["grad_norm_post_clip"], errors="coerce")
         ax.plot(data["step"], post, color=colours[1], lw=1, linestyle="--", label="after clip")
-    _log_if_spans(ax, data["grad_norm_pre_clip"].to_numpy(float))
     handles, labels = ax.get_legend_handles_labels()
     if "clipped" in data.columns:
         rate = data["clipped"].astype(float).rolling(max(1, window), min_periods=1).mean()
@@ -360,7 +380,14 @@ def plot_clipping(df: pd.DataFrame, *, window: int = 50, ax: Axes | None = None)
         right.set_ylabel("fraction of steps clipped")
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
-    ax.legend(handles, labels, fontsize="small", loc="upper right")
+    ax.legend(
+        handles,
+        labels,
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.15, 1),
+        borderaxespad=0,
+    )
     ax.set(xlabel="training step", ylabel="global gradient norm ‖∇θ L‖", title="gradient clipping")
     return ax
 
@@ -373,9 +400,14 @@ def plot_phase_diagram(
     value: str = "loss_ratio",
     label: str | None = None,
     log: bool = False,
+    center: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return a heatmap of ``value`` (mean over repeats) over two sweep axes; ∞ cells marked."""
+    """Return a heatmap of ``value`` (mean over repeats, e.g. seeds) over two sweep axes.
+
+    With ``center`` the colour scale diverges from it (e.g. loss/baseline centred at 1: blue
+    beats the baseline, red is worse); ∞ cells are marked.
+    """
     ax = _axes(ax)
     label = label or value
     needed = [c for c in (x, y, value) if c]
@@ -404,11 +436,15 @@ def plot_phase_diagram(
     if hi <= lo:
         lo, hi = (lo / 2, hi * 2) if log else (lo - 1, hi + 1)
     norm = LogNorm(vmin=lo, vmax=hi) if log else Normalize(vmin=lo, vmax=hi)
+    cmap = "cividis"
+    if center is not None:  # e.g. 0 … 1 … ≥ 2 for loss/baseline: blue beats it, red is worse
+        low, high = min(lo, 0.0, center - 1e-6), max(hi, 2 * center, center + 1e-6)
+        norm, cmap = TwoSlopeNorm(center, vmin=low, vmax=high), "RdBu_r"
     sns.heatmap(
         pd.DataFrame(colour_values, index=grid.index, columns=grid.columns),
         annot=annot,
         fmt="",
-        cmap="cividis",
+        cmap=cmap,
         norm=norm,
         cbar_kws={"label": label},
         ax=ax,
@@ -421,42 +457,140 @@ def plot_phase_diagram(
 def plot_decay_vs_mean_field(
     df: pd.DataFrame,
     *,
-    measured: str = "decay_per_step",
+    measured: str = "decay_per_step_init",
     predicted: str = "predicted_decay",
     hue: str | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return measured gradient decay per step against the mean-field √χ, with the y = x line."""
+    """Return init-phase measured decay per step against the mean-field √χ, y = x dashed."""
     ax = _axes(ax)
     data = _finite(df, [measured, predicted], positive=measured)
     data = data[data[predicted] > 0] if not data.empty else data
     if data.empty:
         return _no_data(ax, "measured vs predicted decay", "measured decay per step")
     hue = hue if hue and hue in data.columns else None
-    if hue is not None:
-        data = data.assign(**{hue: data[hue].astype(str)})
-    sns.scatterplot(
-        data=data,
-        x=predicted,
-        y=measured,
-        hue=hue,
-        palette=PALETTE if hue else None,
-        s=40,
-        color=None if hue else sns.color_palette(PALETTE)[0],
-        ax=ax,
-    )
+    levels = _sorted_levels(pd.Index(data[hue].unique())) if hue else [None]
+    colours = _colours(len(levels))
+    for colour, level in zip(colours, levels, strict=True):
+        rows = data if hue is None else data[data[hue] == level]
+        ax.scatter(
+            rows[predicted],
+            rows[measured],
+            s=28,
+            color=colour,
+            alpha=0.85,
+            label=None if hue is None else str(level),
+        )
     both = np.concatenate([data[measured].to_numpy(float), data[predicted].to_numpy(float)])
-    lo, hi = float(both.min()) * 0.9, float(both.max()) * 1.1
+    lo, hi = float(both.min()) * 0.95, float(both.max()) * 1.05
     ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1, label="y = x")
     if hi / lo > 10:
         _log_axis(ax, "x")
         _log_axis(ax, "y")
-    ax.legend(fontsize="small", loc="best", title=hue, title_fontsize="small")
     ax.set(
         xlabel="mean-field prediction √χ (factor per time step)",
-        ylabel="measured decay (factor per time step)",
-        title="gradient decay: measured vs mean field",
+        ylabel="measured decay at init (factor per step)",
+        title="gradient decay at init: measured vs mean field",
     )
+    _legend_outside(ax, title=hue.rpartition(".")[2] if hue else None)
+    return ax
+
+
+def plot_measure_vs_axis(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    series: dict[str, str],
+    hue: str | None = None,
+    reference: tuple[str, str] | None = None,
+    hline: tuple[float, str] | None = None,
+    log: bool = False,
+    ylabel: str = "",
+    title: str = "",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return summary columns against a sweep axis: mean ± sd over seeds, seeds as dots.
+
+    ``series`` maps a legend name to a column (a line style each, e.g. init solid and end
+    dashed); ``hue`` colours one line per value of a second axis; ``reference`` is a
+    (column, name) drawn in black (e.g. the mean-field √χ); ``hline`` a (value, name) rule.
+    """
+    ax = _axes(ax)
+    columns = [c for c in series.values() if c in df.columns]
+    if df.empty or x not in df.columns or not columns:
+        return _no_data(ax, title, ylabel)
+    styles = ["-", "--", ":", "-."]
+    levels = _sorted_levels(pd.Index(df[hue].astype(str).unique())) if hue else ["all"]
+    colours = _colours(len(levels))
+    xs = pd.to_numeric(df[x], errors="coerce")
+    categorical = xs.isna().any()
+    order = _sorted_levels(pd.Index(df[x].astype(str).unique()))
+    position = (lambda v: order.index(str(v))) if categorical else float
+    drawn = 0
+    for (name, column), style in zip(series.items(), styles, strict=False):
+        if column not in df.columns:
+            continue
+        for colour, level in zip(colours, levels, strict=True):
+            rows = df if hue is None else df[df[hue].astype(str) == level]
+            values = pd.to_numeric(rows[column], errors="coerce")
+            keep = np.isfinite(values.to_numpy(float)) & (
+                values.to_numpy(float) > 0 if log else True
+            )
+            rows, values = rows[keep], values[keep]
+            if rows.empty:
+                continue
+            px = np.array([position(v) for v in rows[x]])
+            stats = pd.DataFrame({"x": px, "y": values.to_numpy(float)}).groupby("x")["y"]
+            mean, sd = stats.mean(), stats.std().fillna(0.0)
+            label = name if hue is None else f"{name}, {hue.rpartition('.')[2]} = {level}"
+            if len(series) == 1 and hue is not None:
+                label = f"{hue.rpartition('.')[2]} = {level}"
+            ax.errorbar(
+                mean.index,
+                mean.to_numpy(),
+                yerr=sd.to_numpy(),
+                color=colour,
+                linestyle=style,
+                marker="o",
+                ms=4,
+                capsize=2,
+                label=label,
+            )
+            ax.scatter(px, values, color=colour, s=8, alpha=0.35)
+            drawn += 1
+    if reference is not None and reference[0] in df.columns:  # one per hue level, dotted
+        for colour, level in zip(colours, levels, strict=True):
+            rows = df if hue is None else df[df[hue].astype(str) == level]
+            ref_y = pd.to_numeric(rows[reference[0]], errors="coerce")
+            ref = pd.DataFrame({"x": [position(v) for v in rows[x]], "y": ref_y}).dropna()
+            if ref.empty:
+                continue
+            line = ref.groupby("x")["y"].mean()
+            label = (
+                reference[1]
+                if hue is None
+                else f"{reference[1]}, {hue.rpartition('.')[2]} = {level}"
+            )
+            ax.plot(
+                line.index,
+                line.to_numpy(),
+                color=colour,
+                lw=1,
+                linestyle=":",
+                marker="x",
+                ms=6,
+                label=label,
+            )
+    if not drawn:
+        return _no_data(ax, title, ylabel)
+    if hline is not None:
+        ax.axhline(hline[0], color="0.4", linestyle=":", lw=1, label=hline[1])
+    if log:
+        _log_axis(ax, "y")
+    if categorical:
+        ax.set_xticks(range(len(order)), order)
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    _legend_outside(ax)
     return ax
 
 
@@ -508,6 +642,27 @@ def _nonfinite_steps(df: pd.DataFrame, column: str) -> np.ndarray:
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
     steps = pd.to_numeric(df["step"], errors="coerce").to_numpy(float)
     return np.sort(steps[~np.isfinite(values) & np.isfinite(steps)])
+
+
+def _colours(n: int) -> list:
+    """Return ``n`` distinguishable colours: colour-blind-safe up to 10, then a colour ramp."""
+    if n <= 10:
+        return sns.color_palette(PALETTE, max(n, 1))[:n]
+    return sns.color_palette("viridis", n)
+
+
+def _legend_outside(ax: Axes, title: str | None = None) -> None:
+    """Put the legend to the right of the axes, where it cannot hide data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(
+            fontsize="x-small",
+            title=title,
+            title_fontsize="x-small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1),
+            borderaxespad=0,
+            frameon=False,
+        )
 
 
 def _axes(ax: Axes | None) -> Axes:

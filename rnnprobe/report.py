@@ -1,11 +1,13 @@
 """Reports of a run or a study: ``index.html`` (figures inline), ``README.md`` + PNGs, summary.
 
-Reads only what the store wrote (``config.json``, ``status.json``, ``tables/``; for a study
-``study.json`` and ``runs/<id>/``) and writes only under the output directory. A study's
-report holds the summary table, study-level figures, the study diagnosis and one section per
-run; beyond ``MAX_RUN_FIGURES`` runs only representative runs (best, median and worst by
-loss/baseline, the first diverged) get figures, the rest are table rows. Figures are built on
-``matplotlib.figure.Figure`` objects (no pyplot state, nothing to close) and PNG-encoded once.
+The report shows what :mod:`rnnprobe.diagnosis` (on :mod:`rnnprobe.analysis`) computed, once:
+the answer lines first, the statements, the summary table (``summary.csv`` is the same table)
+and figures drawn by the pure functions of :mod:`rnnprobe.plots` from the same loaded records.
+A panel is drawn only when it has something to show (two probe steps for a curve over
+training, clipping on for a clipping panel); what is left out is named in the caption. Beyond
+``MAX_RUN_FIGURES`` runs only representative runs get figures. Figures are built on
+``matplotlib.figure.Figure`` objects (no pyplot state) and PNG-encoded once; everything is
+written under the output directory only.
 """
 
 from __future__ import annotations
@@ -13,45 +15,28 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from rnnprobe import plots
-from rnnprobe.config import flatten
-from rnnprobe.diagnosis import diagnose_run, diagnose_study
+from rnnprobe.analysis import RunSummary
+from rnnprobe.diagnosis import StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.store import Run, is_run_dir, load_run
 
-__all__ = ["MAX_RUN_FIGURES", "Page", "StudyRun", "build_report", "read_study_index"]
+__all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 
 MAX_RUN_FIGURES = 8
-SHOWN = (  # summary columns on the page; summary.csv has them all
-    "status",
-    "regime",
-    "final_loss",
-    "loss_ratio",
-    "decay_per_step",
-    "half_life",
-    "half_life_over_seq_len",
-    "lyapunov_max",
-    "saturation",
-    "dead_fraction",
-    "grad_growth",
-    "divergence_step",
-    "predicted_decay",
-)
 DPI = 80
-SUMMARY_TABLES = ("task", "steps", "evals", "reach", "lyapunov", "health", "events", "mean_field")
+PLOT_TABLES = ("spectra", "hidden", "weights")  # read beyond analysis.SUMMARY_TABLES
+PANEL_INCHES, LEGEND_INCHES = 4.2, 2.1  # an axes' width, and the room for its legend
 SETTINGS = (
     "task.name",
     "task.seq_len",
@@ -67,37 +52,6 @@ SETTINGS = (
     "train.bptt",
     "train.steps",
     "seed",
-)
-SUMMARY_COLUMNS = (  # analysis.run_summary's keys, then the diagnosis' own
-    "run_id",
-    "status",
-    "regime",
-    "steps",
-    "final_loss",
-    "final_valid_loss",
-    "baseline_loss",
-    "loss_ratio",
-    "beat_baseline",
-    "metric",
-    "final_metric",
-    "seq_len",
-    "decay_per_step",
-    "decay_source",
-    "decay_r2",
-    "half_life",
-    "half_life_over_seq_len",
-    "lyapunov_max",
-    "saturation",
-    "dead_fraction",
-    "grad_growth",
-    "nonfinite_steps",
-    "clip_rate",
-    "divergence_step",
-    "predicted_decay",
-    "predicted_half_life",
-    "seconds",
-    "last_step",
-    "error",
 )
 
 
@@ -171,26 +125,18 @@ class Page:
         return "\n".join(out)
 
 
-@dataclass
-class StudyRun:
-    """One entry of a study's index: id, sweep-axis values, run directory, indexed status."""
-
-    id: str
-    path: Path
-    axes: dict
-    status: str | None = None
-    error: str | None = None
-
-
 def build_report(
     path: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
     max_run_figures: int = MAX_RUN_FIGURES,
+    analysis: StudyAnalysis | None = None,
 ) -> Path:
     """Return the output directory after writing the report of the run or study at ``path``.
 
-    A study of more than ``max_run_figures`` runs gets figures for representative runs only.
+    ``analysis`` is the study's analysis when the caller already has it (``rnnprobe study``),
+    so the records are not read again. A study of more than ``max_run_figures`` runs gets
+    figures for representative runs only.
     """
     path = Path(path)
     if not path.exists():
@@ -203,267 +149,359 @@ def build_report(
         raise RnnprobeError(f"output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     if is_run_dir(path):
-        page, summary = _run_report(_load(path), out)
+        analysis = analyse_run(_load(path))
+        page = _run_report(analysis, out)
     else:
-        page, summary = _study_report(path, out, max_run_figures)
-    summary.to_csv(out / "summary.csv", index=False)
+        analysis = analysis or _analyse(path)
+        page = _study_report(analysis, out, max_run_figures)
+    analysis.table.to_csv(out / "summary.csv", index=False)
     (out / "index.html").write_text(page.html(), encoding="utf-8")
     (out / "README.md").write_text(page.markdown(), encoding="utf-8")
     return out
 
 
-def read_study_index(path: Path) -> tuple[str, list[str], list[StudyRun]]:
-    """Return (name, sweep axes, runs) from ``study.json`` and the run directories on disk."""
-    spec: object = {}
-    if (path / "study.json").is_file():
-        try:
-            spec = json.loads((path / "study.json").read_text())
-        except (OSError, ValueError) as err:
-            raise RnnprobeError(f"{path / 'study.json'} is not readable JSON: {err}") from None
-    entries = spec.get("runs", []) if isinstance(spec, dict) else spec
-    runs = []
-    for entry in entries if isinstance(entries, list) else []:
-        entry = {"id": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict):
-            continue
-        rid = str(entry.get("id", entry.get("run_id", "")))
-        values = next(
-            (
-                entry[k]
-                for k in ("axes", "values", "settings", "overrides")
-                if isinstance(entry.get(k), dict)
-            ),
-            {},
-        )
-        where = path / str(entry.get("path", Path("runs") / rid))
-        runs.append(StudyRun(rid, where, dict(values), entry.get("status"), entry.get("error")))
-    known = {r.path.resolve() for r in runs}
-    if (path / "runs").is_dir():
-        for d in sorted((path / "runs").iterdir()):
-            if d.resolve() not in known and is_run_dir(d):
-                runs.append(StudyRun(d.name, d, {}))
-    declared = spec.get("axes") if isinstance(spec, dict) else None
-    axes = list(declared) if isinstance(declared, dict | list) else []
-    axes = [a if isinstance(a, str) else str(a.get("key", a.get("name"))) for a in axes]
-    for r in runs:
-        axes += [k for k in r.axes if k not in axes]
-    name = spec.get("name") if isinstance(spec, dict) and spec.get("name") else path.resolve().name
-    return str(name), axes, runs
+def _analyse(path: Path) -> StudyAnalysis:
+    try:
+        return analyse_study(path, keep=PLOT_TABLES)
+    except RnnprobeError:
+        raise
+    except Exception as err:  # corrupt JSON or Parquet: one line, not a traceback
+        raise RnnprobeError(f"{path}: unreadable records ({type(err).__name__}: {err})") from None
 
 
-def _run_report(run: Run, out: Path) -> tuple[Page, pd.DataFrame]:
-    name = run.path.resolve().name
-    page = Page(f"rnnprobe run {name}")
-    diagnosis = diagnose_run(run)
-    flat = flatten(run.config)
-    settings = {k: flat[k] for k in SETTINGS if k in flat}
+def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
+    (summary,), (diagnosis,) = analysis.study.runs, analysis.diagnoses
+    run = analysis.runs[summary.run_id]
+    page = Page(f"rnnprobe run {run.path.resolve().name}")
+    settings = {k: summary.settings[k] for k in SETTINGS if k in summary.settings}
     page.text(_status_line(run.status))
     page.table(pd.DataFrame([settings]))
     page.heading("Diagnosis")
     page.bullets(diagnosis.lines())
-    row = {**diagnosis.measures.row(), "regime": diagnosis.regime}
-    row["error"] = run.status.get("error")
-    summary = _ordered(pd.DataFrame([row]), [])
     page.heading("Summary")
-    page.table(_display(summary[[c for c in ("run_id", *SHOWN) if c in summary]]))
-    if not diagnosis.measures.has_records:
+    page.table(_display(analysis.shown))
+    if summary.last_step is None:
         page.text("No figures: the run has written no records yet.")
-        return page, summary
+        return page
     page.heading("Figures")
-    for slug, caption, shape, panels in _run_figure_groups(run):
-        size = (5.2 * shape[1], 4.0 * shape[0])
-        _add_figure(page, out, f"{slug}.png", caption, shape, panels, size)
-    return page, summary
+    panels, missing = _run_panels(run, summary, full=True)
+    caption = f"run {summary.run_id} at steps 1–{summary.steps}" + _missing_text(missing)
+    _add_grid(page, out, "run.png", caption, panels, columns=3)
+    return page
 
 
-def _study_report(path: Path, out: Path, max_run_figures: int) -> tuple[Page, pd.DataFrame]:
-    name, axes, entries = read_study_index(path)
-    page = Page(f"rnnprobe study {name}")
-    if not entries:
+def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> Page:
+    study, table = analysis.study, analysis.table
+    page = Page(f"rnnprobe study {study.name}")
+    if not study.runs:
         page.text("The study has no runs yet: nothing to report.")
-        return page, pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    rows, verdicts, reach = [], {}, []
-    for entry in entries:
-        row, run, lines = _study_row(entry)
-        rows.append(row)
-        verdicts[entry.id] = lines
-        reach.append(_last_reach(run, entry.id))
-    summary = pd.DataFrame(rows)
-    axes = axes or _varying_settings(summary)
-    axes = [a for a in axes if a in summary.columns]
-    summary = _ordered(summary, axes)
-    labels = {e.id: _label(e, r, axes) for e, r in zip(entries, rows, strict=True)}
-    reach = pd.concat(reach, ignore_index=True)
-    reach["label"] = reach["label"].map(labels)
-    swept = [a for a in axes if summary[a].astype(str).nunique() > 1]
-    study = diagnose_study(summary, swept)
-    page.text(f"{len(summary)} runs; sweep axes: {', '.join(axes) or 'none found'}.")
+        return page
+    if study.question:
+        page.text(f"Question: {study.question}")
+    page.heading("Answer")
+    page.bullets(analysis.diagnosis.answer or ["Too few measurements to answer."])
+    swept = _swept(analysis)
+    seeds = f"; seeds: {', '.join(map(str, study.seeds))}" if len(study.seeds) > 1 else ""
+    page.text(
+        f"{len(table)} runs; sweep axes: {', '.join(swept) or 'none'}{seeds}. "
+        "init is step 1 (before any update), end the last step of each run."
+    )
     page.heading("Diagnosis")
-    page.bullets(study.lines)
+    page.bullets(analysis.diagnosis.lines)
     page.heading("Summary")
-    page.table(_display(summary[[c for c in ("run_id", *axes, *SHOWN) if c in summary]]))
+    page.table(_display(analysis.shown))
     page.heading("Study figures")
-    _study_figures(page, out, summary, swept, study.importance, reach)
+    _study_figures(page, out, analysis, swept)
     page.heading("Runs")
-    shown = _representatives(summary) if len(entries) > max_run_figures else None
-    recorded = dict(zip(summary["run_id"], pd.notna(summary["last_step"]), strict=True))
+    shown = _representatives(analysis) if len(table) > max_run_figures else None
     rest = []
-    for entry in entries:
-        if shown is not None and entry.id not in shown:
-            rest.append({"run_id": entry.id, "diagnosis": " ".join(verdicts[entry.id][:1])})
+    for summary, diagnosis in zip(study.runs, analysis.diagnoses, strict=True):
+        run = analysis.runs.get(summary.run_id)
+        label = _label(summary, study.axes)
+        if shown is not None and summary.run_id not in shown:
+            rest.append({"run_id": summary.run_id, "run": label, "diagnosis": diagnosis.headline})
             continue
-        page.heading(f"run {entry.id}: {labels[entry.id]}", 3)
-        page.bullets(verdicts[entry.id])
-        run = _try_load(entry.path) if recorded.get(entry.id) else None
-        if run is not None:
-            name, caption = f"run-{_slug(entry.id)}.png", f"run {entry.id}"
-            _add_figure(page, out, name, caption, (2, 4), _compact_panels(run), (19, 7.5))
+        page.heading(f"run {summary.run_id}: {label}", 3)
+        if run is None or summary.last_step is None:
+            note = summary.error or "no records yet"
+            page.bullets([f"status {summary.status}: {note}"])
+            continue
+        page.bullets(diagnosis.lines())
+        panels, missing = _run_panels(run, summary, full=False)
+        caption = f"run {summary.run_id} ({label}), steps 1–{summary.steps}"
+        _add_grid(
+            page,
+            out,
+            f"run-{_slug(summary.run_id)}.png",
+            caption + _missing_text(missing),
+            panels,
+            columns=4,
+        )
     if rest:
         page.text(f"Other runs ({len(rest)}; figures only for representative runs):")
         page.table(pd.DataFrame(rest))
-    return page, summary
+    return page
 
 
-def _study_row(entry: StudyRun) -> tuple[dict, Run | None, list[str]]:
-    """Return (summary row, the loaded run or None, diagnosis lines) of one study entry."""
-    row: dict = {"run_id": entry.id, **entry.axes}
-    run = _try_load(entry.path, SUMMARY_TABLES)
-    if run is None:
-        status = entry.status or "missing"
-        note = entry.error or f"no readable run directory at {entry.path.name}"
-        row.update(status=status, regime="unknown", error=note)
-        return row, None, [f"status {status}: {note}"]
-    if run.table("reach").empty:  # adjoint ratios stand in for the reach fit
-        run.tables["adjoints"] = _try_table(run, "adjoints")
-    flat = flatten(run.config)
-    row.update({k: flat[k] for k in flat if k not in row})
-    diagnosis = diagnose_run(run)
-    row.update(diagnosis.measures.row(), regime=diagnosis.regime, run_id=entry.id)
-    row["error"] = run.status.get("error") or entry.error
-    return row, run, diagnosis.lines()
+def _swept(analysis: StudyAnalysis) -> list[str]:
+    table = analysis.table
+    return [a for a in analysis.study.axes if a in table and table[a].astype(str).nunique() > 1]
 
 
-def _study_figures(
-    page: Page,
-    out: Path,
-    summary: pd.DataFrame,
-    axes: list[str],
-    importance: pd.DataFrame,
-    reach: pd.DataFrame,
-) -> None:
-    ranked = axes
-    if not importance.empty:
-        loss = importance[importance["quantity"] == "loss/baseline"].fillna(-1)
-        ranked = list(loss.sort_values("variance_explained", ascending=False)["axis"])
-    x, y = [*ranked, None, None][:2]
-    if x is None:
-        page.text("No sweep axis with two or more values: no phase diagram.")
+def _steps_of(table: pd.DataFrame, column: str) -> str:
+    steps = sorted({int(v) for v in pd.to_numeric(table[column], errors="coerce").dropna()})
+    if not steps:
+        return "no step"
+    return f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}–{steps[-1]}"
+
+
+def _has(table: pd.DataFrame, column: str, positive: bool = False) -> bool:
+    if column not in table:
+        return False
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(float)
+    good = np.isfinite(values) & (values > 0 if positive else True)
+    return bool(good.any())
+
+
+def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[str]) -> None:
+    """Add the study's figures: measures against the sweep axes, phase diagram, reach."""
+    table = analysis.table
+    numeric = [a for a in swept if pd.to_numeric(table[a], errors="coerce").notna().all()]
+    x = max(swept, key=lambda a: (a in numeric, table[a].nunique())) if swept else None
+    hue = next((a for a in swept if a != x), None)
+    init_at, end_at = _steps_of(table, "init_step"), _steps_of(table, "end_step")
+    has_end = _has(table, "end_step")
+    panels, notes = [], []
+    if x is not None:
+        judged = table[~table["outcome"].isin(["untrained", "diverged", "unknown"])]
+
+        def measure(series, title, ylabel, **kw):
+            frame = kw.pop("frame", table)
+            return lambda ax: plots.plot_measure_vs_axis(
+                frame, x=x, hue=hue, series=series, title=title, ylabel=ylabel, ax=ax, **kw
+            )
+
+        if _has(judged, "loss_ratio"):
+            panels.append(
+                measure(
+                    {"final": "loss_ratio"},
+                    f"loss / baseline at the end ({end_at})",
+                    "final loss / baseline",
+                    hline=(1.0, "baseline"),
+                    frame=judged,
+                )
+            )
+        phases = {f"init ({init_at})": "decay_per_step_init"}
+        if has_end:
+            phases[f"end ({end_at})"] = "decay_per_step_end"
+        if any(_has(table, c) for c in phases.values()):
+            applies = table["mean_field_applies"].astype(bool).any()
+            reference = ("predicted_decay", "mean-field √χ (init)") if applies else None
+            panels.append(
+                measure(
+                    phases,
+                    "gradient decay per step",
+                    "factor per time step back",
+                    reference=reference,
+                    hline=(1.0, "no decay"),
+                )
+            )
+        halves = {
+            k: c.replace("decay_per_step", "half_life_over_seq_len") for k, c in phases.items()
+        }
+        if any(_has(table, c, positive=True) for c in halves.values()):
+            panels.append(
+                measure(
+                    halves,
+                    "gradient half-life / T",
+                    "half-life / T (log)",
+                    log=True,
+                    hline=(0.25, "T/4"),
+                )
+            )
+            notes.append("an infinite half-life (no decay) is left off the log axis")
+        lyap = {k: c.replace("decay_per_step", "lyapunov_max") for k, c in phases.items()}
+        if any(_has(table, c) for c in lyap.values()):
+            panels.append(
+                measure(
+                    lyap,
+                    "largest Lyapunov exponent λ₁",
+                    "λ₁ (nats per step)",
+                    hline=(0.0, "λ₁ = 0"),
+                )
+            )
+        if hue is not None and _has(judged, "loss_ratio"):
+            panels.append(
+                lambda ax: plots.plot_phase_diagram(
+                    judged,
+                    x=x,
+                    y=hue,
+                    value="loss_ratio",
+                    label="loss / baseline (seed mean)",
+                    center=1.0,
+                    ax=ax,
+                )
+            )
+        mf = table[table["mean_field_applies"].astype(bool)]
+        if _has(mf, "decay_per_step_init") and len(mf) >= 2:
+            panels.append(lambda ax: plots.plot_decay_vs_mean_field(mf, hue=x, ax=ax))
+        if len(swept) > 2:
+            notes.append(f"lines average over {', '.join(swept[2:])}")
+        if len(analysis.study.seeds) > 1:
+            notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
     else:
-        # A diverged run's last loss says nothing about its cell: leave it out of the means.
-        diverged = summary.get("regime", pd.Series("", index=summary.index)) == "diverged"
-        phased = summary.assign(
-            loss_ratio=pd.to_numeric(summary.get("loss_ratio"), errors="coerce").mask(diverged)
-        )
-
-        def phase(value: str, label: str, log: bool) -> Callable[[Axes], Axes]:
-            return lambda ax: plots.plot_phase_diagram(
-                phased, x=x, y=y, value=value, label=label, log=log, ax=ax
+        page.text("No sweep axis with two or more values: no plots against an axis.")
+    reach = _study_reach(analysis, x, hue)
+    for phase, at in (("init", init_at), ("end", end_at)):
+        if not reach.empty and (reach["phase"] == phase).any():
+            rows = reach[reach["phase"] == phase]
+            panels.append(
+                lambda ax, rows=rows, phase=phase, at=at: plots.plot_gradient_reach(
+                    rows, hue="label", title=f"gradient reach at {phase} ({at})", ax=ax
+                )
             )
-
-        panels = [
-            phase("loss_ratio", "loss / baseline", False),
-            phase("half_life", "gradient half-life (steps)", True),
-        ]
-        note = f"{x} × {y}" if y else x
-        if len(axes) > 2:
-            note += " (mean over the other axes)"
-        caption = f"phase diagrams over {note}"
-        if diverged.any():
-            caption += "; diverged runs are left out of loss / baseline"
-        _add_figure(page, out, "study-phase.png", caption, (1, 2), panels, (13, 5))
-    panels = [
-        lambda ax: plots.plot_gradient_reach(reach, hue="label", ax=ax),
-        lambda ax: plots.plot_decay_vs_mean_field(summary, hue=x, ax=ax),
-    ]
-    caption = "gradient reach per configuration; measured decay vs mean-field prediction"
-    _add_figure(page, out, "study-decay.png", caption, (1, 2), panels, (13, 5))
+    if panels:
+        caption = "measures against the sweep axes, gradient reach per configuration"
+        caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
+        caption += "; " + "; ".join(notes) if notes else ""
+        _add_grid(page, out, "study.png", caption, panels, columns=2)
 
 
-def _run_figure_groups(run: Run) -> list[tuple[str, str, tuple[int, int], list]]:
-    """Return (file slug, caption, grid shape, panels) for a single run's figures."""
-    p = _panels(run)
-    layers = _layers(run)
-    heatmaps = [
-        (
-            lambda ax, layer=layer: plots.plot_adjoint_heatmap(
-                run.table("adjoints"), layer=layer, ax=ax
-            )
-        )
-        for layer in layers
-    ]
-    return [
-        (
-            "training",
-            "loss, metric and gradient clipping",
-            (1, 3),
-            [p["loss"], p["metric"], p["clipping"]],
-        ),
-        (
-            "gradients",
-            "adjoint norms per layer and gradient reach",
-            (1, len(heatmaps) + 1),
-            [*heatmaps, p["reach"]],
-        ),
-        (
-            "dynamics",
-            "Jacobian spectra, Lyapunov exponents and W_hh eigenvalues",
-            (2, 2),
-            [p["jacobian"], p["lyapunov"], p["spectrum"], p["eigenvalues"]],
-        ),
-        ("hidden", "hidden-state health", (1, 2), [p["health"], p["participation"]]),
-    ]
+def _study_reach(analysis: StudyAnalysis, x: str | None, hue: str | None) -> pd.DataFrame:
+    """Return the top layer's reach rows at each run's init and end step, labelled by config."""
+    frames = []
+    for summary in analysis.study.runs:
+        run = analysis.runs.get(summary.run_id)
+        if run is None:
+            continue
+        reach = run.table("reach")
+        if reach.empty:
+            continue
+        top = reach[reach["layer"] == reach["layer"].max()]
+        label = _label(summary, [a for a in (x, hue) if a]) or summary.run_id
+        for phase in ("init", "end"):
+            step = summary.phase(phase).decay.step
+            if step is not None and summary.phase(phase).decay.source == "reach":
+                rows = top[top["step"] == step]
+                frames.append(rows.assign(phase=phase, label=label, run_id=summary.run_id))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _compact_panels(run: Run) -> list[Callable[[Axes], Axes]]:
-    p = _panels(run)
-    order = ["loss", "clipping", "adjoints", "reach", "jacobian", "lyapunov", "eigenvalues"]
-    return [p[k] for k in [*order, "health"]]
-
-
-def _panels(run: Run) -> dict[str, Callable[[Axes], Axes]]:
-    """Return the run's figure panels by name, each a call of a pure plot function."""
+def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]]:
+    """Return the run's drawable panels and what was left out (and why)."""
     t = run.table
-    task = t("task")
+    task, steps = t("task"), t("steps")
     baseline = _first(task, "baseline_loss")
-    metric_name = str(task["metric"].iloc[0]) if "metric" in task and len(task) else "metric"
-    unit = (
-        "MSE"
-        if "kind" in task and len(task) and task["kind"].iloc[0] == "regression"
-        else ("nats per target")
-    )
-    evals = t("evals")
-    reach = _last_reach(run, None)
-    return {
-        "loss": lambda ax: plots.plot_loss(
-            t("steps"), evals=evals, baseline=baseline, unit=unit, ax=ax
-        ),
-        "metric": lambda ax: plots.plot_metric(
-            t("steps"),
-            evals=evals,
-            metric=metric_name,
-            baseline=_first(task, "baseline_metric"),
-            ax=ax,
-        ),
-        "clipping": lambda ax: plots.plot_clipping(t("steps"), ax=ax),
-        "adjoints": lambda ax: plots.plot_adjoint_heatmap(t("adjoints"), ax=ax),
-        "reach": lambda ax: plots.plot_gradient_reach(reach, hue="source", ax=ax),
-        "jacobian": lambda ax: plots.plot_jacobian_spectra(t("spectra"), ax=ax),
-        "lyapunov": lambda ax: plots.plot_lyapunov(t("lyapunov"), ax=ax),
-        "spectrum": lambda ax: plots.plot_lyapunov_spectrum(t("lyapunov"), ax=ax),
-        "eigenvalues": lambda ax: plots.plot_eigenvalues(t("spectra"), ax=ax),
-        "health": lambda ax: plots.plot_hidden_health(t("health"), ax=ax),
-        "participation": lambda ax: plots.plot_participation_ratio(t("health"), ax=ax),
-    }
+    unit = "MSE" if s.task_kind == "regression" else "nats per target"
+    panels, missing = [], []
+    if len(steps) >= 2:
+        panels.append(
+            lambda ax: plots.plot_loss(steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax)
+        )
+        if full:
+            panels.append(
+                lambda ax: plots.plot_metric(
+                    steps,
+                    evals=t("evals"),
+                    metric=s.metric or "metric",
+                    baseline=_first(task, "baseline_metric"),
+                    ax=ax,
+                )
+            )
+        clipping = s.clip != "none"
+        panels.append(lambda ax: plots.plot_clipping(steps, clipping=clipping, ax=ax))
+    else:
+        missing.append(f"loss curves (one step: loss {s.final_train_loss:.4g})")
+    adjoints = t("adjoints")
+    layers = sorted(int(v) for v in adjoints["layer"].unique()) if "layer" in adjoints else []
+    if _distinct_steps(adjoints) >= 2:
+        shown_layers = layers[:4] if full else layers[-1:]
+        for layer in shown_layers:
+            panels.append(
+                lambda ax, layer=layer: plots.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
+            )
+    elif len(adjoints):
+        missing.append("adjoint heatmap (one step)")
+    reach = _run_reach(run, s)
+    if not reach.empty:
+        labels = {p: _fit_label(s, p) for p in reach["label"].unique()}
+        panels.append(
+            lambda ax: plots.plot_gradient_reach(
+                reach, hue="label", labels=labels, title="gradient reach (top layer)", ax=ax
+            )
+        )
+    spectra, lyapunov, health = t("spectra"), t("lyapunov"), t("health")
+    jac = spectra[spectra["quantity"] == "jacobian_singular"] if "quantity" in spectra else spectra
+    if _distinct_steps(jac) >= 2:
+        panels.append(lambda ax: plots.plot_jacobian_spectra(spectra, ax=ax))
+    elif len(jac):
+        missing.append("Jacobian spectra over training (one probe step)")
+    if _distinct_steps(lyapunov) >= 2:
+        panels.append(lambda ax: plots.plot_lyapunov(lyapunov, ax=ax))
+    elif len(lyapunov):
+        value = s.phase("init").lyapunov_max
+        missing.append(f"λ₁ over training (one probe step; λ₁ = {value:+.3g})")
+    if len(lyapunov) and lyapunov["index"].nunique() >= 2:
+        phase_steps = sorted(
+            {
+                p.step
+                for p in s.phases.values()
+                if p.step is not None and (lyapunov["step"] == p.step).any()
+            }
+        )
+        spectrum_steps = [phase_steps[0], phase_steps[-1]] if phase_steps else None
+        if full or spectrum_steps:
+            panels.append(
+                lambda ax: plots.plot_lyapunov_spectrum(
+                    lyapunov, steps=sorted(set(spectrum_steps or [])) or None, ax=ax
+                )
+            )
+    if "quantity" in spectra and (spectra["quantity"] == "w_hh_eigenvalue").any():
+        panels.append(lambda ax: plots.plot_eigenvalues(spectra, ax=ax))
+    if _distinct_steps(health) >= 2:
+        panels.append(lambda ax: plots.plot_hidden_health(health, ax=ax))
+        if full:
+            panels.append(lambda ax: plots.plot_participation_ratio(health, ax=ax))
+    elif len(health):
+        missing.append("hidden-unit health over training (one probe step)")
+    return panels, missing
+
+
+def _run_reach(run: Run, s: RunSummary) -> pd.DataFrame:
+    reach = run.table("reach")
+    if reach.empty:
+        return reach
+    top = reach[reach["layer"] == reach["layer"].max()]
+    frames = []
+    for phase in ("init", "end"):
+        step = s.phase(phase).decay.step
+        if step is not None and s.phase(phase).decay.source == "reach":
+            rows = top[top["step"] == step]
+            frames.append(rows.assign(label=f"{phase} (step {step})"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _fit_label(s: RunSummary, label: str) -> str:
+    d = s.phase(label.partition(" ")[0]).decay
+    if d.ok:
+        half = "∞" if math.isinf(d.half_life) else f"{d.half_life:.3g}"
+        return f"{label}: ×{d.rate_per_step:.3g}/step, t½ {half}, R² {d.r2:.2f}"
+    return f"{label}: {d.shape}"
+
+
+def _distinct_steps(table: pd.DataFrame) -> int:
+    return int(table["step"].nunique()) if "step" in table and len(table) else 0
+
+
+def _missing_text(missing: list[str]) -> str:
+    return f". Not drawn: {'; '.join(missing)}" if missing else ""
+
+
+def _add_grid(page: Page, out: Path, name: str, caption: str, panels: list, columns: int) -> None:
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    size = ((PANEL_INCHES + 0.9 + LEGEND_INCHES) * columns, 4.2 * rows)
+    _add_figure(page, out, name, caption, (rows, columns), panels, size)
 
 
 def _render(
@@ -472,13 +510,18 @@ def _render(
     """Return the PNG of a grid of panels and the errors of panels that failed to draw."""
     fig = Figure(figsize=size)
     width, height = size
-    # Fixed margins in inches: a layout engine would lay out every label twice (2× the time).
+    columns = shape[1]
+    axes_width = (width - 0.9 - LEGEND_INCHES) / columns - (0.9 + LEGEND_INCHES) * (
+        columns - 1
+    ) / columns
+    # Fixed margins in inches, with room right of each panel for its legend: a layout engine
+    # would lay out every label twice (2× the time).
     fig.subplots_adjust(
         left=0.9 / width,
-        right=1 - 0.7 / width,
+        right=1 - LEGEND_INCHES / width,
         bottom=0.6 / height,
         top=1 - 0.45 / height,
-        wspace=0.5,
+        wspace=(0.9 + LEGEND_INCHES) / axes_width,
         hspace=0.55,
     )
     grid = fig.subplots(*shape, squeeze=False).ravel()
@@ -532,40 +575,24 @@ def _add_figure(
     page.bullets([f"could not draw a panel of {name}: {p}" for p in problems])
 
 
-def _last_reach(run: Run | None, label: str | None) -> pd.DataFrame:
-    """Return the top layer's reach rows at the last reach step, tagged with ``label``."""
-    reach = run.table("reach") if isinstance(run, Run) else pd.DataFrame()
-    if reach.empty or not {"step", "layer"} <= set(reach.columns):
-        return pd.DataFrame(columns=["distance", "norm", "source", "label"])
-    finite = reach[np.isfinite(pd.to_numeric(reach["norm"], errors="coerce"))]
-    if finite.empty:
-        return pd.DataFrame(columns=["distance", "norm", "source", "label"])
-    last = finite[finite["step"] == finite["step"].max()]
-    last = last[last["layer"] == last["layer"].max()]
-    return last.assign(label=label) if label is not None else last
-
-
-def _representatives(summary: pd.DataFrame) -> set[str]:
-    """Return ids of the best, median and worst runs by loss/baseline and the first diverged."""
-    ratio = pd.to_numeric(summary["loss_ratio"], errors="coerce")
-    ranked = summary.loc[ratio.dropna().sort_values(kind="stable").index, "run_id"].tolist()
+def _representatives(analysis: StudyAnalysis) -> set[str]:
+    """Return ids of the best, median and worst runs (by loss/baseline, else by decay at
+    init) and the first diverged run."""
+    table = analysis.table
+    key = "loss_ratio"
+    judged = ~table["outcome"].isin(["untrained", "diverged", "unknown"])
+    if not _has(table[judged], key):
+        key, judged = "decay_per_step_init", table["outcome"].notna()
+    values = pd.to_numeric(table.loc[judged, key], errors="coerce").dropna()
+    ranked = table.loc[values.sort_values(kind="stable").index, "run_id"].tolist()
     chosen = set(ranked[:1] + ranked[len(ranked) // 2 : len(ranked) // 2 + 1] + ranked[-1:])
-    diverged = summary.loc[summary["regime"] == "diverged", "run_id"].tolist()
-    return chosen | set(diverged[:1]) or set(summary["run_id"].head(1))
+    diverged = table.loc[table["outcome"] == "diverged", "run_id"].tolist()
+    return chosen | set(diverged[:1]) or set(table["run_id"].head(1))
 
 
-def _varying_settings(summary: pd.DataFrame) -> list[str]:
-    """Return the config keys whose values differ between runs (when the index names none)."""
-    keys = [c for c in summary.columns if "." in c or c == "seed"]
-    return [k for k in keys if k != "device" and summary[k].astype(str).nunique() > 1]
-
-
-def _ordered(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    for c in SUMMARY_COLUMNS:
-        if c not in summary.columns:
-            summary[c] = np.nan
-    front = ["run_id", *axes, *SUMMARY_COLUMNS]
-    return summary[[*dict.fromkeys(front)]]
+def _label(summary: RunSummary, axes: list[str]) -> str:
+    parts = [f"{a.rpartition('.')[2]}={summary.settings.get(a)}" for a in axes]
+    return ", ".join(parts)
 
 
 def _display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -582,22 +609,9 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _label(entry: StudyRun, row: dict, axes: list[str]) -> str:
-    values = {**row, **entry.axes}
-    parts = [f"{a.rpartition('.')[2]}={values[a]}" for a in axes if a in values]
-    return ", ".join(parts) or entry.id
-
-
 def _status_line(status: dict) -> str:
     line = f"status {status.get('status', 'unknown')} at step {status.get('step', '?')}"
     return line + (f"; error: {status['error']}" if status.get("error") else "")
-
-
-def _layers(run: Run) -> list[int]:
-    adjoints = run.table("adjoints")
-    if adjoints.empty or "layer" not in adjoints:
-        return [0]
-    return sorted(int(v) for v in pd.to_numeric(adjoints["layer"]).dropna().unique())[:4] or [0]
 
 
 def _first(df: pd.DataFrame, column: str) -> float | None:
@@ -616,18 +630,6 @@ def _load(path: Path, tables: tuple[str, ...] | None = None) -> Run:
         raise RnnprobeError(
             f"{path}: unreadable run records ({type(err).__name__}: {err})"
         ) from None
-
-
-def _try_load(path: Path, tables: tuple[str, ...] | None = None) -> Run | None:
-    try:
-        return _load(path, tables) if is_run_dir(path) else None
-    except RnnprobeError:
-        return None
-
-
-def _try_table(run: Run, name: str) -> pd.DataFrame:
-    loaded = _try_load(run.path, (name,))
-    return loaded.table(name) if loaded is not None else run.table(name)
 
 
 def _slug(text: str) -> str:

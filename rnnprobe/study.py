@@ -4,6 +4,7 @@ A spec file (TOML, parsed with ``tomllib``; nothing is evaluated)::
 
     # Question: does ReLU carry gradients further back than tanh on the copy task?
     name = "seq_len"
+    question = "Does ReLU carry gradients further back than tanh on the copy task?"
     description = "tanh vs ReLU across sequence lengths"
     seeds = 3                        # seeds 0, 1, 2 become an axis on `seed`
     device = "cpu"                   # top-level settings: seed, device, dtype, flush_every, ...
@@ -48,24 +49,26 @@ from typing import Any
 from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.executors import Executor, RunJob, RunOutcome, recorded_status
-from rnnprobe.store import is_run_dir
+from rnnprobe.store import is_run_dir, load_run
 
 __all__ = [
     "INDEX_NAME",
     "GridPoint",
+    "StudyIndex",
     "StudyResult",
     "StudySpec",
     "expand",
     "load_spec",
     "override",
     "read_index",
+    "read_study",
     "run_study",
     "spec_from_dict",
 ]
 
 INDEX_NAME = "study.json"
 FINISHED = ("done", "diverged")
-_SPEC_KEYS = ("name", "description", "seeds")
+_SPEC_KEYS = ("name", "question", "description", "seeds")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class StudySpec:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # dotted key -> value
     axes: Mapping[str, tuple] = field(default_factory=dict)  # dotted key -> values
     description: str = ""
+    question: str = ""  # what the study answers; the report opens with it
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,10 @@ def spec_from_dict(data: Mapping[str, Any], default_name: str = "study") -> Stud
     data = dict(data)
     name = data.pop("name", default_name)
     description = data.pop("description", "")
+    question = data.pop("question", "")
     seeds = data.pop("seeds", None)
     sweep = data.pop("sweep", {})
-    for key, value in (("name", name), ("description", description)):
+    for key, value in (("name", name), ("description", description), ("question", question)):
         if not isinstance(value, str):
             raise RnnprobeError(f"{key} must be a string, got {value!r}")
     fixed: dict[str, Any] = {}
@@ -150,7 +155,7 @@ def spec_from_dict(data: Mapping[str, Any], default_name: str = "study") -> Stud
         if not isinstance(values, list):
             raise RnnprobeError(f"sweep {key} must be a list of values, got {values!r}")
         axes[check_key(key)] = _axis(key, values)
-    spec = StudySpec(_check_name(name), fixed, axes, description)
+    spec = StudySpec(_check_name(name), fixed, axes, description, question)
     return override(spec, seeds=seeds) if seeds is not None else spec
 
 
@@ -189,7 +194,7 @@ def override(
         if "seed" in flags:
             raise RnnprobeError("give either --seed or --seeds, not both")
         put("seed", list(range(seeds)))
-    return StudySpec(spec.name, fixed, axes, spec.description)
+    return StudySpec(spec.name, fixed, axes, spec.description, spec.question)
 
 
 def _axis(key: str, values: list) -> tuple:
@@ -243,6 +248,67 @@ def read_index(out: str | os.PathLike) -> dict | None:
         raise RnnprobeError(f"{path} is not a study index: {error}") from None
 
 
+@dataclass(frozen=True)
+class StudyEntry:
+    """One run of a study as the index lists it: id, directory, axis values, status, error."""
+
+    id: str
+    path: Path
+    axes: dict[str, Any]
+    status: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyIndex:
+    """A study directory as a reader sees it: name, question, swept axes and runs in order."""
+
+    name: str
+    question: str
+    description: str
+    axes: list[str]
+    runs: list[StudyEntry]
+
+
+def read_study(out: str | os.PathLike) -> StudyIndex:
+    """Return the study in ``out`` from its index, or from ``runs/*`` when it has none.
+
+    Without an index the axes are the settings that differ between the run directories.
+    """
+    out = Path(out)
+    index = read_index(out)
+    if index is not None:
+        if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
+            raise RnnprobeError(f"{out / INDEX_NAME} is not a study index")
+        runs = [
+            StudyEntry(
+                str(r["id"]),
+                out / "runs" / str(r["id"]),
+                dict(r.get("axes") or {}),
+                r.get("status"),
+                r.get("error"),
+            )
+            for r in index.get("runs", [])
+            if isinstance(r, dict) and "id" in r
+        ]
+        return StudyIndex(
+            str(index.get("name") or out.resolve().name),
+            str(index.get("question") or ""),
+            str(index.get("description") or ""),
+            list(index.get("axes") or {}),
+            runs,
+        )
+    runs_dir = out / "runs"
+    paths = sorted(p for p in runs_dir.iterdir() if is_run_dir(p)) if runs_dir.is_dir() else []
+    configs = {p: flatten(load_run(p, ()).config) for p in paths}
+    keys = sorted({k for c in configs.values() for k in c})
+    axes = [
+        k for k in keys if k != "device" and len({repr(c.get(k)) for c in configs.values()}) > 1
+    ]
+    runs = [StudyEntry(p.name, p, {a: configs[p].get(a) for a in axes}) for p in paths]
+    return StudyIndex(out.resolve().name, "", "", axes, runs)
+
+
 def write_index(out: Path, index: dict) -> None:
     """Write ``study.json`` atomically: a temporary in ``out``, then ``os.replace``."""
     index["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -280,6 +346,7 @@ def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: 
     return {
         "name": spec.name,
         "description": spec.description,
+        "question": spec.question,
         "fixed": dict(spec.fixed),
         "axes": {k: list(v) for k, v in spec.axes.items()},
         "runs": runs,

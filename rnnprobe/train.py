@@ -289,7 +289,7 @@ class Trainer:
         """Run one optimizer step; return True when the run must stop as diverged."""
         cfg, probes = self.config.train, self.instruments
         self.step += 1
-        fired = probes.firing(self.step)
+        fired = probes.firing(self.step, cfg.steps)
         batch = self._on_device(next(self.batches))
         T = batch.inputs.shape[1]
         segments = list(self.truncation.segments(T, self.cut_generator))

@@ -1,106 +1,134 @@
-"""Analysis: decay fits recover known rates; summaries read the stored tables, NaN when absent."""
+"""The analysis layer: decay fits that refuse noise and bent curves, phases, one summary per run."""
 
 from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rnnprobe.analysis import BEAT_BASELINE, DecayFit, fit_decay, run_summary, study_summary
+from rnnprobe.analysis import (
+    MIN_FIT_POINTS,
+    aggregate,
+    fit_decay,
+    phase_steps,
+    study_summary,
+    summarise_run,
+)
 from rnnprobe.config import build_config
 from rnnprobe.executors import InProcessExecutor
 from rnnprobe.store import Run
 from rnnprobe.study import StudySpec, read_index, run_study
 
 
-def reach_table(rates: dict[tuple[int, int], float], T: int = 12, sources=(4, 11)) -> pd.DataFrame:
-    """Return reach rows with norm = 3·rate^(s−t) for every (step, layer) → rate."""
-    rows = [
-        {
-            "step": step,
-            "layer": layer,
-            "source": s,
-            "t": t,
-            "distance": s - t,
-            "norm": 3.0 * rate ** (s - t),
-        }
-        for (step, layer), rate in rates.items()
-        for s in sources
-        for t in range(s + 1)
-    ]
+def reach_table(rates: dict[tuple[int, int], float], T: int = 12, sources=(5, 11)) -> pd.DataFrame:
+    """Reach rows with ‖∂ℓ_s/∂h_t‖ = (s + 1) · rate^(s − t) for each (step, layer) -> rate."""
+    rows = []
+    for (step, layer), rate in rates.items():
+        for s in sources:
+            for t in range(s + 1):
+                norm = (s + 1) * rate ** (s - t)
+                rows.append({"step": step, "layer": layer, "source": s, "t": t,
+                             "distance": s - t, "norm": norm})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def test_fit_recovers_the_rate_of_the_top_layer_at_the_last_step():
-    reach = reach_table({(8, 0): 0.5, (8, 1): 0.8, (1, 1): 0.3})
-    fit = fit_decay(reach)
-    assert fit.rate_per_step == pytest.approx(0.8)
-    assert fit.half_life == pytest.approx(math.log(2) / -math.log(0.8))
-    assert fit.r2 == pytest.approx(1.0) and fit.table == "reach"
-    assert fit.n == 4 + 11  # distances ≥ 1 of sources 4 and 11
-    assert fit_decay(reach, layer=0).rate_per_step == pytest.approx(0.5)
+def curve(norms, step: int = 1) -> pd.DataFrame:
+    """One source at t = len − 1 whose norm at distance d is norms[d]."""
+    s = len(norms) - 1
+    return pd.DataFrame({"step": step, "layer": 0, "source": s, "t": [s - d for d in range(s + 1)],
+                         "distance": range(s + 1), "norm": norms})  # fmt: skip
 
 
-def test_fit_ignores_distance_zero_and_unusable_norms():
-    reach = reach_table({(3, 0): 0.7})
-    reach.loc[reach["distance"] == 0, "norm"] = 1e9
-    for bad in (0.0, -1.0, np.nan, np.inf):
-        reach.loc[len(reach)] = {
-            "step": 3,
-            "layer": 0,
-            "source": 4,
-            "t": 0,
-            "distance": 4,
-            "norm": bad,
-        }
-    fit = fit_decay(reach)
-    assert fit.rate_per_step == pytest.approx(0.7) and fit.n == 15
+def test_fit_recovers_the_rate_of_the_top_layer_at_the_asked_step():
+    reach = reach_table({(1, 0): 0.9, (1, 1): 0.5, (8, 1): 0.7})
+    assert fit_decay(reach).rate_per_step == pytest.approx(0.7)  # last step, top layer
+    fit = fit_decay(reach, step=1)
+    assert fit.rate_per_step == pytest.approx(0.5) and fit.step == 1 and fit.shape == "exponential"
+    assert fit_decay(reach, step=1, layer=0).rate_per_step == pytest.approx(0.9)
+    assert fit.half_life == pytest.approx(1.0) and fit.r2 == pytest.approx(1.0)
+
+
+def test_each_source_gets_its_own_intercept():
+    fit = fit_decay(reach_table({(1, 0): 0.8}))  # sources start at 6 and 12
+    assert fit.rate_per_step == pytest.approx(0.8) and fit.r2 == pytest.approx(1.0)
 
 
 def test_growing_gradients_have_infinite_half_life():
-    fit = fit_decay(reach_table({(1, 0): 1.1}))
-    assert fit.rate_per_step == pytest.approx(1.1) and fit.half_life == math.inf
+    fit = fit_decay(reach_table({(1, 0): 1.2}))
+    assert fit.rate_per_step == pytest.approx(1.2) and math.isinf(fit.half_life)
 
 
-def test_fit_falls_back_to_adjoint_norms_against_steps_to_the_end():
-    T = 10
-    adjoints = pd.DataFrame(
-        [
-            {"step": step, "layer": 0, "t": t, "adjoint_norm": rate ** (T - 1 - t)}
-            for step, rate in ((1, 0.2), (5, 0.6))
-            for t in range(T)
-        ]
-    )
-    fit = fit_decay(pd.DataFrame(columns=["step", "layer", "distance", "norm"]), adjoints)
-    assert fit.table == "adjoints" and fit.rate_per_step == pytest.approx(0.6) and fit.n == T - 1
+@pytest.mark.parametrize("dtype, floor", [("float32", 1.2e-7), ("float64", 2.3e-16)])
+def test_fit_ignores_values_below_the_dtype_noise_floor(dtype, floor):
+    # 0.5 per step for 12 steps, then numerical noise at ~floor/10 that a fit would follow
+    norms = [0.5**d for d in range(13)] + [floor / 10 * (1 + 0.5 * (d % 2)) for d in range(30)]
+    if dtype == "float64":
+        norms = [0.5**d for d in range(50)] + [floor / 10] * 30
+    fit = fit_decay(curve(norms), dtype=dtype)
+    assert fit.rate_per_step == pytest.approx(0.5, rel=1e-9)
+    assert fit.d_max < len(norms) - 1
 
 
-def test_fit_gives_each_source_its_own_intercept():
-    reach = reach_table({(2, 0): 0.6})
-    tiny_source = reach["source"] == reach["source"].min()
-    reach.loc[tiny_source, "norm"] *= 1e-12  # an early loss term with a tiny gradient
-    assert fit_decay(reach).rate_per_step == pytest.approx(0.6)
+def test_fit_needs_enough_points():
+    assert fit_decay(curve([1.0, 0.5, 0.25])).shape == "too few points"  # distances 1, 2
+    assert not fit_decay(curve([1.0, 0.5, 0.25])).ok
+    assert fit_decay(curve([0.5**d for d in range(MIN_FIT_POINTS + 1)])).ok
 
 
-def test_fit_without_usable_points_is_nan():
-    assert fit_decay(pd.DataFrame()).table == "none"
-    single = reach_table({(1, 0): 0.5}, sources=(1,))  # one distance: no slope
-    fit = fit_decay(single)
-    assert math.isnan(fit.rate_per_step) and fit.n == 0  # no source has two usable points
-    assert isinstance(fit, DecayFit)
+def test_u_shaped_curve_is_not_exponential():
+    norms = [0.7**d for d in range(10)] + [0.7**9 * 1.4 ** (d + 1) for d in range(10)]
+    fit = fit_decay(curve(norms))
+    assert fit.shape == "not exponential" and math.isnan(fit.rate_per_step)
 
 
-def synthetic_run(tmp_path: Path) -> Run:
-    config = build_config({"task.seq_len": 10, "model.nonlinearity": "relu"})
+def test_a_jump_of_decades_is_not_exponential():
+    norms = [1.0] * 8 + [1e-6] * 8  # flat, six decades down, flat: what truncation leaves
+    fit = fit_decay(curve(norms))
+    assert fit.shape == "not exponential" and fit.r2 < 0.9
+
+
+def test_without_reach_the_adjoint_one_step_factor_stands_in():
+    T, r = 10, 0.6
+    t = np.arange(T)
+    # a language model: fresh ε_t of 1 at every step, recurrent part 0.6 × the next δ
+    adjoint = np.ones(T)
+    for k in range(T - 2, -1, -1):
+        adjoint[k] = 1.0 + r * adjoint[k + 1]
+    recurrent = np.append(r * adjoint[1:], 0.0)
+    adjoints = pd.DataFrame({"step": 3, "layer": 0, "t": t, "adjoint_norm": adjoint,
+                             "recurrent_norm": recurrent})  # fmt: skip
+    fit = fit_decay(pd.DataFrame(), adjoints)
+    assert fit.source == "adjoints" and fit.shape == "ratio" and fit.step == 3
+    assert fit.rate_per_step == pytest.approx(r)
+
+
+def test_fit_without_usable_points_is_no_data():
+    assert fit_decay(pd.DataFrame()).shape == "no data"
+    zeros = curve([0.0] * 8)
+    assert fit_decay(zeros).shape == "too few points"
+
+
+def test_phases_are_step_one_the_last_step_and_those_between():
+    table = pd.DataFrame({"step": [0, 1, 1, 50, 100, 100, 150]})
+    assert phase_steps(table) == {"init": (1,), "end": (150,), "training": (50, 100)}
+    assert phase_steps(pd.DataFrame({"step": [1, 1]})) == {"init": (1,)}
+    assert phase_steps(pd.DataFrame({"step": [20, 40]})) == {"end": (40,), "training": (20,)}
+    assert phase_steps(pd.DataFrame()) == {}
+
+
+def synthetic_run(tmp_path, init: str = "gaussian") -> Run:
+    config = build_config({"task.seq_len": 10, "model.nonlinearity": "relu", "model.init": init,
+                           "train.clip": "norm", "train.clip_value": 1.0})  # fmt: skip
     steps = pd.DataFrame(
         {
             "step": range(1, 21),
             "loss": [1.0 / s for s in range(1, 21)],
             "metric": [s / 20 for s in range(1, 21)],
+            "grad_norm_pre_clip": [0.5 + 0.1 * s for s in range(1, 21)],
+            "clipped": [0.5 + 0.1 * s > 1.0 for s in range(1, 21)],
             "skipped": [s == 19 for s in range(1, 21)],
             "seconds": np.linspace(0.1, 2.0, 20),
         }
@@ -109,19 +137,20 @@ def synthetic_run(tmp_path: Path) -> Run:
     tables = {
         "steps": steps,
         "evals": pd.DataFrame({"step": [20, 10], "loss": [0.5, 0.9], "metric": [0.7, 0.2]}),
-        "task": pd.DataFrame({"metric": ["accuracy"], "baseline_loss": [1.0], "seq_len": [30]}),
-        "reach": reach_table({(16, 0): 0.9, (16, 1): 0.5}),
+        "task": pd.DataFrame({"name": ["copy"], "kind": ["per_step_classification"],
+                              "metric": ["accuracy"], "baseline_loss": [1.0], "seq_len": [30]}),
+        "reach": reach_table({(1, 0): 0.9, (1, 1): 0.5, (10, 1): 0.6, (20, 1): 0.8}),
         "lyapunov": pd.DataFrame(
             {
-                "step": [4, 4, 16, 16, 16, 16],
-                "layer": [1, 1, 0, 0, 1, 1],
+                "step": [1, 1, 1, 1, 20, 20],
+                "layer": [0, 0, 1, 1, 1, 1],
                 "index": [0, 1, 0, 1, 0, 1],
-                "exponent": [5.0, 4.0, 0.3, 0.1, -0.2, -0.6],
+                "exponent": [5.0, 4.0, 0.3, 0.1, -np.inf, -np.inf],
             }
         ),
         "health": pd.DataFrame(
             {
-                "step": [10, 20, 20],
+                "step": [1, 20, 20],
                 "layer": [1, 0, 1],
                 "saturation": [np.nan] * 3,
                 "dead_fraction": [0.9, 0.1, 0.25],
@@ -137,55 +166,58 @@ def synthetic_run(tmp_path: Path) -> Run:
 
 
 def test_run_summary_reads_every_quantity_from_the_tables(tmp_path):
-    run = synthetic_run(tmp_path)
-    row = run_summary(run, axes=("task.seq_len", "model.nonlinearity"))
-    assert (
-        row["run_id"] == build_config({"task.seq_len": 10, "model.nonlinearity": "relu"}).run_id()
-    )
-    assert row["task.seq_len"] == 10 and row["model.nonlinearity"] == "relu"
-    assert row["status"] == "diverged" and row["steps"] == 20
-    assert row["final_loss"] == pytest.approx(1 / 20)  # last 10 %: steps 19 (skipped) and 20
-    assert row["final_valid_loss"] == 0.5 and row["final_metric"] == 0.7
-    assert row["baseline_loss"] == 1.0 and row["loss_ratio"] == 0.5
-    assert row["beat_baseline"] is True and BEAT_BASELINE > 0.5
-    assert row["metric"] == "accuracy" and row["seq_len"] == 30  # T from the task table
-    assert row["decay_per_step"] == pytest.approx(0.5)
-    assert row["half_life_over_seq_len"] == pytest.approx(math.log(2) / -math.log(0.5) / 30)
-    assert row["lyapunov_max"] == pytest.approx(-0.2)
-    assert row["dead_fraction"] == 0.25 and math.isnan(row["saturation"])
-    assert row["divergence_step"] == 19
-    assert row["predicted_decay"] == 0.6 and row["predicted_half_life"] == 1.4
-    assert row["seconds"] == pytest.approx(2.0)
+    s = summarise_run(synthetic_run(tmp_path))
+    assert s.status == "diverged" and s.steps == 20 and s.task == "copy"
+    assert s.final_train_loss == pytest.approx(1 / 20)  # last 10 %: 19 (skipped) and 20
+    assert s.final_valid_loss == 0.5 and s.final_loss == 0.5 and s.final_metric == 0.7
+    assert s.baseline_loss == 1.0 and s.loss_ratio == 0.5
+    assert s.initial_loss_ratio == pytest.approx((1 + 1 / 2) / 2)
+    assert s.seq_len == 30  # T from the task table, not the delay
+    init, training, end = (s.phase(p) for p in ("init", "training", "end"))
+    assert init.step == 1 and training.steps == (10,) and end.step == 20
+    assert init.decay.rate_per_step == pytest.approx(0.5)  # top layer
+    assert training.decay.rate_per_step == pytest.approx(0.6)
+    assert end.decay.rate_per_step == pytest.approx(0.8)
+    assert init.lyapunov_max == pytest.approx(0.3)
+    assert math.isnan(end.lyapunov_max) and "every unit was off" in end.lyapunov_note
+    assert init.dead_fraction == 0.9 and end.dead_fraction == 0.25
+    assert s.divergence_step == 20 and s.nonfinite_steps == 1 and s.first_nonfinite_step == 19
+    assert s.clip_rate == pytest.approx(np.mean([0.5 + 0.1 * k > 1 for k in range(1, 21)
+                                                 if k != 19]))  # fmt: skip
+    assert s.clip_burst == pytest.approx(2.5)
+    assert s.predicted_decay == 0.6 and s.mean_field_applies
+    assert s.mean_field_ratio == pytest.approx(0.5 / 0.6)
+    assert s.seconds == pytest.approx(2.0)
+    row = s.row()
+    assert row["decay_per_step_init"] == init.decay.rate_per_step
+    assert row["half_life_over_seq_len_end"] == pytest.approx(end.decay.half_life / 30)
+
+
+@pytest.mark.parametrize("init", ["identity", "orthogonal", "spectral"])
+def test_mean_field_does_not_apply_to_structured_inits(tmp_path, init):
+    s = summarise_run(synthetic_run(tmp_path, init=init))
+    assert not s.mean_field_applies and math.isnan(s.mean_field_ratio)
 
 
 def test_run_summary_without_tables_is_nan_not_an_error(tmp_path):
-    row = run_summary(Run(tmp_path / "x", {}, {}))
-    assert row["status"] == "pending" and row["steps"] == 0
-    numbers = [
-        "final_loss",
-        "final_valid_loss",
-        "loss_ratio",
-        "decay_per_step",
-        "half_life",
-        "lyapunov_max",
-        "saturation",
-        "divergence_step",
-        "predicted_decay",
-        "seconds",
-    ]
-    assert all(math.isnan(row[key]) for key in numbers)
-    assert row["beat_baseline"] is False
+    s = summarise_run(Run(tmp_path / "x", {}, {}))
+    assert s.status == "pending" and s.steps == 0 and s.last_step is None and not s.phases
+    row = s.row()
+    for key in ("final_loss", "loss_ratio", "decay_per_step_init", "half_life_end",
+                "lyapunov_max_init", "predicted_decay", "seconds"):  # fmt: skip
+        assert math.isnan(row[key]), key
+    assert row["divergence_step"] is None
 
 
-def test_train_loss_stands_in_when_there_is_no_validation(tmp_path):
-    run = synthetic_run(tmp_path)
-    del run.tables["evals"]
-    row = run_summary(run)
-    assert math.isnan(row["final_valid_loss"]) and row["loss_ratio"] == pytest.approx(1 / 20)
-    assert row["final_metric"] == pytest.approx(1.0)  # mean train metric of the kept steps
+def test_aggregate_orders_numeric_levels_numerically():
+    table = pd.DataFrame({"a": [128, 16, 64, 16], "v": [1.0, 2.0, 3.0, 4.0]})
+    out = aggregate(table, ["a"], "v")
+    assert list(out["a"]) == [16, 64, 128]
+    assert list(out["mean"]) == [3.0, 3.0, 1.0] and list(out["n"]) == [2, 1, 1]
+    assert out["sd"].iloc[0] == pytest.approx(np.std([2.0, 4.0], ddof=1))
 
 
-def test_study_summary_has_one_row_per_run_in_grid_order(tmp_path):
+def test_study_summary_has_one_summary_per_run_in_grid_order(tmp_path):
     tiny = {
         "device": "cpu",
         "model.hidden_size": 8,
@@ -196,23 +228,28 @@ def test_study_summary_has_one_row_per_run_in_grid_order(tmp_path):
         "probes.spectra": "never",
         "probes.reach": "every:3",
     }
-    spec = StudySpec("s", tiny, {"task.seq_len": (4, 3), "model.nonlinearity": ("relu", "tanh")})
+    spec = StudySpec("s", tiny, {"task.seq_len": (4, 3), "model.nonlinearity": ("relu", "tanh")},
+                     question="does it run?")  # fmt: skip
     run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lambda s: None)
-    table = study_summary(tmp_path)
+    study, runs = study_summary(tmp_path)
+    assert study.question == "does it run?" and len(runs) == 4
+    table = study.table()
     assert list(table["task.seq_len"]) == [4, 4, 3, 3]
     assert list(table["model.nonlinearity"]) == ["relu", "tanh", "relu", "tanh"]
-    assert list(table.columns[:4]) == ["run_id", "task.seq_len", "model.nonlinearity", "status"]
+    assert list(table.columns[:4]) == ["run_id", "task.seq_len", "model.nonlinearity", "seed"]
     assert set(table["status"]) == {"done"} and table["error"].isna().all()
     assert (table["steps"] == 6).all() and table["final_loss"].notna().all()
-    assert table["decay_per_step"].between(0, 10).all()
-    assert table["saturation"].isna().tolist() == [True, False, True, False]
+    # probes fire at step 1 and at the last step whatever their schedule (every:3 → 1, 4, 6)
+    assert (table["init_step"] == 1).all() and (table["end_step"] == 6).all()
+    assert table["decay_per_step_init"].between(0, 10).all()
+    assert table["saturation_end"].isna().tolist() == [True, False, True, False]
 
     missing = read_index(tmp_path)["runs"][1]["id"]
     shutil.rmtree(tmp_path / "runs" / missing)
-    row = study_summary(tmp_path).iloc[1]
+    row = study_summary(tmp_path)[0].table().iloc[1]
     assert row["run_id"] == missing and row["model.nonlinearity"] == "tanh"
     assert math.isnan(row["final_loss"])
 
     (tmp_path / "study.json").unlink()  # without an index: axes are the settings that differ
-    table = study_summary(tmp_path)
-    assert len(table) == 3 and {"model.nonlinearity", "task.seq_len"} <= set(table.columns)
+    study, _ = study_summary(tmp_path)
+    assert len(study.runs) == 3 and set(study.axes) == {"model.nonlinearity", "task.seq_len"}

@@ -1,104 +1,175 @@
-"""Diagnosis of constructed runs whose regime is known, and of a constructed study."""
+"""Diagnosis of constructed runs whose regime and outcome are known, per phase, and of studies."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 
+from rnnprobe.analysis import StudySummary, summarise_run
 from rnnprobe.diagnosis import (
-    Evidence,
-    classify,
+    analyse_study,
     diagnose_run,
     diagnose_study,
-    measure_run,
+    study_table,
     variance_explained,
 )
 from rnnprobe.store import load_run
 from tests.test_report import write_run
 
 
-def test_tanh_small_gain_long_sequence_is_vanishing(tmp_path):
-    run = load_run(write_run(tmp_path / "r", decay=0.5, seq_len=40, init_gain=0.5))
-    diagnosis = diagnose_run(run)
-    assert diagnosis.regime == "vanishing"
-    ev = diagnosis.measures
-    assert ev.decay_source == "reach"
-    assert ev.decay_per_step == pytest.approx(0.5, rel=0.05)
-    assert ev.half_life == pytest.approx(1.0, rel=0.1)
-    text = " ".join(diagnosis.lines())
-    assert "vanishing" in text and "T = 40" in text and "half-life" in text
+def diagnose(tmp_path, **options):
+    return diagnose_run(summarise_run(load_run(write_run(tmp_path / "r", **options))))
+
+
+@pytest.mark.parametrize(
+    "decay, regime",
+    [
+        (0.5, "vanishing"),  # 0.5^16: halves every step, T = 16
+        (1.3, "exploding"),  # 1.3^16 ≈ 66 ≥ 16
+        (1.1, "chaotic"),  # λ₁ = ln 1.1 = +0.095 but 1.1^16 ≈ 4.6: not yet exploding
+        (1.0, "edge of chaos"),  # λ₁ = 0
+        (0.97, "stable"),  # λ₁ = −0.03, 0.97^16 ≈ 0.61: reaches across the sequence
+    ],
+)
+def test_gradient_regime_is_named_in_every_phase(tmp_path, decay, regime):
+    d = diagnose(tmp_path, decay=decay, seq_len=16)
+    assert [d.regime(p) for p in ("init", "training", "end")] == [regime] * 3
+    assert d.phases["init"].step == "step 1" and d.phases["end"].step == "step 40"
+    assert regime in d.headline
+
+
+def test_regime_changes_between_phases_are_told_apart(tmp_path):
+    d = diagnose(tmp_path, decay=1.3, decay_end=0.5, seq_len=16)
+    assert d.regime("init") == "exploding" and d.regime("end") == "vanishing"
+    lines = d.lines()
+    assert any(line.startswith("Init (step 1): exploding") for line in lines)
+    assert any(line.startswith("End (step 40): vanishing") for line in lines)
 
 
 def test_vanishing_is_found_from_adjoint_ratios_without_reach(tmp_path):
     tables = ("task", "steps", "adjoints", "health")
-    run = load_run(write_run(tmp_path / "r", decay=0.5, seq_len=40, tables=tables))
-    diagnosis = diagnose_run(run)
-    assert diagnosis.regime == "vanishing"
-    assert diagnosis.measures.decay_source == "adjoints"
-    assert diagnosis.measures.decay_per_step == pytest.approx(0.5, rel=0.1)
-    assert "Lyapunov exponents" in diagnosis.missing
+    d = diagnose(tmp_path, decay=0.5, seq_len=40, tables=tables)
+    assert d.regime("init") == "vanishing" and d.regime("end") == "vanishing"
+    assert d.summary.phase("end").decay.source == "adjoints"
+    assert d.summary.phase("end").decay.rate_per_step == pytest.approx(0.5, rel=0.1)
+    assert "adjoint ratios" in " ".join(d.lines())
 
 
-def test_large_gain_without_clipping_is_exploding(tmp_path):
-    path = write_run(tmp_path / "r", decay=1.3, init_gain=2.0, grad_growth=1000.0, clip="none")
-    diagnosis = diagnose_run(load_run(path))
-    assert diagnosis.regime == "exploding"
-    ev = diagnosis.measures
-    assert ev.decay_per_step == pytest.approx(1.3, rel=0.05)
-    assert math.isinf(ev.half_life)
-    assert ev.grad_growth > 100
-    assert ev.lyapunov_max > 0.05
-    assert "exploding" in diagnosis.verdict and "×1.3" in diagnosis.verdict
-
-
-def test_decay_near_one_is_healthy(tmp_path):
-    diagnosis = diagnose_run(load_run(write_run(tmp_path / "r", decay=0.98, seq_len=20)))
-    assert diagnosis.regime == "healthy"
-
-
-def test_fast_decay_on_a_short_sequence_is_healthy(tmp_path):
-    # half-life of 3.1 steps reaches across a 6-step sequence (T/4 = 1.5)
-    diagnosis = diagnose_run(load_run(write_run(tmp_path / "r", decay=0.8, seq_len=6)))
-    assert diagnosis.regime == "healthy"
-    assert "still reach" in diagnosis.verdict
-
-
-def test_run_diverged_at_step_3(tmp_path):
-    path = write_run(tmp_path / "r", decay=1.4, diverge_at=3, status="diverged")
-    diagnosis = diagnose_run(load_run(path))
-    assert diagnosis.regime == "diverged"
-    assert diagnosis.measures.divergence_step == 3
-    assert "step 3" in diagnosis.verdict
-
-
-def test_run_without_records_says_so(tmp_path):
-    diagnosis = diagnose_run(load_run(write_run(tmp_path / "r", tables=(), status="running")))
-    assert diagnosis.regime == "unknown"
-    assert "No records yet" in diagnosis.verdict and "running" in diagnosis.verdict
-
-
-def test_relu_dead_units_are_reported(tmp_path):
-    diagnosis = diagnose_run(load_run(write_run(tmp_path / "r", nonlinearity="relu")))
-    assert math.isnan(diagnosis.measures.saturation)
-    assert any("dead ReLU units 5.0%" in line for line in diagnosis.lines())
+def test_clipped_bursts_are_exploding_during_training(tmp_path):
+    d = diagnose(tmp_path, decay=0.97, seq_len=16, clip="norm", grad_growth=1000.0)
+    assert d.regime("init") == "stable" and d.regime("training") == "exploding"
+    assert "held down by clipping" in " ".join(d.phases["training"].reasons)
+    quiet = diagnose(tmp_path / "quiet", decay=0.97, seq_len=16, clip="none", grad_growth=1000.0)
+    assert quiet.regime("training") == "stable"  # no clipping: its figures show the growth
 
 
 @pytest.mark.parametrize(
-    ("evidence", "regime"),
+    "options, result",
     [
-        (Evidence(last_step=5, lyapunov_max=-0.3, seq_len=50), "vanishing"),
-        (Evidence(last_step=5, lyapunov_max=0.2, seq_len=50), "exploding"),
-        (Evidence(last_step=5, nonfinite_steps=2, decay_per_step=0.5, seq_len=50), "exploding"),
-        (Evidence(last_step=5, saturation=0.8, seq_len=50), "vanishing"),
-        (Evidence(last_step=5, decay_per_step=1.0, seq_len=50), "healthy"),
-        (Evidence(last_step=5, decay_per_step=0.95, lyapunov_max=-0.3, seq_len=50), "healthy"),
-        (Evidence(), "unknown"),
+        ({"loss_ratio": 0.1}, "solved"),
+        ({"loss_ratio": 0.6}, "learning"),
+        ({"loss_ratio": 1.0}, "did not learn"),
+        ({"loss_ratio": 0.1, "diverge_at": 10}, "diverged"),
+        ({"loss_ratio": 0.1, "steps": 3}, "untrained"),
     ],
 )
-def test_classify_rules(evidence, regime):
-    assert classify(evidence)[0] == regime
+def test_training_outcome(tmp_path, options, result):
+    d = diagnose(tmp_path, decay=0.97, **options)
+    assert d.outcome == result and f"Outcome: {result}" in d.headline
+    assert "baseline" in d.outcome_reason or result == "diverged"
+
+
+def test_a_language_model_is_learning_never_solved(tmp_path):
+    path = write_run(tmp_path / "r", decay=0.97, loss_ratio=0.1)
+    run = load_run(path)
+    run.tables["task"] = run.table("task").assign(kind="lm")
+    assert diagnose_run(summarise_run(run)).outcome == "learning"
+
+
+def test_irnn_says_mean_field_does_not_apply(tmp_path):
+    d = diagnose(tmp_path, decay=1.0, nonlinearity="relu",
+                 settings={"model.init": "identity"})  # fmt: skip
+    text = " ".join(d.lines())
+    assert "mean-field theory does not apply: the identity init" in text
+    assert "√χ" not in text
+
+
+def test_gaussian_init_compares_mean_field_with_the_init_phase(tmp_path):
+    d = diagnose(tmp_path, decay=0.9, decay_end=0.5, settings={"model.init": "gaussian"})
+    line = next(x for x in d.lines() if "mean-field" in x)
+    assert "√χ = 0.918" in line and "measured at init (step 1) 0.89" in line  # √χ = 1.02 × 0.9
+    assert "ratio 0.98" in line
+
+
+def test_minus_infinite_lyapunov_is_a_note_not_a_number(tmp_path):
+    path = write_run(tmp_path / "r", decay=0.97, nonlinearity="relu")
+    run = load_run(path)
+    lyap = run.table("lyapunov")
+    run.tables["lyapunov"] = lyap.assign(exponent=lyap["exponent"].where(lyap["step"] < 40,
+                                                                         -math.inf))  # fmt: skip
+    d = diagnose_run(summarise_run(run))
+    assert math.isnan(d.summary.phase("end").lyapunov_max)
+    text = " ".join(d.lines())
+    assert "every unit was off" in text and "-inf" not in text and "−∞ per step" not in text
+
+
+def test_run_without_records_is_unknown(tmp_path):
+    d = diagnose(tmp_path, tables=(), status="running")
+    assert d.outcome in ("untrained", "unknown") and not d.phases
+
+
+def write_study(path, cells, *, seeds=(0, 1), name="demo"):
+    """Write a study whose runs are write_run(**cells[value]) for each axis value and seed."""
+    runs = []
+    for value, options in cells.items():
+        for seed in seeds:
+            rid = f"g{value}-s{seed}"
+            write_run(path / "runs" / rid, seed=seed, init_gain=value,
+                      settings={"model.init": "gaussian"}, **options)  # fmt: skip
+            axes = {"model.init_gain": value, "seed": seed}
+            runs.append({"id": rid, "axes": axes, "status": "done", "error": None})
+    axes = {"model.init_gain": list(cells), "seed": list(seeds)}
+    index = {"name": name, "question": "where is the edge?", "axes": axes, "runs": runs}
+    (path / "study.json").write_text(json.dumps(index))
+    return path
+
+
+def test_study_answer_names_outcomes_effects_mean_field_and_the_edge(tmp_path):
+    cells = {
+        0.5: {"decay": 0.5, "loss_ratio": 1.0},
+        1.0: {"decay": 0.99, "loss_ratio": 0.1},
+        2.0: {"decay": 1.3, "loss_ratio": 0.6},
+    }
+    a = analyse_study(write_study(tmp_path, cells, seeds=(0, 1, 2)))
+    answer = "\n".join(a.diagnosis.answer)
+    assert "solved: init_gain = 1.0" in answer and "did not learn: init_gain = 0.5" in answer
+    assert "model.init_gain changes loss/baseline" in answer
+    # numeric order and spread over seeds
+    assert answer.index("0.5: ") < answer.index("1.0: ") < answer.index("2.0: ")
+    assert "measured decay per step follows the mean-field √χ" in answer
+    assert "λ₁ at init crosses 0 between model.init_gain = 1.0" in answer
+    assert "seed" not in answer.replace("over seeds", "")
+    lines = "\n".join(a.diagnosis.lines)
+    assert "9 runs, outcomes: 3 solved, 3 learning, 3 did not learn." in lines
+
+
+def test_an_axis_without_an_effect_is_never_said_to_matter(tmp_path):
+    cells = {0.5: {"decay": 0.9, "loss_ratio": 0.5}, 1.0: {"decay": 0.9, "loss_ratio": 0.5}}
+    a = analyse_study(write_study(tmp_path, cells))
+    answer = "\n".join(a.diagnosis.answer)
+    assert "changes" not in answer and "explaining" not in answer
+    assert not a.diagnosis.effects["matters"].any()
+
+
+def test_effects_need_enough_runs():
+    table = pd.DataFrame({"a": [1, 2], "loss_ratio": [0.1, 0.9], "outcome": ["solved"] * 2,
+                          "mean_field_applies": False, "lyapunov_max_init": math.nan,
+                          "seq_len": 10, "half_life_end": 1.0})  # fmt: skip
+    study = StudySummary("s", "", "", ["a"], [0], [])
+    assert not diagnose_study(study, table).effects["matters"].any()
 
 
 def test_variance_explained_is_one_for_a_perfect_axis_and_zero_for_noise():
@@ -108,44 +179,9 @@ def test_variance_explained_is_one_for_a_perfect_axis_and_zero_for_noise():
     assert math.isnan(variance_explained(df.head(2), "a", "y")[0])  # too few runs
 
 
-def test_study_diagnosis_names_the_axis_that_mattered():
-    summary = pd.DataFrame(
-        {
-            "run_id": list("abcdef"),
-            "model.init_gain": [0.5, 0.5, 1.0, 1.0, 2.0, 2.0],
-            "seed": [0, 1, 0, 1, 0, 1],
-            "regime": ["vanishing", "vanishing", "healthy", "healthy", "exploding", "exploding"],
-            "loss_ratio": [0.9, 0.92, 0.3, 0.31, 0.95, 0.97],
-            "half_life": [1.0, 1.1, 40, 38, math.inf, math.inf],
-            "seq_len": [20] * 6,
-            "decay_per_step": [0.5, 0.52, 0.98, 0.98, 1.3, 1.3],
-            "predicted_decay": [0.51, 0.51, 1.0, 1.0, 1.33, 1.33],
-        }
-    )
-    study = diagnose_study(summary, ["model.init_gain", "seed"])
-    text = "\n".join(study.lines)
-    assert "2 vanishing, 2 exploding, 2 healthy" in text
-    assert "loss/baseline: model.init_gain mattered most" in text
-    assert "log₁₀ half-life: model.init_gain mattered most" in text
-    assert "≥ 200 (no decay)" in text
-    assert "every run with model.init_gain = 0.5 is vanishing" in text
-    assert "mean-field prediction" in text
-    importance = study.importance.set_index(["axis", "quantity"])["variance_explained"]
-    assert importance["model.init_gain", "loss/baseline"] > 0.99
-    assert importance["seed", "loss/baseline"] < 0.05
-
-
-def test_study_diagnosis_of_too_few_runs_says_so():
-    summary = pd.DataFrame({"run_id": ["a"], "x": [1], "regime": ["healthy"], "loss_ratio": [1]})
-    text = "\n".join(diagnose_study(summary, ["x"]).lines)
-    assert "too few runs" in text
-
-
-def test_measure_run_agrees_with_analysis_summary(tmp_path):
-    from rnnprobe.analysis import run_summary
-
-    run = load_run(write_run(tmp_path / "r", decay=0.7, seq_len=30))
-    ev, base = measure_run(run), run_summary(run)
-    assert ev.decay_per_step == pytest.approx(base["decay_per_step"])
-    assert ev.loss_ratio == pytest.approx(base["loss_ratio"])
-    assert ev.row()["run_id"] == base["run_id"]
+def test_study_table_carries_the_diagnosis_beside_the_numbers(tmp_path):
+    cells = {0.5: {"decay": 0.5}, 2.0: {"decay": 1.3}}
+    a = analyse_study(write_study(tmp_path, cells))
+    assert list(a.table["regime_init"]) == ["vanishing"] * 2 + ["exploding"] * 2
+    again = study_table(a.study, a.diagnoses)
+    pd.testing.assert_frame_equal(a.table, again)

@@ -44,6 +44,7 @@ def write_run(
     path: Path,
     *,
     decay: float = 0.97,
+    decay_end: float | None = None,
     steps: int = 40,
     seq_len: int = 16,
     layers: int = 1,
@@ -61,7 +62,12 @@ def write_run(
     tables: tuple[str, ...] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write a run whose gradients scale by ``decay`` per step back in time; return its path."""
+    """Write a run whose gradients scale by ``decay`` per step back in time; return its path.
+
+    Probes fire at steps 0 (W_hh only), 1, 2, 4, … and the last step, as training's do; with
+    ``decay_end`` the factor moves geometrically from ``decay`` at step 1 to it at the end, and
+    λ₁ = ln(factor) follows.
+    """
     rng = np.random.default_rng(seed)
     config = build_config(
         {
@@ -111,7 +117,7 @@ def write_run(
         "recurrent_norm": np.where(t == T - 1, 0.0, decay * ahead), "grad_w_hh_norm": 0.5 * norm,
         "grad_w_ih_norm": 0.3 * norm,
     }  # fmt: skip
-    every10 = np.array(sorted({0, *range(10, n + 1, 10)}))
+    every10 = np.array(sorted({1, *range(10, n + 1, 10), n}))
     s, l, t = (a.ravel() for a in np.meshgrid(every10, np.arange(L), np.arange(T), indexing="ij"))
     nan = np.full(len(s), np.nan)
     out["hidden"] = {
@@ -126,10 +132,13 @@ def write_run(
         "inactive": 0.4 + 0 * s if relu else nan, "dead_fraction": 0.05 + 0 * s if relu else nan,
         "mean_phi_prime": 0.6 + 0 * s, "participation_ratio": H * (0.3 + 0.2 * s / steps),
     }  # fmt: skip
-    probe = _log_steps(n)
+    probe = sorted({*_log_steps(n), n})
     weights, spectra, lyapunov, reach = [], [], [], []
     w = rng.standard_normal((H, H)) * init_gain / math.sqrt(H)
+    first = decay
     for k in probe:
+        if decay_end is not None:
+            decay = first * (decay_end / first) ** (max(k - 1, 0) / max(n - 1, 1))
         for layer in range(L):
             eig = np.linalg.eigvals(w * (1 + 0.1 * k / steps))
             sv = np.linalg.svd(w, compute_uv=False)
@@ -164,8 +173,8 @@ def write_run(
     )
     out["mean_field"] = [
         {"layer": layer, "sigma_w2": init_gain**2, "sigma_in2": 0.1, "q_star": 0.5,
-         "chi": (decay * 1.02) ** 2, "predicted_decay": decay * 1.02,
-         "predicted_half_life": math.log(2) / -math.log(decay * 1.02) if decay * 1.02 < 1
+         "chi": (first * 1.02) ** 2, "predicted_decay": first * 1.02,
+         "predicted_half_life": math.log(2) / -math.log(first * 1.02) if first * 1.02 < 1
          else math.inf}
         for layer in range(L)
     ]  # fmt: skip

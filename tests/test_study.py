@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnprobe.train
-from rnnprobe.analysis import study_summary
+from rnnprobe.diagnosis import analyse_study
 from rnnprobe.cli_study import study
 from rnnprobe.config import build_config
 from rnnprobe.errors import RnnprobeError
@@ -71,7 +71,7 @@ def invoke(*args: str):
 
 
 def comparable(out: Path) -> pd.DataFrame:
-    return study_summary(out).drop(columns=WALL_CLOCK)
+    return analyse_study(out).table.drop(columns=WALL_CLOCK)
 
 
 def mtimes(run_dir: Path) -> dict[str, int]:
@@ -135,7 +135,7 @@ def test_spec_file_gives_fixed_settings_axes_and_seeds(tmp_path):
     ("text", "message"),
     [
         ("[model]\nhiden_size = 8", "unknown setting 'model.hiden_size'; valid: task.name"),
-        ("stepz = 8", "unknown key 'stepz'; valid: name, description, seeds, [sweep]"),
+        ("stepz = 8", "unknown key 'stepz'; valid: name, question, description, seeds, [sweep]"),
         ("[optim]\nlr = 1", "unknown key 'optim'"),
         ('[sweep]\n"model.widht" = [1, 2]', "unknown setting 'model.widht'"),
         ("[train]\nsteps = 'many'", "train.steps must be int, got str 'many'"),
@@ -300,9 +300,9 @@ def test_cli_sweeps_repeated_flags_and_writes_summary(tmp_path):
     assert "[4/4]" in result.output and "all finished" in result.output
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 4 and set(summary["status"]) == {"done"}
-    assert {"task.seq_len", "model.nonlinearity", "decay_per_step", "loss_ratio"} <= set(summary)
+    assert {"task.seq_len", "model.nonlinearity", "decay_per_step_end", "loss_ratio"} <= set(summary)
     assert len(pd.read_parquet(out / "summary.parquet")) == 4
-    assert "nonlinearity" in result.output and "half_life" in result.output
+    assert "model.nonlinearity" in result.output and "half_life_end" in result.output
 
 
 def test_cli_runs_a_spec_file_with_set_and_default_out(tmp_path, monkeypatch):
