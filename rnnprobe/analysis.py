@@ -559,10 +559,16 @@ def study_summary(
     tables = tuple(dict.fromkeys([*SUMMARY_TABLES, *keep]))
     summaries, runs = [], {}
     for entry in index.runs:
-        run = load_run(entry.path, tables) if is_run_dir(entry.path) else None
+        run, error = None, entry.error
+        if is_run_dir(entry.path):
+            try:
+                run = load_run(entry.path, tables)
+            except Exception as err:  # a damaged run must not hide the others: name it
+                error = f"unreadable records in {entry.path}: {type(err).__name__}: {err}"
+        elif entry.status not in (None, "pending"):
+            error = error or f"no readable run directory at {entry.path}"
         if run is None:
-            settings = {**entry.axes}
-            summary = RunSummary(entry.id, settings, entry.status or "pending", entry.error)
+            summary = RunSummary(entry.id, {**entry.axes}, entry.status or "pending", error)
         else:
             runs[entry.id] = run
             summary = summarise_run(run, entry.id)

@@ -11,7 +11,8 @@ Lyapunov exponent), the first rule that holds:
 1. *exploding* — r^T ≥ ``SPAN`` (the gradient doubles in under T/4 steps back in time); or a
    non-finite loss or gradient (training phase); or, with clipping on, norms clipped on at least
    ``BURST_RATE`` of the steps with bursts ≥ ``BURST`` × the threshold (training phase: the
-   clipped run looks calm but its gradients explode).
+   clipped run looks calm but its gradients explode); or the gradient norm grew ≥ ``GROWTH`` ×
+   from the first 10 % of steps to the last (training phase).
 2. *chaotic* — λ₁ > ``EDGE``: nearby trajectories separate.
 3. *vanishing* — r^T ≤ 1/``SPAN`` (half-life under T/4); or, without r, λ₁ < ``VANISH_LYAPUNOV``;
    or, with neither, ≥ ``STUCK`` of the units saturated (tanh) or dead (ReLU).
@@ -68,6 +69,7 @@ VANISH_LYAPUNOV = -0.1
 STUCK = 0.5
 BURST_RATE = 0.5
 BURST = 10.0
+GROWTH = 100.0
 SOLVED = 0.25
 BEATS = 0.95
 MIN_STEPS = 10
@@ -147,6 +149,8 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
                 f"norm clipping acted on {s.clip_rate:.0%} of steps, with gradient norms up "
                 f"to {s.clip_burst:.3g}× the threshold: explosions held down by clipping"
             ]
+        if s.grad_growth >= GROWTH:
+            return "exploding", [f"the gradient norm grew ×{s.grad_growth:.3g} over training"]
     if lyap > EDGE:
         return "chaotic", [f"{lyap_text} > {EDGE}: nearby trajectories separate"] + (
             [_decay_text(d, T)] if d.ok else []
@@ -172,6 +176,8 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
 
 def outcome(s: RunSummary) -> tuple[str, str]:
     """Return what training achieved and the numbers that say so."""
+    if s.last_step is None:
+        return "unknown", f"no records yet (status {s.status})"
     if s.divergence_step is not None:
         return "diverged", f"the run stopped on non-finite values at step {s.divergence_step}"
     which = "validation" if math.isfinite(s.final_valid_loss) else "training"
@@ -273,6 +279,8 @@ def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.Da
     This one table is what the terminal shows, ``summary.csv`` holds and the report prints.
     """
     table = study.table()
+    if table.empty:
+        return table
     table.insert(len(study.axes) + 2, "outcome", [d.outcome for d in diagnoses])
     for i, name in enumerate(PHASES):
         table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])

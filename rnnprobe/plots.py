@@ -108,7 +108,7 @@ def plot_gradient_reach(
     hue = hue or ("label" if "label" in data.columns else "source")
     if data.empty or hue not in data.columns:
         return _no_data(ax, title, "‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖")
-    keys = [c for c in ("label", "step", "source", "run_id") if c in data.columns]
+    keys = [c for c in ("label", "run_id", "step", "layer", "source") if c in data.columns]
     start = data[data["distance"] == 0].groupby(keys)["norm"].first()
     data = data.join(start.rename("start"), on=keys)
     data = data[np.isfinite(data["start"]) & (data["start"] > 0)]

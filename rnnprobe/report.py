@@ -181,7 +181,7 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
     page.heading("Summary")
     page.table(_display(analysis.shown))
     if summary.last_step is None:
-        page.text("No figures: the run has written no records yet.")
+        page.text(f"No records yet (status {summary.status}): no figures.")
         return page
     page.heading("Figures")
     panels, missing = _run_panels(run, summary, full=True)

@@ -137,8 +137,15 @@ def synthetic_run(tmp_path, init: str = "gaussian") -> Run:
     tables = {
         "steps": steps,
         "evals": pd.DataFrame({"step": [20, 10], "loss": [0.5, 0.9], "metric": [0.7, 0.2]}),
-        "task": pd.DataFrame({"name": ["copy"], "kind": ["per_step_classification"],
-                              "metric": ["accuracy"], "baseline_loss": [1.0], "seq_len": [30]}),
+        "task": pd.DataFrame(
+            {
+                "name": ["copy"],
+                "kind": ["per_step_classification"],
+                "metric": ["accuracy"],
+                "baseline_loss": [1.0],
+                "seq_len": [30],
+            }
+        ),
         "reach": reach_table({(1, 0): 0.9, (1, 1): 0.5, (10, 1): 0.6, (20, 1): 0.8}),
         "lyapunov": pd.DataFrame(
             {

@@ -62,8 +62,11 @@ def test_clipped_bursts_are_exploding_during_training(tmp_path):
     d = diagnose(tmp_path, decay=0.97, seq_len=16, clip="norm", grad_growth=1000.0)
     assert d.regime("init") == "stable" and d.regime("training") == "exploding"
     assert "held down by clipping" in " ".join(d.phases["training"].reasons)
-    quiet = diagnose(tmp_path / "quiet", decay=0.97, seq_len=16, clip="none", grad_growth=1000.0)
-    assert quiet.regime("training") == "stable"  # no clipping: its figures show the growth
+    unclipped = diagnose(tmp_path / "u", decay=0.97, seq_len=16, clip="none", grad_growth=1000.0)
+    assert unclipped.regime("training") == "exploding"
+    assert "grew ×" in " ".join(unclipped.phases["training"].reasons)
+    calm = diagnose(tmp_path / "calm", decay=0.97, seq_len=16, clip="norm", grad_growth=1.0)
+    assert calm.regime("training") == "stable"
 
 
 @pytest.mark.parametrize(

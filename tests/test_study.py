@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnprobe.train
-from rnnprobe.diagnosis import analyse_study
 from rnnprobe.cli_study import study
 from rnnprobe.config import build_config
+from rnnprobe.diagnosis import analyse_study
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.executors import InProcessExecutor
 from rnnprobe.store import read_table
@@ -300,7 +300,9 @@ def test_cli_sweeps_repeated_flags_and_writes_summary(tmp_path):
     assert "[4/4]" in result.output and "all finished" in result.output
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 4 and set(summary["status"]) == {"done"}
-    assert {"task.seq_len", "model.nonlinearity", "decay_per_step_end", "loss_ratio"} <= set(summary)
+    assert {"task.seq_len", "model.nonlinearity", "decay_per_step_end", "loss_ratio"} <= set(
+        summary
+    )
     assert len(pd.read_parquet(out / "summary.parquet")) == 4
     assert "model.nonlinearity" in result.output and "half_life_end" in result.output
 
