@@ -15,9 +15,10 @@ Conventions, stated once:
   ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
   ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
   the source's largest norm: a contribution below it is lost when summed in that precision).
-  At least ``MIN_FIT_POINTS`` distances are needed; a fit with R² < ``MIN_R2``, or whose two
-  halves have slopes of opposite sign differing by more than ``BEND`` per step, is "not
-  exponential" and has no rate. Without reach rows, r is the geometric mean over t of the
+  At least ``MIN_FIT_POINTS`` distances are needed; a fit with R² < ``MIN_R2`` and an rms
+  residual of ln norm above ``MAX_RMS`` (a nearly flat curve has a low R² but a clean fit), or
+  whose two halves have slopes of opposite sign differing by more than ``BEND`` per step, is
+  "not exponential" and has no rate. Without reach rows, r is the geometric mean over t of the
   one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part of δ_t is
   δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
@@ -64,6 +65,7 @@ PHASES = ("init", "training", "end")
 MEAN_FIELD_INITS = ("default", "gaussian")  # i.i.d. random weights: the theory's premise
 MIN_FIT_POINTS = 4  # distinct distances a decay fit needs
 MIN_R2 = 0.9
+MAX_RMS = 0.1  # rms residual of ln norm (≈ 10 % scatter) that still counts as a clean fit
 BEND = 0.05  # |slope difference| per step between the fit's halves that makes it two curves
 FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
@@ -288,7 +290,7 @@ def _fit(
     base = {"source": "reach", "step": step, "n": len(frame)}
     if frame.empty or frame["x"].nunique() < MIN_FIT_POINTS:
         return DecayFit(**base, shape="too few points")
-    slope, r2 = _slope(frame)
+    slope, r2, rms = _slope(frame)
     base.update(r2=r2, d_min=float(frame["x"].min()), d_max=float(frame["x"].max()))
     middle = frame["x"].median()
     halves = [frame[frame["x"] <= middle], frame[frame["x"] > middle]]
@@ -296,23 +298,25 @@ def _fit(
     if all(h["x"].nunique() >= 2 for h in halves):
         s1, s2 = (_slope(h)[0] for h in halves)
         bent = s1 * s2 < 0 and abs(s1 - s2) > BEND
-    if not r2 >= MIN_R2 or bent:
+    # A nearly flat curve has a low R² but small residuals: its rate is still well measured.
+    if (not r2 >= MIN_R2 and not rms <= MAX_RMS) or bent:
         return DecayFit(**base, shape="not exponential")
     return DecayFit(math.exp(slope), _half_life(math.exp(slope)), **base, shape="exponential")
 
 
-def _slope(frame: pd.DataFrame) -> tuple[float, float]:
-    """Return the common slope of y on x (one intercept per group g) and its R²."""
+def _slope(frame: pd.DataFrame) -> tuple[float, float, float]:
+    """Return the common slope of y on x (one intercept per group g), its R² and rms residual."""
     frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]
     dx = frame["x"] - frame.groupby("g")["x"].transform("mean")
     dy = frame["y"] - frame.groupby("g")["y"].transform("mean")
     sxx = float((dx * dx).sum())
     if sxx == 0:
-        return NAN, NAN
+        return NAN, NAN, NAN
     slope = float((dx * dy).sum() / sxx)
     total = float((dy * dy).sum())
     residual = float(((dy - slope * dx) ** 2).sum())
-    return slope, (1.0 - residual / total if total > 0 else 1.0)
+    rms = math.sqrt(residual / len(frame))
+    return slope, (1.0 - residual / total if total > 0 else 1.0), rms
 
 
 def _ratio(rows: pd.DataFrame) -> DecayFit:
