@@ -114,7 +114,8 @@ def plot_gradient_reach(
     data = data[np.isfinite(data["start"]) & (data["start"] > 0)]
     data = data.assign(relative=data["norm"] / data["start"])
     groups = [(name, g) for name, g in data.groupby(hue, sort=False)]
-    order = _sorted_levels(pd.Index([name for name, _ in groups]))
+    order = [k for k in (labels or {}) if k in dict(groups)]  # the caller's order first
+    order += [k for k in _sorted_levels(pd.Index([n for n, _ in groups])) if k not in order]
     groups = sorted(groups, key=lambda item: order.index(item[0]))
     if len(groups) > max_lines:
         keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))

@@ -36,6 +36,7 @@ __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 MAX_RUN_FIGURES = 8
 DPI = 80
 PLOT_TABLES = ("spectra", "hidden", "weights")  # read beyond analysis.SUMMARY_TABLES
+MIN_CURVE_STEPS = 3  # a curve over training needs 3 probe steps: 2 would be a bare line
 PANEL_INCHES, LEGEND_INCHES = 4.2, 2.1  # an axes' width, and the room for its legend
 SETTINGS = (
     "task.name",
@@ -436,11 +437,15 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
         panels.append(lambda ax: plots.plot_jacobian_spectra(spectra, ax=ax))
     elif len(jac):
         missing.append("Jacobian spectra over training (one probe step)")
-    if _distinct_steps(lyapunov) >= 2:
+    if _distinct_steps(lyapunov) >= MIN_CURVE_STEPS:
         panels.append(lambda ax: plots.plot_lyapunov(lyapunov, ax=ax))
     elif len(lyapunov):
-        value = s.phase("init").lyapunov_max
-        missing.append(f"λ₁ over training (one probe step; λ₁ = {value:+.3g})")
+        values = ", ".join(
+            f"{p.lyapunov_max:+.3g} at step {p.step}"
+            for p in s.phases.values()
+            if math.isfinite(p.lyapunov_max)
+        )
+        missing.append(f"λ₁ over training (too few probe steps; λ₁ {values or 'not finite'})")
     if len(lyapunov) and lyapunov["index"].nunique() >= 2:
         phase_steps = sorted(
             {
@@ -458,12 +463,12 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
             )
     if "quantity" in spectra and (spectra["quantity"] == "w_hh_eigenvalue").any():
         panels.append(lambda ax: plots.plot_eigenvalues(spectra, ax=ax))
-    if _distinct_steps(health) >= 2:
+    if _distinct_steps(health) >= MIN_CURVE_STEPS:
         panels.append(lambda ax: plots.plot_hidden_health(health, ax=ax))
         if full:
             panels.append(lambda ax: plots.plot_participation_ratio(health, ax=ax))
     elif len(health):
-        missing.append("hidden-unit health over training (one probe step)")
+        missing.append(f"hidden-unit health over training (too few probe steps; {_health(s)})")
     return panels, missing
 
 
@@ -487,6 +492,15 @@ def _fit_label(s: RunSummary, label: str) -> str:
         half = "∞" if math.isinf(d.half_life) else f"{d.half_life:.3g}"
         return f"{label}: ×{d.rate_per_step:.3g}/step, t½ {half}, R² {d.r2:.2f}"
     return f"{label}: {d.shape}"
+
+
+def _health(s: RunSummary) -> str:
+    parts = []
+    for p in s.phases.values():
+        for name, value in (("saturated", p.saturation), ("dead", p.dead_fraction)):
+            if math.isfinite(value):
+                parts.append(f"{name} {value:.1%} at step {p.step}")
+    return ", ".join(parts) or "no finite values"
 
 
 def _distinct_steps(table: pd.DataFrame) -> int:
