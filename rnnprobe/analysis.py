@@ -10,7 +10,8 @@ Conventions, stated once:
   exponent, saturation and the mean-field prediction are read for the top layer.
 * *Phases*: every probe fires at step 1 (before the first update: the initial weights) and at
   the run's final step. ``init`` is a table's step 1 (step 0 for W_hh records), ``end`` its
-  last step when that is later, ``training`` the steps in between (the median over them).
+  last step when that is later, ``training`` the steps in between (the median over them, the
+  decay over at most ``FIT_STEPS`` of them evenly spread).
 * *Decay per step* r at a phase step: least squares of ``ln ‖∂ℓ_s/∂h_t‖`` on the distance
   ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
   ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
@@ -69,6 +70,7 @@ MAX_RMS = 0.1  # rms residual of ln norm (≈ 10 % scatter) that still counts as
 BEND = 0.05  # |slope difference| per step between the fit's halves that makes it two curves
 FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
+FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
 # what the analysis reads; plots read more (spectra, hidden, weights, ftle)
 SUMMARY_TABLES = ("task", "steps", "evals", "adjoints", "reach", "lyapunov", "health")
@@ -281,22 +283,23 @@ def _fit(
     x = pd.to_numeric(distance, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(norm, errors="coerce").to_numpy(dtype=float)
     g = np.zeros(len(x)) if groups is None else groups.to_numpy()
-    frame = pd.DataFrame({"x": x, "y": y, "g": g})
-    frame = frame[np.isfinite(frame["y"]) & (frame["y"] > 0) & np.isfinite(frame["x"])]
-    peak = frame.groupby("g")["y"].transform("max")
-    frame = frame[(frame["x"] >= 1) & (frame["y"] > eps * peak)]  # across ≥ 1 Jacobian
-    frame = frame.assign(y=np.log(frame["y"]))
-    frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]  # a slope needs 2 points
-    base = {"source": "reach", "step": step, "n": len(frame)}
-    if frame.empty or frame["x"].nunique() < MIN_FIT_POINTS:
+    usable = np.isfinite(y) & (y > 0) & np.isfinite(x)
+    x, y, g = x[usable], y[usable], g[usable]
+    _, g = np.unique(g, return_inverse=True)
+    peak = np.zeros(g.max() + 1 if len(g) else 0)
+    np.maximum.at(peak, g, y)
+    keep = (x >= 1) & (y > eps * peak[g])  # across ≥ 1 Jacobian, above the noise floor
+    x, y, g = x[keep], np.log(y[keep]), g[keep]
+    base = {"source": "reach", "step": step, "n": len(x)}
+    if len(np.unique(x)) < MIN_FIT_POINTS:
         return DecayFit(**base, shape="too few points")
-    slope, r2, rms = _slope(frame)
-    base.update(r2=r2, d_min=float(frame["x"].min()), d_max=float(frame["x"].max()))
-    middle = frame["x"].median()
-    halves = [frame[frame["x"] <= middle], frame[frame["x"] > middle]]
+    slope, r2, rms = _slope(x, y, g)
+    base.update(r2=r2, d_min=float(x.min()), d_max=float(x.max()))
+    middle = np.median(x)
+    halves = [x <= middle, x > middle]
     bent = False
-    if all(h["x"].nunique() >= 2 for h in halves):
-        s1, s2 = (_slope(h)[0] for h in halves)
+    if all(len(np.unique(x[h])) >= 2 for h in halves):
+        s1, s2 = (_slope(x[h], y[h], g[h])[0] for h in halves)
         bent = s1 * s2 < 0 and abs(s1 - s2) > BEND
     # A nearly flat curve has a low R² but small residuals: its rate is still well measured.
     if (not r2 >= MIN_R2 and not rms <= MAX_RMS) or bent:
@@ -304,18 +307,29 @@ def _fit(
     return DecayFit(math.exp(slope), _half_life(math.exp(slope)), **base, shape="exponential")
 
 
-def _slope(frame: pd.DataFrame) -> tuple[float, float, float]:
-    """Return the common slope of y on x (one intercept per group g), its R² and rms residual."""
-    frame = frame[frame.groupby("g")["x"].transform("nunique") >= 2]
-    dx = frame["x"] - frame.groupby("g")["x"].transform("mean")
-    dy = frame["y"] - frame.groupby("g")["y"].transform("mean")
-    sxx = float((dx * dx).sum())
+def _slope(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float, float]:
+    """Return the common slope of y on x (one intercept per group g), its R² and rms residual.
+
+    A group with one point carries no slope and is left out.
+    """
+    count = np.bincount(g)
+    own = count[g] >= 2
+    x, y, g = x[own], y[own], g[own]
+    if not len(x):
+        return NAN, NAN, NAN
+    count = np.bincount(g)
+    present = count > 0
+    mean_x = np.bincount(g, x)[present] / count[present]
+    mean_y = np.bincount(g, y)[present] / count[present]
+    index = np.cumsum(present) - 1
+    dx, dy = x - mean_x[index[g]], y - mean_y[index[g]]
+    sxx = float(dx @ dx)
     if sxx == 0:
         return NAN, NAN, NAN
-    slope = float((dx * dy).sum() / sxx)
-    total = float((dy * dy).sum())
+    slope = float(dx @ dy) / sxx
+    total = float(dy @ dy)
     residual = float(((dy - slope * dx) ** 2).sum())
-    rms = math.sqrt(residual / len(frame))
+    rms = math.sqrt(residual / len(x))
     return slope, (1.0 - residual / total if total > 0 else 1.0), rms
 
 
@@ -400,14 +414,23 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
 
 
 def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
-    reach, adjoints = run.table("reach"), run.table("adjoints")
-    lyapunov, health = run.table("lyapunov"), run.table("health")
+    reach, adjoints = _top(run.table("reach")), _top(run.table("adjoints"))
+    lyapunov, health = _top(run.table("lyapunov")), _top(run.table("health"))
+    reach_by = dict(tuple(reach.groupby("step"))) if len(reach) else {}
+    adjoints_by = dict(tuple(adjoints.groupby("step"))) if len(adjoints) else {}
     decay_steps = phase_steps(reach if not reach.empty else adjoints)
     lyap_steps, health_steps = phase_steps(lyapunov), phase_steps(health)
+    lyap_by = _by_step(lyapunov[lyapunov["index"] == 0] if "index" in lyapunov else lyapunov)
+    health_by = _by_step(health)
     out = {}
     for name in PHASES:
-        fits = [fit_decay(reach, adjoints, step=s, dtype=dtype) for s in decay_steps.get(name, ())]
-        lyap = [_lyapunov(lyapunov, s) for s in lyap_steps.get(name, ())]
+        # the training phase's median comes from at most FIT_STEPS evenly spread probe steps
+        fit_steps = _spread(decay_steps.get(name, ()), FIT_STEPS)
+        fits = [
+            fit_decay(reach_by.get(s), adjoints_by.get(s), step=s, dtype=dtype)
+            for s in fit_steps
+        ]
+        lyap = [_lyapunov(lyap_by, s) for s in lyap_steps.get(name, ())]
         hsteps = health_steps.get(name, ())
         steps = tuple(sorted({*decay_steps.get(name, ()), *lyap_steps.get(name, ()), *hsteps}))
         if not steps:
@@ -419,10 +442,37 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             decay=_median_fit(fits),
             lyapunov_max=_median([v for v, _ in lyap]),
             lyapunov_note=notes[0] if notes else None,
-            saturation=_median([_top_value(health, s, "saturation") for s in hsteps]),
-            dead_fraction=_median([_top_value(health, s, "dead_fraction") for s in hsteps]),
+            saturation=_median([_at(health_by, s, "saturation") for s in hsteps]),
+            dead_fraction=_median([_at(health_by, s, "dead_fraction") for s in hsteps]),
         )
     return out
+
+
+def _top(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the rows of the table's top layer (all rows when it has no layer column)."""
+    if table.empty or "layer" not in table:
+        return table
+    return table[table["layer"] == table["layer"].max()]
+
+
+def _by_step(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the first row per step, indexed by step."""
+    if table.empty or "step" not in table:
+        return pd.DataFrame()
+    return table.groupby("step").first()
+
+
+def _at(by_step: pd.DataFrame, step: int, column: str) -> float:
+    if column not in by_step or step not in by_step.index:
+        return NAN
+    return float(pd.to_numeric(by_step.at[step, column], errors="coerce"))
+
+
+def _spread(steps: tuple[int, ...], limit: int) -> tuple[int, ...]:
+    if len(steps) <= limit:
+        return steps
+    keep = np.unique(np.round(np.linspace(0, len(steps) - 1, limit)).astype(int))
+    return tuple(steps[i] for i in keep)
 
 
 def _median_fit(fits: list[DecayFit]) -> DecayFit:
@@ -435,13 +485,9 @@ def _median_fit(fits: list[DecayFit]) -> DecayFit:
     return good[(len(good) - 1) // 2]
 
 
-def _lyapunov(table: pd.DataFrame, step: int) -> tuple[float, str | None]:
-    rows = _rows_at(table, step, None)
-    rows = rows[rows["index"] == 0] if "index" in rows else rows.iloc[0:0]
-    if rows.empty:
-        return NAN, None
-    value = float(pd.to_numeric(rows["exponent"], errors="coerce").iloc[0])
-    if math.isfinite(value):
+def _lyapunov(by_step: pd.DataFrame, step: int) -> tuple[float, str | None]:
+    value = _at(by_step, step, "exponent")
+    if math.isfinite(value) or (math.isnan(value) and step not in by_step.index):
         return value, None
     if value == -math.inf:
         return NAN, (
@@ -449,11 +495,6 @@ def _lyapunov(table: pd.DataFrame, step: int) -> tuple[float, str | None]:
             "sequence, so the Jacobian product is zero there"
         )
     return NAN, f"λ₁ not finite ({value}) at step {step}: the state overflowed"
-
-
-def _top_value(table: pd.DataFrame, step: int, column: str) -> float:
-    rows = _rows_at(table, step, None)
-    return _first(rows, column)
 
 
 def _median(values: Sequence[float]) -> float:
