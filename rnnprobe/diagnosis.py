@@ -411,6 +411,10 @@ def _level(g: dict, axis: str, value: str) -> str:
     return f"{g[axis]}: {g['mean']:.3g}{spread}"
 
 
+def _spread(g: dict) -> str:
+    return f"{g['mean']:+.3f}" + (f" ± {g['sd']:.2g}" if g["n"] > 1 else "")
+
+
 def _mean_field_lines(table: pd.DataFrame) -> list[str]:
     if "mean_field_applies" not in table:
         return []
@@ -447,9 +451,8 @@ def _edge_lines(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
             if means[i] * means[i + 1] < 0 or means[i + 1] == 0:
                 a, b = groups.to_dict("records")[i : i + 2]
                 out.append(
-                    f"λ₁ at init crosses 0 between {axis} = {a[axis]} (λ₁ = {a['mean']:+.3f} ± "
-                    f"{a['sd']:.2g}) and {b[axis]} ({b['mean']:+.3f} ± {b['sd']:.2g}){others}: "
-                    "the edge of chaos."
+                    f"λ₁ at init crosses 0 between {axis} = {a[axis]} (λ₁ = {_spread(a)}) and "
+                    f"{b[axis]} ({_spread(b)}){others}: the edge of chaos."
                 )
         if not out and len(groups) >= 2:
             sign = "negative" if means.max() < 0 else "positive"

@@ -214,7 +214,9 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
     page.heading("Study figures")
     _study_figures(page, out, analysis, swept)
     page.heading("Runs")
-    shown = _representatives(analysis) if len(table) > max_run_figures else None
+    shown = None  # every run gets its figure
+    if len(table) > max_run_figures:
+        shown = _representatives(analysis) if max_run_figures > 0 else set()
     rest = []
     for summary, diagnosis in zip(study.runs, analysis.diagnoses, strict=True):
         run = analysis.runs.get(summary.run_id)
