@@ -16,11 +16,12 @@ Conventions, stated once:
   ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
   ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
   the source's largest norm: a contribution below it is lost when summed in that precision).
-  At least ``MIN_FIT_POINTS`` distances are needed; a fit with R² < ``MIN_R2`` and an rms
-  residual of ln norm above ``MAX_RMS`` (a nearly flat curve has a low R² but a clean fit), or
-  whose two halves have slopes of opposite sign differing by more than ``BEND`` per step, is
-  "not exponential" and has no rate. Without reach rows, r is the geometric mean over t of the
-  one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part of δ_t is
+  At least ``MIN_FIT_POINTS`` distances are needed. A curve of two regimes is "not
+  exponential" and has no rate: the slopes of its two halves (split at the median distance)
+  have opposite signs and differ by more than ``BEND`` per step (a U), or one half's slope is
+  further than ``BEND`` and ``KINK`` × |slope| from the whole fit's (a jump, a bend). R² is
+  reported; scatter alone does not reject a fit. Without reach rows, r is the geometric mean
+  over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part of δ_t is
   δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
   −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
@@ -65,9 +66,8 @@ __all__ = [
 PHASES = ("init", "training", "end")
 MEAN_FIELD_INITS = ("default", "gaussian")  # i.i.d. random weights: the theory's premise
 MIN_FIT_POINTS = 4  # distinct distances a decay fit needs
-MIN_R2 = 0.9
-MAX_RMS = 0.1  # rms residual of ln norm (≈ 10 % scatter) that still counts as a clean fit
-BEND = 0.05  # |slope difference| per step between the fit's halves that makes it two curves
+BEND = 0.05  # ln-slope difference per step between the fit's halves that makes two curves
+KINK = 0.5  # … or this fraction of the whole fit's slope
 FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
 FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
@@ -293,16 +293,20 @@ def _fit(
     base = {"source": "reach", "step": step, "n": len(x)}
     if len(np.unique(x)) < MIN_FIT_POINTS:
         return DecayFit(**base, shape="too few points")
-    slope, r2, rms = _slope(x, y, g)
+    slope, r2, _ = _slope(x, y, g)
     base.update(r2=r2, d_min=float(x.min()), d_max=float(x.max()))
     middle = np.median(x)
     halves = [x <= middle, x > middle]
-    bent = False
+    # Two regimes, not one rate: the halves' slopes have opposite signs (a U), or one half's
+    # slope is far from the whole fit's (a jump of decades, a bend). Scatter alone (a low R²
+    # on a nearly flat curve) is no reason: the rate is still well measured.
+    two_regimes = False
     if all(len(np.unique(x[h])) >= 2 for h in halves):
         s1, s2 = (_slope(x[h], y[h], g[h])[0] for h in halves)
         bent = s1 * s2 < 0 and abs(s1 - s2) > BEND
-    # A nearly flat curve has a low R² but small residuals: its rate is still well measured.
-    if (not r2 >= MIN_R2 and not rms <= MAX_RMS) or bent:
+        kinked = max(abs(s1 - slope), abs(s2 - slope)) > max(BEND, KINK * abs(slope))
+        two_regimes = bent or kinked
+    if two_regimes:
         return DecayFit(**base, shape="not exponential")
     return DecayFit(math.exp(slope), _half_life(math.exp(slope)), **base, shape="exponential")
 
