@@ -21,8 +21,8 @@ Conventions, stated once:
   have opposite signs and differ by more than ``BEND`` per step (a U), or one half's slope is
   further than ``BEND`` and ``KINK`` × |slope| from the whole fit's (a jump, a bend). R² is
   reported; scatter alone does not reject a fit. Without reach rows, r is the geometric mean
-  over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part of δ_t is
-  δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
+  over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part
+  of δ_t is δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
   −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
   never averaged into a number.
