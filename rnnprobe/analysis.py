@@ -431,8 +431,7 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
         # the training phase's median comes from at most FIT_STEPS evenly spread probe steps
         fit_steps = _spread(decay_steps.get(name, ()), FIT_STEPS)
         fits = [
-            fit_decay(reach_by.get(s), adjoints_by.get(s), step=s, dtype=dtype)
-            for s in fit_steps
+            fit_decay(reach_by.get(s), adjoints_by.get(s), step=s, dtype=dtype) for s in fit_steps
         ]
         lyap = [_lyapunov(lyap_by, s) for s in lyap_steps.get(name, ())]
         hsteps = health_steps.get(name, ())

@@ -98,10 +98,10 @@ def plot_gradient_reach(
 ) -> Axes:
     """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one line per ``hue``.
 
-    Each source is divided by its own norm at distance 0, then sources (and any repeats: seeds,
-    steps) are averaged geometrically per distance, so lines start at 1 and their slope is the
-    decay per step. ``labels`` maps a hue value to its legend text (e.g. the fitted rate);
-    ``hue`` defaults to ``"label"`` when the frame has it, else ``"source"``.
+    Each source is divided by its own norm at distance 0, so lines start at 1 and their slope
+    is the decay per step: bold, the longest source (geometric mean over repeats such as
+    seeds), faint, each shorter source. ``labels`` maps a hue value to its legend text (e.g.
+    the fitted rate); ``hue`` defaults to ``"label"`` when the frame has it, else ``"source"``.
     """
     ax = _axes(ax)
     data = _finite(df, ["distance", "norm"], positive="norm")
@@ -122,9 +122,19 @@ def plot_gradient_reach(
         groups = [groups[i] for i in keep]
     colours = _colours(len(groups))
     for colour, (name, group) in zip(colours, groups, strict=True):
-        line = np.exp(np.log(group["relative"]).groupby(group["distance"]).mean())
+        # Bold: the longest source (it reaches every distance), geometric mean over repeats;
+        # faint: the other sources, one line each. Averaging sources of different lengths
+        # would jump wherever one of them ends.
+        longest = group["source"].max() if "source" in group and hue != "source" else None
+        bold = group if longest is None else group[group["source"] == longest]
+        line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
         text = (labels or {}).get(name, _label(hue, name))
         ax.plot(line.index, line.to_numpy(), color=colour, marker=".", ms=3, label=text)
+        if longest is not None:
+            others = group[group["source"] != longest]
+            for _, one in others.groupby([k for k in keys if k != "label"], sort=False):
+                one = one.sort_values("distance")
+                ax.plot(one["distance"], one["relative"], color=colour, lw=0.6, alpha=0.3)
     _log_axis(ax, "y")
     ax.set(
         xlabel="distance s − t (time steps back)",
@@ -253,7 +263,7 @@ def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | N
     ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1")
     colours = sns.color_palette(PALETTE, 2)
     marks = [(first, "init" if first == 0 else "first", colours[0], "o")]
-    if last != first:
+    if last != first and last > 1:  # step 1 records the weights before any update
         marks.append((last, "end", colours[1], "x"))
     for step, name, colour, marker in marks:
         rows = data[data["step"] == step]
@@ -575,7 +585,7 @@ def plot_measure_vs_axis(
             ax.plot(
                 line.index,
                 line.to_numpy(),
-                color=colour,
+                color="black" if hue is None else colour,
                 lw=1,
                 linestyle=":",
                 marker="x",
