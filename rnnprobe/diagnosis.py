@@ -105,9 +105,10 @@ class RunDiagnosis:
     notes: list[str]
     summary: RunSummary
 
-    def regime(self, phase: str) -> str:
+    def regime(self, phase: str) -> str | None:
+        """Return the phase's regime, or None when the run has no such phase."""
         verdict = self.phases.get(phase)
-        return verdict.regime if verdict else "unknown"
+        return verdict.regime if verdict else None
 
     @property
     def headline(self) -> str:
@@ -209,6 +210,15 @@ def diagnose_run(s: RunSummary) -> RunDiagnosis:
             continue
         regime, reasons = classify_phase(s, name)
         verdicts[name] = PhaseVerdict(name, _steps_text(p), regime, reasons)
+    if "training" not in verdicts and s.first_nonfinite_step is not None:
+        # no probe fires on a non-finite step, but the steps table still says what happened
+        verdicts["training"] = PhaseVerdict(
+            "training",
+            f"steps {s.first_nonfinite_step}–{s.steps}",
+            "exploding",
+            [f"{s.nonfinite_steps} steps had a non-finite loss or gradient"],
+        )
+        verdicts = {k: verdicts[k] for k in PHASES if k in verdicts}
     return RunDiagnosis(result, reason, verdicts, _notes(s), s)
 
 
@@ -321,15 +331,15 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
         return StudyDiagnosis(["The study has no runs."], [], pd.DataFrame())
     axes = [a for a in study.axes if a in table and table[a].astype(str).nunique() > 1]
     seeds = len(study.seeds)
-    lines = [_tally(table, "outcome", OUTCOMES, "outcomes")]
+    lines = [_tally(table, "outcome", OUTCOMES, "Outcomes")]
     for name in PHASES:
-        if f"regime_{name}" in table and (table[f"regime_{name}"] != "unknown").any():
-            lines.append(_tally(table, f"regime_{name}", REGIMES, f"gradients at {name}"))
-    data = table.assign(
-        loss_ratio=pd.to_numeric(table["loss_ratio"], errors="coerce").mask(
-            table["outcome"].isin(["diverged", "untrained"])
-        )
-    )
+        if f"regime_{name}" in table and table[f"regime_{name}"].notna().any():
+            lines.append(_tally(table, f"regime_{name}", REGIMES, f"Gradients at {name}"))
+    # a diverged run's last loss and end-phase gradients say nothing about its configuration
+    unjudged = table["outcome"].isin(["diverged", "untrained"])
+    data = table.assign(loss_ratio=pd.to_numeric(table["loss_ratio"], "coerce").mask(unjudged))
+    if "log2_half_life_end" in data:
+        data["log2_half_life_end"] = data["log2_half_life_end"].mask(data["outcome"] == "diverged")
     effects, effect_lines = _effects(data, axes, seeds)
     answer = _outcome_answer(data, axes) + _mean_field_lines(table) + _edge_lines(table, axes)
     answer += effect_lines
@@ -344,7 +354,7 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
 def _tally(table: pd.DataFrame, column: str, order: Sequence[str], what: str) -> str:
     counts = table[column].value_counts()
     parts = [f"{counts[k]} {k}" for k in order if k in counts]
-    return f"{len(table)} runs, {what}: " + ", ".join(parts) + "."
+    return f"{what} ({counts.sum()} runs): " + ", ".join(parts) + "."
 
 
 def _configs(table: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
@@ -355,13 +365,23 @@ def _configs(table: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
 
 def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Return which configurations solved, learned, or did not, with loss/baseline over seeds."""
-    judged = data[~data["outcome"].isin(["untrained", "unknown"])]
-    if judged.empty:
-        return []
-    groups = aggregate(judged, axes, "loss_ratio")
-    if groups.empty:
-        return []
     by_outcome: dict[str, list[str]] = {}
+    diverged = data[data["outcome"] == "diverged"]
+    if len(diverged):
+        for _, cell in diverged.groupby(
+            [diverged[a].astype(str) for a in axes] or [0] * len(diverged)
+        ):
+            first = cell.iloc[0]
+            label = ", ".join(f"{a.rpartition('.')[2]} = {first[a]}" for a in axes) or "every run"
+            steps = pd.to_numeric(cell["divergence_step"]).astype(int)
+            at = f"step {steps.min()}"
+            if steps.max() > steps.min():
+                at = f"steps {steps.min()}–{steps.max()}"
+            by_outcome.setdefault("diverged", []).append(f"{label} ({len(cell)} runs, at {at})")
+    judged = data[~data["outcome"].isin(["untrained", "unknown", "diverged"])]
+    groups = aggregate(judged, axes, "loss_ratio")
+    if groups.empty and not by_outcome:
+        return []
     for g in groups.to_dict("records"):
         cell = judged
         for a in axes:
@@ -454,7 +474,7 @@ def _edge_lines(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
                     f"λ₁ at init crosses 0 between {axis} = {a[axis]} (λ₁ = {_spread(a)}) and "
                     f"{b[axis]} ({_spread(b)}){others}: the edge of chaos."
                 )
-        if not out and len(groups) >= 2:
+        if not out and len(groups) >= 2 and axis.startswith("model."):
             sign = "negative" if means.max() < 0 else "positive"
             out.append(
                 f"λ₁ at init is {sign} at every {axis} level{others}: no edge of chaos in range."

@@ -156,7 +156,7 @@ def test_study_answer_names_outcomes_effects_mean_field_and_the_edge(tmp_path):
     assert "λ₁ at init crosses 0 between model.init_gain = 1.0" in answer
     assert "seed" not in answer.replace("over seeds", "")
     lines = "\n".join(a.diagnosis.lines)
-    assert "9 runs, outcomes: 3 solved, 3 learning, 3 did not learn." in lines
+    assert "Outcomes (9 runs): 3 solved, 3 learning, 3 did not learn." in lines
 
 
 def test_an_axis_without_an_effect_is_never_said_to_matter(tmp_path):
@@ -188,3 +188,16 @@ def test_study_table_carries_the_diagnosis_beside_the_numbers(tmp_path):
     assert list(a.table["regime_init"]) == ["vanishing"] * 2 + ["exploding"] * 2
     again = study_table(a.study, a.diagnoses)
     pd.testing.assert_frame_equal(a.table, again)
+
+
+def test_diverged_configurations_are_named_and_left_out_of_loss_effects(tmp_path):
+    cells = {
+        0.5: {"decay": 0.5, "loss_ratio": 1.0},
+        1.0: {"decay": 0.99, "loss_ratio": 0.1},
+        2.0: {"decay": 1.3, "loss_ratio": 0.0, "diverge_at": 10, "status": "diverged"},
+    }
+    a = analyse_study(write_study(tmp_path, cells))
+    answer = "\n".join(a.diagnosis.answer)
+    assert "diverged: init_gain = 2.0 (2 runs, at step 10)" in answer
+    assert "2.0: " not in answer.partition("changes loss/baseline")[2].split("\n")[0]
+    assert "2 diverged run(s) are left out" in "\n".join(a.diagnosis.lines)
