@@ -341,7 +341,8 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     if "log2_half_life_end" in data:
         data["log2_half_life_end"] = data["log2_half_life_end"].mask(data["outcome"] == "diverged")
     effects, effect_lines = _effects(data, axes, seeds)
-    answer = _outcome_answer(data, axes) + _mean_field_lines(table) + _edge_lines(table, axes)
+    answer = _outcome_answer(data, axes) + _reach_answer(data, axes)
+    answer += _mean_field_lines(table) + _edge_lines(table, axes)
     answer += effect_lines
     if (table["outcome"] == "diverged").any():
         lines.append(
@@ -396,6 +397,28 @@ def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     if not any(k in by_outcome for k in ("solved", "learning")):
         line += " No configuration beat the baseline."
     return [line]
+
+
+def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Return each configuration's end-phase gradient half-life against T (seeds pooled)."""
+    if "log2_half_life_end" not in data or not axes:
+        return []
+    rows = data[data["outcome"] != "diverged"]
+    ratio = rows["log2_half_life_end"] - np.log2(pd.to_numeric(rows["seq_len"], "coerce"))
+    groups = aggregate(rows.assign(_ratio=ratio), axes, "_ratio")
+    if groups.empty:
+        return []
+    parts = []
+    for g in groups.to_dict("records"):
+        label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
+        value = 2 ** g["mean"]
+        parts.append(f"{label}: {'no decay' if value >= 7.99 else f'{value:.2g} T'}")
+    return [
+        "Gradient half-life at the end, as a fraction of the T steps the network runs "
+        "(geometric mean over seeds; below 0.25 T it vanishes within the sequence) — "
+        + "; ".join(parts)
+        + "."
+    ]
 
 
 def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.DataFrame, list]:

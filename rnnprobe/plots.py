@@ -553,9 +553,9 @@ def plot_measure_vs_axis(
             px = np.array([position(v) for v in rows[x]])
             stats = pd.DataFrame({"x": px, "y": values.to_numpy(float)}).groupby("x")["y"]
             mean, sd = stats.mean(), stats.std().fillna(0.0)
-            label = name if hue is None else f"{name}, {hue.rpartition('.')[2]} = {level}"
+            label = name if hue is None else f"{name}, {level}"
             if len(series) == 1 and hue is not None:
-                label = f"{hue.rpartition('.')[2]} = {level}"
+                label = level
             ax.errorbar(
                 mean.index,
                 mean.to_numpy(),
@@ -577,11 +577,7 @@ def plot_measure_vs_axis(
             if ref.empty:
                 continue
             line = ref.groupby("x")["y"].mean()
-            label = (
-                reference[1]
-                if hue is None
-                else f"{reference[1]}, {hue.rpartition('.')[2]} = {level}"
-            )
+            label = reference[1] if hue is None else f"{reference[1]}, {level}"
             ax.plot(
                 line.index,
                 line.to_numpy(),
@@ -601,7 +597,7 @@ def plot_measure_vs_axis(
     if categorical:
         ax.set_xticks(range(len(order)), order)
     ax.set(xlabel=x, ylabel=ylabel, title=title)
-    _legend_outside(ax)
+    _legend_outside(ax, title=hue.rpartition(".")[2] if hue else None)
     return ax
 
 

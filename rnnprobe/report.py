@@ -37,7 +37,7 @@ MAX_RUN_FIGURES = 8
 DPI = 80
 PLOT_TABLES = ("spectra", "hidden", "weights")  # read beyond analysis.SUMMARY_TABLES
 MIN_CURVE_STEPS = 3  # a curve over training needs 3 probe steps: 2 would be a bare line
-PANEL_INCHES, LEGEND_INCHES = 4.2, 2.1  # an axes' width, and the room for its legend
+PANEL_INCHES, LEGEND_INCHES = 4.2, 2.3  # an axes' width, and the room for its legend
 SETTINGS = (
     "task.name",
     "task.seq_len",
