@@ -538,9 +538,11 @@ def plot_measure_vs_axis(
     order = _sorted_levels(pd.Index(df[x].astype(str).unique()))
     position = (lambda v: order.index(str(v))) if categorical else float
     drawn = 0
-    for (name, column), style in zip(series.items(), styles, strict=False):
+    for number, ((name, column), style) in enumerate(zip(series.items(), styles, strict=False)):
         if column not in df.columns:
             continue
+        if hue is None:  # one line per series: a colour each, as well as a style
+            colours = [_colours(len(series))[number]]
         for colour, level in zip(colours, levels, strict=True):
             rows = df if hue is None else df[df[hue].astype(str) == level]
             values = pd.to_numeric(rows[column], errors="coerce")

@@ -267,73 +267,88 @@ def _has(table: pd.DataFrame, column: str, positive: bool = False) -> bool:
 
 
 def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[str]) -> None:
-    """Add the study's figures: measures against the sweep axes, phase diagram, reach."""
+    """Add the study's figures: measures against the sweep axes, phase diagram, reach.
+
+    A line needs two axis levels with values; a series with fewer is named in the caption.
+    """
     table = analysis.table
     numeric = [a for a in swept if pd.to_numeric(table[a], errors="coerce").notna().all()]
     x = max(swept, key=lambda a: (a in numeric, table[a].nunique())) if swept else None
     hue = next((a for a in swept if a != x), None)
     init_at, end_at = _steps_of(table, "init_step"), _steps_of(table, "end_step")
-    has_end = _has(table, "end_step")
     panels, notes = [], []
     if x is not None:
         judged = table[~table["outcome"].isin(["untrained", "diverged", "unknown"])]
 
-        def measure(series, title, ylabel, **kw):
-            frame = kw.pop("frame", table)
-            return lambda ax: plots.plot_measure_vs_axis(
-                frame, x=x, hue=hue, series=series, title=title, ylabel=ylabel, ax=ax, **kw
-            )
+        def measure(frame, series, title, ylabel, positive=False, **kw):
+            kept = {}
+            for name, column in series.items():
+                if _levels(frame, x, column, positive) >= 2:
+                    kept[name] = column
+                elif _levels(frame, x, column, positive) == 1:
+                    notes.append(f"{title}, {name}: {_lone(frame, x, column, positive)}")
+            if kept:
+                panels.append(
+                    lambda ax: plots.plot_measure_vs_axis(
+                        frame,
+                        x=x,
+                        hue=hue,
+                        series=kept,
+                        title=title,
+                        ylabel=ylabel,
+                        ax=ax,
+                        log=positive,
+                        **kw,
+                    )
+                )
+            return bool(kept)
 
-        if _has(judged, "loss_ratio"):
-            panels.append(
-                measure(
-                    {"final": "loss_ratio"},
-                    f"loss / baseline at the end ({end_at})",
-                    "final loss / baseline",
-                    hline=(1.0, "baseline"),
-                    frame=judged,
-                )
-            )
-        phases = {f"init ({init_at})": "decay_per_step_init"}
-        if has_end:
-            phases[f"end ({end_at})"] = "decay_per_step_end"
-        if any(_has(table, c) for c in phases.values()):
-            applies = table["mean_field_applies"].astype(bool).any()
-            reference = ("predicted_decay", "mean-field √χ (init)") if applies else None
-            panels.append(
-                measure(
-                    phases,
-                    "gradient decay per step",
-                    "factor per time step back",
-                    reference=reference,
-                    hline=(1.0, "no decay"),
-                )
-            )
+        measure(
+            judged,
+            {"final": "loss_ratio"},
+            f"loss / baseline at the end ({end_at})",
+            "final loss / baseline",
+            hline=(1.0, "baseline"),
+        )
+        phases = {
+            f"init ({init_at})": "decay_per_step_init",
+            f"end ({end_at})": "decay_per_step_end",
+        }
+        # a diverged run's end is its blow-up: its end-phase values say nothing of its setting
+        ended = table.copy()
+        end_columns = [c for c in table.columns if c.endswith("_end")]
+        ended.loc[table["outcome"] == "diverged", end_columns] = np.nan
+        applies = table["mean_field_applies"].astype(bool).any()
+        reference = ("predicted_decay", "mean-field √χ (init)") if applies else None
+        measure(
+            ended,
+            phases,
+            "gradient decay per step",
+            "factor per time step back",
+            reference=reference,
+            hline=(1.0, "no decay"),
+        )
         halves = {
             k: c.replace("decay_per_step", "half_life_over_seq_len") for k, c in phases.items()
         }
-        if any(_has(table, c, positive=True) for c in halves.values()):
-            panels.append(
-                measure(
-                    halves,
-                    "gradient half-life / T",
-                    "half-life / T (log)",
-                    log=True,
-                    hline=(0.25, "T/4"),
-                )
-            )
+        drawn = measure(
+            ended,
+            halves,
+            "gradient half-life / T",
+            "half-life / T (log)",
+            positive=True,
+            hline=(0.25, "T/4"),
+        )
+        infinite = [
+            np.isinf(pd.to_numeric(ended[c], errors="coerce")).any() for c in halves.values()
+        ]
+        if drawn and any(infinite):
             notes.append("an infinite half-life (no decay) is left off the log axis")
         lyap = {k: c.replace("decay_per_step", "lyapunov_max") for k, c in phases.items()}
-        if any(_has(table, c) for c in lyap.values()):
-            panels.append(
-                measure(
-                    lyap,
-                    "largest Lyapunov exponent λ₁",
-                    "λ₁ (nats per step)",
-                    hline=(0.0, "λ₁ = 0"),
-                )
-            )
-        if hue is not None and _has(judged, "loss_ratio"):
+        measure(
+            ended, lyap, "largest Lyapunov exponent λ₁", "λ₁ (nats per step)", hline=(0.0, "λ₁ = 0")
+        )
+        if hue is not None and _levels(judged, x, "loss_ratio") >= 2:
             panels.append(
                 lambda ax: plots.plot_phase_diagram(
                     judged,
@@ -346,8 +361,11 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 )
             )
         mf = table[table["mean_field_applies"].astype(bool)]
-        if _has(mf, "decay_per_step_init") and len(mf) >= 2:
-            panels.append(lambda ax: plots.plot_decay_vs_mean_field(mf, hue=x, ax=ax))
+        predictions = pd.to_numeric(mf["predicted_decay"], errors="coerce").round(3).nunique()
+        if _has(mf, "decay_per_step_init") and predictions >= 2:
+            # colour by the axis only when it changes the initial weights
+            by = x if x.startswith("model.") else None
+            panels.append(lambda ax: plots.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
         if len(swept) > 2:
             notes.append(f"lines average over {', '.join(swept[2:])}")
         if len(analysis.study.seeds) > 1:
@@ -366,27 +384,50 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     if panels:
         caption = "measures against the sweep axes, gradient reach per configuration"
         caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
-        caption += "; " + "; ".join(notes) if notes else ""
+        caption += ("; " + "; ".join(notes)) if notes else ""
         _add_grid(page, out, "study.png", caption, panels, columns=2)
 
 
+def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) -> int:
+    """Return how many levels of ``x`` have a finite (positive) value of ``column``."""
+    if column not in frame or frame.empty:
+        return 0
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+    good = np.isfinite(values) & (values > 0 if positive else True)
+    return int(frame.loc[good, x].astype(str).nunique())
+
+
+def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:
+    """Return 'x = level: mean' for the one level that has values (no panel for one point)."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    good = np.isfinite(values.to_numpy(float)) & (values.to_numpy(float) > 0 if positive else True)
+    level = frame.loc[good, x].iloc[0]
+    return f"only {x.rpartition('.')[2]} = {level} has a value ({values[good].mean():.3g})"
+
+
 def _study_reach(analysis: StudyAnalysis, x: str | None, hue: str | None) -> pd.DataFrame:
-    """Return the top layer's reach rows at each run's init and end step, labelled by config."""
+    """Return the top layer's reach rows at each run's init and end step, labelled by config.
+
+    At init, axes of training settings (``train.*``) are left out of the label: every such
+    configuration starts from the same network, so their curves are one curve.
+    """
     frames = []
     for summary in analysis.study.runs:
         run = analysis.runs.get(summary.run_id)
-        if run is None:
+        if run is None or run.table("reach").empty:
             continue
         reach = run.table("reach")
-        if reach.empty:
-            continue
         top = reach[reach["layer"] == reach["layer"].max()]
-        label = _label(summary, [a for a in (x, hue) if a]) or summary.run_id
         for phase in ("init", "end"):
             step = summary.phase(phase).decay.step
-            if step is not None and summary.phase(phase).decay.source == "reach":
-                rows = top[top["step"] == step]
-                frames.append(rows.assign(phase=phase, label=label, run_id=summary.run_id))
+            if step is None or summary.phase(phase).decay.source != "reach":
+                continue
+            if phase == "end" and summary.divergence_step is not None:
+                continue
+            axes = [a for a in (x, hue) if a and not (phase == "init" and a.startswith("train."))]
+            label = _label(summary, axes) or "all (one initial network)"
+            rows = top[top["step"] == step]
+            frames.append(rows.assign(phase=phase, label=label, run_id=summary.run_id))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
