@@ -296,7 +296,7 @@ def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.Da
         table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])
     half = pd.to_numeric(table["half_life_end"], errors="coerce")
     cap = 8 * pd.to_numeric(table["seq_len"], errors="coerce")  # "no decay" counts as long reach
-    table["log2_half_life_end"] = np.log2(half.where(half < cap, cap))
+    table["log2_half_life_end"] = np.log2(half.mask(half >= cap, cap))  # NaN stays NaN
     return table
 
 

@@ -694,7 +694,8 @@ def _slug(text: str) -> str:
 
 
 def _md(text: str) -> str:
-    return html.escape(str(text)).replace("\n", " ")
+    """Return text safe in Markdown: no raw HTML gets through (quotes stay readable)."""
+    return html.escape(str(text), quote=False).replace("\n", " ")
 
 
 def _md_table(df: pd.DataFrame) -> str:
