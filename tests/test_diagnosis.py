@@ -201,3 +201,12 @@ def test_diverged_configurations_are_named_and_left_out_of_loss_effects(tmp_path
     assert "diverged: init_gain = 2.0 (2 runs, at step 10)" in answer
     assert "2.0: " not in answer.partition("changes loss/baseline")[2].split("\n")[0]
     assert "2 diverged run(s) are left out" in "\n".join(a.diagnosis.lines)
+
+
+def test_a_study_measured_at_init_only_says_nothing_about_the_end(tmp_path):
+    cells = {0.5: {"decay": 0.5, "steps": 1}, 2.0: {"decay": 1.3, "steps": 1}}
+    a = analyse_study(write_study(tmp_path, cells))
+    answer = "\n".join(a.diagnosis.answer)
+    assert "at the end" not in answer and "no decay" not in answer
+    assert set(a.table["outcome"]) == {"untrained"} and a.table["regime_end"].isna().all()
+    assert "λ₁ at init crosses 0 between model.init_gain = 0.5" in answer
