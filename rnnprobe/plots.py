@@ -93,6 +93,7 @@ def plot_gradient_reach(
     hue: str | None = None,
     labels: dict | None = None,
     title: str = "gradient reach",
+    legend_title: str | None = None,
     max_lines: int = 12,
     ax: Axes | None = None,
 ) -> Axes:
@@ -141,7 +142,7 @@ def plot_gradient_reach(
         ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
         title=title,
     )
-    _legend_outside(ax)
+    _legend_outside(ax, title=legend_title)
     return ax
 
 

@@ -37,7 +37,8 @@ MAX_RUN_FIGURES = 8
 DPI = 80
 PLOT_TABLES = ("spectra", "hidden", "weights")  # read beyond analysis.SUMMARY_TABLES
 MIN_CURVE_STEPS = 3  # a curve over training needs 3 probe steps: 2 would be a bare line
-PANEL_INCHES, LEGEND_INCHES = 4.2, 2.3  # an axes' width, and the room for its legend
+# an axes' width, the room left of it for tick labels and right of it for its legend
+PANEL_INCHES, LEFT_INCHES, LEGEND_INCHES = 4.2, 1.2, 2.3
 SETTINGS = (
     "task.name",
     "task.seq_len",
@@ -274,7 +275,11 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     table = analysis.table
     numeric = [a for a in swept if pd.to_numeric(table[a], errors="coerce").notna().all()]
     x = max(swept, key=lambda a: (a in numeric, table[a].nunique())) if swept else None
-    hue = next((a for a in swept if a != x), None)
+    others = [a for a in swept if a != x]
+    hue = others[0] if others else None
+    if len(others) > 1:  # one line per combination of the other axes: nothing averaged away
+        hue = ", ".join(a.rpartition(".")[2] for a in others)
+        table = table.assign(**{hue: table[others].astype(str).agg(", ".join, axis=1)})
     init_at, end_at = _steps_of(table, "init_step"), _steps_of(table, "end_step")
     panels, notes = [], []
     if x is not None:
@@ -366,19 +371,23 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             # colour by the axis only when it changes the initial weights
             by = x if x.startswith("model.") else None
             panels.append(lambda ax: plots.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
-        if len(swept) > 2:
-            notes.append(f"lines average over {', '.join(swept[2:])}")
         if len(analysis.study.seeds) > 1:
             notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
-    reach = _study_reach(analysis, x, hue)
+    reach = _study_reach(analysis, [a for a in (x, *others) if a])
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():
             rows = reach[reach["phase"] == phase]
+            order = {label: label for label in pd.unique(rows["label"])}
             panels.append(
-                lambda ax, rows=rows, phase=phase, at=at: plots.plot_gradient_reach(
-                    rows, hue="label", title=f"gradient reach at {phase} ({at})", ax=ax
+                lambda ax, rows=rows, phase=phase, at=at, order=order: plots.plot_gradient_reach(
+                    rows,
+                    hue="label",
+                    labels=order,
+                    title=f"gradient reach at {phase} ({at})",
+                    legend_title=rows["title"].iloc[0],
+                    ax=ax,
                 )
             )
     if panels:
@@ -386,6 +395,14 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
         caption += ("; " + "; ".join(notes)) if notes else ""
         _add_grid(page, out, "study.png", caption, panels, columns=2)
+
+
+def _training_only(axis: str) -> bool:
+    """Return whether the setting leaves the initial network and its reach unchanged.
+
+    Truncation is not one: the reach is recorded per backward segment.
+    """
+    return axis.startswith("train.") and axis != "train.bptt"
 
 
 def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) -> int:
@@ -405,14 +422,20 @@ def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:
     return f"only {x.rpartition('.')[2]} = {level} has a value ({values[good].mean():.3g})"
 
 
-def _study_reach(analysis: StudyAnalysis, x: str | None, hue: str | None) -> pd.DataFrame:
+def _study_reach(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
     """Return the top layer's reach rows at each run's init and end step, labelled by config.
 
     At init, axes of training settings (``train.*``) are left out of the label: every such
     configuration starts from the same network, so their curves are one curve.
     """
     frames = []
-    for summary in analysis.study.runs:
+
+    def level(value: object) -> tuple:
+        number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+        return (0, float(number), "") if np.isfinite(number) else (1, 0.0, str(value))
+
+    ordered = sorted(analysis.study.runs, key=lambda s: [level(s.settings.get(a)) for a in swept])
+    for summary in ordered:  # numeric levels in numeric order
         run = analysis.runs.get(summary.run_id)
         if run is None or run.table("reach").empty:
             continue
@@ -424,10 +447,11 @@ def _study_reach(analysis: StudyAnalysis, x: str | None, hue: str | None) -> pd.
                 continue
             if phase == "end" and summary.divergence_step is not None:
                 continue
-            axes = [a for a in (x, hue) if a and not (phase == "init" and a.startswith("train."))]
-            label = _label(summary, axes) or "all (one initial network)"
+            axes = [a for a in swept if not (phase == "init" and _training_only(a))]
+            label = ", ".join(str(summary.settings.get(a)) for a in axes) or "all"
             rows = top[top["step"] == step]
-            frames.append(rows.assign(phase=phase, label=label, run_id=summary.run_id))
+            title = ", ".join(a.rpartition(".")[2] for a in axes) or "one initial network"
+            frames.append(rows.assign(phase=phase, label=label, title=title, run_id=summary.run_id))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -557,7 +581,7 @@ def _missing_text(missing: list[str]) -> str:
 def _add_grid(page: Page, out: Path, name: str, caption: str, panels: list, columns: int) -> None:
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
-    size = ((PANEL_INCHES + 0.9 + LEGEND_INCHES) * columns, 4.2 * rows)
+    size = ((PANEL_INCHES + LEFT_INCHES + LEGEND_INCHES) * columns, 4.2 * rows)
     _add_figure(page, out, name, caption, (rows, columns), panels, size)
 
 
@@ -568,17 +592,16 @@ def _render(
     fig = Figure(figsize=size)
     width, height = size
     columns = shape[1]
-    axes_width = (width - 0.9 - LEGEND_INCHES) / columns - (0.9 + LEGEND_INCHES) * (
-        columns - 1
-    ) / columns
+    pad = LEFT_INCHES + LEGEND_INCHES
+    axes_width = (width - pad * columns) / columns
     # Fixed margins in inches, with room right of each panel for its legend: a layout engine
     # would lay out every label twice (2× the time).
     fig.subplots_adjust(
-        left=0.9 / width,
+        left=LEFT_INCHES / width,
         right=1 - LEGEND_INCHES / width,
         bottom=0.6 / height,
         top=1 - 0.45 / height,
-        wspace=(0.9 + LEGEND_INCHES) / axes_width,
+        wspace=pad / axes_width,
         hspace=0.55,
     )
     grid = fig.subplots(*shape, squeeze=False).ravel()
