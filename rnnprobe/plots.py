@@ -126,7 +126,10 @@ def plot_gradient_reach(
         # Bold: the longest source (it reaches every distance), geometric mean over repeats;
         # faint: the other sources, one line each. Averaging sources of different lengths
         # would jump wherever one of them ends.
-        longest = group["source"].max() if "source" in group and hue != "source" else None
+        longest = None  # the source whose curve spans the most distances (truncation cuts some)
+        if "source" in group and hue != "source":
+            spans = group.groupby("source")["distance"].max()
+            longest = spans[spans == spans.max()].index.max()
         bold = group if longest is None else group[group["source"] == longest]
         line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
         text = (labels or {}).get(name, _label(hue, name))

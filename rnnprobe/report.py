@@ -557,7 +557,7 @@ def _fit_label(s: RunSummary, label: str) -> str:
     d = s.phase(label.partition(" ")[0]).decay
     if d.ok:
         half = "∞" if math.isinf(d.half_life) else f"{d.half_life:.3g}"
-        return f"{label}: ×{d.rate_per_step:.3g}/step, t½ {half}, R² {d.r2:.2f}"
+        return f"{label}: ×{d.rate_per_step:.3g}/step, t½ {half}"
     return f"{label}: {d.shape}"
 
 
