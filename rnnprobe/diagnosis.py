@@ -408,16 +408,22 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     groups = aggregate(rows.assign(_ratio=ratio), axes, "_ratio")
     if groups.empty:
         return []
+    runs = rows.groupby([rows[a].astype(str) for a in axes]).size()
     parts = []
     for g in groups.to_dict("records"):
         label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
         value = 2 ** g["mean"]
-        parts.append(f"{label}: {'no decay' if value >= 7.99 else f'{value:.2g} T'}")
+        text = "no decay (≥ 8 T)" if value >= 7.99 else f"{value:.2g} T"
+        total = int(
+            runs[tuple(str(g[a]) for a in axes)] if len(axes) > 1 else runs[str(g[axes[0]])]
+        )
+        if g["n"] < total:  # the other runs' curves were not exponential: no rate to pool
+            text += f" ({g['n']} of {total} runs)"
+        parts.append(f"{label}: {text}")
     return [
         "Gradient half-life at the end, as a fraction of the T steps the network runs "
-        "(geometric mean over seeds; below 0.25 T it vanishes within the sequence) — "
-        + "; ".join(parts)
-        + "."
+        "(geometric mean over seeds of the exponential fits; below 0.25 T it vanishes within "
+        "the sequence) — " + "; ".join(parts) + "."
     ]
 
 

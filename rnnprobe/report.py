@@ -462,7 +462,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
     baseline = _first(task, "baseline_loss")
     unit = "MSE" if s.task_kind == "regression" else "nats per target"
     panels, missing = [], []
-    if len(steps) >= 2:
+    if _distinct_steps(steps, "loss") >= 2:
         panels.append(
             lambda ax: plots.plot_loss(steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax)
         )
@@ -476,20 +476,23 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
                     ax=ax,
                 )
             )
+    else:
+        missing.append(f"loss curves (one finite step: loss {s.final_train_loss:.4g})")
+    if _distinct_steps(steps, "grad_norm_pre_clip") >= 2:
         clipping = s.clip != "none"
         panels.append(lambda ax: plots.plot_clipping(steps, clipping=clipping, ax=ax))
-    else:
-        missing.append(f"loss curves (one step: loss {s.final_train_loss:.4g})")
+    elif len(steps):
+        missing.append("gradient norms over training (fewer than two finite steps)")
     adjoints = t("adjoints")
     layers = sorted(int(v) for v in adjoints["layer"].unique()) if "layer" in adjoints else []
-    if _distinct_steps(adjoints) >= 2:
+    if _distinct_steps(adjoints, "adjoint_norm") >= 2:
         shown_layers = layers[:4] if full else layers[-1:]
         for layer in shown_layers:
             panels.append(
                 lambda ax, layer=layer: plots.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
             )
     elif len(adjoints):
-        missing.append("adjoint heatmap (one step)")
+        missing.append("adjoint heatmap (one finite step)")
     reach = _run_reach(run, s)
     if not reach.empty:
         labels = {p: _fit_label(s, p) for p in reach["label"].unique()}
@@ -570,8 +573,14 @@ def _health(s: RunSummary) -> str:
     return ", ".join(parts) or "no finite values"
 
 
-def _distinct_steps(table: pd.DataFrame) -> int:
-    return int(table["step"].nunique()) if "step" in table and len(table) else 0
+def _distinct_steps(table: pd.DataFrame, column: str | None = None) -> int:
+    """Return how many steps of ``table`` have a row (with a finite ``column``)."""
+    if "step" not in table or table.empty:
+        return 0
+    if column is not None and column in table:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(float)
+        table = table[np.isfinite(values)]
+    return int(table["step"].nunique())
 
 
 def _missing_text(missing: list[str]) -> str:
