@@ -498,7 +498,12 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
         labels = {p: _fit_label(s, p) for p in reach["label"].unique()}
         panels.append(
             lambda ax: plots.plot_gradient_reach(
-                reach, hue="label", labels=labels, title="gradient reach (top layer)", ax=ax
+                reach,
+                hue="label",
+                labels=labels,
+                title="gradient reach (top layer)",
+                legend_title="fit: decay per step, half-life",
+                ax=ax,
             )
         )
     spectra, lyapunov, health = t("spectra"), t("lyapunov"), t("health")
@@ -560,7 +565,7 @@ def _fit_label(s: RunSummary, label: str) -> str:
     d = s.phase(label.partition(" ")[0]).decay
     if d.ok:
         half = "∞" if math.isinf(d.half_life) else f"{d.half_life:.3g}"
-        return f"{label}: ×{d.rate_per_step:.3g}/step, t½ {half}"
+        return f"{label}: ×{d.rate_per_step:.3g}, t½ {half}"
     return f"{label}: {d.shape}"
 
 
