@@ -73,13 +73,14 @@ GROWTH = 100.0
 SOLVED = 0.25
 BEATS = 0.95
 MIN_STEPS = 10
+REACH_CAP = 8.0  # half-life / T beyond which "the gradient reaches across" needs no number
 MIN_RUNS = 4
 MIN_ETA2 = 0.5
-EFFECT = {"loss_ratio": 0.05, "log2_half_life_end": 1.0, "decay_per_step_init": 0.02}
+EFFECT = {"loss_ratio": 0.05, "log2_reach_end": 1.0, "decay_per_step_init": 0.02}
 EFFECT |= {"lyapunov_max_init": EDGE, "decay_per_step_end": 0.02}
 QUANTITIES = {  # summary column -> how a statement names it
     "loss_ratio": "loss/baseline",
-    "log2_half_life_end": "log₂ half-life at the end",
+    "log2_reach_end": "the half-life / T at the end",
     "decay_per_step_init": "decay per step at init",
     "lyapunov_max_init": "λ₁ at init",
 }
@@ -294,9 +295,9 @@ def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.Da
     table.insert(len(study.axes) + 2, "outcome", [d.outcome for d in diagnoses])
     for i, name in enumerate(PHASES):
         table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])
-    half = pd.to_numeric(table["half_life_end"], errors="coerce")
-    cap = 8 * pd.to_numeric(table["seq_len"], errors="coerce")  # "no decay" counts as long reach
-    table["log2_half_life_end"] = np.log2(half.mask(half >= cap, cap))  # NaN stays NaN
+    # log₂ of half-life / T, capped at REACH_CAP: "no decay" counts as long reach; NaN stays NaN
+    reach = pd.to_numeric(table["half_life_over_seq_len_end"], errors="coerce")
+    table["log2_reach_end"] = np.log2(reach.mask(reach >= REACH_CAP, REACH_CAP))
     return table
 
 
@@ -338,8 +339,8 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     # a diverged run's last loss and end-phase gradients say nothing about its configuration
     unjudged = table["outcome"].isin(["diverged", "untrained"])
     data = table.assign(loss_ratio=pd.to_numeric(table["loss_ratio"], "coerce").mask(unjudged))
-    if "log2_half_life_end" in data:
-        data["log2_half_life_end"] = data["log2_half_life_end"].mask(data["outcome"] == "diverged")
+    if "log2_reach_end" in data:
+        data["log2_reach_end"] = data["log2_reach_end"].mask(data["outcome"] == "diverged")
     effects, effect_lines = _effects(data, axes, seeds)
     answer = _outcome_answer(data, axes) + _reach_answer(data, axes)
     answer += _mean_field_lines(table) + _edge_lines(table, axes)
@@ -401,11 +402,10 @@ def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Return each configuration's end-phase gradient half-life against T (seeds pooled)."""
-    if "log2_half_life_end" not in data or not axes:
+    if "log2_reach_end" not in data or not axes:
         return []
     rows = data[data["outcome"] != "diverged"]
-    ratio = rows["log2_half_life_end"] - np.log2(pd.to_numeric(rows["seq_len"], "coerce"))
-    groups = aggregate(rows.assign(_ratio=ratio), axes, "_ratio")
+    groups = aggregate(rows, axes, "log2_reach_end")
     if groups.empty:
         return []
     runs = rows.groupby([rows[a].astype(str) for a in axes]).size()
@@ -413,7 +413,7 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     for g in groups.to_dict("records"):
         label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
         value = 2 ** g["mean"]
-        text = "no decay (≥ 8 T)" if value >= 7.99 else f"{value:.2g} T"
+        text = _reach_text(value)
         total = int(
             runs[tuple(str(g[a]) for a in axes)] if len(axes) > 1 else runs[str(g[axes[0]])]
         )
@@ -425,6 +425,10 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
         "(geometric mean over seeds of the exponential fits; below 0.25 T it vanishes within "
         "the sequence) — " + "; ".join(parts) + "."
     ]
+
+
+def _reach_text(value: float) -> str:
+    return f"no decay (≥ {REACH_CAP:g} T)" if value >= REACH_CAP * 0.999 else f"{value:.2g} T"
 
 
 def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.DataFrame, list]:
@@ -456,7 +460,7 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
 def _level(g: dict, axis: str, value: str) -> str:
     spread = f" ± {g['sd']:.2g}" if g["n"] > 1 else ""
     if value.startswith("log2_"):
-        return f"{g[axis]}: {2 ** g['mean']:.3g} steps (×/÷ {2 ** g['sd']:.2g})"
+        return f"{g[axis]}: {_reach_text(2 ** g['mean'])} (×/÷ {2 ** g['sd']:.2g})"
     return f"{g[axis]}: {g['mean']:.3g}{spread}"
 
 
