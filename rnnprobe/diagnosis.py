@@ -25,7 +25,7 @@ Lyapunov exponent), the first rule that holds:
 measures its initial network), *solved* (≤ ``SOLVED``; for a language model there is no
 solving, so it is *learning*), *learning* (< ``BEATS``), *did not learn* (≥ ``BEATS``).
 
-A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *matters*
+A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *changes* a quantity
 for a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
 level means that differ by more than ``EFFECT`` and by more than twice the seeds' spread;
 init-phase decay against √χ where the prediction applies; where λ₁ at init changes sign along a
@@ -189,8 +189,8 @@ def outcome(s: RunSummary) -> tuple[str, str]:
     )
     if s.steps < MIN_STEPS:
         return "untrained", (
-            f"{s.steps} training steps (< {MIN_STEPS}): the run measures its initial network; "
-            + ratio
+            f"{s.steps} training step{'s' if s.steps != 1 else ''} (< {MIN_STEPS}): the run "
+            "measures its initial network; " + ratio
         )
     if not math.isfinite(s.loss_ratio):
         return "unknown", "no finite final loss or baseline"
