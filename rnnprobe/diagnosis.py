@@ -25,8 +25,8 @@ Lyapunov exponent), the first rule that holds:
 measures its initial network), *solved* (≤ ``SOLVED``; for a language model there is no
 solving, so it is *learning*), *learning* (< ``BEATS``), *did not learn* (≥ ``BEATS``).
 
-A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *changes* a quantity
-for a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
+A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *changes*
+a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
 level means that differ by more than ``EFFECT`` and by more than twice the seeds' spread;
 init-phase decay against √χ where the prediction applies; where λ₁ at init changes sign along a
 numeric axis.
