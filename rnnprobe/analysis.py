@@ -422,7 +422,9 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
     lyapunov, health = _top(run.table("lyapunov")), _top(run.table("health"))
     reach_by = dict(tuple(reach.groupby("step"))) if len(reach) else {}
     adjoints_by = dict(tuple(adjoints.groupby("step"))) if len(adjoints) else {}
-    decay_steps = phase_steps(reach if not reach.empty else adjoints)
+    # per phase the reach fit where the phase has reach rows, else the adjoints' one-step factor
+    reach_steps, adjoint_steps = phase_steps(reach), phase_steps(adjoints)
+    decay_steps = {p: reach_steps.get(p) or adjoint_steps.get(p, ()) for p in PHASES}
     lyap_steps, health_steps = phase_steps(lyapunov), phase_steps(health)
     lyap_by = _by_step(lyapunov[lyapunov["index"] == 0] if "index" in lyapunov else lyapunov)
     health_by = _by_step(health)

@@ -172,7 +172,7 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
     if d.ok or math.isfinite(lyap):
         reasons = [_decay_text(d, T) + ": it reaches across the sequence"] if d.ok else []
         return "stable", reasons + ([lyap_text] if lyap_text else [])
-    why = f"decay fit: {d.shape}" if d.source != "none" else "no gradient records"
+    why = f"decay fit: {d.shape}" if d.source != "none" else "no reach or adjoint records"
     return "unknown", [why + (f"; {p.lyapunov_note}" if p.lyapunov_note else "")]
 
 

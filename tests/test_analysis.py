@@ -268,3 +268,16 @@ def test_a_nearly_flat_noisy_curve_is_still_measured():
     fit = fit_decay(curve(norms))
     assert fit.r2 < 0.9 and fit.shape == "exponential"  # low R², clean residuals
     assert fit.rate_per_step == pytest.approx(0.995, abs=0.005)
+
+
+def test_a_phase_without_reach_rows_falls_back_to_adjoint_ratios(tmp_path):
+    from rnnprobe.store import load_run
+    from tests.test_report import write_run
+
+    run = load_run(write_run(tmp_path / "r", decay=0.6, steps=40, seq_len=12))
+    reach = run.table("reach")
+    run.tables["reach"] = reach[reach["step"].isin([1, 40])]  # reach at init and end only
+    s = summarise_run(run)
+    assert s.phase("init").decay.source == "reach" and s.phase("end").decay.source == "reach"
+    training = s.phase("training").decay
+    assert training.source == "adjoints" and training.rate_per_step == pytest.approx(0.6, rel=0.1)
