@@ -423,8 +423,11 @@ def test_every_number_shown_twice_is_the_same_number(tmp_path):
     assert first == (again / "summary.csv").read_text()
     csv = pd.read_csv(study / "summary.csv")
     readme = (again / "README.md").read_text()
-    rows = {line.split(" | ")[0].strip("| "): line for line in readme.splitlines()
-            if line.startswith("| g") and " | done | " in line}  # the summary table's rows
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in readme.splitlines()
+        if line.startswith("| g") and " | done | " in line
+    }  # the summary table's rows
     for row in csv.to_dict("records"):
         rid = row["run_id"]
         line = next(x for x in terminal.splitlines() if x.strip().startswith(rid))
