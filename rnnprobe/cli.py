@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 
 import click
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, describe
 from rnnprobe.options import pop_settings, setting_options
 
 DEVICE = click.option(
@@ -23,7 +24,7 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class RnnprobeGroup(click.Group):
-    """Turns a user mistake (a bad option, an RnnprobeError) into one line on stderr, exit 2."""
+    """Turns every error into one line on stderr: exit 2 for a user mistake, 1 for a failure."""
 
     def main(self, *args, **kwargs):
         try:
@@ -41,13 +42,21 @@ class RnnprobeGroup(click.Group):
             command = ctx.command_path if ctx is not None else "rnnprobe"
             click.echo(f"{command}: error: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
-        except RnnprobeError as error:
-            click.echo(f"rnnprobe: error: {error}", err=True)
-            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("rnnprobe: interrupted", err=True)
             sys.exit(130)
+        except Exception as error:  # one line, never a traceback (unless asked for)
+            sys.exit(report_error(error))
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def report_error(error: Exception) -> int:
+    """Print ``error`` as one line on stderr; return its exit status (2 usage, 1 failure)."""
+    if os.environ.get("RNNPROBE_TRACEBACK") and not isinstance(error, RnnprobeError):
+        raise error
+    line, code = describe(error)
+    click.echo(f"rnnprobe: error: {line}", err=True)
+    return code
 
 
 @click.group(cls=RnnprobeGroup)

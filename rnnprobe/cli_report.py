@@ -10,8 +10,6 @@ from pathlib import Path
 
 import click
 
-from rnnprobe.errors import RnnprobeError
-
 __all__ = ["report"]
 
 
@@ -32,13 +30,13 @@ def report(path: Path, output: Path | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
+    from rnnprobe.cli import report_error
     from rnnprobe.report import build_report
 
     try:
         out = build_report(path, output)
-    except RnnprobeError as error:  # also when used outside the rnnprobe group
-        click.echo(f"rnnprobe: error: {error}", err=True)
-        sys.exit(2)
+    except Exception as error:  # also when used outside the rnnprobe group
+        sys.exit(report_error(error))
     click.echo(f"wrote {out / 'index.html'}, {out / 'README.md'} and {out / 'summary.csv'}")
 
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import click
 import pandas as pd
 
-from rnnprobe.errors import RnnprobeError
-
 if TYPE_CHECKING:
     from rnnprobe.diagnosis import StudyAnalysis
+    from rnnprobe.executors import Executor
+    from rnnprobe.study import StudySpec
 from rnnprobe.options import pop_settings, setting_options
 
 __all__ = ["format_summary", "study", "write_summary"]
@@ -80,14 +80,15 @@ def study(ctx: click.Context, **options: object) -> None:
 
     SPEC_FILE is an optional TOML study spec (see studies/); flags override its settings.
     """
+    from rnnprobe.cli import report_error
+
     try:
         code = _study(**options)
-    except RnnprobeError as error:  # also handled by the group; this keeps `-m` one-line
-        click.echo(f"rnnprobe: error: {error}", err=True)
-        code = 2
     except KeyboardInterrupt:  # after the runs: while summarising or reporting
         click.echo("rnnprobe: interrupted", err=True)
         code = 130
+    except Exception as error:  # also handled by the group; this keeps `-m` one-line
+        code = report_error(error)
     if code:
         ctx.exit(code)
 
@@ -106,16 +107,31 @@ def _study(
     **settings: object,
 ) -> int:
     from rnnprobe.config import parse_assignment
-    from rnnprobe.diagnosis import analyse_study
     from rnnprobe.executors import make_executor
-    from rnnprobe.report import PLOT_TABLES, build_report
-    from rnnprobe.study import StudySpec, load_spec, override, run_study
+    from rnnprobe.study import StudySpec, expand, load_spec, override, study_lock
 
     flags = pop_settings(settings)
     spec = load_spec(spec_file) if spec_file is not None else StudySpec("study")
     spec = override(spec, flags, [parse_assignment(a) for a in assignments], seeds=seeds)
     out = out if out is not None else Path("runs") / spec.name
     executor = make_executor(executor_kind, jobs, address)
+    expand(spec)  # a bad grid is refused before the lock file goes in
+    with study_lock(out):  # one study process per directory, through its report
+        return _run_and_report(spec, out, executor, force_new, report, report_dir)
+
+
+def _run_and_report(
+    spec: StudySpec,
+    out: Path,
+    executor: Executor,
+    force_new: bool,
+    report: bool,
+    report_dir: Path | None,
+) -> int:
+    from rnnprobe.diagnosis import analyse_study
+    from rnnprobe.report import PLOT_TABLES, build_report
+    from rnnprobe.study import run_study
+
     result = run_study(spec, out, executor, force_new=force_new, echo=click.echo)
     if result.interrupted:
         unfinished = sum(n for s, n in result.statuses.items() if s not in ("done", "diverged"))

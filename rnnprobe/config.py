@@ -237,9 +237,23 @@ POSITIVE = (
 )
 
 
+SEED_LIMIT = 2**64  # torch's generators take seeds in [0, 2⁶⁴)
+INT_LIMIT = 2**63  # counts and sizes stay int64
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """Return the seed of a run's ``offset``-th generator: ``seed + offset`` modulo 2⁶⁴."""
+    return (seed + offset) % SEED_LIMIT
+
+
 def validate(config: RunConfig) -> None:
     """Raise a one-line error for a value outside its choices or range."""
     flat = config.flat()
+    if not 0 <= config.seed < SEED_LIMIT:
+        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {config.seed}")
+    for key, value in flat.items():
+        if key != "seed" and field_type(key) is int and abs(value) >= INT_LIMIT:
+            raise RnnprobeError(f"{key} must be below 2**63, got {value}")
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise RnnprobeError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
@@ -262,6 +276,11 @@ def validate(config: RunConfig) -> None:
     from rnnprobe.probes.schedule import Schedule
     from rnnprobe.truncation import Truncation
 
-    Truncation.parse(config.train.bptt)
+    parsers = {"train.bptt": Truncation.parse}
     for name in ("adjoints", "weight_grads", "hidden", "spectra", "lyapunov", "reach", "products"):
-        Schedule.parse(getattr(config.probes, name))
+        parsers[f"probes.{name}"] = Schedule.parse
+    for key, parse in parsers.items():
+        try:
+            parse(flat[key])
+        except RnnprobeError as error:
+            raise RnnprobeError(f"{key} = {flat[key]!r}: {error}") from None

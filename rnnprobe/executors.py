@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import importlib
-import json
 import multiprocessing
 import os
 import signal
@@ -41,6 +40,7 @@ import torch
 
 from rnnprobe.config import RunConfig
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.store import read_status
 
 __all__ = [
     "Executor",
@@ -90,12 +90,9 @@ class Executor(Protocol):
 
 
 def recorded_status(run_dir: str | os.PathLike) -> tuple[str | None, int]:
-    """Return the (status, step) a run directory's ``status.json`` records, or (None, 0)."""
-    try:
-        record = json.loads((Path(run_dir) / "status.json").read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None, 0
-    return record.get("status"), int(record.get("step", 0))
+    """Return the (status, step) of ``store.read_status``, or (None, 0) without a status."""
+    record = read_status(run_dir)
+    return record.get("status"), int(record.get("step") or 0)
 
 
 def execute_job(job: RunJob, *, progress: bool = False, threads: int | None = None) -> RunOutcome:

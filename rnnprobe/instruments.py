@@ -13,7 +13,7 @@ import torch
 
 from rnnprobe.capture import BackwardRecord
 from rnnprobe.cell import derivative_from_output
-from rnnprobe.config import ProbeConfig
+from rnnprobe.config import ProbeConfig, derived_seed
 from rnnprobe.model import ElmanRNN
 from rnnprobe.pending import PendingRows
 from rnnprobe.probes.hidden_stats import hidden_state_stats
@@ -41,7 +41,7 @@ class Instruments:
                 "products",
             )
         }
-        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
         self.rows = PendingRows()
 
     def firing(self, step: int, final_step: int | None = None) -> set[str]:

@@ -3,7 +3,9 @@
 A run directory holds::
 
     config.json                         the complete resolved config
-    status.json                         {"status", "step", "error", "updated"}
+    status.json                         {"status", "step", "error", "updated", "pid", "host",
+                                         "process_start"}: the writer and its heartbeat
+    .rnnprobe.lock                      held (flock) by the one process writing the run
     tables/<table>/part-000000.parquet  tidy rows, one part per flush, read in sequence order
     checkpoints/step-<step>.pt          the last ``keep_checkpoints`` training states
 
@@ -15,16 +17,24 @@ half-written file under a name a reader looks at. Temporary names start with ``.
 Resume contract: :meth:`RunStore.save_checkpoint` flushes every table and stores each table's
 next part number inside the checkpoint; :meth:`RunStore.open_for_resume` deletes the parts
 numbered at or after those counters, so rerunning the steps after the checkpoint reproduces the
-records of an uninterrupted run.
+records of an uninterrupted run. It resumes from the newest checkpoint that loads and whose
+parts all read back; damaged newer checkpoints are renamed ``*.damaged`` and listed in
+``store.recovered``.
+
+Readers never trust a ``running`` status blindly: :func:`read_status` reports a run whose
+writer has died (on this host) as ``interrupted``, and one whose heartbeat on another host is
+older than ``STALE_SECONDS`` as ``stale``. A damaged file raises :class:`RecordError` naming it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +48,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.lock import LOCK_NAME, process_identity, writer_alive
 
 __all__ = [
     "STANDARD_TABLES",
@@ -48,10 +59,14 @@ __all__ = [
     "RunStore",
     "is_run_dir",
     "load_run",
+    "read_status",
     "read_table",
+    "write_atomic",
 ]
 
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+HEARTBEAT_SECONDS = 60.0  # a running writer rewrites status.json at least this often
+STALE_SECONDS = 600.0  # a writer on another host silent this long is reported stale
 
 # The tables the training loop writes, column -> meaning; one row per (step, layer, ...) key.
 STANDARD_TABLES: dict[str, dict[str, str]] = {
@@ -183,6 +198,7 @@ class Checkpoint:
     step: int
     state: dict
     table_parts: dict[str, int]  # table -> number of parts that existed when it was saved
+    path: Path | None = None
 
 
 @dataclass
@@ -212,19 +228,64 @@ def load_run(path: str | os.PathLike, tables: Iterable[str] | None = None) -> Ru
     if not is_run_dir(path):
         raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
     config = _read_json(path / "config.json")
-    status_path = path / "status.json"
-    status = _read_json(status_path) if status_path.is_file() else {}
     names = _table_names(path) if tables is None else list(tables)
-    return Run(path, config, status, {name: read_table(path, name) for name in names})
+    return Run(path, config, read_status(path), {name: read_table(path, name) for name in names})
+
+
+def read_status(path: str | os.PathLike) -> dict:
+    """Return the run's ``status.json`` as readers should see it; ``{}`` when there is none.
+
+    A status that cannot be read (cut short by a crash) reads as ``interrupted``; a
+    ``running`` status whose writer is gone reads as ``interrupted`` (this host) or ``stale``
+    (another host, no heartbeat for ``STALE_SECONDS``), with the reason in ``error``.
+    """
+    target = Path(path) / "status.json"
+    try:
+        record = json.loads(target.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError):
+        return {"status": "interrupted", "step": 0, "error": f"{target} is unreadable"}
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        return {"status": "interrupted", "step": 0, "error": f"{target} is not a run status"}
+    if record["status"] == "running":
+        alive = writer_alive(record)
+        if alive is False:
+            pid = record.get("pid")
+            record = {**record, "status": "interrupted", "error": f"its writer (pid {pid}) died"}
+        elif alive is None and _age(record.get("updated")) > STALE_SECONDS:
+            host = record.get("host", "another host")
+            error = f"no heartbeat from {host} since {record.get('updated')}"
+            record = {**record, "status": "stale", "error": error}
+    return record
+
+
+def _age(stamp: Any) -> float:
+    """Return seconds since an ISO time stamp (0 when it cannot be parsed)."""
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(str(stamp))).total_seconds()
+    except ValueError:
+        return 0.0
 
 
 def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
-    """Return the named table of the run at ``path``: its parts concatenated in order."""
+    """Return the named table of the run at ``path``: its parts concatenated in order.
+
+    Raises :class:`RecordError` naming the part when one is damaged.
+    """
     parts = _part_files(Path(path) / "tables" / _check_table_name(name))
     if not parts:
         return _empty_table(name)
-    tables = [pq.read_table(p) for p in parts.values()]
+    tables = [_read_part(p) for p in parts.values()]
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def _read_part(part: Path) -> pa.Table:
+    try:
+        return pq.read_table(part)
+    except (pa.ArrowException, OSError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise RecordError(f"{part} is damaged ({reason})") from None
 
 
 class RunStore:
@@ -239,6 +300,9 @@ class RunStore:
         self._next_part: dict[str, int] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._pending: dict[str, list[pa.Table]] = {}
+        self.recovered: list[str] = []  # checkpoints passed over on resume, and why
+        self._status: dict[str, Any] = {}
+        self._status_written = 0.0
 
     @classmethod
     def create(
@@ -258,16 +322,20 @@ class RunStore:
         payload = _config_json(config)  # before touching the disk, so a bad config leaves none
         if path.exists() and not path.is_dir():
             raise RnnprobeError(f"{path} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
             if not overwrite:
-                what = "holds a run" if is_run_dir(path) else "is not empty and not a run"
-                raise RnnprobeError(f"{path} {what}; pass overwrite to replace it")
+                if is_run_dir(path):
+                    raise RnnprobeError(
+                        f"{path} holds a run; continue it with --resume {path}, "
+                        "or choose another directory"
+                    )
+                raise RnnprobeError(f"{path} is not empty and not a run; choose another directory")
             _remove_store_files(path)
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path, keep_checkpoints=keep_checkpoints)
         store.set_status("running", step=0)
         # config.json last: its presence is what marks a complete run directory.
-        _atomic_write_bytes(path / "config.json", payload)
+        write_atomic(path / "config.json", payload)
         return store
 
     @classmethod
@@ -278,28 +346,48 @@ class RunStore:
         keep_checkpoints: int = 2,
         map_location: str | torch.device = "cpu",
     ) -> RunStore:
-        """Return a store continuing the run at ``path`` from its latest checkpoint.
+        """Return a store continuing the run at ``path`` from its newest sound checkpoint.
 
-        Deletes temporaries and every table part written after that checkpoint (all parts if
-        there is none); the checkpoint is available as ``store.checkpoint``.
+        Sound: it loads (``weights_only``) and every table part it counts reads back. Newer
+        checkpoints that are not sound are renamed ``*.damaged`` and described in
+        ``store.recovered``. Then deletes temporaries and every table part written after that
+        checkpoint (all parts if there is none); the checkpoint is ``store.checkpoint``. Raises
+        :class:`RecordError` when checkpoints exist but none is sound.
         """
         path = Path(path)
         if not is_run_dir(path):
             raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
         store = cls(path, keep_checkpoints=keep_checkpoints)
         _remove_temporaries(path)
-        store.checkpoint = store.load_latest_checkpoint(map_location=map_location)
+        store.checkpoint = store.load_latest_checkpoint(
+            map_location=map_location, check=store._parts_sound
+        )
+        for reason in store.recovered:
+            damaged = path / "checkpoints" / reason.partition(":")[0]
+            if damaged.is_file():
+                damaged.rename(damaged.with_name(damaged.name + ".damaged"))
         kept = store.checkpoint.table_parts if store.checkpoint else {}
         for name in sorted(set(_table_names(path)) | set(kept)):
             parts = _part_files(path / "tables" / name)
             keep = kept.get(name, 0)
-            if any(seq not in parts for seq in range(keep)):
-                raise RnnprobeError(f"{path}: table {name!r} lost parts saved at the checkpoint")
             for seq, part in parts.items():
                 if seq >= keep:
                     part.unlink()
             store._next_part[name] = keep
         return store
+
+    def _parts_sound(self, checkpoint: Checkpoint) -> str | None:
+        """Return why the parts ``checkpoint`` counts are not all readable, or None."""
+        for name, keep in checkpoint.table_parts.items():
+            parts = _part_files(self.path / "tables" / name)
+            for seq in range(keep):
+                if seq not in parts:
+                    return f"table {name!r} lost part {seq}"
+                try:
+                    _read_part(parts[seq])
+                except RecordError:
+                    return f"table part {name}/{parts[seq].name} is damaged"
+        return None
 
     @property
     def config(self) -> dict:
@@ -310,13 +398,22 @@ class RunStore:
         """Write ``status.json`` atomically with the current time."""
         if status not in STATUSES:
             raise RnnprobeError(f"unknown status {status!r}; choose one of {', '.join(STATUSES)}")
+        self._status = {"status": status, "step": int(step), "error": error}
+        self._write_status()
+
+    def heartbeat(self) -> None:
+        """Rewrite the status with the current time, at most every ``HEARTBEAT_SECONDS``."""
+        if self._status and time.monotonic() - self._status_written > HEARTBEAT_SECONDS:
+            self._write_status()
+
+    def _write_status(self) -> None:
         record = {
-            "status": status,
-            "step": int(step),
-            "error": error,
+            **self._status,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            **process_identity(),
         }
-        _atomic_write_bytes(self.path / "status.json", json.dumps(record, indent=2).encode())
+        write_atomic(self.path / "status.json", json.dumps(record, indent=2).encode())
+        self._status_written = time.monotonic()
 
     def append(self, table: str, rows: Rows) -> None:
         """Buffer rows for ``table``: a list of dicts, or a dict of columns (scalars broadcast).
@@ -362,13 +459,33 @@ class RunStore:
             old.unlink()
         return target
 
-    def load_latest_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
-        """Return the checkpoint with the highest step, or None if there is none."""
+    def load_latest_checkpoint(
+        self,
+        map_location: str | torch.device = "cpu",
+        check: Callable[[Checkpoint], str | None] | None = None,
+    ) -> Checkpoint | None:
+        """Return the newest checkpoint that loads (and passes ``check``), or None if none exist.
+
+        Each newer one passed over is described in ``self.recovered`` ("step-20.pt: …").
+        Raises :class:`RecordError` when checkpoints exist but none loads.
+        """
         files = _checkpoint_files(self.path / "checkpoints")
-        if not files:
-            return None
-        record = torch.load(files[max(files)], map_location=map_location, weights_only=True)
-        return Checkpoint(record["step"], record["state"], dict(record["table_parts"]))
+        self.recovered = []
+        for file in reversed(files.values()):
+            try:
+                checkpoint = load_checkpoint(file, map_location)
+                problem = check(checkpoint) if check is not None else None
+            except RecordError as error:
+                problem = str(error).removeprefix(f"{file}: ")  # the file is named once
+            if problem is None:
+                return checkpoint
+            self.recovered.append(f"{file.name}: {problem}")
+        if files:
+            raise RecordError(
+                f"no checkpoint in {self.path / 'checkpoints'} can be used "
+                f"({'; '.join(self.recovered)}); start the run again in another directory"
+            )
+        return None
 
     def close(self) -> None:
         """Flush buffered rows; the store may still be used afterwards."""
@@ -388,6 +505,30 @@ class RunStore:
             part = self.path / "tables" / table / _part(written - 1)
             self._schemas[table] = pq.read_schema(part).remove_metadata()
         return self._schemas.get(table)
+
+
+def load_checkpoint(file: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Return the checkpoint saved in ``file``, loaded with ``weights_only=True``.
+
+    Raises :class:`RecordError` ("FILE: why") when it is damaged or holds anything but
+    tensors and plain data (torch refuses to unpickle it, and so does rnnprobe).
+    """
+    try:
+        record = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise RecordError(
+            f"{file}: holds objects other than tensors and plain data, which rnnprobe never "
+            "unpickles"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise RecordError(f"{file}: is damaged or not a checkpoint ({reason})") from None
+    try:
+        return Checkpoint(
+            int(record["step"]), dict(record["state"]), dict(record["table_parts"]), file
+        )
+    except (KeyError, TypeError, ValueError):
+        raise RecordError(f"{file}: is not an rnnprobe checkpoint") from None
 
 
 def _part(seq: int) -> str:
@@ -498,10 +639,19 @@ def _config_json(config: Mapping[str, Any]) -> bytes:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RecordError(f"{path} is missing") from None
+    except (OSError, ValueError) as error:
+        raise RecordError(f"{path} is damaged ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} is damaged (not a JSON object)")
+    return data
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a fsynced temporary and ``os.replace``."""
     _atomic_write(target, lambda f: f.write(data))
 
 

@@ -19,7 +19,10 @@ its setting (even one the spec sweeps); given several times it becomes an axis.
 
 The output directory OUT holds ``study.json`` (the index: name, fixed settings, axes and, per
 run, its id, axis values, status and error) and ``runs/<id>/``, one run directory per grid
-point with ``id = RunConfig.run_id()``. Only this process writes the index, atomically.
+point with ``id = RunConfig.run_id()``. One study process at a time writes OUT: it holds
+``OUT/.rnnprobe.lock`` (see ``lock.py``), and a second one stops at once naming the first.
+Readers take a run's status from its own ``status.json`` wherever the index says ``running``,
+so a study killed mid-run never reads as running.
 
 Resume: rerunning a study skips runs whose own status is done or diverged, continues
 interrupted (or killed) runs from their last checkpoint, and restarts failed runs from scratch
@@ -36,7 +39,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 import tomllib
 from collections import Counter
@@ -49,7 +51,8 @@ from typing import Any
 from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.executors import Executor, RunJob, RunOutcome, recorded_status
-from rnnprobe.store import is_run_dir, load_run
+from rnnprobe.lock import LOCK_NAME, DirectoryLock
+from rnnprobe.store import is_run_dir, load_run, read_status, write_atomic
 
 __all__ = [
     "INDEX_NAME",
@@ -64,6 +67,7 @@ __all__ = [
     "read_study",
     "run_study",
     "spec_from_dict",
+    "study_lock",
 ]
 
 INDEX_NAME = "study.json"
@@ -281,13 +285,7 @@ def read_study(out: str | os.PathLike) -> StudyIndex:
         if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
             raise RnnprobeError(f"{out / INDEX_NAME} is not a study index")
         runs = [
-            StudyEntry(
-                str(r["id"]),
-                out / "runs" / str(r["id"]),
-                dict(r.get("axes") or {}),
-                r.get("status"),
-                r.get("error"),
-            )
+            _entry(out / "runs" / str(r["id"]), r)
             for r in index.get("runs", [])
             if isinstance(r, dict) and "id" in r
         ]
@@ -309,17 +307,22 @@ def read_study(out: str | os.PathLike) -> StudyIndex:
     return StudyIndex(out.resolve().name, "", "", axes, runs)
 
 
+def _entry(run_dir: Path, record: dict) -> StudyEntry:
+    """Return an index record as a reader sees it: ``running`` checked against the run itself."""
+    status, error = record.get("status"), record.get("error")
+    if status == "running":  # the index's writer may be gone: the run's own status decides
+        own = read_status(run_dir)
+        status = own.get("status", "interrupted")
+        error = own.get("error") if status in ("interrupted", "stale", "failed") else None
+        if not own:
+            error = "the study stopped before the run wrote its status"
+    return StudyEntry(str(record["id"]), run_dir, dict(record.get("axes") or {}), status, error)
+
+
 def write_index(out: Path, index: dict) -> None:
-    """Write ``study.json`` atomically: a temporary in ``out``, then ``os.replace``."""
+    """Write ``study.json`` atomically (fsynced temporary, then ``os.replace``)."""
     index["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{INDEX_NAME}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f, indent=2)
-        os.replace(tmp, out / INDEX_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out / INDEX_NAME, json.dumps(index, indent=2).encode())
 
 
 def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: bool) -> dict:
@@ -330,8 +333,7 @@ def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: 
             f"{out} holds a different study {old.get('name')!r} ({_difference(old, spec)}); "
             "use another --out, or --force-new to replace its index"
         )
-    if old is None and out.is_dir() and any(out.iterdir()) and not (out / "runs").is_dir():
-        raise RnnprobeError(f"{out} is not empty and holds no study; choose another --out")
+    _check_holds_no_foreign_files(out)
     runs = []
     for point in points:
         entry = old_runs.get(point.run_id, {})
@@ -351,6 +353,13 @@ def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: 
         "axes": {k: list(v) for k, v in spec.axes.items()},
         "runs": runs,
     }
+
+
+def _check_holds_no_foreign_files(out: Path) -> None:
+    if (out / INDEX_NAME).exists() or (out / "runs").is_dir() or not out.is_dir():
+        return
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise RnnprobeError(f"{out} is not empty and holds no study; choose another --out")
 
 
 def _difference(old: dict, spec: StudySpec) -> str:
@@ -391,6 +400,31 @@ def run_study(
     """
     out = Path(out)
     points = expand(spec)
+    with study_lock(out):
+        return _run_locked(spec, out, points, executor, force_new, echo)
+
+
+def study_lock(out: str | os.PathLike) -> DirectoryLock:
+    """Return the held lock of study directory ``out`` (re-entrant in this process).
+
+    Raises a one-line error when another process holds it, or when ``out`` is a file or a
+    non-empty directory that holds no study (no lock file is left there).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RnnprobeError(f"--out {out} exists and is not a directory")
+    _check_holds_no_foreign_files(out)  # before the lock file goes in
+    return DirectoryLock(out, "--out").acquire()
+
+
+def _run_locked(
+    spec: StudySpec,
+    out: Path,
+    points: list[GridPoint],
+    executor: Executor,
+    force_new: bool,
+    echo: Callable[[str], None],
+) -> StudyResult:
     index = _open_index(out, spec, points, force_new)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     entries = {e["id"]: e for e in index["runs"]}

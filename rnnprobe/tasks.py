@@ -95,6 +95,11 @@ class Task:
     seq_len: int
 
     @property
+    def steps(self) -> int:
+        """Return T, the time steps of every sequence the network runs."""
+        return self.seq_len
+
+    @property
     def input_size(self) -> int:
         """Return the vocabulary size (token inputs) or the feature count F."""
         raise NotImplementedError
@@ -174,6 +179,10 @@ class CopyTask(Task):
     def total_len(self) -> int:
         """Return T, the length of every sequence."""
         return self.seq_len + 2 * self.recall_length
+
+    @property
+    def steps(self) -> int:
+        return self.total_len
 
     @property
     def input_size(self) -> int:
@@ -282,6 +291,10 @@ class RecallTask(Task):
         check_int(self.seq_len, "seq_len")
         check_int(self.num_classes, "num_classes", 2)
         check_int(self.num_distractors, "num_distractors")
+
+    @property
+    def steps(self) -> int:
+        return self.seq_len + 1
 
     @property
     def input_size(self) -> int:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -24,14 +24,16 @@ import torch
 from tqdm import tqdm
 
 from rnnprobe.capture import capture
-from rnnprobe.config import RunConfig, config_from_dict
+from rnnprobe.config import RunConfig, config_from_dict, derived_seed
 from rnnprobe.device import resolve_device
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.init import init_recurrent_weights
 from rnnprobe.instruments import Instruments
+from rnnprobe.lock import DirectoryLock
+from rnnprobe.memory import check_fits, estimate_run
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
-from rnnprobe.store import RunStore, is_run_dir, load_run
+from rnnprobe.store import RunStore, is_run_dir, load_run, read_status
 from rnnprobe.tasks import Batch, Task, make_task
 from rnnprobe.truncation import Truncation
 
@@ -91,6 +93,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.task = make_task_from_config(config)
+        check_fits(estimate_run(config, self.task), self.device)  # before allocating
         self.truncation = Truncation.parse(config.train.bptt)
         torch.manual_seed(config.seed)
         self.model = build_model(self.task, config.model)
@@ -105,10 +108,12 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.cut_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.cut_generator = torch.Generator().manual_seed(derived_seed(config.seed, 2))
         self.instruments = Instruments(config.probes, self.rnn, config.seed)
         self.eval_batches = self.task.eval_batches(
-            config.train.batch_size, num_batches=config.train.eval_batches, seed=config.seed + 3
+            config.train.batch_size,
+            num_batches=config.train.eval_batches,
+            seed=derived_seed(config.seed, 3),
         )
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
         self.h: torch.Tensor | None = None
@@ -120,7 +125,8 @@ class Trainer:
             self.store = RunStore.create(run_dir, config.to_dict())
             self._record_start()
         self.batches = self.task.batches(config.train.batch_size, self.data_generator)
-        if getattr(self.task, "sampling", "random") == "sequential":
+        self.carries_state = getattr(self.task, "sampling", "random") == "sequential"
+        if self.carries_state:
             self.batches = islice(self.batches, self.step, None)  # the streams' position
 
     # -- records -------------------------------------------------------------------------
@@ -154,20 +160,10 @@ class Trainer:
             self.store.append(table, columns)
         self.store.flush()
 
-    def _weights_finite(self) -> bool:
-        norms = torch.stack([p.detach().abs().max() for p in self.params])
-        return bool(torch.isfinite(norms).all())
-
     def _checkpoint(self) -> bool:
-        """Flush and save a checkpoint; refuse (return False) if any weight is not finite."""
+        """Flush and save a checkpoint; refuse (return False) if any state is not finite."""
         self._flush()
         self.store.set_status("running", self.step)
-        if not self._weights_finite():  # an update overflowed: keep the last good checkpoint
-            self.store.append(
-                "events",
-                {"step": self.step, "kind": "nonfinite", "message": "weights not finite"},
-            )
-            return False
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -182,6 +178,16 @@ class Trainer:
         }
         if hasattr(self.task, "corpus"):
             state["vocab"] = list(self.task.corpus.vocab.tokens)
+        if not _all_finite(state):  # an update overflowed: keep the last good checkpoint
+            self.store.append(
+                "events",
+                {
+                    "step": self.step,
+                    "kind": "nonfinite",
+                    "message": "weights or optimizer state not finite",
+                },
+            )
+            return False
         self.store.save_checkpoint(state, self.step)
         return True
 
@@ -202,6 +208,10 @@ class Trainer:
         self.tokens, self.nonfinite_run = int(state["tokens"]), int(state["nonfinite_run"])
         h = state["h"]
         self.h = h.to(self.device, self.dtype) if h.numel() else None
+        for reason in self.store.recovered:
+            self.store.append(
+                "events", {"step": self.step, "kind": "recovered", "message": f"skipped {reason}"}
+            )
         self.store.append(
             "events",
             {"step": self.step, "kind": "resumed", "message": f"from checkpoint {self.step}"},
@@ -259,6 +269,7 @@ class Trainer:
             self.mid_step = False
             self.seconds += time.perf_counter() - start
             bar.update(1)
+            self.store.heartbeat()
             if self.diverged:
                 return
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
@@ -304,10 +315,14 @@ class Trainer:
             weight_grads="weight_grads" in fired,
         ) as cap:
             result = run_batch(self.model, self.task, batch, segments, h0)
-        self.h = result.h_n
         self.tokens += batch.inputs.shape[0] * T
         pre, post = _clip(self.params, cfg.clip, cfg.clip_value)
-        finite = bool(torch.isfinite(result.loss) & torch.isfinite(pre))  # the one sync
+        finite = torch.isfinite(result.loss) & torch.isfinite(pre)
+        if result.h_n is not None and self.carries_state:
+            finite = finite & torch.isfinite(result.h_n).all()
+        finite = bool(finite)  # the one sync
+        # A state that went non-finite is never carried on (nor checkpointed): start afresh.
+        self.h = result.h_n if finite else None
         records = cap.records_on_device()
         if "adjoints" in fired or "reach" in fired:
             probes.record_backward(self.step, records, result.backward_offsets)
@@ -320,7 +335,8 @@ class Trainer:
             self.nonfinite_run = 0
         else:
             self.nonfinite_run += 1
-            probes.rows.add("events", step=self.step, kind="nonfinite", message="update skipped")
+            message = "update skipped" + (", carried state reset" if self.carries_state else "")
+            probes.rows.add("events", step=self.step, kind="nonfinite", message=message)
         probes.rows.add(
             "steps",
             step=self.step,
@@ -362,6 +378,25 @@ class Trainer:
         )
 
 
+def _all_finite(state: object) -> bool:
+    """Return whether every floating-point tensor in a nested state is finite (one sync)."""
+    tensors = []
+
+    def visit(item: object) -> None:
+        if isinstance(item, torch.Tensor):
+            if item.is_floating_point() and item.numel():
+                tensors.append(torch.isfinite(item).all())
+        elif isinstance(item, dict):
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, list | tuple):
+            for value in item:
+                visit(value)
+
+    visit(state)
+    return bool(torch.stack(tensors).all()) if tensors else True
+
+
 @contextmanager
 def _interrupts_between_steps() -> Iterator[threading.Event]:
     """Yield an event set by the first SIGINT or SIGTERM, so a step is never cut in half.
@@ -395,19 +430,29 @@ def train_run(
 ) -> RunResult:
     """Train one run into ``run_dir``; with ``resume``, continue a run found there."""
     run_dir = Path(run_dir)
-    if resume and is_run_dir(run_dir):
-        status = load_run(run_dir, tables=()).status.get("status")
-        if status in ("done", "diverged"):
-            step = int(load_run(run_dir, tables=()).status.get("step", 0))
-            return RunResult(status, run_dir, step, "already finished")
-    trainer = Trainer(config, run_dir, resume, progress)
+    created = not run_dir.exists()
+    lock = DirectoryLock(run_dir, "--out").acquire()  # one writer per run, until we return
+    trainer = None
     try:
+        if resume and is_run_dir(run_dir):
+            status = read_status(run_dir)
+            if status.get("status") in ("done", "diverged"):
+                return RunResult(status["status"], run_dir, int(status["step"]), "already finished")
+        trainer = Trainer(config, run_dir, resume, progress)
         return trainer.run()
     except (RnnprobeError, KeyboardInterrupt):
         raise
     except Exception as error:  # a bug or a numerical failure: record it, then re-raise
-        trainer.store.set_status("failed", trainer.step, f"{type(error).__name__}: {error}")
+        if trainer is not None:
+            with suppress(OSError):
+                trainer.store.set_status("failed", trainer.step, f"{type(error).__name__}: {error}")
         raise
+    finally:
+        lock.release()
+        if created and trainer is None:  # refused before writing anything: leave no trace
+            with suppress(OSError):
+                lock.path.unlink()
+                run_dir.rmdir()
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:

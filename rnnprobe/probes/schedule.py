@@ -28,6 +28,8 @@ class Schedule:
             raise RnnprobeError(
                 f"unknown schedule kind {self.kind!r}; use always, never, every, log"
             )
+        if self.kind in ("every", "log") and not math.isfinite(self.period):
+            raise RnnprobeError(f"'{self.kind}' needs a finite number, got {self.period}")
         if self.kind == "every" and (self.period < 1 or self.period != int(self.period)):
             raise RnnprobeError(f"'every' needs a whole number of steps ≥ 1, got {self.period}")
         if self.kind == "log" and not self.period > 1:
