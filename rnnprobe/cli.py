@@ -112,13 +112,39 @@ def bench(
         run_train_throughput,
     )
     from rnnprobe.device import resolve_device
+    from rnnprobe.memory import check_fits, estimate_training
 
+    sizes = {
+        "--seq-len": min(seq_lens),
+        "--repeats": repeats,
+        "--hidden-size": hidden_size,
+        "--layers": layers,
+        "--batch-size": batch_size,
+        "--embedding-dim": embedding_dim,
+        "--vocab-size": vocab_size - 1,  # id 0 is padding: at least one real token
+        "--threads": 1 if threads is None else threads,
+    }
+    for name, value in sizes.items():
+        if value < 1:
+            shown = value + 1 if name == "--vocab-size" else value
+            least = 2 if name == "--vocab-size" else 1
+            raise RnnprobeError(f"{name} must be at least {least}, got {shown}")
     chosen = resolve_device(device)
+    for seq_len in seq_lens:
+        estimate = estimate_training(
+            steps=seq_len,
+            batch_size=batch_size,
+            hidden_size=hidden_size,
+            layers=layers,
+            input_size=vocab_size,
+            embedding_dim=embedding_dim,
+            output_size=vocab_size,
+            per_step_outputs=True,
+            element_size=4,
+        )
+        check_fits(estimate, chosen)
     if threads is not None:
         torch.set_num_threads(threads)
-    for name, value in (("--seq-len", min(seq_lens)), ("--repeats", repeats)):
-        if value < 1:
-            raise RnnprobeError(f"{name} must be at least 1, got {value}")
     base = BenchConfig(
         vocab_size=vocab_size,
         embedding_dim=embedding_dim,
@@ -191,8 +217,11 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def sample(run_dir, prime, length, temperature, seed) -> None:
     """Generate text from a language-model run's last checkpoint."""
+    from rnnprobe.config import SEED_LIMIT
     from rnnprobe.generate import sample_text
 
+    if not 0 <= seed < SEED_LIMIT:
+        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {seed}")
     click.echo(sample_text(run_dir, prime, length=length, temperature=temperature, seed=seed))
 
 

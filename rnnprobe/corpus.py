@@ -227,6 +227,12 @@ def corpus_from_text(
         raise RnnprobeError(f"corpus {source} is empty")
     train_text, valid_text = split_text(text, valid_fraction)
     vocab = Vocab.build(train_text, level, max_size=max_vocab)
+    if len(vocab) < 4:  # <pad>, <unk> and one token: nothing to predict, a baseline of 0
+        only = vocab.tokens[2:] or ("",)
+        raise RnnprobeError(
+            f"corpus {source} holds a single distinct {level} token ({only[0]!r}); a language "
+            "model needs at least two"
+        )
     train = vocab.encode(train_text)
     if train.numel() < 2:
         raise RnnprobeError(

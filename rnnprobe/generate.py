@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,8 +22,10 @@ def sample_text(
     config = resume_config(run_dir)
     if config.task.name != "lm":
         raise RnnprobeError(f"{run_dir} trained task {config.task.name!r}; sampling needs lm")
-    if length < 1 or not temperature > 0:
-        raise RnnprobeError("--length must be ≥ 1 and --temperature > 0")
+    if length < 1:
+        raise RnnprobeError(f"--length must be at least 1, got {length}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise RnnprobeError(f"--temperature must be a finite number > 0, got {temperature}")
     checkpoint = RunStore(Path(run_dir)).load_latest_checkpoint()
     if checkpoint is None:
         raise RnnprobeError(f"{run_dir} has no checkpoint yet")

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.executors import Executor, RunJob, RunOutcome, recorded_status
 from rnnprobe.lock import LOCK_NAME, DirectoryLock
 from rnnprobe.store import is_run_dir, load_run, read_status, write_atomic
@@ -118,8 +118,12 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise RnnprobeError(f"no study spec at {path}") from None
+    except IsADirectoryError:
+        raise RnnprobeError(f"{path} is a directory, not a study spec (a .toml file)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise RnnprobeError(f"{path} is not valid TOML: {error}") from None
+    if not data:
+        raise RnnprobeError(f"{path} is empty; a study spec needs at least a [sweep] or settings")
     try:
         return spec_from_dict(data, default_name=path.stem)
     except RnnprobeError as error:
@@ -247,9 +251,15 @@ def read_index(out: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RnnprobeError(f"{path} is not a study index: {error}") from None
+        index = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise RecordError(
+            f"{path} is damaged ({type(error).__name__}); rerun the study with --force-new to "
+            "rebuild it"
+        ) from None
+    if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
+        raise RecordError(f"{path} is not a study index; rerun with --force-new to rebuild it")
+    return index
 
 
 @dataclass(frozen=True)
@@ -282,8 +292,6 @@ def read_study(out: str | os.PathLike) -> StudyIndex:
     out = Path(out)
     index = read_index(out)
     if index is not None:
-        if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
-            raise RnnprobeError(f"{out / INDEX_NAME} is not a study index")
         runs = [
             _entry(out / "runs" / str(r["id"]), r)
             for r in index.get("runs", [])
@@ -326,7 +334,12 @@ def write_index(out: Path, index: dict) -> None:
 
 
 def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: bool) -> dict:
-    old = read_index(out)
+    try:
+        old = read_index(out)
+    except RecordError:
+        if not force_new:
+            raise
+        old = None  # rebuilt: the runs both share are found again by id
     old_runs = {r["id"]: r for r in old.get("runs", [])} if old else {}
     if old and set(old_runs) != {p.run_id for p in points} and not force_new:
         raise RnnprobeError(
@@ -400,8 +413,34 @@ def run_study(
     """
     out = Path(out)
     points = expand(spec)
+    check_memory(points)
     with study_lock(out):
         return _run_locked(spec, out, points, executor, force_new, echo)
+
+
+def check_memory(points: Iterable[GridPoint]) -> None:
+    """Refuse the grid when one of its runs cannot fit in memory (see ``memory.py``).
+
+    Tasks that cannot be built (a missing corpus) are left to fail as runs, with the others.
+    """
+    from rnnprobe.device import resolve_device
+    from rnnprobe.memory import check_fits, estimate_run
+    from rnnprobe.train import make_task_from_config
+
+    tasks: dict = {}
+    for point in points:
+        config = point.config
+        try:
+            if config.task not in tasks:
+                tasks[config.task] = make_task_from_config(config)
+            device = resolve_device(config.device)
+        except RnnprobeError:
+            continue
+        try:
+            check_fits(estimate_run(config, tasks[config.task]), device)
+        except RnnprobeError as error:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
+            raise RnnprobeError(f"{where}: {error}" if where else str(error)) from None
 
 
 def study_lock(out: str | os.PathLike) -> DirectoryLock:

@@ -428,13 +428,15 @@ def _interrupts_between_steps() -> Iterator[threading.Event]:
 def train_run(
     config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> RunResult:
-    """Train one run into ``run_dir``; with ``resume``, continue a run found there."""
+    """Train one run into ``run_dir``; with ``resume``, continue the run that is there."""
     run_dir = Path(run_dir)
+    if resume and not is_run_dir(run_dir):
+        raise RnnprobeError(f"{run_dir} is not an rnnprobe run directory (no config.json)")
     created = not run_dir.exists()
     lock = DirectoryLock(run_dir, "--out").acquire()  # one writer per run, until we return
     trainer = None
     try:
-        if resume and is_run_dir(run_dir):
+        if resume:
             status = read_status(run_dir)
             if status.get("status") in ("done", "diverged"):
                 return RunResult(status["status"], run_dir, int(status["step"]), "already finished")
