@@ -2,7 +2,7 @@
 
 from rnnprobe.capture import Capture, capture
 from rnnprobe.config import RunConfig, build_config
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.model import ElmanRNN, RNNClassifier, RNNLanguageModel, RNNRegressor
 from rnnprobe.store import load_run
 from rnnprobe.train import train_run
@@ -13,6 +13,7 @@ __all__ = [
     "RNNClassifier",
     "RNNLanguageModel",
     "RNNRegressor",
+    "RecordError",
     "RnnprobeError",
     "RunConfig",
     "build_config",

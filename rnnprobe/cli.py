@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 import torch
@@ -202,7 +203,15 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     else:
         config = build_config(settings)
         run_dir = out or f"runs/train/{config.run_id()}"
-    result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
+    try:
+        result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
+    except KeyboardInterrupt:
+        if Path(run_dir, "config.json").exists():
+            click.echo(
+                f"rnnprobe: interrupted; continue with: rnnprobe train --resume {run_dir}", err=True
+            )
+            sys.exit(130)
+        raise
     click.echo(format_run_summary(result.run_dir))
     if result.status != "done":
         click.echo(f"rnnprobe: run {result.status}: {result.message}", err=True)

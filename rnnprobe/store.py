@@ -178,7 +178,7 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     },
     "events": {
         "step": "optimizer step (int)",
-        "kind": "nonfinite, diverged, resumed, interrupted or probe_failed (str)",
+        "kind": "nonfinite, diverged, resumed, recovered, interrupted or probe_failed (str)",
         "message": "one human-readable line (str)",
     },
 }
