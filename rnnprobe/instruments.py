@@ -58,20 +58,33 @@ class Instruments:
             if s.fires(step - 1) or (edge and s.kind != "never")
         }
 
-    def record_backward(self, step: int, records: list[BackwardRecord], offsets: list[int]):
-        """File adjoint (and reach) rows of each backward pass of ``step``."""
+    def record_backward(
+        self,
+        step: int,
+        records: list[BackwardRecord],
+        offsets: list[int],
+        lengths: torch.Tensor | None = None,
+    ):
+        """File adjoint (and reach) rows of each backward pass of ``step``.
+
+        ``lengths`` (B,) of a padded batch: each step's means take only the sequences still
+        real there (``sequences`` counts them; NaN where there are none).
+        """
         nan = float("nan")
         for record, offset in zip(records, offsets, strict=True):
             for layer, r in enumerate(record.layers):
-                T = r.adjoint_norm.shape[0]
+                T, B = r.adjoint_norm.shape
+                real = real_steps(lengths, offset, T)
+                sequences = real.sum(1) if real is not None else B
                 self.rows.add(
                     "adjoints",
                     step=step,
                     layer=layer,
                     t=np.arange(offset, offset + T),
-                    adjoint_norm=r.adjoint_norm.mean(1),
-                    direct_norm=r.direct_norm.mean(1),
-                    recurrent_norm=r.recurrent_norm.mean(1),
+                    sequences=sequences,
+                    adjoint_norm=real_mean(r.adjoint_norm, real),
+                    direct_norm=real_mean(r.direct_norm, real),
+                    recurrent_norm=real_mean(r.recurrent_norm, real),
                     grad_w_hh_norm=nan if r.grad_w_hh_norm is None else r.grad_w_hh_norm,
                     grad_w_ih_norm=nan if r.grad_w_ih_norm is None else r.grad_w_ih_norm,
                 )
@@ -95,12 +108,21 @@ class Instruments:
             norm=record.reach.mean(-1),
         )
 
-    def record_states(self, step: int, states: list[torch.Tensor], fired: set[str]) -> None:
-        """File hidden-state statistics, spectra and Lyapunov exponents of layer outputs."""
+    def record_states(
+        self,
+        step: int,
+        states: list[torch.Tensor],
+        fired: set[str],
+        lengths: torch.Tensor | None = None,
+    ) -> None:
+        """File hidden-state statistics, spectra and Lyapunov exponents of layer outputs.
+
+        ``lengths`` (B,) of a padded batch limits the hidden-state statistics to real steps.
+        """
         nonlinearity, cfg = self.rnn.nonlinearity, self.config
         for layer, h in enumerate(states):  # h (T, B, H)
             if "hidden" in fired:
-                self._record_hidden(step, layer, h)
+                self._record_hidden(step, layer, h, real_steps(lengths, 0, h.shape[0]))
             sub = h[:, : cfg.sub_batch]
             # Spectra and QR in float64: eigh of a float32 Gram matrix can fail to converge.
             phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
@@ -141,8 +163,10 @@ class Instruments:
             converged=np.repeat(np.asarray(products.converged), k),
         )
 
-    def _record_hidden(self, step: int, layer: int, h: torch.Tensor) -> None:
-        stats = hidden_state_stats(h, self.rnn.nonlinearity)
+    def _record_hidden(
+        self, step: int, layer: int, h: torch.Tensor, real: torch.Tensor | None
+    ) -> None:
+        stats = hidden_state_stats(h, self.rnn.nonlinearity, real=real)
         T = h.shape[0]
         nan = torch.full((T,), float("nan"), device=h.device, dtype=h.dtype)
         saturation = stats.saturated_fraction if stats.saturated_fraction is not None else nan
@@ -152,6 +176,7 @@ class Instruments:
             step=step,
             layer=layer,
             t=np.arange(T),
+            sequences=stats.sequences if stats.sequences is not None else h.shape[1],
             mean=stats.mean,
             std=stats.std,
             norm=stats.mean_norm,
@@ -251,3 +276,18 @@ class Instruments:
             )
             if field.sigma_w2 > 0:
                 second_moment = max(field.q_star - field.sigma_in2, 0.0) / field.sigma_w2
+
+
+def real_steps(lengths: torch.Tensor | None, offset: int, steps: int) -> torch.Tensor | None:
+    """Return (steps, B) bool, True where step ``offset + t`` of sequence b is real (None: all)."""
+    if lengths is None:
+        return None
+    t = torch.arange(offset, offset + steps, device=lengths.device)
+    return t[:, None] < lengths[None, :]
+
+
+def real_mean(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Return the mean of ``values`` (T, B) over the real sequences of each step, (T,)."""
+    if real is None:
+        return values.mean(1)
+    return (values * real).sum(1) / real.sum(1)

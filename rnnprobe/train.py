@@ -325,11 +325,11 @@ class Trainer:
         self.h = result.h_n if finite else None
         records = cap.records_on_device()
         if "adjoints" in fired or "reach" in fired:
-            probes.record_backward(self.step, records, result.backward_offsets)
+            probes.record_backward(self.step, records, result.backward_offsets, batch.lengths)
         if finite and needs_states and records and records[0].states is not None:
             # Before the update: J_t = diag(φ'(a_t)) W_hh with the W_hh that made a_t.
             states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
-            probes.record_states(self.step, states, fired)
+            probes.record_states(self.step, states, fired, batch.lengths)
         if finite:
             self.optimizer.step()
             self.nonfinite_run = 0

@@ -10,6 +10,10 @@ covariance C of the states pooled over batch and time,
     PR = (Σ_i λ_i)² / Σ_i λ_i² = tr(C)² / ‖C‖_F²  ∈ [1, H],
 
 H for isotropic states, 1 when they vary along a single direction (NaN if they do not vary).
+
+Padded batches: with ``real`` (T, B) bool, True where step t of sequence b is real, every
+statistic is taken over the real (t, b) only; ``sequences`` (T,) counts them per step, and a
+step no sequence reaches gets NaN.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class HiddenStats:
     ``mean``, ``std`` over batch and units (population std); ``mean_norm`` = mean over batch of
     ‖h_t‖₂; ``mean_phi_prime``; ``saturated_fraction`` (tanh, else None) / ``inactive_fraction``
     (ReLU, else None) = fraction of (b, unit) with φ' < threshold; ``dead_fraction`` = fraction
-    of units blocked at every (t, b); ``participation_ratio`` of the pooled covariance.
+    of units blocked at every (t, b); ``participation_ratio`` of the pooled covariance;
+    ``sequences`` (T,) = how many sequences are real at each step.
     """
 
     mean: torch.Tensor
@@ -40,6 +45,7 @@ class HiddenStats:
     inactive_fraction: torch.Tensor | None
     dead_fraction: torch.Tensor
     participation_ratio: torch.Tensor
+    sequences: torch.Tensor | None = None
 
     def rows(self) -> list[dict]:
         """Return tidy rows: {t, quantity, value} per step, {quantity, value} for the scalars."""
@@ -62,17 +68,33 @@ class HiddenStats:
         return rows
 
 
-def participation_ratio(states: torch.Tensor) -> torch.Tensor:
-    """Return tr(C)² / ‖C‖_F² of the covariance of ``states`` (N, H) over its N rows, 0-d."""
-    centred = states - states.mean(0)
-    cov = centred.mT @ centred / max(states.shape[0] - 1, 1)  # (H, H)
+def participation_ratio(states: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Return tr(C)² / ‖C‖_F² of the covariance of ``states`` (N, H) over its N rows, 0-d.
+
+    ``weights`` (N,) of 0/1 keeps only the rows weighted 1 (no host sync, unlike indexing).
+    """
+    if weights is None:
+        centred = states - states.mean(0)
+        cov = centred.mT @ centred / max(states.shape[0] - 1, 1)  # (H, H)
+    else:
+        w = weights.to(states.dtype)[:, None]  # (N, 1)
+        n = w.sum()
+        centred = (states - (w * states).sum(0) / n) * w
+        cov = centred.mT @ centred / (n - 1).clamp_min(1)
     return cov.diagonal().sum() ** 2 / (cov * cov).sum()
 
 
 def hidden_state_stats(
-    h: torch.Tensor, nonlinearity: str, *, threshold: float = 0.05
+    h: torch.Tensor,
+    nonlinearity: str,
+    *,
+    threshold: float = 0.05,
+    real: torch.Tensor | None = None,
 ) -> HiddenStats:
-    """Return :class:`HiddenStats` of one layer's outputs ``h`` (T, B, H)."""
+    """Return :class:`HiddenStats` of one layer's outputs ``h`` (T, B, H).
+
+    ``real`` (T, B) bool limits every statistic to the real steps of a padded batch.
+    """
     check_nonlinearity(nonlinearity)
     if h.ndim != 3 or 0 in h.shape:
         raise RnnprobeError(
@@ -83,6 +105,8 @@ def hidden_state_stats(
     T, B, H = h.shape  # steps, batch, hidden units
     phi_prime = derivative_from_output(h, nonlinearity)
     blocked = phi_prime < threshold  # (T, B, H)
+    if real is not None:
+        return _padded_stats(h, phi_prime, blocked, real, nonlinearity)
     blocked_fraction = blocked.flatten(1).to(h.dtype).mean(1)  # (T,)
     return HiddenStats(
         mean=h.mean((1, 2)),
@@ -93,4 +117,32 @@ def hidden_state_stats(
         inactive_fraction=blocked_fraction if nonlinearity == "relu" else None,
         dead_fraction=blocked.all(0).all(0).to(h.dtype).mean(),
         participation_ratio=participation_ratio(h.reshape(T * B, H)),
+    )
+
+
+def _padded_stats(h, phi_prime, blocked, real, nonlinearity) -> HiddenStats:
+    """Return the statistics over the real (t, b) of ``real`` (T, B) only."""
+    T, B, H = h.shape
+    if tuple(real.shape) != (T, B):
+        raise RnnprobeError(f"real must have shape {(T, B)}, got {tuple(real.shape)}")
+    w = real.to(h.dtype)  # (T, B)
+    sequences = w.sum(1)  # (T,); 0 where no sequence is real: the statistics become NaN
+
+    def over_real(x: torch.Tensor) -> torch.Tensor:  # x (T, B) -> (T,)
+        return (x * w).sum(1) / sequences
+
+    mean = over_real(h.mean(2))
+    variance = over_real((h - mean[:, None, None]).square().mean(2))
+    blocked_fraction = over_real(blocked.to(h.dtype).mean(2))
+    dead = (blocked | ~real[:, :, None]).all(0).all(0) & real.any()
+    return HiddenStats(
+        mean=mean,
+        std=variance.sqrt(),
+        mean_norm=over_real(h.norm(dim=2)),
+        mean_phi_prime=over_real(phi_prime.mean(2)),
+        saturated_fraction=blocked_fraction if nonlinearity == "tanh" else None,
+        inactive_fraction=blocked_fraction if nonlinearity == "relu" else None,
+        dead_fraction=dead.to(h.dtype).mean(),
+        participation_ratio=participation_ratio(h.reshape(T * B, H), w.reshape(T * B)),
+        sequences=sequences,
     )
