@@ -29,6 +29,10 @@ Conventions, stated once:
 * *Final loss*: the last validation loss if any, else the mean training loss over the last
   10 % of steps (skipped or non-finite steps dropped); ``loss_ratio`` = final loss / the task's
   memoryless baseline loss.
+* *Classifiers* (many-to-one classification): ``final_metric`` is the validation accuracy at
+  the last evaluation and ``baseline_metric`` the baseline's (classify: the majority class's
+  share of the training split); ``classes`` holds the per-class accuracy and the confusion
+  matrix of that evaluation (:mod:`rnnprobe.class_scores`).
 * *Mean-field prediction* √χ (``mean_field`` table) is a statement about random weights at
   initialisation; it applies only to the ``default`` (uniform) and ``gaussian`` inits and is
   compared only with the init-phase decay.
@@ -39,13 +43,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rnnprobe.class_scores import ClassScores, class_scores
 from rnnprobe.config import flatten
 from rnnprobe.store import Run, is_run_dir, load_run
 
@@ -74,7 +79,7 @@ FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, a
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
 # what the analysis reads; plots read more (spectra, hidden, weights, ftle)
 SUMMARY_TABLES = ("task", "steps", "evals", "adjoints", "reach", "lyapunov", "health")
-SUMMARY_TABLES += ("mean_field", "events")
+SUMMARY_TABLES += ("mean_field", "events", "classes", "confusion")
 NAN = float("nan")
 
 
@@ -144,7 +149,8 @@ class RunSummary:
     loss_ratio: float = NAN
     initial_loss_ratio: float = NAN
     metric: str | None = None
-    final_metric: float = NAN
+    final_metric: float = NAN  # classifiers: validation accuracy at the last evaluation
+    baseline_metric: float = NAN  # the baseline's metric (classify: majority-class accuracy)
     clip: str = "none"
     clip_rate: float = NAN  # NaN when clipping is off
     clip_burst: float = NAN  # max pre-clip norm / clip threshold (norm clipping)
@@ -158,6 +164,12 @@ class RunSummary:
     mean_field_applies: bool = False
     phases: dict[str, PhaseMeasures] = field(default_factory=dict)
     seconds: float = NAN
+    classes: ClassScores | None = None  # per-class results at the last evaluation
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean per-class validation accuracy at the last evaluation (classifiers)."""
+        return self.classes.balanced_accuracy if self.classes is not None else NAN
 
     @property
     def last_step(self) -> int | None:
@@ -177,12 +189,13 @@ class RunSummary:
     def row(self) -> dict[str, Any]:
         """Return the flat summary row: settings' swept keys are added by the caller."""
         own = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("settings", "phases", "run_id", "init")
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("settings", "phases", "run_id", "init", "classes")
         }
         row: dict[str, Any] = {"run_id": self.run_id, **own}
         row["mean_field_ratio"] = self.mean_field_ratio
+        row["balanced_accuracy"] = self.balanced_accuracy
         for name in PHASES:
             p = self.phase(name)
             d = p.decay
@@ -401,6 +414,7 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
         initial_loss_ratio=initial / baseline if baseline > 0 else NAN,
         metric=_text(task, "metric"),
         final_metric=_last(evals, "metric") if len(evals) else _tail_mean(steps, "metric"),
+        baseline_metric=_first(task, "baseline_metric"),
         clip=clip,
         clip_rate=clip_rate,
         clip_burst=burst,
@@ -414,6 +428,7 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
         mean_field_applies=init in MEAN_FIELD_INITS and len(mean_field) > 0,
         phases=_phases(run, str(settings.get("dtype", "float32"))),
         seconds=_last(steps, "seconds"),
+        classes=class_scores(run.table("confusion"), run.table("classes")),
     )
 
 

@@ -20,14 +20,35 @@ from rnnprobe.errors import RnnprobeError
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = field(default="copy", metadata={"help": "lm, copy, adding or recall"})
-    seq_len: int = field(default=20, metadata={"help": "dependency length / window of steps"})
+    name: str = field(
+        default="copy",
+        metadata={"help": "lm, copy, adding, recall, classify or a registered task"},
+    )
+    seq_len: int = field(
+        default=20,
+        metadata={"help": "dependency length / window of steps; classify: longest example"},
+    )
     corpus: str = field(default="stdlib", metadata={"help": "lm: a UTF-8 file or 'stdlib'"})
-    level: str = field(default="char", metadata={"help": "lm tokens: char or word"})
+    level: str = field(default="char", metadata={"help": "lm, classify tokens: char or word"})
     sampling: str = field(default="random", metadata={"help": "lm: random or sequential"})
     max_chars: int = field(default=2_000_000, metadata={"help": "lm: read at most this much"})
     num_classes: int = field(default=8, metadata={"help": "recall: number of key tokens K"})
     variable_length: bool = field(default=False, metadata={"help": "recall: padded lengths"})
+    # classify reads labelled text: a folder of <class>.txt files (one example per line) or a
+    # CSV/TSV file with a header naming the text and label columns
+    data: str = field(
+        default="", metadata={"help": "classify: a folder of <class>.txt files, or .csv/.tsv"}
+    )
+    text_column: str = field(default="text", metadata={"help": "classify: CSV text column"})
+    label_column: str = field(default="label", metadata={"help": "classify: CSV label column"})
+    valid_fraction: float = field(
+        default=0.1, metadata={"help": "lm, classify (per class): share held out to validate"}
+    )
+    lowercase: bool = field(default=False, metadata={"help": "lm, classify: lowercase the text"})
+    charset: str = field(
+        default="all",
+        metadata={"help": "lm, classify: all, ascii or letters-space (a-z, A-Z and space)"},
+    )
 
 
 @dataclass(frozen=True)
@@ -107,8 +128,16 @@ class RunConfig:
         return flatten(self.to_dict())
 
     def run_id(self, exclude: tuple[str, ...] = ("device",)) -> str:
-        """Return a stable 10-hex id of the settings that change results (not the device)."""
-        settings = {k: v for k, v in self.flat().items() if k not in exclude}
+        """Return a stable 10-hex id of the settings that change results (not the device).
+
+        Settings added after ids were first published (``LATER_KEYS``) count only when they
+        differ from their default, so a run configured before they existed keeps its id.
+        """
+        settings = {
+            k: v
+            for k, v in self.flat().items()
+            if k not in exclude and not (k in LATER_KEYS and v == FIELDS[k].default)
+        }
         text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -128,6 +157,10 @@ def _leaf_fields() -> dict[str, dataclasses.Field]:
 
 
 FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
+LATER_KEYS = frozenset(
+    f"task.{name}"
+    for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
+)
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -207,8 +240,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 CHOICES = {
-    "task.name": ("lm", "copy", "adding", "recall"),
+    # tasks.register_task adds the names of tasks registered from Python (add_choice)
+    "task.name": ("lm", "copy", "adding", "recall", "classify"),
     "task.level": ("char", "word"),
+    "task.charset": ("all", "ascii", "letters-space"),
     "task.sampling": ("random", "sequential"),
     "model.nonlinearity": ("tanh", "relu"),
     "model.init": ("default", "orthogonal", "identity", "gaussian", "spectral"),
@@ -235,6 +270,16 @@ POSITIVE = (
     "flush_every",
     "checkpoint_every",
 )
+
+
+def add_choice(key: str, value: str) -> None:
+    """Accept ``value`` for setting ``key`` from now on (``tasks.register_task`` uses it).
+
+    Command-line flags take their choices when the CLI is imported; a study or ``train_run``
+    validates against the choices of the moment.
+    """
+    if value not in CHOICES[check_key(key)]:
+        CHOICES[key] = (*CHOICES[key], value)
 
 
 SEED_LIMIT = 2**64  # torch's generators take seeds in [0, 2⁶⁴)
@@ -267,6 +312,14 @@ def validate(config: RunConfig) -> None:
     for key in ("train.lr", "train.clip_value", "model.init_radius"):
         if not flat[key] > 0:
             raise RnnprobeError(f"{key} must be positive, got {flat[key]}")
+    if not 0 < flat["task.valid_fraction"] < 1:
+        raise RnnprobeError(
+            f"task.valid_fraction must lie in (0, 1), got {flat['task.valid_fraction']}"
+        )
+    if config.task.name == "classify" and not config.task.data.strip():
+        raise RnnprobeError(
+            "--task classify needs --data: a folder of <class>.txt files or a .csv/.tsv file"
+        )
     if flat["model.init_gain"] < 0:
         raise RnnprobeError(f"model.init_gain must be ≥ 0, got {flat['model.init_gain']}")
     if not 0 <= flat["train.momentum"] < 1:

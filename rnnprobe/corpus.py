@@ -8,6 +8,11 @@ Token ids are ``int64``; the ids ``0`` and ``1`` are reserved for ``<pad>`` and 
 the rest follow in sorted token order. The vocabulary is built from the training split only,
 so validation tokens never seen in training encode as ``<unk>``.
 
+Preprocessing (``--lowercase``, ``--charset``) is applied to the text before it is split and
+before the vocabulary is built; :func:`preprocess_text` states the filters. With
+``--lowercase true --charset letters-space`` a text keeps 27 symbols (a–z and space; 29 ids
+with ``<pad>`` and ``<unk>``): d2l's time-machine setup.
+
 Loss units: a mean cross-entropy ``ℓ`` in nats per token gives ``bpc = ℓ / ln 2`` and
 perplexity ``e^ℓ``.
 """
@@ -18,6 +23,7 @@ import math
 import os
 import re
 import sysconfig
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,38 +40,81 @@ STDLIB = "stdlib"
 DEFAULT_STDLIB_CHARS = 2_000_000  # ~2 MB: large enough for char LMs, reads in well under 1 s
 LEVELS = ("char", "word")
 Level = Literal["char", "word"]
+CHARSETS = ("all", "ascii", "letters-space")
 
 # Words, runs of whitespace, or any other single character: every character falls in exactly
 # one class, so joining the tokens gives back the text.
 _WORD_PATTERN = re.compile(r"\w+|\s+|[^\w\s]")
 
 
-def read_text_file(path: str | os.PathLike[str], *, max_chars: int | None = None) -> str:
-    """Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given)."""
+def read_text_file(
+    path: str | os.PathLike[str], *, max_chars: int | None = None, what: str = "corpus file"
+) -> str:
+    """Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given).
+
+    Errors are one line naming ``what`` (e.g. "class file") and the path.
+    """
     p = Path(path)
     if not p.exists():
-        raise RnnprobeError(f"corpus file not found: {p}")
+        raise RnnprobeError(f"{what} not found: {p}")
     if p.is_dir():
-        raise RnnprobeError(f"corpus path is a directory, not a text file: {p}")
+        raise RnnprobeError(f"{what} is a directory, not a text file: {p}")
     try:
         data = p.read_bytes()
     except OSError as err:
-        raise RnnprobeError(f"cannot read corpus file {p}: {err.strerror or err}") from None
+        raise RnnprobeError(f"cannot read {what} {p}: {err.strerror or err}") from None
     if not data:
-        raise RnnprobeError(f"corpus file is empty: {p}")
+        raise RnnprobeError(f"{what} is empty: {p}")
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise RnnprobeError(f"corpus file looks binary (NUL byte at byte offset {nul}): {p}")
+        raise RnnprobeError(f"{what} looks binary (NUL byte at byte offset {nul}): {p}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
         raise RnnprobeError(
-            f"corpus file is not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}): {p}"
+            f"{what} is not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}): {p}"
         ) from None
     if not text.strip():
-        raise RnnprobeError(f"corpus file has no text, only whitespace: {p}")
+        raise RnnprobeError(f"{what} has no text, only whitespace: {p}")
     return text if max_chars is None else text[:max_chars]
+
+
+_NOT_LETTERS = re.compile(r"[^A-Za-z]+")
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def check_charset(charset: str) -> str:
+    """Return ``charset`` if it names a character filter, else raise a one-line error."""
+    if charset not in CHARSETS:
+        raise RnnprobeError(f"unknown charset {charset!r}; choose one of {', '.join(CHARSETS)}")
+    return charset
+
+
+def fold_accents(text: str) -> str:
+    """Return ``text`` with accents removed where a base letter exists (é → e, Ł stays)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def preprocess_text(text: str, *, lowercase: bool = False, charset: str = "all") -> str:
+    """Return ``text`` lowercased (if asked) and then passed through the ``charset`` filter.
+
+    ``all``: unchanged. ``ascii``: accents folded (é → e), then every run of remaining
+    non-ASCII characters becomes one space; ASCII whitespace and punctuation stay.
+    ``letters-space``: accents folded, then every run of characters other than A–Z / a–z
+    (spaces, newlines, digits, punctuation, other scripts) becomes one space, and the ends are
+    stripped. Lowercasing comes first, so ``--lowercase true --charset letters-space`` keeps
+    a–z and space only.
+    """
+    check_charset(charset)
+    if lowercase:
+        text = text.lower()
+    if charset == "ascii":
+        return _NOT_ASCII.sub(" ", fold_accents(text))
+    if charset == "letters-space":
+        return _NOT_LETTERS.sub(" ", fold_accents(text)).strip()
+    return text
 
 
 def stdlib_source_files() -> list[Path]:
@@ -206,9 +255,15 @@ def build_corpus(
     valid_fraction: float = 0.1,
     max_chars: int | None = None,
     max_vocab: int | None = None,
+    lowercase: bool = False,
+    charset: str = "all",
 ) -> Corpus:
-    """Return the encoded corpus read from ``source`` (a path or ``"stdlib"``)."""
+    """Return the encoded corpus read from ``source`` (a path or ``"stdlib"``).
+
+    The first ``max_chars`` characters are read, then preprocessed (:func:`preprocess_text`).
+    """
     text = read_corpus_text(source, max_chars=max_chars)
+    text = preprocess_text(text, lowercase=lowercase, charset=charset)
     return corpus_from_text(
         text, level=level, valid_fraction=valid_fraction, max_vocab=max_vocab, source=str(source)
     )

@@ -53,6 +53,7 @@ class BatchResult:
     metric: torch.Tensor
     h_n: torch.Tensor | None
     backward_offsets: list[int]  # time offset of each backward pass, in order
+    predictions: torch.Tensor | None = None  # (B,) int64 argmax class: many-to-one classifiers
 
 
 def run_batch(
@@ -124,7 +125,8 @@ def _many_to_one(model, task, batch, segments, train) -> BatchResult:
     if train:
         loss.backward()
     if task.kind == "regression":
-        metric = loss.detach()
+        metric, predicted = loss.detach(), None
     else:
-        metric = (prediction.detach().argmax(-1) == batch.targets).float().mean()
-    return BatchResult(loss.detach(), metric, None, [start] if train else [])
+        predicted = prediction.detach().argmax(-1)  # (B,)
+        metric = (predicted == batch.targets).float().mean()
+    return BatchResult(loss.detach(), metric, None, [start] if train else [], predicted)

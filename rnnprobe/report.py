@@ -5,9 +5,10 @@ the answer lines first, the statements, the summary table (``summary.csv`` is th
 and figures drawn by the pure functions of :mod:`rnnprobe.plots` from the same loaded records.
 A panel is drawn only when it has something to show (two probe steps for a curve over
 training, clipping on for a clipping panel); what is left out is named in the caption. Beyond
-``MAX_RUN_FIGURES`` runs only representative runs get figures. Figures are built on
-``matplotlib.figure.Figure`` objects (no pyplot state) and PNG-encoded once; everything is
-written under the output directory only.
+``MAX_RUN_FIGURES`` runs only representative runs get figures. A classifier's run also gets its
+confusion matrix at the last evaluation beside per-class accuracy (``RunSummary.classes``).
+Figures are built on ``matplotlib.figure.Figure`` objects (no pyplot state) and PNG-encoded
+once; everything is written under the output directory only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure
 
 from rnnprobe import plots
 from rnnprobe.analysis import RunSummary
+from rnnprobe.class_scores import ClassScores
 from rnnprobe.diagnosis import StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.store import Run, is_run_dir, load_run
@@ -55,6 +57,10 @@ SETTINGS = (
     "train.steps",
     "seed",
 )
+TASK_SETTINGS = {  # the data settings a task's reader uses, shown after SETTINGS' task keys
+    "lm": ("task.corpus", "task.level", "task.lowercase", "task.charset"),
+    "classify": ("task.data", "task.level", "task.lowercase", "task.charset"),
+}
 
 
 @dataclass
@@ -175,7 +181,8 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
     (summary,), (diagnosis,) = analysis.study.runs, analysis.diagnoses
     run = analysis.runs[summary.run_id]
     page = Page(f"rnnprobe run {run.path.resolve().name}")
-    settings = {k: summary.settings[k] for k in SETTINGS if k in summary.settings}
+    keys = (*SETTINGS[:2], *TASK_SETTINGS.get(summary.task or "", ()), *SETTINGS[2:])
+    settings = {k: summary.settings[k] for k in keys if k in summary.settings}
     page.text(_status_line(run.status))
     page.table(pd.DataFrame([settings]))
     page.heading("Diagnosis")
@@ -189,7 +196,54 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
     panels, missing = _run_panels(run, summary, full=True)
     caption = f"run {summary.run_id} at steps 1–{summary.steps}" + _missing_text(missing)
     _add_grid(page, out, "run.png", caption, panels, columns=3)
+    _add_classes(page, out, summary, "confusion.png", full=True)
     return page
+
+
+def _add_classes(page: Page, out: Path, s: RunSummary, name: str, *, full: bool) -> None:
+    """Add a classifier's results at its last evaluation: a sentence, the confusion matrix
+    (rows normalised) beside per-class accuracy, and (``full``) the per-class table."""
+    c = s.classes
+    if c is None:
+        return
+    if full:
+        page.heading("Classes")
+    majority = f" (always {c.majority!r})" if c.majority else ""
+    cut = f"; {c.truncated} examples cut to T = {s.seq_len:.0f} tokens" if c.truncated else ""
+    page.text(
+        f"Validation accuracy at step {c.step}: {c.accuracy:.4f} against the baseline's "
+        f"{s.baseline_metric:.4f}{majority}; balanced accuracy (mean over classes) "
+        f"{c.balanced_accuracy:.4f}; {int(c.counts.to_numpy().sum())} validation examples in "
+        f"{len(c.names)} classes{cut}."
+    )
+    png = _confusion_png(c, s.baseline_metric)
+    (out / name).write_bytes(png)
+    caption = (
+        f"confusion matrix at step {c.step}: row i shows how the validation examples of true "
+        "class i were classified (shares of the row, in percent); right: per-class accuracy "
+        "(the diagonal) with each class's number of validation examples"
+    )
+    page.figure(name, png, caption)
+    if full:
+        table = c.per_class.drop(columns=["class"]).rename(columns={"name": "class"})
+        page.table(_display(table))
+
+
+def _confusion_png(c: ClassScores, baseline: float) -> bytes:
+    """Return the PNG of the confusion heatmap and the per-class accuracy bars, sized by K."""
+    K = len(c.names)
+    label = max(len(n) for n in c.names) * 0.075  # inches a tick label of the longest name needs
+    cell = 0.42 if K <= 15 else max(0.16, 6.3 / K)
+    side = max(2.6, cell * K)
+    size = (label + side + 1.3 + 2.9, label + side + 1.2)
+    fig = Figure(figsize=size, layout="constrained")
+    heat, bars = fig.subplots(1, 2, width_ratios=[side + 1.3, 2.0])
+    title = f"confusion at step {c.step} (accuracy {100 * c.accuracy:.1f}%)"
+    plots.plot_confusion(c.normalised, title=title, ax=heat)
+    plots.plot_class_accuracy(
+        c.per_class, overall=c.accuracy, baseline=baseline, labels=False, ax=bars
+    )
+    return _png_bytes(fig)
 
 
 def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> Page:
@@ -241,6 +295,7 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
             panels,
             columns=4,
         )
+        _add_classes(page, out, summary, f"confusion-{_slug(summary.run_id)}.png", full=False)
     if rest:
         page.text(f"Other runs ({len(rest)}; figures only for representative runs):")
         page.table(pd.DataFrame(rest))

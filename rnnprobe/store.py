@@ -71,7 +71,7 @@ STALE_SECONDS = 600.0  # a writer on another host silent this long is reported s
 # The tables the training loop writes, column -> meaning; one row per (step, layer, ...) key.
 STANDARD_TABLES: dict[str, dict[str, str]] = {
     "task": {
-        "name": "task name: lm, copy, adding or recall (str)",
+        "name": "task name: lm, copy, adding, recall, classify or a registered one (str)",
         "kind": "lm, per_step_classification, many_to_one_classification or regression (str)",
         "metric": "the task metric: bpc, perplexity, accuracy or mse (str)",
         "seq_len": "steps T the network runs per sequence (int)",
@@ -96,6 +96,22 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "step": "optimizer step after which the validation ran (int)",
         "loss": "validation loss: nats per target, or MSE (float)",
         "metric": "validation metric (float)",
+    },
+    "classes": {
+        "step": "0: recorded before training (int)",
+        "class": "class id, the target value (int)",
+        "name": "class name: the file stem or the label column's value (str)",
+        "train_examples": "examples of the class in the training split (int)",
+        "valid_examples": "examples of the class in the validation split (int)",
+        "truncated": "examples of the class cut to the longest kept length T (int)",
+        "dropped": "examples of the class left empty by preprocessing, not used (int)",
+        "mean_length": "mean tokens per example of the class, before truncation (float)",
+    },
+    "confusion": {
+        "step": "optimizer step after which the validation ran (int)",
+        "true": "true class id (int)",
+        "predicted": "predicted class id: the argmax of the outputs (int)",
+        "count": "validation sequences with that true and predicted class; zeros kept (int)",
     },
     "adjoints": {
         "step": "optimizer step (int)",

@@ -11,6 +11,11 @@ Letters: ``B`` batch, ``T`` time steps of one batch, ``F`` input features.
     copy    (B, T) int64 ids    (B, T) int64 ids    None        per_step_classification
     adding  (B, T, 2) float32   (B,) float32        None        regression
     recall  (B, T) int64 ids    (B,) int64 class    (B,) | None many_to_one_classification
+    classify (B, T) int64 ids   (B,) int64 class    (B,)        many_to_one_classification
+
+``classify`` (your own labelled text) lives in :mod:`rnnprobe.classify`. A run builds its task
+from its config through the registry: :func:`register_task` adds a task of your own, which
+``train_run``, studies and reports then take like the built-in ones.
 
 Token id 0 is padding in every token task (``<pad>``), so an embedding may use
 ``padding_idx=0``. Where ``lengths`` is set, row ``b`` is real for ``t < lengths[b]`` and
@@ -24,15 +29,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from rnnprobe.corpus import PAD_ID, STDLIB, Corpus, bits_per_char, build_corpus, unigram_entropy
 from rnnprobe.errors import RnnprobeError
+
+if TYPE_CHECKING:
+    from rnnprobe.config import RunConfig
 
 
 def check_int(value: object, what: str, minimum: int = 1) -> int:
@@ -132,6 +141,10 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Return one fresh batch of ``batch_size`` sequences drawn with ``generator``."""
         raise NotImplementedError
+
+    def class_rows(self) -> dict[str, list] | None:
+        """Return the ``classes`` table's columns (one row per class), or None: no table."""
+        return None
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Yield training batches forever (take as many as needed with ``itertools.islice``)."""
@@ -456,20 +469,170 @@ class LMTask(Task):
         return out if num_batches is None else out[: check_int(num_batches, "num_batches")]
 
 
+# -- building a run's task: the registry ------------------------------------------------
+
+TaskFactory = Callable[["RunConfig"], Task]
+KINDS = ("lm", "per_step_classification", "many_to_one_classification", "regression")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _lm(config: RunConfig) -> Task:
+    c = config.task
+    return make_task(
+        "lm",
+        seq_len=c.seq_len,
+        corpus=c.corpus,
+        level=c.level,
+        sampling=c.sampling,
+        max_chars=c.max_chars,
+        valid_fraction=c.valid_fraction,
+        lowercase=c.lowercase,
+        charset=c.charset,
+    )
+
+
+def _recall(config: RunConfig) -> Task:
+    c = config.task
+    return make_task(
+        "recall", seq_len=c.seq_len, num_classes=c.num_classes, variable_length=c.variable_length
+    )
+
+
+def _classify(config: RunConfig) -> Task:
+    from rnnprobe.classify import ClassifyTask  # it builds on this module
+    from rnnprobe.config import derived_seed
+
+    c = config.task
+    return ClassifyTask.from_path(
+        c.data,
+        seq_len=c.seq_len,
+        seed=derived_seed(config.seed, 4),  # the split: offsets 1-3 seed probes, cuts, evals
+        level=c.level,
+        valid_fraction=c.valid_fraction,
+        lowercase=c.lowercase,
+        charset=c.charset,
+        text_column=c.text_column,
+        label_column=c.label_column,
+    )
+
+
+_FACTORIES: dict[str, TaskFactory] = {
+    "adding": lambda config: make_task("adding", seq_len=config.task.seq_len),
+    "copy": lambda config: make_task("copy", seq_len=config.task.seq_len),
+    "lm": _lm,
+    "recall": _recall,
+    "classify": _classify,
+}
+BUILT_IN = tuple(_FACTORIES)
+
+
+def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> None:
+    """Make runs with ``task.name = name`` train on ``factory(config)``, a :class:`Task`.
+
+    ``factory`` gets the run's whole :class:`~rnnprobe.config.RunConfig` (``config.task.
+    seq_len``, ``config.seed``, …) and returns a task whose ``name`` is ``name`` and whose
+    ``kind`` is one of ``KINDS``; its model and loss follow from the kind. After this,
+    ``build_config``, ``train_run``, ``make_task_from_config`` and studies accept the name;
+    reports read only the records, so they need nothing. Register at import time of your
+    module (the top level of your script): study workers (``--jobs N``) are spawned processes
+    that import it again. CLI flags take their choices when the CLI is imported, so
+    ``rnnprobe train --task NAME`` knows only the tasks registered before that. A built-in
+    task cannot be replaced; a name of your own only with ``replace=True``.
+
+    Example, a parity task (is the number of ones odd?)::
+
+        from dataclasses import dataclass
+        from typing import ClassVar
+
+        import math, torch
+        from rnnprobe import build_config, train_run
+        from rnnprobe.tasks import Batch, Task, register_task
+
+        @dataclass(frozen=True)
+        class ParityTask(Task):
+            name: ClassVar[str] = "parity"
+            kind: ClassVar[str] = "many_to_one_classification"
+            metric: ClassVar[str] = "accuracy"
+            seq_len: int = 10
+            input_size = 3  # ids: 0 padding, 1 a zero, 2 a one
+            output_size = 2
+            baseline_loss = math.log(2)
+            baseline_metric = 0.5
+            baseline_description = "chance: ln 2 nats, accuracy 1/2"
+
+            def sample(self, batch_size, generator):
+                bits = torch.randint(0, 2, (batch_size, self.seq_len), generator=generator)
+                return Batch(bits + 1, bits.sum(1) % 2)
+
+        register_task("parity", lambda config: ParityTask(seq_len=config.task.seq_len))
+        train_run(build_config({"task.name": "parity", "task.seq_len": 4}), "runs/parity")
+    """
+    from rnnprobe.config import add_choice
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RnnprobeError(
+            f"task name {name!r} must be lowercase letters, digits, '_' or '-', "
+            "starting with a letter"
+        )
+    if not callable(factory):
+        raise RnnprobeError(f"the factory of task {name!r} is not callable: {factory!r}")
+    if name in BUILT_IN:
+        raise RnnprobeError(f"{name!r} is a built-in task; register yours under another name")
+    if name in _FACTORIES and not replace:
+        raise RnnprobeError(f"task {name!r} is already registered; pass replace=True")
+    _FACTORIES[name] = factory
+    add_choice("task.name", name)
+
+
+def task_names() -> tuple[str, ...]:
+    """Return the names of the built-in and registered tasks, in registration order."""
+    return tuple(_FACTORIES)
+
+
+def task_from_config(config: RunConfig) -> Task:
+    """Return the task ``config.task.name`` names, built by its factory and checked."""
+    name = config.task.name
+    if name not in _FACTORIES:
+        raise RnnprobeError(f"unknown task {name!r}; choose one of {', '.join(_FACTORIES)}")
+    task = _FACTORIES[name](config)
+    if not isinstance(task, Task):
+        raise RnnprobeError(
+            f"the factory of task {name!r} returned {type(task).__name__}, not a rnnprobe Task"
+        )
+    if getattr(task, "name", None) != name:
+        raise RnnprobeError(
+            f"the factory of task {name!r} returned a task named {getattr(task, 'name', None)!r}"
+        )
+    if task.kind not in KINDS:
+        raise RnnprobeError(
+            f"task {name!r} has kind {task.kind!r}; choose one of {', '.join(KINDS)}"
+        )
+    return task
+
+
 TASKS: dict[str, type[Task]] = {
     "adding": AddingTask,
     "copy": CopyTask,
     "lm": LMTask,
     "recall": RecallTask,
 }
-_CORPUS_OPTIONS = ("level", "valid_fraction", "max_chars", "max_vocab")
+_CORPUS_OPTIONS = (
+    "level",
+    "valid_fraction",
+    "max_chars",
+    "max_vocab",
+    "lowercase",
+    "charset",
+)
 
 
 def make_task(name: str, **options: Any) -> Task:
     """Return the task called ``name`` built from ``options`` (its dataclass fields).
 
     For ``lm``, ``corpus`` may be a ``Corpus``, a path or ``"stdlib"`` (the default), with
-    ``level``, ``valid_fraction``, ``max_chars`` and ``max_vocab`` passed to ``build_corpus``.
+    ``level``, ``valid_fraction``, ``max_chars``, ``max_vocab``, ``lowercase`` and
+    ``charset`` passed to ``build_corpus``. (``classify`` needs its data:
+    ``rnnprobe.classify.ClassifyTask.from_path``; a run config: :func:`task_from_config`.)
     """
     if name not in TASKS:
         raise RnnprobeError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")

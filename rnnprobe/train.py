@@ -34,7 +34,7 @@ from rnnprobe.memory import check_fits, estimate_run
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
 from rnnprobe.store import RunStore, is_run_dir, load_run, read_status
-from rnnprobe.tasks import Batch, Task, make_task
+from rnnprobe.tasks import Batch, Task, task_from_config
 from rnnprobe.truncation import Truncation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -49,16 +49,8 @@ class RunResult:
 
 
 def make_task_from_config(config: RunConfig) -> Task:
-    """Return the task a run's config names, with its options."""
-    cfg = config.task
-    options: dict = {"seq_len": cfg.seq_len}
-    if cfg.name == "lm":
-        options.update(
-            corpus=cfg.corpus, level=cfg.level, sampling=cfg.sampling, max_chars=cfg.max_chars
-        )
-    elif cfg.name == "recall":
-        options.update(num_classes=cfg.num_classes, variable_length=cfg.variable_length)
-    return make_task(cfg.name, **options)
+    """Return the task a run's config names, built by its registered factory (tasks.py)."""
+    return task_from_config(config)
 
 
 def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -145,6 +137,9 @@ class Trainer:
                 "parameters": sum(p.numel() for p in self.params),
             },
         )
+        classes = task.class_rows()
+        if classes is not None:
+            self.store.append("classes", classes)
         first = self.eval_batches[0].to(self.device)
         with torch.no_grad():
             x = (
@@ -356,7 +351,11 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> None:
-        losses, metrics, h = [], [], None
+        """Record the validation loss and metric (means over sequences) and, for a many-to-one
+        classifier, the confusion counts of every (true, predicted) class pair."""
+        losses, metrics, rows, h = [], [], [], None
+        K = self.task.output_size if self.task.kind == "many_to_one_classification" else 0
+        confusion = torch.zeros(K * K, dtype=torch.int64, device=self.device)  # (K·K,)
         for batch in self.eval_batches:
             batch = self._on_device(batch)
             result = run_batch(
@@ -370,12 +369,27 @@ class Trainer:
             h = result.h_n
             losses.append(result.loss)
             metrics.append(result.metric)
+            rows.append(batch.targets.shape[0])
+            if K and result.predictions is not None:
+                cells = batch.targets * K + result.predictions  # (B,) in [0, K²)
+                confusion.scatter_add_(0, cells, torch.ones_like(cells))  # no sync, unlike bincount
+        # means over sequences: a shorter last batch (classify's validation split) counts less
+        share = [n / sum(rows) for n in rows]
         self.instruments.rows.add(
             "evals",
             step=self.step,
-            loss=torch.stack(losses).mean(),
-            metric=torch.stack(metrics).mean(),
+            loss=sum(v.double() * w for v, w in zip(losses, share, strict=True)),
+            metric=sum(v.double() * w for v, w in zip(metrics, share, strict=True)),
         )
+        if K:
+            cells = torch.arange(K * K)
+            self.instruments.rows.add(
+                "confusion",
+                step=self.step,
+                true=(cells // K).numpy(),
+                predicted=(cells % K).numpy(),
+                count=confusion,
+            )
 
 
 def _all_finite(state: object) -> bool:
