@@ -3,6 +3,7 @@
 from rnnprobe.capture import Capture, capture
 from rnnprobe.config import RunConfig, build_config
 from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.instrument import Instrumented, instrument
 from rnnprobe.model import ElmanRNN, RNNClassifier, RNNLanguageModel, RNNRegressor
 from rnnprobe.store import load_run
 from rnnprobe.train import train_run
@@ -10,6 +11,7 @@ from rnnprobe.train import train_run
 __all__ = [
     "Capture",
     "ElmanRNN",
+    "Instrumented",
     "RNNClassifier",
     "RNNLanguageModel",
     "RNNRegressor",
@@ -18,6 +20,7 @@ __all__ = [
     "RunConfig",
     "build_config",
     "capture",
+    "instrument",
     "load_run",
     "train_run",
 ]

@@ -11,9 +11,14 @@ Conventions of every record (row vectors, time-major, per layer ``l``; B = batch
 - ``reach`` (L, S, T, B'): ‖∂ℓ_s/∂h_t‖₂ on the first B' samples for the source steps s
   (see ``probes/reach.py``); zero where t > s.
 
-Per-sample norms are kept; summaries take the mean over the batch of per-sample norms.
+Per-sample norms are kept; summaries take the mean over the batch of per-sample norms, in
+the caller's batch order (a packed batch's records are unsorted back). A bidirectional RNN
+has one record per layer and direction (``layer``, ``direction`` 0 forward / 1 reverse, whose
+"next" state is h_{t-1}); a packed batch's records are exactly zero at padded steps and
+``BackwardRecord.real`` (T, B) marks the real ones.
+
 Records stay on the model's device during the step; ``cap.records()`` moves them all to the
-host in one transfer.
+host in one transfer (two with the boolean ``real`` mask).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from rnnprobe.probes.reach import default_reach_sources, gradient_reach
 
 @dataclass
 class LayerRecord:
-    """One layer's records from one backward pass (shapes in the module docstring)."""
+    """One layer's (and direction's) records from one backward pass (shapes in the docstring)."""
 
     adjoint_norm: torch.Tensor
     direct_norm: torch.Tensor
@@ -40,16 +45,24 @@ class LayerRecord:
     grad_w_hh_norm: torch.Tensor | None  # None unless the capture asked for weight_grads
     grad_w_ih_norm: torch.Tensor | None
     delta: torch.Tensor | None = None  # (T, B, H) the adjoints themselves, if kept
+    layer: int = 0
+    direction: int = 0  # 0 forward in time, 1 reverse (the second half of a bidirectional layer)
 
 
 @dataclass
 class BackwardRecord:
-    """Records of one backward pass through the stack: ``layers[l]``, and the reach if asked."""
+    """Records of one backward pass through the stack: ``layers``, and the reach if asked.
+
+    ``layers`` holds one record per layer, bottom first — per layer and direction, forward
+    first, for a bidirectional RNN (``states`` likewise). ``real`` (T, B) marks the real steps
+    of a packed batch (None: every step is real); records are zero at the others.
+    """
 
     layers: list[LayerRecord]
     reach: torch.Tensor | None = None
     reach_sources: list[int] = field(default_factory=list)
     states: list[torch.Tensor] | None = None  # per layer outputs h (T, B, H), if kept
+    real: torch.Tensor | None = None
 
 
 def _outer_norms(gram_g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
@@ -71,8 +84,10 @@ class Capture:
 
     ``weight_grads``: also record each step's contribution to ∇W_hh and ∇W_ih.
     ``reach``: also compute gradient reach on the first ``reach_batch`` samples, for
-    ``reach_sources`` (default: the last step and log-spaced ones). ``keep_adjoints`` keeps δ
-    itself and ``keep_states`` the layer outputs (for probes) — both (T, B, H) per layer.
+    ``reach_sources`` (default: the last step and log-spaced ones); unidirectional RNNs without
+    dropout only. ``keep_adjoints`` keeps δ itself and ``keep_states`` the layer outputs (for
+    probes) — both (T, B, H) per layer. Backward passes run under ``torch.func`` transforms are
+    not recorded (their tensors cannot leave the transform).
     """
 
     def __init__(
@@ -93,13 +108,16 @@ class Capture:
             )
         if reach_batch < 1:
             raise RnnprobeError(f"reach_batch must be at least 1, got {reach_batch}")
+        if reach and rnns[0].bidirectional:
+            raise RnnprobeError("gradient reach needs a unidirectional RNN")
         self.slot: RecorderSlot = rnns[0].recorder_slot
         self.reach, self.reach_sources, self.reach_batch = reach, reach_sources, reach_batch
         self.keep_adjoints, self.keep_states = keep_adjoints, keep_states
         self.weight_grads = weight_grads
         self._records: list[BackwardRecord] = []
-        self._layers: dict[int, LayerRecord] = {}
-        self._pending_reach: tuple[torch.Tensor | None, list[int], list[torch.Tensor] | None]
+        self._layers: list[LayerRecord] = []
+        self._pending: BackwardRecord | None = None
+        self._order: torch.Tensor | None = None
 
     def __enter__(self) -> Capture:
         if self.slot.recorder is not None:
@@ -110,69 +128,114 @@ class Capture:
     def __exit__(self, *exc_info: object) -> None:
         self.slot.recorder = None
 
-    def on_stack_backward(self, outputs, seeds, weights, nonlinearity) -> None:
+    def on_stack_backward(
+        self, outputs, seeds, weights, nonlinearity, *, directions, lengths, order, dropout
+    ) -> None:
         """Start a new record; compute the reach from the saved outputs if asked."""
-        self._layers = {}
+        self._layers, self._order = [], order
         reach, sources = None, []
         if self.reach:
+            if dropout:
+                raise RnnprobeError("gradient reach does not model dropout between layers")
             T = seeds.shape[0]
             sources = list(self.reach_sources or default_reach_sources(T))
-            sub = slice(0, self.reach_batch)
+            # the first reach_batch samples of the caller's batch, wherever the scan put them
+            sub = slice(0, self.reach_batch) if order is None else order[: self.reach_batch]
             reach = gradient_reach(
                 [out[:, sub] for out in outputs], seeds[:, sub], weights, nonlinearity, sources
             )
-        states = [out.detach() for out in outputs] if self.keep_states else None
-        self._pending_reach = (reach, sources, states)
+        states = [self._in_order(out.detach()) for out in outputs] if self.keep_states else None
+        real = None
+        if lengths is not None:
+            steps = torch.arange(seeds.shape[0], device=seeds.device).unsqueeze(1)
+            real = self._in_order(steps < torch.tensor(lengths, device=seeds.device))
+        self._pending = BackwardRecord([], reach, sources, states, real)
 
-    def on_layer_backward(self, layer, adjoints, direct, g, h0, outputs, inputs) -> None:
-        """Reduce one layer's adjoints to per-step records (no host sync)."""
+    def on_layer_backward(
+        self, layer, adjoints, direct, g, h0, outputs, inputs, *, direction=0, previous=None
+    ) -> None:
+        """Reduce one layer's adjoints to per-step records (no host sync).
+
+        ``previous`` (T, B, H) holds the state each step's a_t reads; None means h0, then the
+        outputs h_{t-1} (the forward direction).
+        """
         grad_w_hh_norm = grad_w_ih_norm = None
         if self.weight_grads:  # three (T, B, B) Gram products: the one costly record
             gram_g = _gram(g)
-            gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
-            torch.mm(h0, h0.t(), out=gram_prev[0])
-            torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
+            if previous is not None:
+                gram_prev = _gram(previous)
+            else:
+                gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
+                torch.mm(h0, h0.t(), out=gram_prev[0])
+                torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
             grad_w_hh_norm = _outer_norms(gram_g, gram_prev)
             grad_w_ih_norm = _outer_norms(gram_g, _gram(inputs))
-        self._layers[layer] = LayerRecord(
-            adjoint_norm=adjoints.adjoint_norm,
-            direct_norm=direct.norm(dim=-1),
-            recurrent_norm=adjoints.recurrent_norm,
-            grad_w_hh_norm=grad_w_hh_norm,
-            grad_w_ih_norm=grad_w_ih_norm,
-            delta=adjoints.delta,
+        self._layers.append(
+            LayerRecord(
+                adjoint_norm=self._in_order(adjoints.adjoint_norm),
+                direct_norm=self._in_order(direct.norm(dim=-1)),
+                recurrent_norm=self._in_order(adjoints.recurrent_norm),
+                grad_w_hh_norm=grad_w_hh_norm,
+                grad_w_ih_norm=grad_w_ih_norm,
+                delta=None if adjoints.delta is None else self._in_order(adjoints.delta),
+                layer=layer,
+                direction=direction,
+            )
         )
-        if layer == 0:
-            reach, sources, states = self._pending_reach
-            layers = [self._layers[k] for k in sorted(self._layers)]
-            self._records.append(BackwardRecord(layers, reach, sources, states))
+
+    def on_stack_end(self) -> None:
+        """File the record of this backward pass, layers bottom first."""
+        record, self._pending = self._pending, None
+        record.layers = sorted(self._layers, key=lambda r: (r.layer, r.direction))
+        self._records.append(record)
+
+    def _in_order(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return a per-sample tensor (T, B, ...) in the caller's batch order."""
+        return tensor if self._order is None else tensor.index_select(1, self._order)
 
     def records_on_device(self) -> list[BackwardRecord]:
         """Return every backward pass's records where they were computed (no transfer)."""
         return self._records
 
     def records(self) -> list[BackwardRecord]:
-        """Return every backward pass's records, moved to the host in one transfer."""
-        tensors: list[torch.Tensor] = []
-        for record in self._records:
-            for layer in record.layers:
-                tensors += [t for t in vars(layer).values() if t is not None]
-            tensors += [record.reach] if record.reach is not None else []
-            tensors += record.states or []
+        """Return every backward pass's records, moved to the host in one transfer per dtype."""
+        slots = [slot for record in self._records for slot in _tensor_slots(record)]
+        tensors = [_get(slot) for slot in slots]
         if not tensors or tensors[0].device.type == "cpu":
             return self._records
-        flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-        host = iter(flat.split([t.numel() for t in tensors]))
-        for record in self._records:
-            for layer in record.layers:
-                for name, value in vars(layer).items():
-                    if value is not None:
-                        setattr(layer, name, next(host).view(value.shape))
-            if record.reach is not None:
-                record.reach = next(host).view(record.reach.shape)
-            if record.states:
-                record.states = [next(host).view(s.shape) for s in record.states]
+        for dtype in {t.dtype for t in tensors}:
+            chosen = [(s, t) for s, t in zip(slots, tensors, strict=True) if t.dtype == dtype]
+            flat = torch.cat([t.reshape(-1) for _, t in chosen]).cpu()
+            parts = flat.split([t.numel() for _, t in chosen])
+            for (slot, t), part in zip(chosen, parts, strict=True):
+                _set(slot, part.view(t.shape))
         return self._records
+
+
+def _tensor_slots(record: BackwardRecord):
+    """Yield (holder, key) of every tensor a record holds: attributes, and the states list."""
+    for layer in record.layers:
+        for name, value in vars(layer).items():
+            if isinstance(value, torch.Tensor):
+                yield layer, name
+    for name in ("reach", "real"):
+        if getattr(record, name) is not None:
+            yield record, name
+    for i in range(len(record.states or [])):
+        yield record.states, i
+
+
+def _get(slot):
+    holder, key = slot
+    return holder[key] if isinstance(holder, list) else getattr(holder, key)
+
+
+def _set(slot, value) -> None:
+    holder, key = slot
+    if isinstance(holder, list):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)
 
 
 def capture(model: nn.Module, **options) -> Capture:

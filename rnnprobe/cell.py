@@ -38,3 +38,15 @@ def derivative_from_output(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     if nonlinearity == "tanh":
         return torch.mul(h, h).neg_().add_(1.0)  # one buffer, no temporaries
     return (h > 0).to(h.dtype)
+
+
+def activation(nonlinearity: str):
+    """Return φ as an out-of-place function (autograd and ``torch.func`` can trace it)."""
+    return torch.tanh if nonlinearity == "tanh" else torch.relu
+
+
+def derivative(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """Return φ'(a) from h = φ(a) out of place, so that it can itself be differentiated."""
+    if nonlinearity == "tanh":
+        return 1 - h * h
+    return (h > 0).to(h.dtype)

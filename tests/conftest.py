@@ -1,7 +1,17 @@
-"""Hypothesis profiles (HYPOTHESIS_PROFILE=dev|ci|intense) and float64 by default in tests."""
+"""Hypothesis profiles (HYPOTHESIS_PROFILE=dev|ci|intense), and one torch thread everywhere.
+
+One torch thread in this process and in every process a test starts (they inherit
+OMP_NUM_THREADS): the tests' tiny tensors gain nothing from more, on busy cores a team of
+threads spins waiting for its members, and rounding depends on the thread count, so records
+compared across processes need the same count. Set OMP_NUM_THREADS to choose another.
+"""
 
 import os
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -18,3 +28,16 @@ settings.register_profile(
     "intense", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+TORCH_THREADS = int(os.environ["OMP_NUM_THREADS"])  # as every child process starts with
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_in_child_processes():
+    """Give every test TORCH_THREADS torch threads, whatever the last one set.
+
+    ``rnnprobe train --threads`` and pool workers run in-process set them.
+    """
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+    yield

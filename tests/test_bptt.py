@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rnnprobe import ElmanRNN, RnnprobeError
-from rnnprobe.bptt import ElmanStackFunction
+from rnnprobe.bptt import ElmanStackFunction, StackSpec, make_schedule
 from rnnprobe.capture import capture
 from tests.reference import unrolled_rnn
 
@@ -178,10 +178,15 @@ def test_gradcheck_passes_on_the_stack_function(case):
         assume(min(torch.stack(a).abs().min().item() for a in preacts) > 1e-3)
     weights = [w.detach().clone().requires_grad_() for w in model.flat_weights()]
 
-    def fn(x_, h0_, *w):
-        return ElmanStackFunction.apply(
-            x_, h0_, model.recorder_slot, case["nonlinearity"], case["bias"], *w
-        )
+    spec = StackSpec(
+        case["nonlinearity"],
+        case["bias"],
+        case["num_layers"],
+        (make_schedule(case["seq_len"], reverse=False),),
+    )
+
+    def fn(x_, h0_, *w):  # (output, h_n); the lower layers' outputs are not differentiable
+        return ElmanStackFunction.apply(x_, h0_, model.recorder_slot, spec, *w)[:2]
 
     assert torch.autograd.gradcheck(fn, (x_tm, h0_full, *weights), eps=1e-6, atol=1e-7)
 
@@ -294,20 +299,341 @@ def test_unbatched_input_matches_torch_rnn():
 
 
 @pytest.mark.parametrize(
-    ("make", "message"),
+    ("make", "kind", "message"),
     [
-        (lambda m: m(torch.randn(5, 2, 3, 4)), "rank"),
-        (lambda m: m(torch.randn(5, 2, 7)), "input size"),
-        (lambda m: m(torch.randn(5, 2, 3), torch.randn(1, 2, 9)), "h0 must have shape"),
-        (lambda m: m(torch.randn(0, 2, 3)), "empty"),
+        (lambda m: m(torch.randn(5, 2, 3, 4)), ValueError, "Expected input to be 2D or 3D"),
+        (lambda m: m(torch.randn(5, 2, 7)), RuntimeError, r"input.size\(-1\) must be equal"),
+        (
+            lambda m: m(torch.randn(5, 2, 3), torch.randn(1, 2, 9)),
+            RuntimeError,
+            r"Expected hidden size \(1, 2, 6\), got \[1, 2, 9\]",
+        ),
+        (lambda m: m(torch.randn(0, 2, 3)), RuntimeError, "sequence length to be larger than 0"),
     ],
 )
-def test_bad_input_gets_a_clear_error(make, message):
+def test_bad_input_gets_torch_rnns_error_which_is_also_an_rnnprobe_error(make, kind, message):
     model = ElmanRNN(3, 6)
-    with pytest.raises(RnnprobeError, match=message):
+    with pytest.raises(RnnprobeError, match=message) as error:
         make(model)
+    assert isinstance(error.value, kind)
+    with pytest.raises(kind, match=message):
+        make(torch.nn.RNN(3, 6))
 
 
 def test_unknown_nonlinearity_is_rejected_by_name():
-    with pytest.raises(RnnprobeError, match="unknown nonlinearity 'sigmoid'"):
+    with pytest.raises(RnnprobeError, match="Unknown nonlinearity 'sigmoid'"):
         ElmanRNN(3, 4, nonlinearity="sigmoid")
+
+
+# -- nn.RNN's whole contract: bidirectional, dropout, packed batches --------------------------
+
+
+@st.composite
+def full_cases(draw, max_len: int = 6):
+    """A configuration using everything nn.RNN accepts, an input (padded lengths), a seed."""
+    T, B = draw(st.integers(1, max_len)), draw(st.integers(1, 4))
+    packed = draw(st.booleans())
+    lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B)) if packed else [T] * B
+    lengths[draw(st.integers(0, B - 1))] = T  # the longest sequence sets T
+    return {
+        "input_size": draw(st.integers(1, 4)),
+        "hidden_size": draw(st.integers(1, 4)),
+        "num_layers": draw(st.integers(1, 3)),
+        "nonlinearity": draw(st.sampled_from(["tanh", "relu"])),
+        "bias": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+        "bidirectional": draw(st.booleans()),
+        "dropout": draw(st.sampled_from([0.0, 0.0, 0.3, 0.7])),
+        "packed": packed,
+        "lengths": lengths,
+        "seq_len": T,
+        "batch": B,
+        "with_h0": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**31 - 1)),
+    }
+
+
+def build_full(case):
+    """Return (ElmanRNN, nn.RNN alike, padded x (time-major), h0 or None), training mode."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    names = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first")
+    kwargs = {name: case[name] for name in names}
+    dropout = case["dropout"] if case["num_layers"] > 1 else 0.0
+    reference = torch.nn.RNN(
+        **kwargs, dropout=dropout, bidirectional=case["bidirectional"], dtype=DTYPE
+    )
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=DTYPE) * 0.6)
+    model = ElmanRNN.from_torch(reference)
+    T, B, D = case["seq_len"], case["batch"], 2 if case["bidirectional"] else 1
+    x = torch.randn(T, B, case["input_size"], generator=gen, dtype=DTYPE)
+    for b, n in enumerate(case["lengths"]):
+        x[n:, b] = 0
+    hidden = (case["num_layers"] * D, B, case["hidden_size"])
+    h0 = torch.randn(hidden, generator=gen, dtype=DTYPE) if case["with_h0"] else None
+    return model.train(), reference.train(), x, h0
+
+
+def as_input(case, x):
+    """Return the module input for padded time-major x: packed, or laid out as configured."""
+    if case["packed"]:
+        return torch.nn.utils.rnn.pack_padded_sequence(x, case["lengths"], enforce_sorted=False)
+    return time_major(x, case["batch_first"])
+
+
+def padded_output(case, output):
+    """Return the output as padded time-major (T, B, D·H), zero at padded steps."""
+    if case["packed"]:
+        total = case["seq_len"]
+        return torch.nn.utils.rnn.pad_packed_sequence(output, total_length=total)[0]
+    return time_major(output, case["batch_first"])
+
+
+def run_full(case, module, x, h0):
+    """Run ``module`` on the case's input with torch's generator seeded (dropout masks)."""
+    torch.manual_seed(case["seed"])
+    output, h_n = module(as_input(case, x), h0)
+    return padded_output(case, output), h_n
+
+
+def drawn_masks(case):
+    """Return the dropout masks nn.RNN draws for this case, padded (T, B, D·H), batch order.
+
+    Drawn as the ATen RNN draws them (bernoulli_(1 - p) / (1 - p) on each lower layer's output,
+    the packed data for a packed batch); ``test_full_contract_matches_torch_rnn`` checks that
+    ElmanRNN's outputs equal nn.RNN's under the same seed, so these are its masks too.
+    """
+    p = case["dropout"]
+    if p == 0 or case["num_layers"] == 1:
+        return None
+    torch.manual_seed(case["seed"])
+    T, B = case["seq_len"], case["batch"]
+    width = case["hidden_size"] * (2 if case["bidirectional"] else 1)
+    probe = torch.zeros(T, B, 1, dtype=DTYPE)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(probe, case["lengths"], enforce_sorted=False)
+    masks = []
+    for _ in range(case["num_layers"] - 1):
+        shape = (packed.data.shape[0], width) if case["packed"] else (T, B, width)
+        noise = torch.empty(shape, dtype=DTYPE).bernoulli_(1 - p).div_(1 - p)
+        if case["packed"]:
+            noise = torch.nn.utils.rnn.pad_packed_sequence(packed._replace(data=noise))[0]
+        masks.append(noise)
+    return masks
+
+
+def unrolled_full(case, x, h0, rnn, masks):
+    """Brute-force twin of the scan: each sequence alone, one step at a time, its own length.
+
+    Returns (output (T, B, D·H) zero-padded, h_n (L·D, B, H), states[l][d][(t, b)] (H,)
+    with ``retain_grad``, present only at real steps).
+    """
+    phi = torch.tanh if rnn.nonlinearity == "tanh" else torch.relu
+    T, B, D, H = x.shape[0], x.shape[1], 2 if rnn.bidirectional else 1, rnn.hidden_size
+    zero = x.new_zeros(D * H)
+    layer_input = {(t, b): x[t, b] for t in range(T) for b in range(B)}
+    states, finals = [], []
+    for layer in range(rnn.num_layers):
+        layer_states = []
+        for d in range(D):
+            suffix = f"l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = rnn.layer_weights(layer, d)
+            bias = (
+                getattr(rnn, f"bias_ih_{suffix}") + getattr(rnn, f"bias_hh_{suffix}")
+                if rnn.bias
+                else 0
+            )
+            found = {}
+            for b, n in enumerate(case["lengths"]):
+                h = h0[layer * D + d, b]
+                for t in range(n) if d == 0 else range(n - 1, -1, -1):
+                    h = phi(w_ih @ layer_input[(t, b)] + w_hh @ h + bias)
+                    h.retain_grad()
+                    found[(t, b)] = h
+                finals.append(h)
+            layer_states.append(found)
+        states.append(layer_states)
+        below = {}
+        for t in range(T):
+            for b, n in enumerate(case["lengths"]):
+                h = torch.cat([layer_states[d][(t, b)] for d in range(D)]) if t < n else zero
+                has_mask = masks is not None and layer < len(masks)
+                below[(t, b)] = h * masks[layer][t, b] if has_mask else h
+        layer_input = below
+    outputs = torch.stack([torch.stack([below[(t, b)] for b in range(B)]) for t in range(T)])
+    if masks is not None and rnn.num_layers - 1 < len(masks):
+        raise AssertionError("the top layer has no mask")
+    h_n = torch.stack(finals).view(rnn.num_layers, D, B, H).reshape(-1, B, H)
+    return outputs, h_n, states
+
+
+def full_loss(case, output, h_n):
+    gen = torch.Generator().manual_seed(case["seed"] + 1)
+    w_out = torch.randn(output.shape, generator=gen, dtype=DTYPE)
+    for b, n in enumerate(case["lengths"]):
+        w_out[n:, b] = 0  # padded steps are no outputs of a packed batch
+    return (output * w_out).sum() + (h_n * torch.randn(h_n.shape, generator=gen, dtype=DTYPE)).sum()
+
+
+@given(full_cases())
+def test_full_contract_matches_torch_rnn(case):
+    model, reference, x, h0 = build_full(case)
+    x.requires_grad_()
+    h0 = None if h0 is None else h0.requires_grad_()
+    leaves = [x] + ([h0] if h0 is not None else [])
+    out, h_n = run_full(case, model, x, h0)
+    ref_out, ref_h_n = run_full(case, reference, x, h0)
+    assert close(out, ref_out, 1e-12)
+    assert close(h_n, ref_h_n, 1e-12)
+    grads = torch.autograd.grad(full_loss(case, out, h_n), leaves + list(model.parameters()))
+    ref_grads = torch.autograd.grad(
+        full_loss(case, ref_out, ref_h_n), leaves + list(reference.parameters())
+    )
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert close(grad, ref_grad, 1e-10)
+
+
+@given(full_cases())
+def test_full_contract_adjoints_match_retain_grad_and_are_zero_at_padded_steps(case):
+    model, _, x, h0 = build_full(case)
+    D = 2 if case["bidirectional"] else 1
+    h0_full = (
+        h0
+        if h0 is not None
+        else x.new_zeros(case["num_layers"] * D, case["batch"], case["hidden_size"])
+    )
+    ref_out, ref_h_n, states = unrolled_full(case, x, h0_full, model, drawn_masks(case))
+    full_loss(case, ref_out, ref_h_n).backward()
+    with capture(model, keep_adjoints=True) as cap:
+        out, h_n = run_full(case, model, x, h0)
+        full_loss(case, out, h_n).backward()
+    assert close(out, ref_out, 1e-12)
+    (record,) = cap.records()
+    real = torch.arange(case["seq_len"])[:, None] < torch.tensor(case["lengths"])[None, :]
+    if case["packed"]:
+        assert torch.equal(record.real, real)
+    else:
+        assert record.real is None
+    layers = [(layer, d) for layer in range(case["num_layers"]) for d in range(D)]
+    assert [(r.layer, r.direction) for r in record.layers] == layers
+    for r, (layer, d) in zip(record.layers, layers, strict=True):
+        expected = torch.zeros_like(r.delta)
+        for (t, b), h in states[layer][d].items():
+            expected[t, b] = h.grad
+        assert close(r.delta, expected, 1e-10)
+        assert close(r.adjoint_norm, expected.norm(dim=-1), 1e-10)
+        assert bool((r.adjoint_norm[~real] == 0).all())  # exactly zero where no step exists
+
+
+@settings(max_examples=6)
+@given(full_cases(max_len=3))
+def test_full_contract_gradgradcheck_tanh(case):
+    # ReLU's kink at 0 defeats finite differences; two layers show every coupling
+    case = {**case, "nonlinearity": "tanh", "num_layers": min(case["num_layers"], 2)}
+    model, _, x, h0 = build_full(case)
+    names = [name for name, _ in model.named_parameters()]
+    weights = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    inputs = [x.requires_grad_()] + ([h0.requires_grad_()] if h0 is not None else [])
+
+    def fn(x_, *rest):
+        h0_, rest = (rest[0], rest[1:]) if h0 is not None else (None, rest)
+        torch.manual_seed(case["seed"])  # the same dropout masks at every call
+        params = dict(zip(names, rest, strict=True))
+        out, h_n = torch.func.functional_call(model, params, (as_input(case, x_), h0_))
+        return padded_output(case, out), h_n
+
+    assert torch.autograd.gradgradcheck(fn, (*inputs, *weights), fast_mode=True)
+
+
+@settings(max_examples=10)
+@given(full_cases())
+def test_torch_func_grad_equals_autograd(case):
+    """torch.func.grad of parameters (and input): packed batches too, which nn.RNN cannot."""
+    model, _, x, h0 = build_full(case)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    x.requires_grad_()
+    packed = as_input(case, x) if case["packed"] else None  # then the gradients of params only
+    # torch's pad/pack utilities do not run under torch.func: pack the loss weights outside
+    gen = torch.Generator().manual_seed(case["seed"] + 1)
+    D = 2 if case["bidirectional"] else 1
+    out_shape = (case["seq_len"], case["batch"], D * case["hidden_size"])
+    w_out = torch.randn(out_shape, generator=gen, dtype=DTYPE)
+    w_packed = (
+        as_input(case, w_out).data if case["packed"] else time_major(w_out, case["batch_first"])
+    )
+
+    def loss(params, x_):
+        torch.manual_seed(case["seed"])
+        given = packed if packed is not None else time_major(x_, case["batch_first"])
+        out, h_n = torch.func.functional_call(model, params, (given, h0))
+        return ((out.data if packed is not None else out) * w_packed).sum() + h_n.square().sum()
+
+    grads = torch.func.grad(loss, argnums=(0, 1))(params, x)
+    expected = torch.autograd.grad(
+        loss(dict(model.named_parameters()), x), [*model.parameters(), x]
+    )
+    for (name, grad), want in zip(grads[0].items(), expected, strict=False):
+        assert close(grad, want, 1e-10), name
+    if packed is None:
+        assert close(grads[1], expected[-1], 1e-10)
+
+
+def test_jacrev_vmap_and_vjp_agree_with_autograd():
+    torch.manual_seed(2)
+    model = ElmanRNN(2, 3, 2, bidirectional=True).double()
+    x = torch.randn(4, 2, 2, dtype=DTYPE)
+    h0 = torch.randn(4, 2, 3, dtype=DTYPE)
+
+    def output(x_, h0_=h0):
+        return model(x_, h0_)[0]
+
+    expected = torch.autograd.functional.jacobian(output, x)
+    assert close(torch.func.jacrev(output)(x), expected, 1e-12)
+    hessian = torch.func.jacrev(torch.func.jacrev(lambda x_: output(x_).square().sum()))(x)
+    assert close(
+        hessian, torch.autograd.functional.hessian(lambda x_: output(x_).square().sum(), x), 1e-10
+    )
+    xs, h0s = torch.randn(3, 4, 2, 2, dtype=DTYPE), torch.randn(3, 4, 2, 3, dtype=DTYPE)
+    assert close(torch.func.vmap(output)(xs), torch.stack([output(a) for a in xs]), 1e-12)
+    by_state = torch.func.vmap(lambda h: output(x, h))(h0s)  # only the state is batched
+    assert close(by_state, torch.stack([output(x, h) for h in h0s]), 1e-12)
+    out, vjp = torch.func.vjp(output, x)
+    (grad,) = vjp(torch.ones_like(out))
+    assert close(grad, expected.sum(dim=(0, 1, 2)), 1e-12)
+
+
+def test_create_graph_backward_records_what_the_fast_backward_records():
+    torch.manual_seed(3)
+    model = ElmanRNN(3, 4, 2, bidirectional=True).double()
+    x = torch.randn(5, 2, 3, dtype=DTYPE, requires_grad=True)
+    records, grads = [], []
+    for create_graph in (False, True):
+        model.zero_grad()
+        with capture(model, keep_adjoints=True) as cap:
+            out, h_n = model(x)
+            (grad,) = torch.autograd.grad((out**2).sum() + h_n.sum(), x, create_graph=create_graph)
+        records.append(cap.records()[0])
+        grads.append(grad)
+    assert grads[1].requires_grad and not grads[0].requires_grad
+    assert close(grads[1].detach(), grads[0], 1e-12)
+    for slow, fast in zip(records[1].layers, records[0].layers, strict=True):
+        for name in ("delta", "adjoint_norm", "direct_norm", "recurrent_norm", "grad_w_hh_norm"):
+            assert close(getattr(slow, name), getattr(fast, name), 1e-12), name
+    (grads[1].square().sum()).backward()  # and the gradient of the gradient exists
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_autocast_computes_in_the_autocast_dtype_like_torch_rnn():
+    torch.manual_seed(4)
+    reference = torch.nn.RNN(3, 8, 2, bidirectional=True)
+    model = ElmanRNN.from_torch(reference)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = model(x)
+        ref_out, ref_h_n = reference(x)
+    assert (out.dtype, h_n.dtype) == (ref_out.dtype, ref_h_n.dtype) == (torch.bfloat16,) * 2
+    torch.testing.assert_close(out, ref_out, atol=2e-2, rtol=2e-2)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and model.weight_hh_l0.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a float64 model stays float64, as nn.RNN
+        assert model.double()(x.double().detach())[0].dtype == torch.float64

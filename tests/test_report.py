@@ -27,9 +27,10 @@ from PIL import Image
 
 from rnnprobe.cli_report import report
 from rnnprobe.config import build_config
+from rnnprobe.diagnosis import StudyAnalysis, analyse_study
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.reach import default_reach_sources
-from rnnprobe.report import build_report
+from rnnprobe.report import PLOT_TABLES, build_report
 from rnnprobe.store import STANDARD_TABLES, RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -260,9 +261,24 @@ def _check_report(out: Path) -> None:
     assert "could not draw" not in readme
 
 
-def test_study_report_has_valid_figures_and_links(tmp_path):
-    study = write_study(tmp_path / "study", gains=(0.5, 2.0), seq_lens=(8, 24))
-    out = build_report(study, tmp_path / "report")
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, StudyAnalysis]:
+    """A 4-run study (init_gain 0.5, 2 × seq_len 8, 24) and its analysis, for reading only.
+
+    Drawn once for the tests below, as ``rnnprobe study`` does: OUT/summary.csv, then the
+    report in OUT/report from the same analysis (4 ≤ 8 runs: a figure for every run).
+    """
+    from rnnprobe.cli_study import write_summary
+
+    study = write_study(tmp_path_factory.mktemp("demo") / "s", gains=(0.5, 2.0))
+    analysis = analyse_study(study, keep=PLOT_TABLES)
+    write_summary(analysis.table, study)
+    build_report(study, study / "report", analysis=analysis)
+    return study, analysis
+
+
+def test_study_report_has_valid_figures_and_links(demo):
+    out = demo[0] / "report"
     _check_report(out)
     names = {p.name for p in out.glob("*.png")}
     assert "study.png" in names
@@ -294,9 +310,8 @@ def test_single_run_report_escapes_text_and_writes_only_under_output(tmp_path):
     assert {p.name for p in out.glob("*.png")} == {"run.png"}
 
 
-def test_large_study_shows_figures_only_for_representative_runs(tmp_path):
-    study = write_study(tmp_path / "s", gains=(0.5, 1.0, 2.0), seq_lens=(4, 8), steps=12)
-    out = build_report(study, tmp_path / "out", max_run_figures=2)
+def test_large_study_shows_figures_only_for_representative_runs(demo, tmp_path):
+    out = build_report(demo[0], tmp_path / "out", max_run_figures=2)  # 4 runs > 2
     _check_report(out)
     run_figures = list(out.glob("run-*.png"))
     assert 1 <= len(run_figures) <= 3
@@ -385,7 +400,7 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
         "--window-size=1200,2000", (out / "index.html").resolve().as_uri(),
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    subprocess.run(command, check=True, capture_output=True, timeout=600)  # a hang guard
     _check_png(shot.read_bytes())
     with Image.open(shot) as image:
         assert image.size == (1200, 2000)
@@ -406,16 +421,12 @@ def test_benchmark_report_of_24_runs_by_2000_steps(tmp_path):
     _check_report(out)
 
 
-def test_every_number_shown_twice_is_the_same_number(tmp_path):
+def test_every_number_shown_twice_is_the_same_number(demo, tmp_path):
     """Terminal table, OUT/summary.csv, the report's summary.csv, its table and its text agree."""
-    from rnnprobe.cli_study import format_summary, write_summary
-    from rnnprobe.diagnosis import analyse_study
+    from rnnprobe.cli_study import format_summary
 
-    study = write_study(tmp_path / "s", gains=(0.5, 1.0, 2.0), seq_lens=(8,), steps=20)
-    analysis = analyse_study(study)
-    write_summary(analysis.table, study)
+    study, analysis = demo  # OUT/summary.csv and OUT/report written from this analysis
     terminal = format_summary(analysis)
-    build_report(study, study / "report", analysis=analysis)
     # `rnnprobe report` reads the files anew
     again = build_report(study, tmp_path / "again", max_run_figures=0)
     first = (study / "summary.csv").read_text()
@@ -441,7 +452,11 @@ def test_every_number_shown_twice_is_the_same_number(tmp_path):
     text = (study / "report" / "README.md").read_text()
     for value in csv["decay_per_step_init"]:
         assert f"decay ×{value:.4g} per step" in text
-    # the answer's per-configuration means are the CSV's
+    # the answer's loss by configuration, and its decay by init_gain over seq_len, are the CSV's
     answer = "\n".join(analysis.diagnosis.answer)
+    for (gain, seq_len), runs in csv.groupby(["model.init_gain", "task.seq_len"]):
+        mean = runs["loss_ratio"].mean()
+        assert f"init_gain = {gain}, seq_len = {seq_len} ({mean:.3g})" in answer
+    effect = next(x for x in answer.splitlines() if "init_gain changes decay per step at" in x)
     for gain, runs in csv.groupby("model.init_gain"):
-        assert f"init_gain = {gain} ({runs['loss_ratio'].mean():.3g})" in answer
+        assert f" {gain}: {runs['decay_per_step_init'].mean():.3g} ±" in effect

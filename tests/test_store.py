@@ -170,10 +170,10 @@ def test_sigkill_mid_loop_leaves_only_complete_parts(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(run)], env=env)
     try:
-        deadline = time.monotonic() + 60
+        hang_guard = time.monotonic() + 600  # only a hung writer takes this long
         while not (run / "tables" / "steps").is_dir() or len(part_names(run, "steps")) < 8:
             assert writer.poll() is None, "writer exited early"
-            assert time.monotonic() < deadline, "writer made no progress"
+            assert time.monotonic() < hang_guard, "writer wrote fewer than 8 parts in 600 s"
             time.sleep(0.01)
     finally:
         writer.send_signal(signal.SIGKILL)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +29,7 @@ from rnnprobe.study import (
     run_study,
     spec_from_dict,
 )
+from tests.test_train import finish, go, start_pausing, wait_for_pause
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 WALL_CLOCK = ["seconds"]
@@ -356,44 +355,33 @@ def started():
         process.communicate()
 
 
-def start_study(out: Path, *extra: str) -> subprocess.Popen:
-    """Start a 3-run study (about a second per run) in a fresh Python process."""
-    run = {"--steps": "40", "--flush-every": "10", "--checkpoint-every": "10", "--eval-every": "40"}
-    sweep = ["--seq-len", "3", "--seq-len", "4", "--seq-len", "5"]
-    args = [*TINY, *(p for f in run.items() for p in f), *sweep, "--no-report", "--out", str(out)]
-    args += extra
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnnprobe.cli_study", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
+STUDY_RUNS = {"--steps": "20", "--flush-every": "5", "--checkpoint-every": "10",
+              "--eval-every": "20"}  # fmt: skip
+STUDY_ARGS = [*TINY, *(p for f in STUDY_RUNS.items() for p in f), "--seq-len", "3",
+              "--seq-len", "4", "--seq-len", "5"]  # fmt: skip
 
 
-def wait_until_done(out: Path, process: subprocess.Popen, count: int) -> list[str]:
-    """Return the ids of the first ``count`` finished runs, polling the study index."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        index = read_index(out) if (out / "study.json").is_file() else None
-        done = [r["id"] for r in (index or {}).get("runs", []) if r["status"] == "done"]
-        if len(done) >= count:
-            return done
-        time.sleep(0.02)
-    raise AssertionError(f"not {count} runs finished: {process.communicate()}")
+def start_study(out: Path, run: int, step: int, gated: bool = False) -> subprocess.Popen:
+    """Start the 3-run study in a fresh process that pauses in its ``run``-th run at ``step``.
 
-
-def finish(process: subprocess.Popen) -> tuple[int, str, str]:
-    stdout, stderr = process.communicate(timeout=120)
-    return process.returncode, stdout, stderr
+    It pauses after that step's checkpoint and waits for the test (see tests/test_train.py).
+    """
+    args = [*STUDY_ARGS, "--jobs", "1", "--no-report", "--out", str(out)]
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    return start_pausing("rnnprobe.cli_study", run, step, args, gated, env=env)
 
 
 def test_sigint_then_sigkill_then_rerun_gives_the_uninterrupted_summary(tmp_path, started):
-    whole = start_study(tmp_path / "whole", "--jobs", "1")
     out = tmp_path / "cut"
-    process = start_study(out, "--jobs", "1")
-    started += [whole, process]
-    first = wait_until_done(out, process, 1)[0]
+    started.append(process := start_study(out, 2, 10))  # in run 2, after its checkpoint 10
+    # the second process does its imports meanwhile; it resumes run 2 and stops in run 3
+    started.append(second := start_study(out, 2, 10, gated=True))
+    whole = invoke(*STUDY_ARGS, "--out", str(tmp_path / "whole"))  # here, meanwhile
+    assert whole.exit_code == 0, whole.output
+    wait_for_pause(process)
+    runs = read_index(out)["runs"]
+    assert [r["status"] for r in runs] == ["done", "running", "pending"]
+    first = runs[0]["id"]
     before = mtimes(out / "runs" / first)
     process.send_signal(signal.SIGINT)
     code, _, stderr = finish(process)
@@ -401,19 +389,17 @@ def test_sigint_then_sigkill_then_rerun_gives_the_uninterrupted_summary(tmp_path
     assert stderr.strip().splitlines()[-1].startswith("rnnprobe: study interrupted with")
     assert "Traceback" not in stderr
     statuses = [r["status"] for r in read_index(out)["runs"]]
-    assert "running" not in statuses and statuses.count("done") >= 1
+    assert statuses[:2] == ["done", "interrupted"] and "running" not in statuses
 
-    process = start_study(out, "--jobs", "1")
-    started.append(process)
-    done = wait_until_done(out, process, 2)
-    process.send_signal(signal.SIGKILL)
-    assert finish(process)[0] == -signal.SIGKILL
+    go(second)  # resumes run 2 from its checkpoint; killed in run 3, after its checkpoint 10
+    wait_for_pause(second)
+    assert [r["status"] for r in read_index(out)["runs"]] == ["done", "done", "running"]
+    second.send_signal(signal.SIGKILL)
+    assert finish(second)[0] == -signal.SIGKILL
 
-    started.append(start_study(out, "--jobs", "1"))
-    code, stdout, stderr = finish(started[-1])
-    assert code == 0, stderr
-    assert f"{len(done)} finished" in stdout.splitlines()[0]
+    rerun = invoke(*STUDY_ARGS, "--out", str(out))  # in this process: the same command
+    assert rerun.exit_code == 0, rerun.output
+    assert "2 finished, 1 to run" in rerun.stdout.splitlines()[0]
     assert mtimes(out / "runs" / first) == before  # never recomputed nor rewritten
-    assert finish(whole)[0] == 0
     pd.testing.assert_frame_equal(comparable(out), comparable(tmp_path / "whole"))
     assert all(r["status"] == "done" for r in read_index(out)["runs"])

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import itertools
+import math
 import signal
 import subprocess
 import sys
-import time
+import textwrap
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 
+from rnnprobe.cli import main
 from rnnprobe.config import build_config
 from rnnprobe.store import load_run
 from rnnprobe.train import train_run
@@ -31,7 +35,7 @@ TINY = {
     "probes.spectra": "every:4",
     "probes.lyapunov": "every:4",
     "probes.reach": "every:5",
-    "probes.products": "every:6",
+    "probes.products": "never",  # most of a tiny run's cost: tested once, on its own, below
 }
 
 
@@ -74,64 +78,176 @@ def test_different_seed_gives_different_records(tmp_path):
     assert not a["loss"].equals(b["loss"])
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_to_the_uninterrupted_records(tmp_path, how):
-    args = [
-        "--steps",
-        "60",
-        "--hidden-size",
-        "16",
-        "--seq-len",
-        "6",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--flush-every",
-        "3",
-        "--checkpoint-every",
-        "7",
-        "--eval-every",
-        "10",
-        "--task",
-        "lm",
-        "--sampling",
-        "sequential",
-        "--max-chars",
-        "20000",
-        "--no-progress",
-    ]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_cli([*args, "--out", str(reference)])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rnnprobe", "train", *args, "--out", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while not list((killed / "checkpoints").glob("step-14.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(how)
-    process.wait(timeout=60)
+def test_products_probe_records_finite_time_exponents(tmp_path):
+    """The one tiny run with the products probe on: its ftle records, reproducibly."""
+    config = tiny(train__steps=4, model__layers=2, probes__products="every:3")
+    for name in ("a", "b"):
+        assert train_run(config, tmp_path / name, progress=False).status == "done"
+    assert_same_records(tmp_path / "a", tmp_path / "b")
+    run = load_run(tmp_path / "a")
+    ftle, hidden, events = run.table("ftle"), run.table("hidden"), run.table("events")
+    assert "probe_failed" not in set(events.get("kind", []))
+    assert set(ftle["step"]) == set(hidden["step"])  # both every:3 from step 1, and the last
+    assert set(ftle["layer"]) == {0, 1}
+    T, k = int(hidden["t"].max()) + 1, min(config.probes.top_k, config.model.hidden_size)
+    for _, group in ftle.groupby(["step", "layer"]):
+        windows = sorted(set(group["window"]))
+        assert windows[0] == 1 and windows[-1] == T, windows  # windows 1, 2, 4, …, T
+        assert all(2 * a >= b for a, b in itertools.pairwise(windows))
+        for _, window in group.groupby("window"):
+            assert list(window["index"]) == list(range(k))
+            assert window["exponent"].is_monotonic_decreasing
+    assert ftle["exponent"].map(math.isfinite).all() and ftle["converged"].all()
+
+
+# The kill tests start a real process that pauses in its RUN-th run right after the records
+# of step STEP (RunStore.set_status("running", STEP), written after a flush or checkpoint)
+# and waits for its stdin to close, so the signal lands at a known point, whatever the load.
+# A gated one first does the imports that take seconds, then waits for a line on stdin.
+PAUSING = textwrap.dedent(
+    """
+    import importlib, inspect, os, runpy, sys
+    from rnnprobe.store import RunStore
+
+    module, run, step, gated = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    del sys.argv[1:5]
+    runs, real = [], RunStore.set_status
+
+    def set_status(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        called, path = inspect.signature(real).bind(self, *args, **kwargs).arguments, self.path
+        runs.extend([] if path in runs else [path])
+        if (called["status"], called["step"], runs.index(path)) == ("running", step, run - 1):
+            RunStore.set_status = real  # once
+            print(f"paused in run {run} at step {step}", flush=True)
+            os.read(0, 1)  # until the test closes stdin, or kills this process here
+
+    RunStore.set_status = set_status
+    if gated == "gated":
+        for name in ("rnnprobe.train", "torch._dynamo"):  # the latter: by the first optimizer
+            importlib.import_module(name)
+        while os.read(0, 1) not in (b"\\n", b""):
+            pass
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    """
+)
+HANG_GUARD = 600  # seconds; only a hung process ever waits this long
+
+
+def start_pausing(
+    module: str, run: int, step: int, args: list[str], gated: bool = False, **popen
+) -> subprocess.Popen:
+    """Start ``python -m module *args`` in a fresh process that pauses as PAUSING says.
+
+    A ``gated`` one starts when ``go`` is called on it.
+    """
+    gate = "gated" if gated else "open"
+    command = [sys.executable, "-c", PAUSING, module, str(run), str(step), gate, *args]
+    pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(command, text=True, **pipes, **popen)
+
+
+def go(process: subprocess.Popen) -> None:
+    """Let a gated process (see start_pausing) start."""
+    process.stdin.write("\n")
+    process.stdin.flush()
+
+
+def wait_for_pause(process: subprocess.Popen) -> str:
+    """Return the process's output up to its pause; fail if it exits (or hangs) before."""
+    hung = threading.Event()
+    guard = threading.Timer(HANG_GUARD, lambda: (hung.set(), process.kill()))
+    guard.start()
+    lines = []
+    try:
+        for line in iter(process.stdout.readline, ""):
+            lines.append(line)
+            if line.startswith("paused in run"):
+                return "".join(lines)
+    finally:
+        guard.cancel()
+    stderr = process.communicate()[1]
+    why = f"hung for {HANG_GUARD} s, killed" if hung.is_set() else f"exit {process.returncode}"
+    raise AssertionError(f"{why} before the pause: {''.join(lines)}{stderr}")
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    """Close the process's stdin; return (exit code, rest of stdout, stderr) once it exits."""
+    try:
+        stdout, stderr = process.communicate(timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"still running after {HANG_GUARD} s: killed") from None
+    return process.returncode, stdout, stderr
+
+
+KILLED_ARGS = [
+    "--steps", "30", "--hidden-size", "16", "--seq-len", "6", "--batch-size", "8",
+    "--device", "cpu", "--flush-every", "3", "--checkpoint-every", "7", "--eval-every", "10",
+    "--task", "lm", "--sampling", "sequential", "--max-chars", "20000", "--no-progress",
+]  # fmt: skip
+THREADS = ["--threads", "1"]  # rounding depends on torch's threads: every process uses one
+
+
+def train_here(args: list[str]) -> None:
+    """Run ``rnnprobe train *args`` in this process, keeping this process's torch threads."""
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(main, ["train", *args, *THREADS])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+
+
+KILLS = (signal.SIGKILL, signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory) -> tuple[Path, dict[int, tuple[Path, int, str]]]:
+    """Return the run of KILLED_ARGS uninterrupted, and killed at step 18 by each of KILLS.
+
+    Both killed runs train at once, in fresh processes, while this one trains the
+    uninterrupted run by the same command line. Killed: (run, exit code, stderr) by signal.
+    """
+    root = tmp_path_factory.mktemp("killed")
+    processes = {
+        how: start_pausing("rnnprobe", 1, 18, ["train", *KILLED_ARGS, *THREADS, "--out",
+                                               str(root / how.name)])
+        for how in KILLS
+    }  # fmt: skip
+    killed = {}
+    try:
+        train_here([*KILLED_ARGS, "--out", str(root / "uninterrupted")])
+        for how, process in processes.items():
+            wait_for_pause(process)
+            process.send_signal(how)
+            code, _, stderr = finish(process)  # closing its stdin ends the pause
+            killed[how] = (root / how.name, code, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return root / "uninterrupted", killed
+
+
+@pytest.mark.parametrize("how", KILLS)
+def test_killed_run_resumes_to_the_uninterrupted_records(killed_runs, how):
+    """Cut at step 18: parts of steps 15-18 lie past checkpoint 14 (SIGKILL drops them)."""
+    reference, runs = killed_runs
+    killed, code, stderr = runs[how]
     status = load_run(killed, tables=()).status["status"]
-    assert status in ("running", "interrupted")
-    run_cli(["--resume", str(killed), "--no-progress"])
+    if how == signal.SIGKILL:
+        assert code == -signal.SIGKILL and status in ("running", "interrupted"), stderr
+        assert load_run(killed).table("steps")["step"].max() == 18  # flushed past checkpoint 14
+    else:
+        assert code == 130 and status == "interrupted", stderr
+        assert stderr.strip().splitlines()[-1].startswith("rnnprobe: interrupted")
+        assert sorted((killed / "checkpoints").glob("step-18.pt"))  # stopped between steps
+    train_here(["--resume", str(killed), "--no-progress"])
     assert load_run(killed, tables=()).status["status"] == "done"
     assert_same_records(reference, killed)
-
-
-def run_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "rnnprobe", "train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 EXPLODING = dict(
@@ -217,8 +333,6 @@ def test_every_task_and_knob_trains_and_records(tmp_path, settings):
         "mean_field",
     ):
         assert not run.table(table).empty, table
-    ftle, events = run.table("ftle"), run.table("events")
-    assert not ftle.empty or "probe_failed" in set(events.get("kind", []))
     adjoints = run.table("adjoints")
     assert adjoints["t"].max() < run.table("task")["seq_len"].iloc[0]
     assert (run.table("reach")["distance"] >= 0).all()

@@ -1,0 +1,106 @@
+"""``rnnprobe.instrument``: a plain-PyTorch model keeps its loss, gradients and optimizer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rnnprobe import instrument
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.model import ElmanRNN
+
+F64 = torch.float64
+
+
+class Tagger(nn.Module):
+    """A user's model: embedding, a 2-layer bidirectional nn.RNN with dropout, a head."""
+
+    def __init__(self, dropout: float = 0.25, bidirectional: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.rnn = nn.RNN(
+            6, 5, num_layers=2, dropout=dropout, bidirectional=bidirectional, batch_first=True
+        )
+        self.head = nn.Linear(10 if bidirectional else 5, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(out)
+
+
+def loss_and_grads(model: nn.Module, tokens, targets, seed: int = 0):
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    logits = model(tokens)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, 3), targets.reshape(-1))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 11, (4, 7), generator=g), torch.randint(0, 3, (4, 7), generator=g)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train-with-dropout"])
+def test_instrumenting_keeps_the_loss_and_every_gradient(batch, training):
+    torch.manual_seed(0)
+    model = Tagger().to(F64).train(training)
+    before = loss_and_grads(copy.deepcopy(model), *batch)
+    handle = instrument(model)
+    assert isinstance(model.rnn, ElmanRNN) and handle.rnns == [model.rnn]
+    after = loss_and_grads(model, *batch)
+    torch.testing.assert_close(after[0], before[0], rtol=1e-12, atol=1e-12)
+    assert after[1].keys() == before[1].keys()
+    for name in before[1]:
+        torch.testing.assert_close(after[1][name], before[1][name], rtol=1e-10, atol=1e-12)
+
+
+def test_capture_records_both_directions_of_every_layer(batch):
+    torch.manual_seed(0)
+    model = Tagger(dropout=0.0).to(F64)
+    handle = instrument(model)
+    with handle.capture() as cap:
+        loss_and_grads(model, *batch)
+    (record,) = cap.records()
+    T, B = batch[0].shape[1], batch[0].shape[0]
+    assert len(record.layers) == 2 * 2  # layers × directions
+    directions = sorted(getattr(layer, "direction", 0) for layer in record.layers)
+    assert directions == [0, 0, 1, 1]
+    for layer in record.layers:
+        assert layer.adjoint_norm.shape == (T, B) and (layer.adjoint_norm > 0).all()
+
+
+def test_the_optimizer_built_before_keeps_training_and_uninstrument_restores(batch):
+    torch.manual_seed(0)
+    model = Tagger(dropout=0.0, bidirectional=False)
+    original = model.rnn
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = original.weight_hh_l0.detach().clone()
+    handle = instrument(model)
+    assert model.rnn.weight_hh_l0 is original.weight_hh_l0  # shared, not copied
+    loss_and_grads(model, *batch)
+    optimizer.step()
+    assert not torch.equal(model.rnn.weight_hh_l0.detach(), before)
+    restored = handle.uninstrument()
+    assert restored is model and model.rnn is original
+    assert torch.equal(original.weight_hh_l0.detach(), model.rnn.weight_hh_l0.detach())
+    assert not torch.equal(original.weight_hh_l0.detach(), before)
+
+
+def test_a_bare_rnn_is_returned_as_the_handles_model():
+    rnn = nn.RNN(3, 4, nonlinearity="relu")
+    handle = instrument(rnn)
+    assert isinstance(handle.model, ElmanRNN) and handle.model.weight_ih_l0 is rnn.weight_ih_l0
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(handle.model(x)[0], rnn(x)[0])
+    assert handle.uninstrument() is rnn
+
+
+def test_a_model_without_an_elman_rnn_is_refused_in_one_line():
+    with pytest.raises(RnnprobeError, match="LSTM"):
+        instrument(nn.Sequential(nn.LSTM(3, 4)))
