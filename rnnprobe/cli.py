@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-import torch
 
 from rnnprobe.errors import RnnprobeError, describe
 from rnnprobe.options import pop_settings, setting_options
@@ -105,16 +104,6 @@ def bench(
     device,
 ) -> None:
     """Time a training step of rnnprobe's model against torch.nn.RNN; print the ratios."""
-    from rnnprobe.bench import (
-        BenchConfig,
-        format_result,
-        run_bench,
-        run_probe_overhead,
-        run_train_throughput,
-    )
-    from rnnprobe.device import resolve_device
-    from rnnprobe.memory import check_fits, estimate_training
-
     sizes = {
         "--seq-len": min(seq_lens),
         "--repeats": repeats,
@@ -130,6 +119,18 @@ def bench(
             shown = value + 1 if name == "--vocab-size" else value
             least = 2 if name == "--vocab-size" else 1
             raise RnnprobeError(f"{name} must be at least {least}, got {shown}")
+    import torch
+
+    from rnnprobe.bench import (
+        BenchConfig,
+        format_result,
+        run_bench,
+        run_probe_overhead,
+        run_train_throughput,
+    )
+    from rnnprobe.device import resolve_device
+    from rnnprobe.memory import check_fits, estimate_training
+
     chosen = resolve_device(device)
     for seq_len in seq_lens:
         estimate = estimate_training(
@@ -188,20 +189,23 @@ def bench(
 def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     """Train one RNN with every probe recording; write its records to a run directory."""
     from rnnprobe.config import build_config, parse_assignment
-    from rnnprobe.summary import format_run_summary
-    from rnnprobe.train import resume_config, train_run
 
     settings = pop_settings(kwargs)
     settings.update(parse_assignment(text) for text in assignments)
+    if resume_dir is not None and settings:
+        raise RnnprobeError("--resume continues a run as configured; drop the other options")
+    config = None if resume_dir is not None else build_config(settings)  # usage errors: no torch
+    import torch
+
+    from rnnprobe.summary import format_run_summary
+    from rnnprobe.train import resume_config, train_run
+
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    if resume_dir is not None:
-        if settings:
-            raise RnnprobeError("--resume continues a run as configured; drop the other options")
+    if config is None:
         config = resume_config(resume_dir)
         run_dir = resume_dir
     else:
-        config = build_config(settings)
         run_dir = out or f"runs/train/{config.run_id()}"
     try:
         result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
@@ -226,11 +230,8 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def sample(run_dir, prime, length, temperature, seed) -> None:
     """Generate text from a language-model run's last checkpoint."""
-    from rnnprobe.config import SEED_LIMIT
     from rnnprobe.generate import sample_text
 
-    if not 0 <= seed < SEED_LIMIT:
-        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {seed}")
     click.echo(sample_text(run_dir, prime, length=length, temperature=temperature, seed=seed))
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from rnnprobe.diagnosis import StudyAnalysis
     from rnnprobe.executors import Executor
-    from rnnprobe.study import StudySpec
+    from rnnprobe.spec import StudySpec
 from rnnprobe.options import pop_settings, setting_options
 
 __all__ = ["format_summary", "study", "write_summary"]
@@ -107,15 +108,17 @@ def _study(
     **settings: object,
 ) -> int:
     from rnnprobe.config import parse_assignment
-    from rnnprobe.executors import make_executor
-    from rnnprobe.study import StudySpec, expand, load_spec, override, study_lock
+    from rnnprobe.spec import StudySpec, expand, load_spec, override
 
     flags = pop_settings(settings)
     spec = load_spec(spec_file) if spec_file is not None else StudySpec("study")
     spec = override(spec, flags, [parse_assignment(a) for a in assignments], seeds=seeds)
     out = out if out is not None else Path("runs") / spec.name
+    expand(spec)  # a bad grid is refused before torch loads or the lock file goes in
+    from rnnprobe.executors import make_executor
+    from rnnprobe.study import study_lock
+
     executor = make_executor(executor_kind, jobs, address)
-    expand(spec)  # a bad grid is refused before the lock file goes in
     with study_lock(out):  # one study process per directory, through its report
         return _run_and_report(spec, out, executor, force_new, report, report_dir)
 

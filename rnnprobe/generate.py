@@ -5,27 +5,30 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-
-from rnnprobe.corpus import Vocab
+from rnnprobe.config import SEED_LIMIT
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.model import RNNLanguageModel
-from rnnprobe.store import RunStore
-from rnnprobe.train import resume_config
 
 
-@torch.no_grad()
 def sample_text(
     run_dir: str | Path, prime: str, *, length: int = 400, temperature: float = 0.8, seed: int = 0
 ) -> str:
     """Return ``prime`` followed by ``length`` tokens drawn from the run's model."""
-    config = resume_config(run_dir)
-    if config.task.name != "lm":
-        raise RnnprobeError(f"{run_dir} trained task {config.task.name!r}; sampling needs lm")
     if length < 1:
         raise RnnprobeError(f"--length must be at least 1, got {length}")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise RnnprobeError(f"--temperature must be a finite number > 0, got {temperature}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {seed}")
+    import torch  # after the checks: a usage error returns without loading torch
+
+    from rnnprobe.corpus import Vocab
+    from rnnprobe.model import RNNLanguageModel
+    from rnnprobe.store import RunStore
+    from rnnprobe.train import resume_config
+
+    config = resume_config(run_dir)
+    if config.task.name != "lm":
+        raise RnnprobeError(f"{run_dir} trained task {config.task.name!r}; sampling needs lm")
     checkpoint = RunStore(Path(run_dir)).load_latest_checkpoint()
     if checkpoint is None:
         raise RnnprobeError(f"{run_dir} has no checkpoint yet")
@@ -38,12 +41,13 @@ def sample_text(
     model.eval()
     ids = vocab.encode(prime or "\n")
     generator = torch.Generator().manual_seed(seed)
-    logits, h = model(ids.unsqueeze(0))
     out = []
-    for _ in range(length):
-        probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
-        probs[:2] = 0.0  # never emit padding or <unk>
-        token = torch.multinomial(probs, 1, generator=generator)
-        out.append(int(token))
-        logits, h = model(token.view(1, 1), h)
+    with torch.no_grad():
+        logits, h = model(ids.unsqueeze(0))
+        for _ in range(length):
+            probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
+            probs[:2] = 0.0  # never emit padding or <unk>
+            token = torch.multinomial(probs, 1, generator=generator)
+            out.append(int(token))
+            logits, h = model(token.view(1, 1), h)
     return prime + vocab.decode(torch.tensor(out))

@@ -271,7 +271,7 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
     page.heading("Runs")
     shown = None  # every run gets its figure
     if len(table) > max_run_figures:
-        shown = _representatives(analysis) if max_run_figures > 0 else set()
+        shown = _representatives(analysis, max_run_figures)
     rest = []
     for summary, diagnosis in zip(study.runs, analysis.diagnoses, strict=True):
         run = analysis.runs.get(summary.run_id)
@@ -724,9 +724,9 @@ def _add_figure(
     page.bullets([f"could not draw a panel of {name}: {p}" for p in problems])
 
 
-def _representatives(analysis: StudyAnalysis) -> set[str]:
-    """Return ids of the best, median and worst runs (by loss/baseline, else by decay at
-    init) and the first diverged run."""
+def _representatives(analysis: StudyAnalysis, limit: int) -> set[str]:
+    """Return the ids of at most ``limit`` runs worth a figure: the best, the worst, the first
+    diverged and the median run (by loss/baseline, else by decay at init), in that order."""
     table = analysis.table
     key = "loss_ratio"
     judged = ~table["outcome"].isin(["untrained", "diverged", "unknown"])
@@ -734,9 +734,10 @@ def _representatives(analysis: StudyAnalysis) -> set[str]:
         key, judged = "decay_per_step_init", table["outcome"].notna()
     values = pd.to_numeric(table.loc[judged, key], errors="coerce").dropna()
     ranked = table.loc[values.sort_values(kind="stable").index, "run_id"].tolist()
-    chosen = set(ranked[:1] + ranked[len(ranked) // 2 : len(ranked) // 2 + 1] + ranked[-1:])
     diverged = table.loc[table["outcome"] == "diverged", "run_id"].tolist()
-    return chosen | set(diverged[:1]) or set(table["run_id"].head(1))
+    middle = ranked[len(ranked) // 2 : len(ranked) // 2 + 1]
+    order = [*ranked[:1], *ranked[-1:], *diverged[:1], *middle] or table["run_id"].head(1).tolist()
+    return set(list(dict.fromkeys(order))[:limit])
 
 
 def _label(summary: RunSummary, axes: list[str]) -> str:

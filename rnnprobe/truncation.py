@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from rnnprobe.errors import RnnprobeError
+
+if TYPE_CHECKING:  # parsing a truncation needs no torch; drawing random lengths does
+    import torch
 
 
 def _positive(value: int, what: str) -> int:
@@ -48,6 +49,8 @@ class Truncation:
         self, seq_len: int, generator: torch.Generator | None = None
     ) -> Iterator[tuple[int, int]]:
         """Yield ``(start, end)`` pairs, in order, that tile ``[0, seq_len)`` exactly."""
+        import torch
+
         _positive(seq_len, "seq_len")
         if self.mode == "random" and generator is None:
             raise RnnprobeError("random truncation needs a torch.Generator")

@@ -19,8 +19,9 @@ from rnnprobe.analysis import (
 )
 from rnnprobe.config import build_config
 from rnnprobe.executors import InProcessExecutor
+from rnnprobe.spec import StudySpec
 from rnnprobe.store import Run
-from rnnprobe.study import StudySpec, read_index, run_study
+from rnnprobe.study import read_index, run_study
 
 
 def reach_table(rates: dict[tuple[int, int], float], T: int = 12, sources=(5, 11)) -> pd.DataFrame:

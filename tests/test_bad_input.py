@@ -29,8 +29,8 @@ import torch
 from click.testing import CliRunner
 
 import rnnprobe.config
+import rnnprobe.spec
 import rnnprobe.store
-import rnnprobe.study
 import rnnprobe.train
 from rnnprobe.cli import main
 from rnnprobe.errors import RnnprobeError
@@ -698,7 +698,7 @@ def test_build_config_refuses(settings, needle):
 )
 def test_load_spec_refuses(files, name, needle):
     with pytest.raises(RnnprobeError) as raised:
-        rnnprobe.study.load_spec(files / name)
+        rnnprobe.spec.load_spec(files / name)
     assert needle in str(raised.value)
 
 

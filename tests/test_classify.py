@@ -23,8 +23,8 @@ from rnnprobe.config import build_config
 from rnnprobe.corpus import corpus_from_text, preprocess_text
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.report import build_report
+from rnnprobe.spec import expand, spec_from_dict
 from rnnprobe.store import load_run
-from rnnprobe.study import expand, spec_from_dict
 from rnnprobe.tasks import Batch, Task, register_task
 from rnnprobe.textdata import read_labelled, stratified_split
 from rnnprobe.train import make_task_from_config, train_run

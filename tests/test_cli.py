@@ -153,3 +153,45 @@ def test_readme_documents_every_record_column():
         assert f"**{table}**" in readme
         for column, meaning in columns.items():
             assert f"| `{column}` | {meaning} |" in readme, (table, column)
+
+
+STARTUP_PROBE = """
+import sys
+from rnnprobe.cli import main
+
+codes = []
+for args in sys.argv[1:]:
+    try:
+        main(args.split())
+    except SystemExit as done:
+        codes.append(done.code)
+heavy = sorted(m for m in ("torch", "pandas", "pyarrow", "matplotlib") if m in sys.modules)
+print(codes, heavy, file=sys.stderr)
+"""
+
+
+def test_help_version_and_usage_errors_start_without_torch_or_pandas():
+    """``rnnprobe --help``/``--version`` and refused options never load the heavy libraries."""
+    calls = [
+        "--help",
+        "--version",
+        "train --help",
+        "study --help",
+        "report --help",
+        "sample --help",
+        "bench --help",
+        "train --bogus",
+        "train --seq-len 0",
+        "train --seed 18446744073709551616",
+        "train --adjoints every:inf",
+        "study --steps 0 --steps 2",
+        "study --nonlinearity sigmoid",
+        "sample some/run --length 0",
+        "bench --hidden-size 0",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", STARTUP_PROBE, *calls], capture_output=True, text=True, check=True
+    )
+    codes, heavy = done.stderr.splitlines()[-1].rsplit("] ", 1)
+    assert codes == "[" + ", ".join(["0"] * 7 + ["2"] * 8), done.stderr
+    assert heavy == "[]", done.stderr

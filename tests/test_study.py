@@ -19,16 +19,9 @@ from rnnprobe.config import build_config
 from rnnprobe.diagnosis import analyse_study
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.executors import InProcessExecutor
+from rnnprobe.spec import StudySpec, expand, load_spec, override, spec_from_dict
 from rnnprobe.store import read_table
-from rnnprobe.study import (
-    StudySpec,
-    expand,
-    load_spec,
-    override,
-    read_index,
-    run_study,
-    spec_from_dict,
-)
+from rnnprobe.study import read_index, run_study
 from tests.test_train import finish, go, start_pausing, wait_for_pause
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
