@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from rnnprobe.config import SCHEDULE_HELP
 from rnnprobe.errors import RnnprobeError, describe
 from rnnprobe.options import pop_settings, setting_options
 
@@ -173,19 +174,29 @@ def bench(
 
 
 @main.command(
-    epilog="""Examples:
+    epilog=f"""Examples:
 
 \b
   rnnprobe train --task copy --seq-len 5 --nonlinearity relu --init identity --steps 1500
-  rnnprobe train --task lm --corpus ../shared/data/tinyshakespeare.txt --hidden-size 256
-  rnnprobe train --resume runs/train/3f2a9c01de""",
+  rnnprobe train --task lm --hidden-size 256 --seq-len 64 --batch-size 64 --lr 3e-3 \\
+      --clip norm --steps 1000          # Python's standard library as the corpus
+  rnnprobe train --task lm --corpus my_text.txt --level word
+  rnnprobe train --resume runs/train/3f2a9c01de
+
+{SCHEDULE_HELP}""",
 )
 @setting_options(multiple=False)
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/train/ID].")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Run directory [default: runs/train/<run id>]."
+)
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this dir.")
-@click.option("--set", "assignments", multiple=True, help="key=value, e.g. train.lr=0.01.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="e.g. train.lr=0.01."
+)
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr."
+)
 def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     """Train one RNN with every probe recording; write its records to a run directory."""
     from rnnprobe.config import build_config, parse_assignment
@@ -222,12 +233,32 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.command(
+    epilog="""Examples:
+
+\b
+  rnnprobe sample runs/train/3f2a9c01de --prime "def " --length 200
+  rnnprobe sample runs/train/3f2a9c01de --temperature 0.5 --seed 7""",
+)
 @click.argument("run_dir", type=click.Path())
-@click.option("--prime", default="\n", show_default=True, help="Text the sample continues.")
-@click.option("--length", type=int, default=400, show_default=True, help="Tokens to generate.")
-@click.option("--temperature", type=float, default=0.8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prime", default="\n", show_default="a newline", help="Text the sample continues.")
+@click.option(
+    "--length",
+    type=int,
+    default=400,
+    show_default=True,
+    help="Tokens (characters or words) to add.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Divides the logits: below 1 sharper and more repetitive, above 1 more random.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the draws, in [0, 2⁶⁴)."
+)
 def sample(run_dir, prime, length, temperature, seed) -> None:
     """Generate text from a language-model run's last checkpoint."""
     from rnnprobe.generate import sample_text

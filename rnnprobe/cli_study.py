@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rnnprobe.diagnosis import StudyAnalysis
     from rnnprobe.executors import Executor
     from rnnprobe.spec import StudySpec
+from rnnprobe.config import SCHEDULE_HELP
 from rnnprobe.options import pop_settings, setting_options
 
 __all__ = ["format_summary", "study", "write_summary"]
@@ -33,10 +34,13 @@ A flag given several times is a sweep axis; given once it fixes the setting (ove
 Rerun the same command to resume: finished runs are skipped, interrupted ones continue from
 their last checkpoint, failed ones start over. Exit status: 0 all finished, 1 some runs
 failed, 2 bad input, 130 interrupted.
+
+\b
+Columns of the summary (and OUT/summary.csv): README.md, "Reading a diagnosis".
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(epilog=f"{EPILOG}\n{SCHEDULE_HELP}")
 @click.argument("spec_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @setting_options(multiple=True)
 @click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 (an axis on seed).")

@@ -26,12 +26,18 @@ class TaskConfig:
     )
     seq_len: int = field(
         default=20,
-        metadata={"help": "dependency length / window of steps; classify: longest example"},
+        metadata={
+            "help": "steps of dependency. copy: the delay; the network runs T = seq_len + 20 "
+            "steps (10 symbols, the delay, 10 recalls); adding: T; recall: the lag, T = seq_len "
+            "+ 1; lm: the window T; classify: tokens kept per example"
+        },
     )
     corpus: str = field(default="stdlib", metadata={"help": "lm: a UTF-8 file or 'stdlib'"})
     level: str = field(default="char", metadata={"help": "lm, classify tokens: char or word"})
     sampling: str = field(default="random", metadata={"help": "lm: random or sequential"})
-    max_chars: int = field(default=2_000_000, metadata={"help": "lm: read at most this much"})
+    max_chars: int = field(
+        default=2_000_000, metadata={"help": "lm: characters of the corpus read, at most"}
+    )
     num_classes: int = field(default=8, metadata={"help": "recall: number of key tokens K"})
     variable_length: bool = field(default=False, metadata={"help": "recall: padded lengths"})
     # classify reads labelled text: a folder of <class>.txt files (one example per line) or a
@@ -54,9 +60,9 @@ class TaskConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     hidden_size: int = field(default=64, metadata={"help": "units per layer H"})
-    layers: int = field(default=1, metadata={"help": "stacked RNN layers"})
+    layers: int = field(default=1, metadata={"help": "stacked RNN layers (count)"})
     nonlinearity: str = field(default="tanh", metadata={"help": "tanh or relu"})
-    embedding_dim: int = field(default=32, metadata={"help": "token embedding size"})
+    embedding_dim: int = field(default=32, metadata={"help": "token embedding size (units)"})
     init: str = field(
         default="default",
         metadata={"help": "W_hh init: default, orthogonal, identity, gaussian or spectral"},
@@ -64,32 +70,47 @@ class ModelConfig:
     init_gain: float = field(
         default=1.0, metadata={"help": "gain g: gaussian N(0, g²/H), orthogonal·g, identity·g"}
     )
-    init_radius: float = field(default=1.0, metadata={"help": "spectral: W_hh scaled to ρ"})
+    init_radius: float = field(
+        default=1.0, metadata={"help": "spectral: W_hh scaled to spectral radius ρ"}
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per batch"})
+    steps: int = field(default=500, metadata={"help": "optimizer steps to train (count)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per batch (count)"})
     optimizer: str = field(default="adam", metadata={"help": "sgd, adam, rmsprop or adagrad"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
-    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
-    clip: str = field(default="none", metadata={"help": "none, norm or value"})
-    clip_value: float = field(default=1.0, metadata={"help": "max global norm / element"})
-    bptt: str = field(default="full", metadata={"help": "full, K or random:K"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (step size of the optimizer)"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd momentum, in [0, 1)"})
+    clip: str = field(
+        default="none",
+        metadata={"help": "gradient clipping: none, norm (global 2-norm) or value (each element)"},
+    )
+    clip_value: float = field(
+        default=1.0,
+        metadata={"help": "clip threshold: max global 2-norm (norm) or max |element| (value)"},
+    )
+    bptt: str = field(
+        default="full",
+        metadata={
+            "help": "BPTT truncation: full, K (cut every K steps) or random:K (segments of K, "
+            "or K//2 with probability 0.05)"
+        },
+    )
     on_nonfinite: str = field(
         default="skip", metadata={"help": "skip the update, or stop the run as diverged"}
     )
     max_nonfinite: int = field(
-        default=20, metadata={"help": "consecutive skipped updates before giving up"}
+        default=20,
+        metadata={"help": "consecutive skipped updates (count) before the run ends diverged"},
     )
-    eval_every: int = field(default=100, metadata={"help": "validation every K steps"})
-    eval_batches: int = field(default=4, metadata={"help": "validation batches"})
+    eval_every: int = field(default=100, metadata={"help": "optimizer steps between validations"})
+    eval_batches: int = field(default=4, metadata={"help": "batches per validation (count)"})
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    adjoints: str = field(default="always", metadata={"help": "schedule of adjoint records"})
+    adjoints: str = field(default="always", metadata={"help": "‖∂L/∂h_t‖ per step t"})
     weight_grads: str = field(
         default="every:10", metadata={"help": "per-step ∇W_hh, ∇W_ih contributions"}
     )
@@ -98,13 +119,23 @@ class ProbeConfig:
     hidden: str = field(default="every:25", metadata={"help": "hidden-state statistics"})
     spectra: str = field(default="every:100", metadata={"help": "W_hh and Jacobian spectra"})
     lyapunov: str = field(default="every:100", metadata={"help": "Lyapunov exponents"})
-    reach: str = field(default="every:50", metadata={"help": "gradient reach"})
+    reach: str = field(
+        default="every:50", metadata={"help": "gradient reach ‖∂ℓ_s/∂h_t‖ by distance"}
+    )
     # Singular values of J_{t+k}⋯J_{t+1} for k = 1, 2, 4, … T: seconds per firing at H = 256.
-    products: str = field(default="never", metadata={"help": "finite-time Lyapunov exponents"})
-    sub_batch: int = field(default=4, metadata={"help": "sequences for spectra/Lyapunov/reach"})
-    jacobian_samples: int = field(default=4, metadata={"help": "(t, b) Jacobians sampled"})
-    top_k: int = field(default=16, metadata={"help": "singular values / exponents kept"})
-    warmup: int = field(default=0, metadata={"help": "Lyapunov warm-up steps"})
+    products: str = field(
+        default="never", metadata={"help": "finite-time Lyapunov exponents (costly)"}
+    )
+    sub_batch: int = field(
+        default=4, metadata={"help": "sequences (count) for spectra, Lyapunov and reach"}
+    )
+    jacobian_samples: int = field(
+        default=4, metadata={"help": "Jacobians J_t sampled per firing (count of (t, b))"}
+    )
+    top_k: int = field(
+        default=16, metadata={"help": "largest singular values / exponents kept (count)"}
+    )
+    warmup: int = field(default=0, metadata={"help": "time steps run before Lyapunov QR starts"})
 
 
 @dataclass(frozen=True)
@@ -116,8 +147,12 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seeds weights, data and probes"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="float32", metadata={"help": "float32 or float64"})
-    flush_every: int = field(default=50, metadata={"help": "steps between record flushes"})
-    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    flush_every: int = field(
+        default=50, metadata={"help": "optimizer steps between record flushes to disk"}
+    )
+    checkpoint_every: int = field(
+        default=100, metadata={"help": "optimizer steps between checkpoints"}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the nested plain dict (JSON- and TOML-ready)."""
@@ -239,6 +274,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return build_config(flatten(data))
 
 
+SCHEDULES = tuple(  # settings written as a probe schedule (see SCHEDULE_HELP)
+    f"probes.{name}"
+    for name in ("adjoints", "weight_grads", "hidden", "spectra", "lyapunov", "reach", "products")
+)
+SCHEDULE_HELP = (
+    "SCHEDULE (when a probe fires): always, never, every:K (steps 1, K+1, 2K+1, …) or log:BASE "
+    "(steps 1, 2, 3, 5, 9, … for BASE 2); all but never also fire at the last step."
+)
 CHOICES = {
     # tasks.register_task adds the names of tasks registered from Python (add_choice)
     "task.name": ("lm", "copy", "adding", "recall", "classify"),
@@ -329,9 +372,7 @@ def validate(config: RunConfig) -> None:
     from rnnprobe.probes.schedule import Schedule
     from rnnprobe.truncation import Truncation
 
-    parsers = {"train.bptt": Truncation.parse}
-    for name in ("adjoints", "weight_grads", "hidden", "spectra", "lyapunov", "reach", "products"):
-        parsers[f"probes.{name}"] = Schedule.parse
+    parsers = {"train.bptt": Truncation.parse, **dict.fromkeys(SCHEDULES, Schedule.parse)}
     for key, parse in parsers.items():
         try:
             parse(flat[key])

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rnnprobe.config import CHOICES, FIELDS, field_type
+from rnnprobe.config import CHOICES, FIELDS, SCHEDULES, field_type
 
 _FLAG_NAMES = {"task.name": "task", "probes.warmup": "lyapunov-warmup"}
 
@@ -43,6 +43,7 @@ def setting_options(*, multiple: bool) -> Callable[[Callable], Callable]:
                 type=click_type,
                 multiple=multiple,
                 default=() if multiple else None,
+                metavar="SCHEDULE" if key in SCHEDULES else None,
                 help=help_text,
             )(command)
         return command

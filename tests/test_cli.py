@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from rnnprobe.analysis import summarise_run
 from rnnprobe.cli import main
+from rnnprobe.store import load_run
 
 
 def invoke(args: list[str]):
@@ -97,6 +100,11 @@ def test_train_then_sample_from_the_language_model(tmp_path):
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert str(run) in result.output and "baseline" in result.output
+    summary = summarise_run(load_run(run))  # the closing line shows the analysis' numbers
+    bits = re.search(r"Metric: bits per character ([\d.]+) \(baseline ([\d.]+)\)", result.output)
+    assert bits is not None, result.output
+    assert float(bits[1]) == pytest.approx(summary.final_metric, rel=1e-3)
+    assert float(bits[2]) == pytest.approx(summary.baseline_metric, rel=1e-3)
     sampled = invoke(["sample", str(run), "--prime", "def ", "--length", "20"])
     assert sampled.exit_code == 0 and sampled.output.startswith("def ")
     assert "<unk>" not in sampled.output
