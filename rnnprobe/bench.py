@@ -121,39 +121,87 @@ def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
     return step
 
 
-def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 200) -> str:
-    """Return a line: total time of ``steps`` steps with the default probes vs adjoints only.
+SCHEDULED_PROBES = ("weight_grads", "hidden", "spectra", "lyapunov", "reach", "products")
 
-    Scheduled probes fire on few steps, so this compares sums over a stretch of training
-    (interleaved with ``torch.nn.RNN`` steps), not medians that would hide them.
+
+def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 200) -> str:
+    """Return lines: the default probe schedule's cost, then each probe's cost per firing.
+
+    Scheduled probes fire on few steps, so the first line compares sums over a stretch of
+    ``steps`` steps (interleaved with ``torch.nn.RNN`` steps), not medians that would hide
+    them. Then each probe fires on every step of a shorter stretch, beside adjoint-only steps:
+    its cost per firing is the difference of the medians, and its share is that cost times
+    its firing rate under the default schedule, over the adjoint-only step.
     """
+    from dataclasses import replace
+
     from rnnprobe.config import ProbeConfig
+    from rnnprobe.probes.schedule import Schedule
 
     torch.manual_seed(0)
     elman, reference = _make_models(config, device)
-    probed, _ = _make_models(config, device)
-    probed.load_state_dict(elman.state_dict())
     tokens = torch.randint(
         1, config.vocab_size, (config.batch_size, config.seq_len + 1), device=device
     )
+
+    def probed_step(probes: ProbeConfig) -> Callable[[], None]:
+        model, _ = _make_models(config, device)
+        model.load_state_dict(elman.state_dict())
+        return _probing_step(model, tokens, probes)
+
     variants = {
         "nn.RNN": _training_step(reference, tokens, record=False),
         "adjoints": _training_step(elman, tokens, record=True),
-        "default probes": _probing_step(probed, tokens, ProbeConfig()),
+        "default probes": probed_step(ProbeConfig()),
     }
+    totals = _interleaved_totals(variants, steps, config.warmup, device)
+    core = totals["adjoints"] / totals["nn.RNN"]
+    probes = totals["default probes"] / totals["nn.RNN"]
+    lines = [
+        f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
+        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
+    ]
+    alone = dict.fromkeys(SCHEDULED_PROBES, "never")
+    each = {"adjoints": variants["adjoints"]}
+    for name in SCHEDULED_PROBES:
+        each[name] = probed_step(replace(ProbeConfig(**alone), **{name: "always"}))
+    short = max(5, steps // 20)
+    medians = _interleaved_medians(each, short, config.warmup, device)
+    base = medians["adjoints"]
+    default = ProbeConfig()
+    for name in SCHEDULED_PROBES:
+        cost = max(medians[name] - base, 0.0)
+        schedule = Schedule.parse(getattr(default, name))
+        rate = sum(schedule.fires(i) for i in range(1000)) / 1000
+        lines.append(
+            f"  {name:<13s} {1e3 * cost:8.2f} ms per firing ({cost / base:6.2f} steps); "
+            f"default {schedule}: {100 * rate * cost / base:5.2f} % of a step"
+        )
+    return "\n".join(lines)
+
+
+def _interleaved_totals(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+    """Return each variant's total time over ``steps`` rounds, run in turn after a warm-up."""
     for step in variants.values():
-        for _ in range(config.warmup):
+        for _ in range(warmup):
             step()
     totals = dict.fromkeys(variants, 0.0)
     for _ in range(steps):
         for name, step in variants.items():
             totals[name] += _timed(step, device)
-    core = totals["adjoints"] / totals["nn.RNN"]
-    probes = totals["default probes"] / totals["nn.RNN"]
-    return (
-        f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
-        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
-    )
+    return totals
+
+
+def _interleaved_medians(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+    """Return each variant's median step time over ``steps`` rounds, run in turn."""
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, step in variants.items():
+            times[name].append(_timed(step, device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run_train_throughput(device_name: str, steps: int = 300) -> str:

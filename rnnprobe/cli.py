@@ -13,6 +13,12 @@ from rnnprobe.config import SCHEDULE_HELP
 from rnnprobe.errors import RnnprobeError, describe
 from rnnprobe.options import pop_settings, setting_options
 
+# torch's OpenMP threads wait for each other by spinning; when other work holds the cores, a
+# spinning waiter burns the time slice of the thread it waits for, and a run slows many times
+# over (rnnprobe bench --suite busy). Waiters that sleep cost nothing measurable when the machine
+# is idle. Set before any command imports torch, so OpenMP reads it; inherited by workers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 DEVICE = click.option(
     "--device",
     default="auto",
@@ -83,11 +89,12 @@ def main() -> None:
 @click.option("--no-record", is_flag=True, help="Time the instrumented model without capture.")
 @click.option(
     "--suite",
-    type=click.Choice(["core", "probes", "train", "all"]),
+    type=click.Choice(["core", "probes", "train", "all", "busy"]),
     default="core",
     show_default=True,
     help="core: one step vs nn.RNN; probes: the default probe schedule over 200 steps; "
-    "train: rnnprobe train's tokens/s with probes on and off.",
+    "train: rnnprobe train's tokens/s with probes on and off; all: those three; busy: the "
+    "README copy example beside one CPU-bound process per core, default threads vs --threads.",
 )
 @DEVICE
 def bench(
@@ -120,6 +127,11 @@ def bench(
             shown = value + 1 if name == "--vocab-size" else value
             least = 2 if name == "--vocab-size" else 1
             raise RnnprobeError(f"{name} must be at least {least}, got {shown}")
+    if suite == "busy":
+        from rnnprobe.bench_threads import run_busy_threads
+
+        click.echo(run_busy_threads())
+        return
     import torch
 
     from rnnprobe.bench import (
@@ -193,14 +205,21 @@ def bench(
 @click.option(
     "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="e.g. train.lr=0.01."
 )
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="torch CPU threads [default: OMP_NUM_THREADS, else the cores not busy at the start].",
+)
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr."
 )
 def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     """Train one RNN with every probe recording; write its records to a run directory."""
     from rnnprobe.config import build_config, parse_assignment
+    from rnnprobe.threads import default_threads, snapshot
 
+    started = snapshot()  # with the one after torch's import: the cores other work leaves free
     settings = pop_settings(kwargs)
     settings.update(parse_assignment(text) for text in assignments)
     if resume_dir is not None and settings:
@@ -211,6 +230,7 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     from rnnprobe.summary import format_run_summary
     from rnnprobe.train import resume_config, train_run
 
+    threads = threads if threads is not None else default_threads(started, snapshot())
     if threads is not None:
         torch.set_num_threads(max(1, threads))
     if config is None:
@@ -267,11 +287,13 @@ def sample(run_dir, prime, length, temperature, seed) -> None:
 
 
 def _register_commands() -> None:
+    from rnnprobe.cli_export import export
     from rnnprobe.cli_report import report
     from rnnprobe.cli_study import study
 
     main.add_command(study)
     main.add_command(report)
+    main.add_command(export)
 
 
 _register_commands()
