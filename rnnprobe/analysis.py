@@ -155,6 +155,7 @@ class RunSummary:
     clip_rate: float = NAN  # NaN when clipping is off
     clip_burst: float = NAN  # max pre-clip norm / clip threshold (norm clipping)
     grad_growth: float = NAN  # median pre-clip norm, last 10 % of steps / first 10 %
+    final_grad_norm: float = NAN  # pre-clip global gradient norm, last step with a finite one
     nonfinite_steps: int = 0
     first_nonfinite_step: int | None = None
     divergence_step: int | None = None
@@ -419,6 +420,7 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
         clip_rate=clip_rate,
         clip_burst=burst,
         grad_growth=_growth(steps),
+        final_grad_norm=_last(steps, "grad_norm_pre_clip"),
         nonfinite_steps=len(nonfinite),
         first_nonfinite_step=int(nonfinite[0]) if len(nonfinite) else None,
         divergence_step=_divergence_step(run.status, events),

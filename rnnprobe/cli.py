@@ -290,9 +290,11 @@ def _register_commands() -> None:
     from rnnprobe.cli_export import export
     from rnnprobe.cli_report import report
     from rnnprobe.cli_study import study
+    from rnnprobe.cli_watch import watch
 
     main.add_command(study)
     main.add_command(report)
+    main.add_command(watch)
     main.add_command(export)
 
 

@@ -302,8 +302,9 @@ def _run_locked(
         jobs.append(RunJob(point.run_id, point.config, str(run_dir.resolve()), resume))
     write_index(out, index)
     total = len(points)
+    named = "study" if spec.name == "study" else f"study {spec.name!r}"  # "study" is the default
     echo(
-        f"study {spec.name}: {total} runs, {total - len(jobs)} finished, {len(jobs)} to run "
+        f"{named}: {total} runs, {total - len(jobs)} finished, {len(jobs)} to run "
         f"({executor.description}) -> {out}"
     )
 
@@ -311,7 +312,7 @@ def _run_locked(
         entries[job.run_id].update(status="running", error=None)
         write_index(out, index)
 
-    progress = _Progress(total, total - len(jobs), echo)
+    progress = _Progress(total, total - len(jobs), echo, out / "runs")
     interrupted = False
     runs = executor.run(jobs, started)
     try:
@@ -333,11 +334,11 @@ def _run_locked(
 
 
 class _Progress:
-    """One line per finished run: done/total, the run, its status, and an ETA."""
+    """One line per finished run: done/total, the run, its status and outcome, and an ETA."""
 
-    def __init__(self, total: int, done: int, echo: Callable[[str], None]) -> None:
+    def __init__(self, total: int, done: int, echo: Callable[[str], None], runs: Path) -> None:
         self.total, self.done, self.here, self.echo = total, done, 0, echo
-        self.start = time.monotonic()
+        self.runs, self.start = runs, time.monotonic()
 
     def finished(self, outcome: RunOutcome, values: Mapping[str, Any]) -> None:
         self.done += 1
@@ -347,10 +348,29 @@ class _Progress:
         eta = f"ETA {_duration(elapsed / self.here * left)}" if left else "all finished"
         where = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items())
         note = f" ({outcome.message})" if outcome.status in ("failed", "diverged") else ""
+        if outcome.status == "done":
+            note = _run_outcome(self.runs / outcome.run_id)
         self.echo(
             f"[{self.done}/{self.total}] {outcome.run_id} {where}: {outcome.status} "
             f"at step {outcome.steps_done} in {_duration(outcome.seconds)}{note}; {eta}"
         )
+
+
+PROGRESS_TABLES = ("task", "steps", "evals", "events")  # all the outcome of a run needs
+
+
+def _run_outcome(run_dir: Path) -> str:
+    """Return " (loss/baseline R, OUTCOME)" from the run's analysis, or "" when unreadable."""
+    from rnnprobe.analysis import summarise_run
+    from rnnprobe.diagnosis import outcome
+
+    try:
+        summary = summarise_run(load_run(run_dir, PROGRESS_TABLES))
+    except RnnprobeError:  # damaged records: the study's summary names them; progress goes on
+        return ""
+    ratio = summary.loss_ratio
+    shown = f"{ratio:.3g}" if ratio == ratio else "n/a"  # NaN: no finite loss or baseline
+    return f" (loss/baseline {shown}, {outcome(summary)[0]})"
 
 
 def _duration(seconds: float) -> str:

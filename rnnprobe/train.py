@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from rnnprobe.tasks import Batch, Task, task_from_config
 from rnnprobe.truncation import Truncation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PROGRESS_STEPS = 50  # the bar's loss and clip rate are over this many recent recorded steps
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Trainer:
             seed=derived_seed(config.seed, 3),
         )
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
+        self.recent = RecentSteps()
         self.h: torch.Tensor | None = None
         self.diverged = self.mid_step = False
         if resume and is_run_dir(run_dir):
@@ -152,6 +156,7 @@ class Trainer:
     def _flush(self) -> None:
         for table, blocks in self.instruments.rows.drain().items():
             columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+            self.recent.observe(table, columns)  # on the host already: the bar adds no sync
             self.store.append(table, columns)
         self.store.flush()
 
@@ -216,6 +221,9 @@ class Trainer:
     def run(self) -> RunResult:
         cfg = self.config.train
         self.store.set_status("running", self.step)
+        if self.progress:  # name the directory now, not only when the run ends
+            where = self.store.path
+            print(f"run {where}; after Ctrl-C: rnnprobe train --resume {where}", file=sys.stderr)
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
@@ -273,15 +281,18 @@ class Trainer:
                 if not self._checkpoint():
                     self.diverged = True
                     return
+                self._show_progress(bar)
             elif self.step % self.config.flush_every == 0:
                 self._flush()
                 self.store.set_status("running", self.step)
                 self._show_progress(bar)
 
     def _show_progress(self, bar: tqdm) -> None:
+        """Show the records the last flush moved to the host, and the throughput."""
         if bar.disable or self.seconds == 0:
             return
-        bar.set_postfix(tokens_per_s=f"{self.tokens / self.seconds:,.0f}")
+        shown = self.recent.postfix(clipping=self.config.train.clip != "none")
+        bar.set_postfix(shown | {"tokens_per_s": f"{self.tokens / self.seconds:,.0f}"})
 
     def _on_device(self, batch: Batch) -> Batch:
         """Return the batch on the run's device, float features in the run's dtype."""
@@ -390,6 +401,42 @@ class Trainer:
                 predicted=(cells % K).numpy(),
                 count=confusion,
             )
+
+
+class RecentSteps:
+    """The progress bar's numbers, from rows already moved to the host at a flush.
+
+    ``loss`` and ``clip`` are the mean training loss and the share of clipped steps over the
+    last ``PROGRESS_STEPS`` recorded steps whose update went through (finite losses only);
+    ``val_loss`` is the last validation loss flushed so far.
+    """
+
+    def __init__(self) -> None:
+        self.losses: deque[float] = deque(maxlen=PROGRESS_STEPS)
+        self.clipped: deque[bool] = deque(maxlen=PROGRESS_STEPS)
+        self.valid_loss = math.nan
+
+    def observe(self, table: str, columns: dict[str, np.ndarray]) -> None:
+        """Take the values of one flushed block of ``steps`` or ``evals`` rows."""
+        if table == "steps":
+            went_through = ~columns["skipped"].astype(bool)
+            self.losses.extend(columns["loss"][went_through].tolist())
+            self.clipped.extend(columns["clipped"][went_through].astype(bool).tolist())
+        elif table == "evals" and len(columns["loss"]):
+            self.valid_loss = float(columns["loss"][-1])
+
+    def postfix(self, *, clipping: bool) -> dict[str, str]:
+        """Return the bar's ``{name: text}``: loss, val_loss once evaluated, clip when on."""
+        shown = {}
+        losses = np.asarray(self.losses, dtype=float)
+        losses = losses[np.isfinite(losses)]
+        if len(losses):
+            shown["loss"] = f"{losses.mean():.4g}"
+        if math.isfinite(self.valid_loss):
+            shown["val_loss"] = f"{self.valid_loss:.4g}"
+        if clipping and self.clipped:
+            shown["clip"] = f"{np.mean(self.clipped):.0%}"
+        return shown
 
 
 def _all_finite(state: object) -> bool:
