@@ -859,11 +859,19 @@ def _log_axis(ax: Axes, which: str) -> None:
     lo, hi = sorted(abs(v) for v in (ax.get_ylim() if which == "y" else ax.get_xlim()))
     axis.set_major_formatter(FuncFormatter(_tick))
     few = lo > 0 and hi / lo < 20
-    axis.set_minor_formatter(FuncFormatter(_tick) if few else NullFormatter())
+    axis.set_minor_formatter(FuncFormatter(_tick_2_5) if few else NullFormatter())
 
 
 def _tick(value: float, _: object) -> str:
     return f"{value:g}"
+
+
+def _tick_2_5(value: float, _: object) -> str:
+    """Label a minor log tick only at 2 and 5 × a power of ten: room between the labels."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
 
 
 def _sorted_levels(index: pd.Index) -> list:
@@ -892,3 +900,266 @@ def _steps(half_life: float) -> str:
     if math.isnan(half_life):
         return "n/a"
     return "∞" if math.isinf(half_life) else f"{half_life:.3g} steps"
+
+
+# -- several runs overlaid: one colour per run, the same in every panel ----------------------
+
+__all__ += [  # the comparison's functions, kept together at the end
+    "plot_run_key",
+    "plot_runs_adjoints",
+    "plot_runs_loss",
+    "plot_runs_lyapunov",
+    "plot_runs_reach",
+    "run_colours",
+]
+
+
+def run_colours(runs: Sequence[str]) -> dict[str, tuple]:
+    """Return one colour per run, distinct, in order: pass it to every panel of a comparison."""
+    runs = list(dict.fromkeys(runs))
+    return dict(zip(runs, _colours(len(runs)), strict=True))
+
+
+def plot_run_key(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    note: str | None = None,
+    title: str = "runs",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return an axes that holds only the key: each run's colour beside its ``label``.
+
+    ``df`` has ``run`` and ``label`` columns, one row per run in the order of the key; ``note``
+    (e.g. the settings all runs share) is written in grey under the last run.
+    """
+    ax = _axes(ax)
+    if df.empty or not {"run", "label"} <= set(df.columns):
+        return _no_data(ax, title, "")
+    palette = palette or run_colours(df["run"])
+    handles = [
+        plt.Line2D([], [], **_run_line(palette, run), lw=2.5, marker="o", ms=5, label=label)
+        for run, label in zip(df["run"], df["label"], strict=True)
+    ]
+    if note:  # an entry without a line: the note sits right under the runs, aligned with them
+        handles.append(plt.Line2D([], [], lw=0, label=note))
+    ax.set_axis_off()
+    key = ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(0.0, 1.0),
+        frameon=False,
+        fontsize="small",
+        title_fontsize="medium",
+        alignment="left",
+        labelspacing=0.8,
+        handlelength=3.5,
+    )
+    if note:
+        key.get_texts()[-1].set_color(_NOTE_COLOR)
+    return ax
+
+
+def plot_runs_loss(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return loss / baseline over training, one colour per run, the baseline (1) dashed.
+
+    ``df`` is tidy: ``run``, ``step``, ``loss_ratio`` and ``kind`` (``batch`` rows are drawn
+    as a rolling mean over 2 % of a run's steps, ``validation`` rows as dots, a ``diverged``
+    row's step as a vertical line in the run's colour).
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["step", "loss_ratio"])
+    if data.empty or not {"run", "kind"} <= set(data.columns):
+        return _no_data(ax, "loss / baseline", "loss / baseline loss")
+    palette = palette or run_colours(data["run"])
+    diverged = _finite(df, ["step"])
+    diverged = diverged[diverged["kind"] == "diverged"] if "kind" in diverged else diverged
+    for run, step in zip(diverged.get("run", []), diverged.get("step", []), strict=True):
+        ax.axvline(step, color=palette[run], linestyle=":", lw=1.5)
+    smoothed = False
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].sort_values("step")
+        batch, held = rows[rows["kind"] == "batch"], rows[rows["kind"] == "validation"]
+        text = (labels or {}).get(run, str(run))
+        if len(batch):
+            window = max(1, len(batch) // 50)
+            smoothed |= window > 1
+            smooth = batch["loss_ratio"].rolling(window, min_periods=1).mean()
+            ax.plot(batch["step"], smooth, **_run_line(palette, run), lw=1.5, label=text)
+            text = None  # one legend entry per run
+        if len(held):
+            ax.plot(held["step"], held["loss_ratio"], color=palette[run], ls="none", marker="o",
+                    ms=5, mec="white", mew=0.6, label=text)  # fmt: skip
+    ax.axhline(1.0, color="0.3", linestyle="--", lw=1)
+    _log_if_spans(ax, np.append(data["loss_ratio"].to_numpy(float), 1.0))
+    kinds = set(data["kind"])
+    batch_text = "batch (smoothed)" if smoothed else "batch"
+    styles = [
+        *([plt.Line2D([], [], color="0.4", lw=1.5, label=batch_text)] if "batch" in kinds else []),
+        *([plt.Line2D([], [], color="0.4", ls="none", marker="o", label="validation")]
+          if "validation" in kinds else []),
+        plt.Line2D([], [], color="0.3", ls="--", lw=1, label="baseline (= 1)"),
+        *([plt.Line2D([], [], color="0.4", ls=":", lw=1.5, label="diverged (non-finite)")]
+          if len(diverged) else []),
+    ]  # fmt: skip
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    _legend_with(ax, styles, title=legend_title)
+    ax.set(xlabel="training step", ylabel="loss / baseline loss", title="loss / baseline")
+    return ax
+
+
+def plot_runs_reach(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    title: str = "gradient reach",
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one colour per run.
+
+    ``df`` has ``run``, ``source``, ``distance`` and ``norm`` (one step of each run). Each
+    source is divided by its own norm at distance 0: bold, each run's longest source; faint,
+    its shorter sources. The slope is the decay per step.
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["source", "distance", "norm"], positive="norm")
+    if data.empty or "run" not in data.columns:
+        return _no_data(ax, title, "‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run]
+        start = rows[rows["distance"] == 0].groupby("source")["norm"].first()
+        rows = rows.join(start.rename("start"), on="source").dropna(subset=["start"])
+        rows = rows.assign(relative=rows["norm"] / rows["start"]).sort_values("distance")
+        if rows.empty:
+            continue
+        longest = rows.groupby("source")["distance"].max().idxmax()
+        for source, one in rows.groupby("source"):
+            bold = source == longest
+            ax.plot(
+                one["distance"],
+                one["relative"],
+                **_run_line(palette, run),
+                lw=1.8 if bold else 0.6,
+                alpha=1.0 if bold else 0.35,
+                marker="." if bold else None,
+                ms=4,
+                label=(labels or {}).get(run, str(run)) if bold else None,
+            )
+    _log_axis(ax, "y")
+    ax.set(
+        xlabel="distance s − t (time steps back)",
+        ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
+        title=title,
+    )
+    styles = [
+        plt.Line2D([], [], color="0.3", lw=1.8, marker=".", label="longest source s"),
+        plt.Line2D([], [], color="0.3", lw=0.6, alpha=0.35, label="shorter sources"),
+    ]
+    _legend_with(ax, styles, title=legend_title)
+    return ax
+
+
+def plot_runs_adjoints(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    title: str = "adjoint norm over t",
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return ‖∂L/∂h_t‖ (batch mean, log) over time step t, one line per run.
+
+    ``df`` has ``run``, ``t`` and ``adjoint_norm`` (one step and layer of each run).
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["t", "adjoint_norm"], positive="adjoint_norm")
+    if data.empty or "run" not in data.columns:
+        return _no_data(ax, title, "‖∂L/∂h_t‖")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].groupby("t")["adjoint_norm"].mean()
+        ax.plot(rows.index, rows.to_numpy(), **_run_line(palette, run), lw=1.5, marker=".", ms=4,
+                label=(labels or {}).get(run, str(run)))  # fmt: skip
+    _log_axis(ax, "y")
+    ax.set(xlabel="time step t", ylabel="‖∂L/∂h_t‖ (batch mean)", title=title)
+    _legend_with(ax, [], title=legend_title)
+    return ax
+
+
+def plot_runs_lyapunov(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the largest Lyapunov exponent λ₁ over training, one line per run, 0 dashed.
+
+    ``df`` has ``run``, ``step`` and ``exponent`` (λ₁ of one layer of each run).
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["step", "exponent"])
+    if data.empty or "run" not in data.columns:
+        return _no_data(ax, "largest Lyapunov exponent", "λ₁ (nats per time step)")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].groupby("step")["exponent"].mean()
+        ax.plot(rows.index, rows.to_numpy(), **_run_line(palette, run), lw=1.5, marker="o", ms=4,
+                label=(labels or {}).get(run, str(run)))  # fmt: skip
+    ax.axhline(0.0, color="0.3", linestyle="--", lw=1)
+    _step_scale(ax, data["step"])
+    if ax.get_xscale() == "linear":
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    styles = [plt.Line2D([], [], color="0.3", ls="--", lw=1, label="λ₁ = 0 (edge of chaos)")]
+    _legend_with(ax, styles, title=legend_title)
+    ax.set(
+        xlabel="training step",
+        ylabel="λ₁ (nats per time step)",
+        title="largest Lyapunov exponent λ₁",
+    )
+    return ax
+
+
+def _run_line(palette: dict[str, tuple], run: str) -> dict:
+    """Return the run's colour and dash pattern: runs with equal curves (e.g. the same initial
+    network) still show each other through the gaps."""
+    order = list(palette).index(run)
+    return {"color": palette[run], "linestyle": _RUN_DASHES[order % len(_RUN_DASHES)]}
+
+
+_RUN_DASHES = ("-", (0, (5, 2)), (0, (1.5, 1.5)), (0, (5, 2, 1.5, 2)))
+
+
+def _runs_in(data: pd.DataFrame, palette: dict[str, tuple]) -> list:
+    """Return the runs of ``data`` in the palette's order (a run missing from it raises)."""
+    present = set(data["run"])
+    missing = present - set(palette)
+    if missing:
+        raise KeyError(f"no colour for run(s) {sorted(missing, key=str)}")
+    return [run for run in palette if run in present]
+
+
+def _legend_with(ax: Axes, styles: list, title: str | None = None) -> None:
+    """Put the runs' legend right of the axes at the top, the line ``styles``' at the bottom."""
+    options = {"fontsize": "x-small", "borderaxespad": 0, "frameon": False, "handlelength": 3}
+    handles, texts = ax.get_legend_handles_labels()
+    if handles:
+        runs = ax.legend(handles, texts, title=title, title_fontsize="x-small", loc="upper left",
+                         bbox_to_anchor=(1.02, 1), **options)  # fmt: skip
+        if styles:  # a second ax.legend replaces the first: keep it as an artist
+            ax.add_artist(runs)
+    if styles:
+        ax.legend(handles=styles, loc="lower left", bbox_to_anchor=(1.02, 0), **options)

@@ -142,6 +142,7 @@ def build_report(
 ) -> Path:
     """Return the output directory after writing the report of the run or study at ``path``.
 
+    The default output is ``path/report`` (a study's is where ``rnnprobe study`` puts it).
     ``analysis`` is the study's analysis when the caller already has it (``rnnprobe study``),
     so the records are not read again. A study of more than ``max_run_figures`` runs gets
     figures for representative runs only.
@@ -152,7 +153,7 @@ def build_report(
     is_study = (path / "study.json").is_file() or (path / "runs").is_dir()
     if not is_run_dir(path) and not is_study:
         raise RnnprobeError(f"{path} is neither an rnnprobe run (config.json) nor a study")
-    out = Path(output) if output is not None else Path("reports") / path.resolve().name
+    out = Path(output) if output is not None else path / "report"
     if out.exists() and not out.is_dir():
         raise RnnprobeError(f"output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,15 @@ from typing import Any
 from rnnprobe.config import FIELDS, SECTIONS, RunConfig, build_config, check_key, coerce, flatten
 from rnnprobe.errors import RnnprobeError
 
-__all__ = ["GridPoint", "StudySpec", "expand", "load_spec", "override", "spec_from_dict"]
+__all__ = [
+    "GridPoint",
+    "StudySpec",
+    "expand",
+    "load_spec",
+    "override",
+    "spec_from_dict",
+    "study_title",
+]
 
 _SPEC_KEYS = ("name", "question", "description", "seeds")
 
@@ -186,3 +194,8 @@ def expand(spec: StudySpec) -> list[GridPoint]:
             )
         points[run_id] = GridPoint(run_id, config, values)
     return list(points.values())
+
+
+def study_title(name: str) -> str:
+    """Return how output names a study: ``study`` for the default name, else ``study 'name'``."""
+    return "study" if name == "study" else f"study {name!r}"

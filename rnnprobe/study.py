@@ -33,7 +33,7 @@ from rnnprobe.config import flatten
 from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.executors import Executor, RunJob, RunOutcome, recorded_status
 from rnnprobe.lock import LOCK_NAME, DirectoryLock
-from rnnprobe.spec import GridPoint, StudySpec, expand
+from rnnprobe.spec import GridPoint, StudySpec, expand, study_title
 from rnnprobe.store import is_run_dir, load_run, read_status, write_atomic
 
 __all__ = [
@@ -302,7 +302,7 @@ def _run_locked(
         jobs.append(RunJob(point.run_id, point.config, str(run_dir.resolve()), resume))
     write_index(out, index)
     total = len(points)
-    named = "study" if spec.name == "study" else f"study {spec.name!r}"  # "study" is the default
+    named = study_title(spec.name)
     echo(
         f"{named}: {total} runs, {total - len(jobs)} finished, {len(jobs)} to run "
         f"({executor.description}) -> {out}"

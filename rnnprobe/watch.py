@@ -22,6 +22,7 @@ from pathlib import Path
 from rnnprobe.analysis import PHASES, SUMMARY_TABLES, DecayFit, RunSummary
 from rnnprobe.diagnosis import RunDiagnosis, StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.spec import study_title
 from rnnprobe.store import Run, is_run_dir, load_run, read_status
 from rnnprobe.study import INDEX_NAME
 
@@ -164,7 +165,7 @@ def _study_lines(path: Path, analysis: StudyAnalysis) -> list[str]:
     for s in study.runs:
         counts[s.status] = counts.get(s.status, 0) + 1
     tally = ", ".join(f"{n} {status}" for status, n in counts.items())
-    name = "study" if study.name == "study" else f"study {study.name!r}"
+    name = study_title(study.name)
     header = f"{name}: {len(study.runs)} runs{f' ({tally})' if tally else ''} — {path}"
     axes = [*study.axes, *(["seed"] if len(study.seeds) > 1 else [])]
     rows = [

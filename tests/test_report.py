@@ -318,11 +318,18 @@ def test_large_study_shows_figures_only_for_representative_runs(demo, tmp_path):
     assert "Other runs (2;" in readme
 
 
-def test_default_output_is_reports_dir_name(tmp_path, monkeypatch):
+def test_default_output_is_report_inside_the_run_or_study(tmp_path, monkeypatch):
     run = write_run(tmp_path / "my-run", steps=10)
+    study = write_study(tmp_path / "my-study", gains=(1.0,), seq_lens=(8,), steps=4)
     monkeypatch.chdir(tmp_path)
-    assert build_report(run) == Path("reports") / "my-run"
-    assert (tmp_path / "reports" / "my-run" / "index.html").is_file()
+    before = set(tmp_path.rglob("*"))
+    assert build_report(Path("my-run")) == Path("my-run") / "report"
+    assert build_report(study) == study / "report"
+    created = set(tmp_path.rglob("*")) - before
+    outs = (run / "report", study / "report")
+    assert all(any(p == out or out in p.parents for out in outs) for p in created)
+    assert (run / "report" / "index.html").is_file()
+    assert (study / "report" / "index.html").is_file()
 
 
 def test_running_run_without_records_reports_so(tmp_path):
