@@ -76,16 +76,28 @@ def main() -> None:
     epilog="Example: rnnprobe bench --seq-len 32 --seq-len 128 --threads 2",
 )
 @click.option(
-    "--seq-len", "seq_lens", type=int, multiple=True, default=(32, 128), show_default=True
+    "--seq-len",
+    "seq_lens",
+    type=int,
+    multiple=True,
+    default=(32, 128),
+    show_default=True,
+    help="Time steps T per sequence (repeat for several).",
 )
-@click.option("--hidden-size", type=int, default=256, show_default=True)
-@click.option("--layers", type=int, default=2, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--vocab-size", type=int, default=96, show_default=True)
-@click.option("--embedding-dim", type=int, default=64, show_default=True)
-@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh")
+@click.option("--hidden-size", type=int, default=256, show_default=True, help="Units per layer.")
+@click.option("--layers", type=int, default=2, show_default=True, help="Stacked RNN layers.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per step.")
+@click.option(
+    "--vocab-size", type=int, default=96, show_default=True, help="Tokens, padding included."
+)
+@click.option("--embedding-dim", type=int, default=64, show_default=True, help="Embedding units.")
+@click.option(
+    "--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True
+)
 @click.option("--repeats", type=int, default=30, show_default=True, help="Timed step pairs.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+@click.option(
+    "--threads", type=int, default=None, help="torch CPU threads [default: torch's, one per core]."
+)
 @click.option("--no-record", is_flag=True, help="Time the instrumented model without capture.")
 @click.option(
     "--suite",
