@@ -7,6 +7,7 @@ compared across processes need the same count. Set OMP_NUM_THREADS to choose ano
 """
 
 import os
+import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -41,3 +42,14 @@ def _torch_threads_as_in_child_processes():
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
     yield
+
+
+@pytest.fixture
+def started():
+    """Yield a list for the processes a test starts; kill those still running afterwards."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

@@ -337,17 +337,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, args, messa
 # -- interrupts, in a real process -------------------------------------------------------
 
 
-@pytest.fixture
-def started():
-    """Yield a list for the processes a test starts; kill those still running afterwards."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
 STUDY_RUNS = {"--steps": "20", "--flush-every": "5", "--checkpoint-every": "10",
               "--eval-every": "20"}  # fmt: skip
 STUDY_ARGS = [*TINY, *(p for f in STUDY_RUNS.items() for p in f), "--seq-len", "3",

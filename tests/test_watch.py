@@ -119,17 +119,6 @@ def once(path: Path):
     return CliRunner().invoke(watch, [str(path), "--once"])
 
 
-@pytest.fixture
-def started():
-    """Yield a list for the processes a test starts; kill those still running afterwards."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
 def test_watch_follows_a_run_while_it_is_written_and_ends_with_it(tmp_path, started):
     run_dir = tmp_path / "run"
     started.append(trainer := start_paused_run(run_dir))
