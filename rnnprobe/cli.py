@@ -300,6 +300,7 @@ def sample(run_dir, prime, length, temperature, seed) -> None:
 
 def _register_commands() -> None:
     from rnnprobe.cli_export import export
+    from rnnprobe.cli_fixed_points import fixed_points
     from rnnprobe.cli_report import report
     from rnnprobe.cli_study import study
     from rnnprobe.cli_watch import watch
@@ -308,6 +309,7 @@ def _register_commands() -> None:
     main.add_command(report)
     main.add_command(watch)
     main.add_command(export)
+    main.add_command(fixed_points)
 
 
 _register_commands()
