@@ -106,6 +106,17 @@ class TrainConfig:
     )
     eval_every: int = field(default=100, metadata={"help": "optimizer steps between validations"})
     eval_batches: int = field(default=4, metadata={"help": "batches per validation (count)"})
+    # Gradient flossing (rnnprobe/flossing.py); parsed by flossing.FlossSpec.parse.
+    floss: str = field(
+        default="none",
+        metadata={
+            "help": "gradient flossing: none, or K[,key=value…] to add weight·Σ λ_i² of each "
+            "layer's top K Lyapunov exponents (ln per time step) to the loss. Keys: weight "
+            "(default 1; 0 records only), every (optimizer steps between flossing steps, 1), "
+            "pre (flossing-only updates before step 1, 0), qr (time steps between QRs, 1), "
+            "warmup (time steps not counted, 0), batch (sequences used, 0 = all)"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -195,7 +206,7 @@ FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
 LATER_KEYS = frozenset(
     f"task.{name}"
     for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
-)
+) | {"train.floss"}
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -369,10 +380,12 @@ def validate(config: RunConfig) -> None:
         raise RnnprobeError(f"train.momentum must lie in [0, 1), got {flat['train.momentum']}")
     if config.probes.warmup < 0:
         raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
+    from rnnprobe.flossing import FlossSpec
     from rnnprobe.probes.schedule import Schedule
     from rnnprobe.truncation import Truncation
 
     parsers = {"train.bptt": Truncation.parse, **dict.fromkeys(SCHEDULES, Schedule.parse)}
+    parsers["train.floss"] = lambda text: FlossSpec.parse(text, config.model.hidden_size)
     for key, parse in parsers.items():
         try:
             parse(flat[key])

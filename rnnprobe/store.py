@@ -169,6 +169,13 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "index": "rank of the exponent, 0 = largest (int)",
         "exponent": "Lyapunov exponent, natural log per time step, batch mean (float)",
     },
+    "floss": {
+        "step": "optimizer step; −P … −1: the P pre-flossing updates before step 1 (int)",
+        "layer": "layer index (int)",
+        "index": "rank of the exponent, 0 = largest (QR order); K rows per layer (int)",
+        "exponent": "λ_i measured before the update: ln per time step, batch mean (float)",
+        "penalty": "Σ_i λ_i² of the layer, the same on each of its rows (float)",
+    },
     "ftle": {
         "step": "optimizer step (int)",
         "layer": "layer index (int)",

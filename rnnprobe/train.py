@@ -29,12 +29,14 @@ from rnnprobe.capture import capture
 from rnnprobe.config import RunConfig, config_from_dict, derived_seed
 from rnnprobe.device import resolve_device
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.flossing import FlossSpec, floss_layers
 from rnnprobe.init import init_recurrent_weights
 from rnnprobe.instruments import Instruments
 from rnnprobe.lock import DirectoryLock
 from rnnprobe.memory import check_fits, estimate_run
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
+from rnnprobe.probes.lyapunov import initial_frame
 from rnnprobe.store import RunStore, is_run_dir, load_run, read_status
 from rnnprobe.tasks import Batch, Task, task_from_config
 from rnnprobe.truncation import Truncation
@@ -105,6 +107,12 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.cut_generator = torch.Generator().manual_seed(derived_seed(config.seed, 2))
         self.instruments = Instruments(config.probes, self.rnn, config.seed)
+        # -- gradient flossing (flossing.py): the spec and its fixed frame Q_0, on the device
+        self.floss = FlossSpec.parse(config.train.floss, config.model.hidden_size)
+        if self.floss is not None:
+            H, seed = config.model.hidden_size, derived_seed(config.seed, 6)
+            self.floss_frame = initial_frame(H, self.floss.k, seed=seed, device=self.device)
+        # -- end gradient flossing
         self.eval_batches = self.task.eval_batches(
             config.train.batch_size,
             num_batches=config.train.eval_batches,
@@ -120,6 +128,8 @@ class Trainer:
         else:
             self.store = RunStore.create(run_dir, config.to_dict())
             self._record_start()
+        # pre-flossing runs once, before step 1: not again after resuming from a checkpoint
+        self.pre_floss_due = bool(self.floss and self.floss.pre) and self.store.checkpoint is None
         self.batches = self.task.batches(config.train.batch_size, self.data_generator)
         self.carries_state = getattr(self.task, "sampling", "random") == "sequential"
         if self.carries_state:
@@ -263,6 +273,10 @@ class Trainer:
 
     def _loop(self, bar: tqdm, interrupted: threading.Event) -> None:
         cfg = self.config.train
+        if self.pre_floss_due:  # a Ctrl-C that cuts it leaves no checkpoint: it reruns
+            self.mid_step = True
+            self._pre_floss()
+            self.mid_step = self.pre_floss_due = False
         while self.step < cfg.steps:
             if interrupted.is_set():  # Ctrl-C arrived during the last step: stop between steps
                 raise KeyboardInterrupt
@@ -313,14 +327,20 @@ class Trainer:
         h0 = self.h if batch.continues else None
         self.optimizer.zero_grad(set_to_none=True)
         needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
-        with capture(
-            self.model,
-            reach="reach" in fired,
-            reach_batch=self.config.probes.sub_batch,
-            keep_states=needs_states,
-            weight_grads="weight_grads" in fired,
-        ) as cap:
+        flossing = self.floss is not None and self.floss.fires(self.step)
+        with (
+            capture(
+                self.model,
+                reach="reach" in fired,
+                reach_batch=self.config.probes.sub_batch,
+                keep_states=needs_states,
+                weight_grads="weight_grads" in fired,
+            ) as cap,
+            _rnn_calls(self.rnn, flossing) as calls,
+        ):
             result = run_batch(self.model, self.task, batch, segments, h0)
+        if flossing:  # before clipping: the clip and the finite guard see ∇(L + weight·P)
+            self._floss(calls, self.step, self.floss.weight)
         self.tokens += batch.inputs.shape[0] * T
         pre, post = _clip(self.params, cfg.clip, cfg.clip_value)
         finite = torch.isfinite(result.loss) & torch.isfinite(pre)
@@ -359,6 +379,74 @@ class Trainer:
         if not finite:
             return cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
         return False
+
+    # -- gradient flossing (rnnprobe/flossing.py) ------------------------------------------
+    def _floss(self, calls: list, step: int, weight: float) -> None:
+        """Add weight·∇P to the gradients and file the ``floss`` rows of ``step`` (no sync).
+
+        P gets a backward pass of its own rather than being added to run_batch's loss: those
+        passes follow the BPTT cuts, while P re-runs every layer over the whole (sub-)batch
+        from the stack's recorded inputs, so the two graphs share nothing. Gradients add, so
+        the optimizer sees ∇(L + weight·P) all the same, clipped as one.
+        """
+        spec = self.floss
+        x = torch.cat([c[0] for c in calls])  # (T, B, I): the stack's input, segments joined
+        h0 = calls[0][1]  # (L, B, H) or None: the state the batch started from
+        if spec.batch:
+            x, h0 = x[:, : spec.batch], None if h0 is None else h0[:, : spec.batch]
+        layers = []
+        for layer in range(self.rnn.num_layers):
+            biases = (getattr(self.rnn, f"bias_{n}_l{layer}", None) for n in ("ih", "hh"))
+            layers.append((*self.rnn.layer_weights(layer), *biases))
+        with torch.set_grad_enabled(weight > 0):
+            measures = floss_layers(
+                x,
+                h0,
+                layers,
+                nonlinearity=self.rnn.nonlinearity,
+                k=spec.k,
+                warmup=spec.warmup,
+                qr_every=spec.qr,
+                frame=self.floss_frame,
+            )
+            if weight > 0:
+                (weight * sum(m.penalty for m in measures)).backward()
+        for layer, measure in enumerate(measures):
+            self.instruments.rows.add(
+                "floss",
+                step=step,
+                layer=layer,
+                index=np.arange(spec.k),
+                exponent=measure.exponents,
+                penalty=measure.penalty,
+            )
+
+    def _pre_floss(self) -> None:
+        """Run the ``pre`` flossing-only updates, filed as steps −pre … −1 of ``floss``.
+
+        They minimise P alone (``weight`` scales P in training steps only) with a fresh
+        optimizer of the run's kind and lr, on batches of their own generator: training then
+        starts from the optimizer state and data stream of a run without pre-flossing.
+        """
+        cfg = self.config.train
+        optimizer = make_optimizer(self.model, self.config)
+        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, 5))
+        batches = self.task.batches(cfg.batch_size, generator)
+        for step in range(-self.floss.pre, 0):
+            batch = self._on_device(next(batches))
+            with _rnn_calls(self.rnn, True) as calls:  # a forward pass records the inputs
+                run_batch(self.model, self.task, batch, [(0, batch.inputs.shape[1])], train=False)
+            optimizer.zero_grad(set_to_none=True)
+            self._floss(calls, step, 1.0)
+            pre, _ = _clip(self.params, cfg.clip, cfg.clip_value)
+            if bool(torch.isfinite(pre)):  # a training step's guard, and its one sync
+                optimizer.step()
+            else:
+                message = "pre-flossing update skipped"
+                self.instruments.rows.add("events", step=step, kind="nonfinite", message=message)
+        optimizer.zero_grad(set_to_none=True)
+
+    # -- end gradient flossing
 
     @torch.no_grad()
     def _evaluate(self) -> None:
@@ -456,6 +544,28 @@ def _all_finite(state: object) -> bool:
 
     visit(state)
     return bool(torch.stack(tensors).all()) if tensors else True
+
+
+@contextmanager
+def _rnn_calls(rnn: ElmanRNN, active: bool) -> Iterator[list]:
+    """Yield a list of (input (T, B, I), hx (L, B, H) or None), detached, of every call of
+    ``rnn`` in the block (flossing re-runs the layers on them); left empty unless ``active``."""
+    calls: list = []
+    if not active:
+        yield calls
+        return
+
+    def hook(module, args, kwargs):
+        x, hx = (*args, kwargs.get("hx"))[:2]
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or module.batch_first:
+            raise RnnprobeError("--floss needs the RNN's input time-major (T, B, I), not packed")
+        calls.append((x.detach(), None if hx is None else hx.detach()))
+
+    handle = rnn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 @contextmanager
