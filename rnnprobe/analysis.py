@@ -79,7 +79,7 @@ FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, a
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
 # what the analysis reads; plots read more (spectra, hidden, weights, ftle)
 SUMMARY_TABLES = ("task", "steps", "evals", "adjoints", "reach", "lyapunov", "health")
-SUMMARY_TABLES += ("mean_field", "events", "classes", "confusion")
+SUMMARY_TABLES += ("mean_field", "events", "classes", "confusion", "truncation")
 NAN = float("nan")
 
 
@@ -117,6 +117,9 @@ class PhaseMeasures:
     lyapunov_note: str | None = None
     saturation: float = NAN
     dead_fraction: float = NAN
+    # truncated BPTT against full BPTT of the same batch (all tensors as one vector), median
+    truncation_cosine: float = NAN
+    truncation_dropped: float = NAN  # ‖full − truncated‖ / ‖full‖
 
     @property
     def step(self) -> int | None:
@@ -212,6 +215,8 @@ class RunSummary:
             row[f"lyapunov_max_{name}"] = p.lyapunov_max
             row[f"saturation_{name}"] = p.saturation
             row[f"dead_fraction_{name}"] = p.dead_fraction
+            row[f"truncation_cosine_{name}"] = p.truncation_cosine
+            row[f"truncation_dropped_{name}"] = p.truncation_dropped
         return row
 
 
@@ -443,6 +448,10 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
     reach_steps, adjoint_steps = phase_steps(reach), phase_steps(adjoints)
     decay_steps = {p: reach_steps.get(p) or adjoint_steps.get(p, ()) for p in PHASES}
     lyap_steps, health_steps = phase_steps(lyapunov), phase_steps(health)
+    truncation = run.table("truncation")
+    if "tensor" in truncation:
+        truncation = truncation[truncation["tensor"] == "total"]
+    cut_steps, cut_by = phase_steps(truncation), _by_step(truncation)
     lyap_by = _by_step(lyapunov[lyapunov["index"] == 0] if "index" in lyapunov else lyapunov)
     health_by = _by_step(health)
     out = {}
@@ -453,8 +462,9 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             fit_decay(reach_by.get(s), adjoints_by.get(s), step=s, dtype=dtype) for s in fit_steps
         ]
         lyap = [_lyapunov(lyap_by, s) for s in lyap_steps.get(name, ())]
-        hsteps = health_steps.get(name, ())
-        steps = tuple(sorted({*decay_steps.get(name, ()), *lyap_steps.get(name, ()), *hsteps}))
+        hsteps, csteps = health_steps.get(name, ()), cut_steps.get(name, ())
+        steps = decay_steps.get(name, ()) + lyap_steps.get(name, ()) + hsteps + csteps
+        steps = tuple(sorted(set(steps)))
         if not steps:
             continue
         notes = [n for _, n in lyap if n]
@@ -466,6 +476,8 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             lyapunov_note=notes[0] if notes else None,
             saturation=_median([_at(health_by, s, "saturation") for s in hsteps]),
             dead_fraction=_median([_at(health_by, s, "dead_fraction") for s in hsteps]),
+            truncation_cosine=_median([_at(cut_by, s, "cosine") for s in csteps]),
+            truncation_dropped=_median([_at(cut_by, s, "dropped") for s in csteps]),
         )
     return out
 

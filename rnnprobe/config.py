@@ -134,6 +134,10 @@ class ProbeConfig:
         default="every:50", metadata={"help": "gradient reach ‖∂ℓ_s/∂h_t‖ by distance"}
     )
     # Singular values of J_{t+k}⋯J_{t+1} for k = 1, 2, 4, … T: seconds per firing at H = 256.
+    truncation: str = field(
+        default="every:50",
+        metadata={"help": "full-BPTT gradient beside the truncated one (--bptt K, random:K)"},
+    )
     products: str = field(
         default="never", metadata={"help": "finite-time Lyapunov exponents (costly)"}
     )
@@ -206,7 +210,7 @@ FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
 LATER_KEYS = frozenset(
     f"task.{name}"
     for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
-) | {"train.floss"}
+) | {"train.floss", "probes.truncation"}
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -287,7 +291,16 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 SCHEDULES = tuple(  # settings written as a probe schedule (see SCHEDULE_HELP)
     f"probes.{name}"
-    for name in ("adjoints", "weight_grads", "hidden", "spectra", "lyapunov", "reach", "products")
+    for name in (
+        "adjoints",
+        "weight_grads",
+        "hidden",
+        "spectra",
+        "lyapunov",
+        "reach",
+        "truncation",
+        "products",
+    )
 )
 SCHEDULE_HELP = (
     "SCHEDULE (when a probe fires): always, never, every:K (steps 1, K+1, 2K+1, …) or log:BASE "

@@ -343,6 +343,7 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
         data["log2_reach_end"] = data["log2_reach_end"].mask(data["outcome"] == "diverged")
     effects, effect_lines = _effects(data, axes, seeds)
     answer = _outcome_answer(data, axes) + _reach_answer(data, axes)
+    answer += _truncation_answer(table, axes)
     answer += _mean_field_lines(table) + _edge_lines(table, axes)
     answer += effect_lines
     if (table["outcome"] == "diverged").any():
@@ -424,6 +425,29 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
         "Gradient half-life at the end, as a fraction of the T steps the network runs "
         "(geometric mean over seeds of the exponential fits; below 0.25 T it vanishes within "
         "the sequence) — " + "; ".join(parts) + "."
+    ]
+
+
+def _truncation_answer(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Per configuration of truncated runs: the gradient share the cuts drop, and the cosine."""
+    column, cosine = "truncation_dropped_training", "truncation_cosine_training"
+    if column not in table or not pd.to_numeric(table[column], errors="coerce").notna().any():
+        column, cosine = "truncation_dropped_end", "truncation_cosine_end"
+    dropped, cosines = aggregate(table, axes, column), aggregate(table, axes, cosine)
+    if dropped.empty:
+        return []
+    phase = column.rpartition("_")[2]
+    key = [a for a in axes if a in dropped]
+    cosine_of = {tuple(map(str, r[key])): r["mean"] for _, r in cosines.iterrows()}
+    parts = []
+    for _, d in dropped.iterrows():
+        label = ", ".join(f"{a.rpartition('.')[2]} = {d[a]}" for a in key) or "all runs"
+        mean_cosine = cosine_of.get(tuple(map(str, d[key])), float("nan"))
+        parts.append(f"{label}: {d['mean']:.2g} dropped, cosine {mean_cosine:.2g}")
+    return [
+        f"Truncated against full BPTT of the same batches ({phase} phase, mean over seeds of "
+        "the median): the share ‖full − truncated‖ / ‖full‖ of the gradient the cuts drop, and "
+        "the cosine of the two — " + "; ".join(parts) + "."
     ]
 
 

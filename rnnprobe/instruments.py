@@ -22,6 +22,7 @@ from rnnprobe.probes.lyapunov import lyapunov_exponents
 from rnnprobe.probes.mean_field import mean_field_from_weights
 from rnnprobe.probes.products import product_spectrum
 from rnnprobe.probes.schedule import Schedule
+from rnnprobe.probes.truncation_bias import TruncationBias
 
 
 class Instruments:
@@ -38,6 +39,7 @@ class Instruments:
                 "spectra",
                 "lyapunov",
                 "reach",
+                "truncation",
                 "products",
             )
         }
@@ -106,6 +108,18 @@ class Instruments:
             t=t.reshape(-1) + offset,
             distance=(source - t).reshape(-1),
             norm=record.reach.mean(-1),
+        )
+
+    def record_truncation(self, step: int, bias: TruncationBias) -> None:
+        """File the truncation bias of ``step``: one row per parameter tensor, then ``total``."""
+        names = list(bias.cosine)
+        self.rows.add(
+            "truncation",
+            step=step,
+            tensor=np.array(names, dtype=object),
+            cosine=torch.stack([bias.cosine[n] for n in names]),
+            norm_ratio=torch.stack([bias.norm_ratio[n] for n in names]),
+            dropped=torch.stack([bias.dropped[n] for n in names]),
         )
 
     def record_states(

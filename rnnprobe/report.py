@@ -409,6 +409,18 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         measure(
             ended, lyap, "largest Lyapunov exponent λ₁", "λ₁ (nats per step)", hline=(0.0, "λ₁ = 0")
         )
+        training_at = _steps_of(table, "training_step")
+        cut = {
+            f"training (from {training_at})": "truncation_dropped_training",
+            f"end ({end_at})": "truncation_dropped_end",
+        }
+        measure(
+            ended,
+            cut,
+            "gradient share truncation drops",
+            "‖full − truncated‖ / ‖full‖",
+            hline=(0.0, "nothing cut"),
+        )
         if hue is not None and _levels(judged, x, "loss_ratio") >= 2:
             panels.append(
                 lambda ax: plots.plot_phase_diagram(

@@ -169,6 +169,13 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "index": "rank of the exponent, 0 = largest (int)",
         "exponent": "Lyapunov exponent, natural log per time step, batch mean (float)",
     },
+    "truncation": {
+        "step": "optimizer step of a truncated-BPTT run (int)",
+        "tensor": "parameter name (as in the state dict), or total: all as one vector (str)",
+        "cosine": "cosine of the truncated and the full-BPTT gradient of the batch (float)",
+        "norm_ratio": "‖truncated‖ / ‖full‖ (float)",
+        "dropped": "‖full − truncated‖ / ‖full‖: the share the cut paths carry (float)",
+    },
     "floss": {
         "step": "optimizer step; −P … −1: the P pre-flossing updates before step 1 (int)",
         "layer": "layer index (int)",

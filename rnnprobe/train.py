@@ -37,6 +37,7 @@ from rnnprobe.memory import check_fits, estimate_run
 from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
 from rnnprobe.probes.lyapunov import initial_frame
+from rnnprobe.probes.truncation_bias import truncation_bias
 from rnnprobe.store import RunStore, is_run_dir, load_run, read_status
 from rnnprobe.tasks import Batch, Task, task_from_config
 from rnnprobe.truncation import Truncation
@@ -339,6 +340,8 @@ class Trainer:
             _rnn_calls(self.rnn, flossing) as calls,
         ):
             result = run_batch(self.model, self.task, batch, segments, h0)
+        if "truncation" in fired and self.truncation.mode != "full":  # the task loss's only
+            self._truncation_bias(batch, h0)
         if flossing:  # before clipping: the clip and the finite guard see ∇(L + weight·P)
             self._floss(calls, self.step, self.floss.weight)
         self.tokens += batch.inputs.shape[0] * T
@@ -381,6 +384,22 @@ class Trainer:
         return False
 
     # -- gradient flossing (rnnprobe/flossing.py) ------------------------------------------
+    def _truncation_bias(self, batch: Batch, h0: torch.Tensor | None) -> None:
+        """Record the truncated gradients (now in ``.grad``) against full BPTT of the batch.
+
+        One more forward and backward over the whole sequence, outside the capture (it
+        records nothing else), then the truncated gradients go back for the update.
+        """
+        named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        truncated = {n: p.grad for n, p in named}
+        for _, p in named:
+            p.grad = None
+        run_batch(self.model, self.task, batch, [(0, batch.inputs.shape[1])], h0)
+        full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in named}
+        self.instruments.record_truncation(self.step, truncation_bias(truncated, full))
+        for name, p in named:
+            p.grad = truncated[name]
+
     def _floss(self, calls: list, step: int, weight: float) -> None:
         """Add weight·∇P to the gradients and file the ``floss`` rows of ``step`` (no sync).
 
