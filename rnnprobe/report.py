@@ -409,9 +409,8 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         measure(
             ended, lyap, "largest Lyapunov exponent λ₁", "λ₁ (nats per step)", hline=(0.0, "λ₁ = 0")
         )
-        training_at = _steps_of(table, "training_step")
-        cut = {
-            f"training (from {training_at})": "truncation_dropped_training",
+        cut = {  # the probe's own schedule: the training phase's median over its firings
+            "training (median)": "truncation_dropped_training",
             f"end ({end_at})": "truncation_dropped_end",
         }
         measure(
