@@ -52,6 +52,8 @@ import pandas as pd
 
 from rnnprobe.class_scores import ClassScores, class_scores
 from rnnprobe.config import flatten
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.levels import level_order
 from rnnprobe.store import Run, is_run_dir, load_run
 
 __all__ = [
@@ -166,6 +168,7 @@ class RunSummary:
     predicted_decay: float = NAN
     predicted_half_life: float = NAN
     mean_field_applies: bool = False
+    pre_floss_updates: int = 0  # --floss …,pre=P: P updates before step 1 (its init phase)
     phases: dict[str, PhaseMeasures] = field(default_factory=dict)
     seconds: float = NAN
     classes: ClassScores | None = None  # per-class results at the last evaluation
@@ -402,6 +405,7 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
     if "layer" in mean_field and len(mean_field):
         mean_field = mean_field[mean_field["layer"] == mean_field["layer"].max()]
     init = settings.get("model.init")
+    pre_floss = _pre_floss_updates(settings)
     return RunSummary(
         run_id=run_id or run.path.name,
         settings=settings,
@@ -432,7 +436,9 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
         init=init,
         predicted_decay=_first(mean_field, "predicted_decay"),
         predicted_half_life=_first(mean_field, "predicted_half_life"),
-        mean_field_applies=init in MEAN_FIELD_INITS and len(mean_field) > 0,
+        # after pre-flossing, step 1 no longer holds the random weights the theory is about
+        mean_field_applies=init in MEAN_FIELD_INITS and len(mean_field) > 0 and not pre_floss,
+        pre_floss_updates=pre_floss,
         phases=_phases(run, str(settings.get("dtype", "float32"))),
         seconds=_last(steps, "seconds"),
         classes=class_scores(run.table("confusion"), run.table("classes")),
@@ -480,6 +486,17 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             truncation_dropped=_median([_at(cut_by, s, "dropped") for s in csteps]),
         )
     return out
+
+
+def _pre_floss_updates(settings: dict[str, Any]) -> int:
+    """Return the pre-flossing updates a run made before step 1 (0 without flossing)."""
+    from rnnprobe.flossing import FlossSpec  # plain Python: no torch
+
+    try:
+        spec = FlossSpec.parse(settings.get("train.floss", "none"))
+    except RnnprobeError:
+        return 0
+    return spec.pre if spec is not None else 0
 
 
 def _top(table: pd.DataFrame) -> pd.DataFrame:
@@ -684,13 +701,4 @@ def aggregate(table: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFram
     firsts = data.groupby([data[b].astype(str) for b in by], sort=False)[by].first()
     for b in by:
         out[b] = firsts[b].to_numpy()
-    return out.iloc[_level_order(out, by)].reset_index(drop=True)
-
-
-def _level_order(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
-    keys = []
-    for b in reversed(list(by)):
-        numbers = pd.to_numeric(frame[b], errors="coerce")
-        text = frame[b].astype(str).to_numpy()
-        keys.append(numbers.to_numpy(float) if numbers.notna().all() else text)
-    return np.lexsort(keys) if keys else np.arange(len(frame))
+    return out.iloc[level_order(out, by)].reset_index(drop=True)

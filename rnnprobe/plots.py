@@ -22,6 +22,8 @@ from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from matplotlib.transforms import offset_copy
 
+from rnnprobe.levels import level_order
+
 __all__ = [
     "plot_adjoint_heatmap",
     "plot_class_accuracy",
@@ -611,6 +613,38 @@ def plot_decay_vs_mean_field(
     return ax
 
 
+def plot_lyapunov_over_training(
+    df: pd.DataFrame, *, hue: str = "configuration", title: str = "", ax: Axes | None = None
+) -> Axes:
+    """Return λ₁ against the training step: one colour per ``hue`` level, its seed mean bold and
+    each run faint.
+
+    ``df`` has ``run``, ``step``, ``exponent`` (λ₁ of the top layer) and ``hue``. Negative steps
+    are pre-flossing updates (``--floss …,pre=P``): the first point of such a run, at −P, is its
+    network before any update.
+    """
+    ax = _axes(ax)
+    data = _finite(df, ["step", "exponent"])
+    title = title or "largest Lyapunov exponent λ₁ over training"
+    if data.empty or hue not in data:
+        return _no_data(ax, title, "λ₁ (nats per step)")
+    levels = list(pd.unique(data[hue].astype(str)))  # the caller's order (the study's grid)
+    for level, colour in zip(levels, _colours(len(levels)), strict=True):
+        rows = data[data[hue].astype(str) == level]
+        for _, run in rows.groupby("run"):
+            ax.plot(run["step"], run["exponent"], color=colour, lw=0.6, alpha=0.35)
+        mean = rows.groupby("step")["exponent"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color=colour, lw=1.8, label=level)
+    ax.axhline(0.0, color="0.3", linestyle=":", lw=1, label="λ₁ = 0")
+    xlabel = "training step"
+    if (data["step"] < 0).any():
+        ax.axvline(0.5, color="0.6", lw=0.8)
+        xlabel += " (< 0: pre-flossing updates)"
+    ax.set(xlabel=xlabel, ylabel="λ₁ (nats per step)", title=title)
+    _legend_outside(ax, title=hue)
+    return ax
+
+
 def plot_measure_vs_axis(
     df: pd.DataFrame,
     *,
@@ -875,11 +909,10 @@ def _tick_2_5(value: float, _: object) -> str:
 
 
 def _sorted_levels(index: pd.Index) -> list:
-    """Return index labels sorted numerically when they all are numbers, else as text."""
-    numbers = pd.to_numeric(pd.Series(list(index)), errors="coerce")
-    if numbers.notna().all():
-        return [index[i] for i in np.argsort(numbers.to_numpy(), kind="stable")]
-    return sorted(index, key=str)
+    """Return index labels in the analysis' level order: numbers numerically; in text, the
+    control level (none, full, default) first, then numbers, then text."""
+    frame = pd.DataFrame({"level": list(index)})
+    return [index[i] for i in level_order(frame, ["level"])]
 
 
 def _cell_text(value: float) -> str:

@@ -19,6 +19,7 @@ import io
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 
 MAX_RUN_FIGURES = 8
 DPI = 80
-PLOT_TABLES = ("spectra", "hidden", "weights")  # read beyond analysis.SUMMARY_TABLES
+PLOT_TABLES = ("spectra", "hidden", "weights", "floss")  # read beyond analysis.SUMMARY_TABLES
 MIN_CURVE_STEPS = 3  # a curve over training needs 3 probe steps: 2 would be a bare line
 # an axes' width, the room left of it for tick labels and right of it for its legend
 PANEL_INCHES, LEFT_INCHES, LEGEND_INCHES = 4.2, 1.2, 2.3
@@ -262,6 +263,12 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
     page.text(
         f"{len(table)} runs; sweep axes: {', '.join(swept) or 'none'}{seeds}. "
         "init is step 1 (before any update), end the last step of each run."
+        + (
+            " For runs with pre-flossing (--floss …,pre=P), step 1 comes after their P "
+            "flossing-only updates; their mean-field prediction is not compared."
+            if any(s.pre_floss_updates for s in study.runs)
+            else ""
+        )
     )
     page.heading("Diagnosis")
     page.bullets(analysis.diagnosis.lines)
@@ -379,8 +386,9 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         ended = table.copy()
         end_columns = [c for c in table.columns if c.endswith("_end")]
         ended.loc[table["outcome"] == "diverged", end_columns] = np.nan
-        applies = table["mean_field_applies"].astype(bool).any()
-        reference = ("predicted_decay", "mean-field √χ (init)") if applies else None
+        applies = table["mean_field_applies"].astype(bool)
+        ended.loc[~applies, "predicted_decay"] = np.nan  # no √χ where the theory does not apply
+        reference = ("predicted_decay", "mean-field √χ (init)") if applies.any() else None
         measure(
             ended,
             phases,
@@ -442,6 +450,9 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
+    curves = _lyapunov_curves(analysis, swept)
+    if curves["step"].nunique() >= MIN_CURVE_STEPS:
+        panels.append(lambda ax: plots.plot_lyapunov_over_training(curves, ax=ax))
     reach = _study_reach(analysis, [a for a in (x, *others) if a])
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():
@@ -464,12 +475,39 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         _add_grid(page, out, "study.png", caption, panels, columns=2)
 
 
+def _lyapunov_curves(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
+    """Return λ₁ of each run's top layer by step, labelled by its configuration (the swept
+    axes but the seed); a flossed run starts with its floss-table λ₁ at step −P."""
+    frames = []
+    for summary in analysis.study.runs:
+        run = analysis.runs.get(summary.run_id)
+        if run is None:
+            continue
+        parts = [run.table("lyapunov")]
+        if summary.pre_floss_updates:
+            floss = run.table("floss")
+            if len(floss):
+                parts.insert(0, floss[floss["step"] == -summary.pre_floss_updates])
+        parts = [p for p in parts if len(p)]
+        if not parts or "index" not in parts[-1]:
+            continue
+        rows = pd.concat(parts, ignore_index=True)
+        rows = rows[(rows["index"] == 0) & (rows["layer"] == rows["layer"].max())]
+        label = _label(summary, [a for a in swept if a != "seed"]) or "all runs"
+        label = textwrap.fill(label, 32)  # legends of long settings stay beside their panel
+        frames.append(rows[["step", "exponent"]].assign(run=summary.run_id, configuration=label))
+    if not frames:
+        return pd.DataFrame(columns=["step", "exponent", "run", "configuration"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def _training_only(axis: str) -> bool:
     """Return whether the setting leaves the initial network and its reach unchanged.
 
-    Truncation is not one: the reach is recorded per backward segment.
+    Truncation is not one: the reach is recorded per backward segment; nor is flossing, whose
+    pre-flossing updates come before step 1.
     """
-    return axis.startswith("train.") and axis != "train.bptt"
+    return axis.startswith("train.") and axis not in ("train.bptt", "train.floss")
 
 
 def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) -> int:
