@@ -301,6 +301,7 @@ def sample(run_dir, prime, length, temperature, seed) -> None:
 def _register_commands() -> None:
     from rnnprobe.cli_export import export
     from rnnprobe.cli_fixed_points import fixed_points
+    from rnnprobe.cli_replay import replay
     from rnnprobe.cli_report import report
     from rnnprobe.cli_study import study
     from rnnprobe.cli_watch import watch
@@ -310,6 +311,7 @@ def _register_commands() -> None:
     main.add_command(watch)
     main.add_command(export)
     main.add_command(fixed_points)
+    main.add_command(replay)
 
 
 _register_commands()

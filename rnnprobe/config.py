@@ -117,6 +117,21 @@ class TrainConfig:
             "warmup (time steps not counted, 0), batch (sequences used, 0 = all)"
         },
     )
+    # Explosion early warning (rnnprobe/replay.py); parsed by replay.WarnSpec.parse.
+    warn: str = field(
+        default="on",
+        metadata={
+            "help": "explosion early warning: on, none, or key=value[,…] over these defaults: "
+            "window (optimizer steps W, 20); grad (warn when the median pre-clip gradient norm "
+            "of the last W steps exceeds this factor × the median of the W before, 10); loss "
+            "(a step's loss exceeds this factor × its running mean over about W steps, 4); "
+            "lyapunov (the Lyapunov probe's λ₁ exceeds this, nats per time step, 0.1); "
+            "jacobian (the spectra probe's mean ‖J_t‖₂ exceeds this, 3); key=off drops a sign. "
+            "The first warning is recorded as a warning event; it and the first non-finite "
+            "step each write RUN/snapshots/<step>-<kind>.pt for rnnprobe replay (none: neither)"
+        },
+    )
+    # -- end explosion early warning
 
 
 @dataclass(frozen=True)
@@ -210,7 +225,7 @@ FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
 LATER_KEYS = frozenset(
     f"task.{name}"
     for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
-) | {"train.floss", "probes.truncation"}
+) | {"train.floss", "probes.truncation", "train.warn"}
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -395,10 +410,12 @@ def validate(config: RunConfig) -> None:
         raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
     from rnnprobe.flossing import FlossSpec
     from rnnprobe.probes.schedule import Schedule
+    from rnnprobe.replay import WarnSpec
     from rnnprobe.truncation import Truncation
 
     parsers = {"train.bptt": Truncation.parse, **dict.fromkeys(SCHEDULES, Schedule.parse)}
     parsers["train.floss"] = lambda text: FlossSpec.parse(text, config.model.hidden_size)
+    parsers["train.warn"] = WarnSpec.parse  # replay.py: parsing loads no torch
     for key, parse in parsers.items():
         try:
             parse(flat[key])

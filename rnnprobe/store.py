@@ -8,6 +8,8 @@ A run directory holds::
     .rnnprobe.lock                      held (flock) by the one process writing the run
     tables/<table>/part-000000.parquet  tidy rows, one part per flush, read in sequence order
     checkpoints/step-<step>.pt          the last ``keep_checkpoints`` training states
+    snapshots/<step>-<kind>.pt          the states of the first warning and the first non-finite
+                                        step, for ``rnnprobe replay`` (written by replay.py)
 
 Every file appears by ``os.replace`` of a fsynced temporary in the same directory, so a kill -9
 loses at most the rows appended since the last :meth:`RunStore.flush` and never leaves a
@@ -210,7 +212,8 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     },
     "events": {
         "step": "optimizer step (int)",
-        "kind": "nonfinite, diverged, resumed, recovered, interrupted or probe_failed (str)",
+        "kind": "nonfinite, diverged, resumed, recovered, interrupted, probe_failed or warning "
+        "(str)",
         "message": "one human-readable line (str)",
     },
 }
@@ -718,7 +721,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def _remove_temporaries(path: Path) -> None:
     # Only where the store writes, so foreign files in the directory are never touched.
-    directories = [path, path / "checkpoints", *(path / "tables").glob("*")]
+    directories = [path, path / "checkpoints", path / "snapshots", *(path / "tables").glob("*")]
     for directory in directories:
         for tmp in directory.glob(f".*{_TMP_MARK}*"):
             if tmp.is_file():

@@ -38,6 +38,7 @@ from rnnprobe.model import ElmanRNN
 from rnnprobe.objective import build_model, run_batch
 from rnnprobe.probes.lyapunov import initial_frame
 from rnnprobe.probes.truncation_bias import truncation_bias
+from rnnprobe.replay import ExplosionWatch, WarnSpec, save_snapshot
 from rnnprobe.store import RunStore, is_run_dir, load_run, read_status
 from rnnprobe.tasks import Batch, Task, task_from_config
 from rnnprobe.truncation import Truncation
@@ -86,7 +87,16 @@ def _clip(params: list[torch.Tensor], mode: str, value: float):
 class Trainer:
     """Holds one run's state; ``run()`` trains to ``train.steps`` or gives up."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, resume: bool, progress: bool):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path | None,
+        resume: bool,
+        progress: bool,
+        *,
+        records: bool = True,
+    ):
+        """``records=False`` builds the run without a directory: ``replay_step`` only."""
         self.config, self.progress = config, progress
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
@@ -123,14 +133,22 @@ class Trainer:
         self.recent = RecentSteps()
         self.h: torch.Tensor | None = None
         self.diverged = self.mid_step = False
-        if resume and is_run_dir(run_dir):
+        # -- explosion early warning (replay.py): host statistics over the one sync's numbers
+        warn = WarnSpec.parse(config.train.warn) if records else None
+        every = (config.flush_every, config.checkpoint_every)
+        self.watch = ExplosionWatch(warn, every) if warn is not None else None
+        if not records:  # a replay of one step (replay.py): no run directory, no records
+            self.store = None
+        # -- end explosion early warning
+        elif resume and is_run_dir(run_dir):
             self.store = RunStore.open_for_resume(run_dir)
             self._restore()
         else:
             self.store = RunStore.create(run_dir, config.to_dict())
             self._record_start()
         # pre-flossing runs once, before step 1: not again after resuming from a checkpoint
-        self.pre_floss_due = bool(self.floss and self.floss.pre) and self.store.checkpoint is None
+        fresh = self.store is not None and self.store.checkpoint is None
+        self.pre_floss_due = bool(self.floss and self.floss.pre) and fresh
         self.batches = self.task.batches(config.train.batch_size, self.data_generator)
         self.carries_state = getattr(self.task, "sampling", "random") == "sequential"
         if self.carries_state:
@@ -168,6 +186,8 @@ class Trainer:
         for table, blocks in self.instruments.rows.drain().items():
             columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
             self.recent.observe(table, columns)  # on the host already: the bar adds no sync
+            if self.watch is not None:  # λ₁ and ‖J_t‖ against their thresholds, no sync either
+                self.watch.observe_probes(table, columns)
             self.store.append(table, columns)
         self.store.flush()
 
@@ -187,6 +207,8 @@ class Trainer:
             "nonfinite_run": self.nonfinite_run,
             "h": self.h if self.h is not None else torch.empty(0),
         }
+        if self.watch is not None:  # plain data: the watch's statistics and what it has done
+            state["warn"] = self.watch.state()
         if hasattr(self.task, "corpus"):
             state["vocab"] = list(self.task.corpus.vocab.tokens)
         if not _all_finite(state):  # an update overflowed: keep the last good checkpoint
@@ -219,6 +241,8 @@ class Trainer:
         self.tokens, self.nonfinite_run = int(state["tokens"]), int(state["nonfinite_run"])
         h = state["h"]
         self.h = h.to(self.device, self.dtype) if h.numel() else None
+        if self.watch is not None:  # absent from checkpoints of runs without the watch
+            self.watch.load_state(state.get("warn"))
         for reason in self.store.recovered:
             self.store.append(
                 "events", {"step": self.step, "kind": "recovered", "message": f"skipped {reason}"}
@@ -322,7 +346,10 @@ class Trainer:
         cfg, probes = self.config.train, self.instruments
         self.step += 1
         fired = probes.firing(self.step, cfg.steps)
-        batch = self._on_device(next(self.batches))
+        watching = self.watch is not None and not self.watch.done
+        rng = self._rng_states() if watching else None  # as the step finds them: a snapshot's
+        raw = next(self.batches)
+        batch = self._on_device(raw)
         T = batch.inputs.shape[1]
         segments = list(self.truncation.segments(T, self.cut_generator))
         h0 = self.h if batch.continues else None
@@ -349,7 +376,10 @@ class Trainer:
         finite = torch.isfinite(result.loss) & torch.isfinite(pre)
         if result.h_n is not None and self.carries_state:
             finite = finite & torch.isfinite(result.h_n).all()
-        finite = bool(finite)  # the one sync
+        if watching:  # the watch's loss and gradient norm ride the same transfer
+            finite = self._watch_step(finite, result.loss, pre, raw, segments, h0, rng)
+        else:
+            finite = bool(finite)  # the one sync
         # A state that went non-finite is never carried on (nor checkpointed): start afresh.
         self.h = result.h_n if finite else None
         records = cap.records_on_device()
@@ -382,6 +412,103 @@ class Trainer:
         if not finite:
             return cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
         return False
+
+    # -- explosion early warning and replay (rnnprobe/replay.py) ---------------------------
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Return the RNG states a step starts from (probe: taken when a snapshot is written,
+        since no probe draws before the step's sync)."""
+        states = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_generator.get_state(),
+            "cut": self.cut_generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _watch_step(self, finite, loss, grad_norm, raw, segments, h0, rng) -> bool:
+        """Return whether the step is finite, read in the step's one sync together with its
+        loss and pre-clip gradient norm; file the first warning, and write the snapshots of
+        the first warning and the first non-finite step (the weights are not yet updated)."""
+        numbers = torch.stack([finite.double(), loss.double(), grad_norm.double()])
+        finite_flag, loss_value, norm_value = numbers.tolist()  # the one sync
+        finite = finite_flag == 1.0
+        step, watch = self.step, self.watch
+        recorded = {"loss": loss_value, "grad_norm_pre_clip": norm_value}
+        snapshot = (raw, segments, h0, rng, recorded)
+        message = watch.observe(step, finite, loss_value, norm_value)
+        if message is not None:
+            path = self._snapshot("warning", *snapshot, message)
+            where = path.relative_to(self.store.path)
+            message = f"{message}; snapshot {where} (rnnprobe replay)"
+            self.instruments.rows.add("events", step=step, kind="warning", message=message)
+        if not finite and watch.first_nonfinite():
+            numbers = f"loss {loss_value:.4g}, pre-clip gradient norm {norm_value:.4g}"
+            self._snapshot("nonfinite", *snapshot, f"the first non-finite step ({numbers})")
+        return finite
+
+    def _snapshot(self, kind, raw, segments, h0, rng, recorded, reason) -> Path:
+        """Write the state this step started from (replay.py, SNAPSHOT_KEYS); return its path."""
+        record = {
+            "kind": kind,
+            "step": self.step,
+            "reason": reason,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batch": {
+                "inputs": raw.inputs,
+                "targets": raw.targets,
+                "lengths": raw.lengths,
+                "continues": bool(raw.continues),
+            },
+            "h0": None if h0 is None else h0.detach(),
+            "segments": [[int(start), int(end)] for start, end in segments],
+            "rng": {**rng, "probe": self.instruments.generator.get_state()},
+            "recorded": recorded,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
+        if hasattr(self.task, "corpus"):
+            record["vocab"] = list(self.task.corpus.vocab.tokens)
+        return save_snapshot(self.store.path, record)
+
+    def restore_snapshot(self, snapshot: dict) -> tuple[Batch, list, torch.Tensor | None]:
+        """Put a snapshot's weights, optimizer state, RNG states, step and carried state in
+        place; return its batch on the device, its segments and the state h0 it starts from."""
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        rng = snapshot["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.data_generator.set_state(rng["data"])
+        self.cut_generator.set_state(rng["cut"])
+        self.instruments.generator.set_state(rng["probe"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step = int(snapshot["step"]) - 1
+        h0 = snapshot["h0"]
+        self.h = None if h0 is None else h0.to(self.device, self.dtype)
+        given = snapshot["batch"]
+        raw = Batch(given["inputs"], given["targets"], given["lengths"], given["continues"])
+        self.batches = iter([raw])
+        segments = [tuple(pair) for pair in snapshot["segments"]]
+        return self._on_device(raw), segments, self.h if raw.continues else None
+
+    def replay_step(self, snapshot: dict) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Run the step a snapshot holds again, as training ran it; return its ``steps`` row
+        (loss, grad_norm_pre_clip, …) and the gradients its update used (after clipping)."""
+        self.restore_snapshot(snapshot)
+        self.instruments.rows.drain()  # rows of an earlier replay
+        self._train_step()
+        gradients = {
+            name: p.grad.detach().clone()
+            for name, p in self.model.named_parameters()
+            if p.grad is not None
+        }
+        steps = self.instruments.rows.drain()["steps"][0]
+        return {name: values[0].item() for name, values in steps.items()}, gradients
+
+    # -- end explosion early warning and replay
 
     # -- gradient flossing (rnnprobe/flossing.py) ------------------------------------------
     def _truncation_bias(self, batch: Batch, h0: torch.Tensor | None) -> None:

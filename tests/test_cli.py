@@ -191,6 +191,7 @@ def test_help_version_and_usage_errors_start_without_torch_or_pandas():
         "export --help",
         "watch --help",
         "fixed-points --help",
+        "replay --help",
         "train --bogus",
         "train --seq-len 0",
         "train --seed 18446744073709551616",
@@ -204,5 +205,5 @@ def test_help_version_and_usage_errors_start_without_torch_or_pandas():
         [sys.executable, "-c", STARTUP_PROBE, *calls], capture_output=True, text=True, check=True
     )
     codes, heavy = done.stderr.splitlines()[-1].rsplit("] ", 1)
-    assert codes == "[" + ", ".join(["0"] * 10 + ["2"] * 8), done.stderr
+    assert codes == "[" + ", ".join(["0"] * 11 + ["2"] * 8), done.stderr
     assert heavy == "[]", done.stderr
