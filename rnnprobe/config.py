@@ -304,19 +304,17 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return build_config(flatten(data))
 
 
-SCHEDULES = tuple(  # settings written as a probe schedule (see SCHEDULE_HELP)
-    f"probes.{name}"
-    for name in (
-        "adjoints",
-        "weight_grads",
-        "hidden",
-        "spectra",
-        "lyapunov",
-        "reach",
-        "truncation",
-        "products",
-    )
+PROBES = (  # the probes that fire on a schedule (see SCHEDULE_HELP), in firing order
+    "adjoints",
+    "weight_grads",
+    "hidden",
+    "spectra",
+    "lyapunov",
+    "reach",
+    "truncation",
+    "products",
 )
+SCHEDULES = tuple(f"probes.{name}" for name in PROBES)
 SCHEDULE_HELP = (
     "SCHEDULE (when a probe fires): always, never, every:K (steps 1, K+1, 2K+1, …) or log:BASE "
     "(steps 1, 2, 3, 5, 9, … for BASE 2); all but never also fire at the last step."

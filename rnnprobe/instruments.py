@@ -13,7 +13,7 @@ import torch
 
 from rnnprobe.capture import BackwardRecord
 from rnnprobe.cell import derivative_from_output
-from rnnprobe.config import ProbeConfig, derived_seed
+from rnnprobe.config import PROBES, ProbeConfig, derived_seed
 from rnnprobe.model import ElmanRNN
 from rnnprobe.pending import PendingRows
 from rnnprobe.probes.hidden_stats import hidden_state_stats
@@ -30,19 +30,7 @@ class Instruments:
 
     def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
         self.config, self.rnn = config, rnn
-        self.schedules = {
-            name: Schedule.parse(getattr(config, name))
-            for name in (
-                "adjoints",
-                "weight_grads",
-                "hidden",
-                "spectra",
-                "lyapunov",
-                "reach",
-                "truncation",
-                "products",
-            )
-        }
+        self.schedules = {name: Schedule.parse(getattr(config, name)) for name in PROBES}
         self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
         self.rows = PendingRows()
 

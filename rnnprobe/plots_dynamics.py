@@ -9,11 +9,12 @@ colour (seaborn's colour-blind-safe palette) and its marker, so the classes read
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+
+from rnnprobe.plots import _axes, _no_data  # one look for every empty panel
 
 __all__ = ["CATEGORY_STYLE", "plot_fixed_point_eigenvalues", "plot_fixed_points_pca"]
 
@@ -25,7 +26,6 @@ CATEGORY_STYLE: dict[str, tuple[str, tuple, str]] = {
     "source": ("source (all |λ| > 1)", _PALETTE[3], "^"),
     "slow": ("slow point (q > 0)", _PALETTE[4], "s"),
 }
-_NOTE_COLOR = "0.45"
 _TRAJECTORY_COLOR = "0.35"
 
 
@@ -152,24 +152,3 @@ def _legend_outside(ax: Axes) -> None:
     for handle in legend.legend_handles:  # the same marker size for every entry, however drawn
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([30])
-
-
-def _axes(ax: Axes | None) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.8))
-    return ax
-
-
-def _no_data(ax: Axes, what: str, ylabel: str) -> Axes:
-    ax.text(
-        0.5,
-        0.5,
-        f"no data: {what}",
-        ha="center",
-        va="center",
-        transform=ax.transAxes,
-        color=_NOTE_COLOR,
-        fontsize="large",
-    )
-    ax.set(xticks=[], yticks=[], xlabel="", ylabel=ylabel, title=what)
-    return ax
