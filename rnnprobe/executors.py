@@ -295,6 +295,9 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         if self.address is None:
+            # Ray nices its workers (15): beside other work on this machine a run would crawl
+            # (the Ray test beside two busy loops: 2 min 39 s niced, 28 s at niceness 0)
+            os.environ.setdefault(RAY_WORKER_NICENESS, "0")
             ray.init(num_cpus=self.jobs or os.cpu_count(), include_dashboard=False)
             return True
         try:
@@ -331,6 +334,9 @@ def _check_reachable(address: str, timeout: float) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise RnnprobeError(f"cannot reach Ray at {address}: {reason}") from None
+
+
+RAY_WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet a local ray.init starts
 
 
 def make_executor(

@@ -20,6 +20,7 @@ from rnnprobe.cli_study import study
 from rnnprobe.config import build_config
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.executors import (
+    RAY_WORKER_NICENESS,
     InProcessExecutor,
     LocalPoolExecutor,
     RayExecutor,
@@ -110,13 +111,14 @@ def test_pool_records_match_in_process_records(pool_runs, tmp_path):
         pd.testing.assert_frame_equal(expected[name], got[name], rtol=1e-4, obj=name)
 
 
-def test_ray_executor_gives_the_records_of_the_local_pool(pool_runs, tmp_path):
+def test_ray_executor_gives_the_records_of_the_local_pool(pool_runs, tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Ray's own import-time deprecations
         ray = pytest.importorskip(
             "ray", reason="Ray is an optional extra: pip install rnnprobe[ray]"
         )
     root, pool_outcomes = pool_runs
+    monkeypatch.setenv(RAY_WORKER_NICENESS, "0")  # as RayExecutor's own local Ray: not niced
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         started = []
