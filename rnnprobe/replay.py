@@ -667,21 +667,6 @@ def _same_gradients(
 
 # -- the report --------------------------------------------------------------------------------
 TOP_UNITS = 16  # units shown in the per-unit figures
-SETTINGS = (
-    "task.name",
-    "task.seq_len",
-    "model.hidden_size",
-    "model.layers",
-    "model.nonlinearity",
-    "model.init",
-    "model.init_gain",
-    "train.optimizer",
-    "train.lr",
-    "train.clip",
-    "train.bptt",
-    "dtype",
-    "seed",
-)
 
 
 def _write_report(
@@ -694,7 +679,7 @@ def _write_report(
     """Write README.md, index.html and the PNG figures of the replay; return the PNG names."""
     import pandas as pd
 
-    from rnnprobe.report import Page
+    from rnnprobe.report import SETTINGS, Page
 
     page = Page(f"Replay of step {result.step} ({result.kind}) — {result.snapshot.name}")
     page.text(_verdict(result))
@@ -715,7 +700,7 @@ def _write_report(
     page.heading("The step")
     batch = snapshot["batch"]["inputs"]
     flat = config.flat()
-    rows = [(key, flat[key]) for key in SETTINGS]
+    rows = [(key, flat[key]) for key in (*SETTINGS, "dtype")]  # the report's, and the dtype
     rows += [
         ("batch (B, T)", f"{tuple(batch.shape[:2])}"),
         ("BPTT segments", ", ".join(f"[{a}, {b})" for a, b in snapshot["segments"])),
