@@ -8,29 +8,29 @@ from typing import TYPE_CHECKING
 from rnnprobe._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from rnnprobe.capture import Capture, capture
-    from rnnprobe.config import RunConfig, build_config
+    from rnnprobe.core.capture import Capture, capture
+    from rnnprobe.core.instrument import Instrumented, instrument
+    from rnnprobe.core.models import ElmanRNN, RNNClassifier, RNNLanguageModel, RNNRegressor
     from rnnprobe.errors import RecordError, RnnprobeError
-    from rnnprobe.instrument import Instrumented, instrument
-    from rnnprobe.model import ElmanRNN, RNNClassifier, RNNLanguageModel, RNNRegressor
-    from rnnprobe.store import load_run
-    from rnnprobe.train import train_run
+    from rnnprobe.records.store import load_run
+    from rnnprobe.training.config import RunConfig, build_config
+    from rnnprobe.training.loop import train_run
 
 _EXPORTS = {
-    "Capture": "capture",
-    "capture": "capture",
-    "RunConfig": "config",
-    "build_config": "config",
+    "Capture": "core.capture",
+    "capture": "core.capture",
+    "RunConfig": "training.config",
+    "build_config": "training.config",
     "RecordError": "errors",
     "RnnprobeError": "errors",
-    "Instrumented": "instrument",
-    "instrument": "instrument",
-    "ElmanRNN": "model",
-    "RNNClassifier": "model",
-    "RNNLanguageModel": "model",
-    "RNNRegressor": "model",
-    "load_run": "store",
-    "train_run": "train",
+    "Instrumented": "core.instrument",
+    "instrument": "core.instrument",
+    "ElmanRNN": "core.models",
+    "RNNClassifier": "core.models",
+    "RNNLanguageModel": "core.models",
+    "RNNRegressor": "core.models",
+    "load_run": "records.store",
+    "train_run": "training.loop",
 }
 __all__ = [
     "Capture",

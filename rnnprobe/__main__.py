@@ -1,5 +1,5 @@
 """python -m rnnprobe: the command line."""
 
-from rnnprobe.cli import main
+from rnnprobe.cli.main import main
 
 main()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnnprobe.analysis import (
+from rnnprobe.analysis.runs import (
     MIN_FIT_POINTS,
     aggregate,
     fit_decay,
@@ -17,11 +17,11 @@ from rnnprobe.analysis import (
     study_summary,
     summarise_run,
 )
-from rnnprobe.config import build_config
-from rnnprobe.executors import InProcessExecutor
-from rnnprobe.spec import StudySpec
-from rnnprobe.store import Run
-from rnnprobe.study import read_index, run_study
+from rnnprobe.records.store import Run
+from rnnprobe.study.executors import InProcessExecutor
+from rnnprobe.study.runner import read_index, run_study
+from rnnprobe.study.spec import StudySpec
+from rnnprobe.training.config import build_config
 
 
 def reach_table(rates: dict[tuple[int, int], float], T: int = 12, sources=(5, 11)) -> pd.DataFrame:
@@ -272,7 +272,7 @@ def test_a_nearly_flat_noisy_curve_is_still_measured():
 
 
 def test_a_phase_without_reach_rows_falls_back_to_adjoint_ratios(tmp_path):
-    from rnnprobe.store import load_run
+    from rnnprobe.records.store import load_run
     from tests.test_report import write_run
 
     run = load_run(write_run(tmp_path / "r", decay=0.6, steps=40, seq_len=12))

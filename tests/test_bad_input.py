@@ -28,11 +28,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import rnnprobe.config
-import rnnprobe.spec
-import rnnprobe.store
-import rnnprobe.train
-from rnnprobe.cli import main
+import rnnprobe.records.store
+import rnnprobe.study.spec
+import rnnprobe.training.config
+import rnnprobe.training.loop
+from rnnprobe.cli.main import main
 from rnnprobe.errors import RnnprobeError
 
 # -- helpers ------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_one_character_corpus_is_an_error_or_a_finite_baseline(tmp_path, text):
     if result.exit_code != 0:
         one_error(result, 2, "one.txt")
         return
-    baseline = rnnprobe.store.load_run(run).table("task")["baseline_loss"]
+    baseline = rnnprobe.records.store.load_run(run).table("task")["baseline_loss"]
     assert len(baseline) == 1 and math.isfinite(baseline.iloc[0]), baseline
 
 
@@ -488,7 +488,7 @@ def test_truncated_status_json_resumes_as_interrupted(copy_run, tmp_path):
     check_clean(result)
     assert result.exit_code == 0, result.stderr
     assert status_of(run)["status"] == "done"
-    steps = rnnprobe.store.load_run(run).table("steps")["step"].tolist()
+    steps = rnnprobe.records.store.load_run(run).table("steps")["step"].tolist()
     assert steps == [1, 2, 3, 4, 5, 6], steps
 
 
@@ -502,7 +502,7 @@ def test_truncated_newest_checkpoint_resumes_from_the_older(copy_run, tmp_path):
     assert result.exit_code == 0, result.stderr
     status = status_of(run)
     assert (status["status"], status["step"]) == ("done", 6), status
-    steps = rnnprobe.store.load_run(run).table("steps")["step"].tolist()
+    steps = rnnprobe.records.store.load_run(run).table("steps")["step"].tolist()
     assert steps == [1, 2, 3, 4, 5, 6], steps
 
 
@@ -588,7 +588,7 @@ def test_load_run_with_damaged_config_raises_rnnprobe_error(copy_run, tmp_path, 
     shutil.copytree(copy_run, run)
     CONFIG_DAMAGE[damage](run / "config.json")
     with pytest.raises(RnnprobeError, match=r"config\.json"):
-        rnnprobe.store.load_run(run)
+        rnnprobe.records.store.load_run(run)
 
 
 def _corrupt_part(copy_run: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -608,14 +608,14 @@ def test_report_on_a_corrupt_parquet_part(copy_run, tmp_path):
 def test_load_run_on_a_corrupt_parquet_part_names_the_path(copy_run, tmp_path):
     run, part = _corrupt_part(copy_run, tmp_path)
     with pytest.raises(RnnprobeError) as raised:
-        rnnprobe.store.load_run(run)
+        rnnprobe.records.store.load_run(run)
     assert str(part) in str(raised.value)
 
 
 def test_read_table_on_a_corrupt_parquet_part_names_the_path(copy_run, tmp_path):
     run, part = _corrupt_part(copy_run, tmp_path)
     with pytest.raises(RnnprobeError) as raised:
-        rnnprobe.store.read_table(run, "steps")
+        rnnprobe.records.store.read_table(run, "steps")
     assert str(part) in str(raised.value)
 
 
@@ -630,7 +630,14 @@ def test_resume_over_a_corrupt_newest_parquet_part(copy_run, tmp_path):
     assert result.exit_code in (0, 1), result.stderr
     if result.exit_code == 0:  # recovered: the records read back whole
         assert status_of(run)["status"] == "done"
-        assert rnnprobe.store.load_run(run).table("steps")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+        assert rnnprobe.records.store.load_run(run).table("steps")["step"].tolist() == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
     else:
         one_error(result, 1, "part-")
 
@@ -678,7 +685,7 @@ def test_study_on_a_corrupt_study_json(tmp_path):
 )
 def test_build_config_refuses(settings, needle):
     with pytest.raises(RnnprobeError) as raised:
-        rnnprobe.config.build_config(settings)
+        rnnprobe.training.config.build_config(settings)
     assert needle.lower() in str(raised.value).lower()
     assert "\n" not in str(raised.value)
 
@@ -698,7 +705,7 @@ def test_build_config_refuses(settings, needle):
 )
 def test_load_spec_refuses(files, name, needle):
     with pytest.raises(RnnprobeError) as raised:
-        rnnprobe.spec.load_spec(files / name)
+        rnnprobe.study.spec.load_spec(files / name)
     assert needle in str(raised.value)
 
 
@@ -706,32 +713,34 @@ def test_set_value_is_never_evaluated(monkeypatch):
     monkeypatch.delenv("RNNPROBE_EVALUATED", raising=False)
     text = "train.lr=__import__('os').environ.__setitem__('RNNPROBE_EVALUATED', '1')"
     with pytest.raises(RnnprobeError, match="literal"):
-        rnnprobe.config.parse_assignment(text)
+        rnnprobe.training.config.parse_assignment(text)
     assert "RNNPROBE_EVALUATED" not in os.environ
 
 
 def test_train_run_refuses_a_huge_model_before_allocating(tmp_path):
     with pytest.raises(RnnprobeError) as raised:
-        config = rnnprobe.config.build_config({"model.hidden_size": 10**9, "device": "cpu"})
-        rnnprobe.train.train_run(config, tmp_path / "run", progress=False)
+        config = rnnprobe.training.config.build_config(
+            {"model.hidden_size": 10**9, "device": "cpu"}
+        )
+        rnnprobe.training.loop.train_run(config, tmp_path / "run", progress=False)
     assert MEMORY.search(str(raised.value)), str(raised.value)
 
 
 def test_train_run_resume_of_a_non_run_raises_rnnprobe_error(tmp_path):
-    config = rnnprobe.config.build_config({"train.steps": 1, "device": "cpu"})
+    config = rnnprobe.training.config.build_config({"train.steps": 1, "device": "cpu"})
     (tmp_path / "notarun").mkdir()
     with pytest.raises(RnnprobeError, match="notarun"):
-        rnnprobe.train.train_run(config, tmp_path / "notarun", resume=True, progress=False)
+        rnnprobe.training.loop.train_run(config, tmp_path / "notarun", resume=True, progress=False)
 
 
 def test_load_run_of_a_missing_path_raises_rnnprobe_error(tmp_path):
     with pytest.raises(RnnprobeError, match="nothere"):
-        rnnprobe.store.load_run(tmp_path / "nothere")
+        rnnprobe.records.store.load_run(tmp_path / "nothere")
 
 
 def test_read_table_refuses_a_path_like_table_name(copy_run):
     with pytest.raises(RnnprobeError):
-        rnnprobe.store.read_table(copy_run, "../config")
+        rnnprobe.records.store.read_table(copy_run, "../config")
 
 
 # -- directories in use by another process, and interrupts ---------------------------------
@@ -743,7 +752,7 @@ def hold_lock():
     import subprocess
     import sys
 
-    from rnnprobe.lock import LOCK_NAME
+    from rnnprobe.records.lock import LOCK_NAME
 
     holders = []
 
@@ -789,6 +798,6 @@ def test_interrupt_exits_130(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rnnprobe.train, "train_run", interrupted)
+    monkeypatch.setattr(rnnprobe.training.loop, "train_run", interrupted)
     result = invoke([*T[:-1], tmp_path / "run"])
     one_error(result, 130, "interrupt")

@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rnnprobe import ElmanRNN, RnnprobeError
-from rnnprobe.bptt import ElmanStackFunction, StackSpec, make_schedule
-from rnnprobe.capture import capture
+from rnnprobe.core.bptt import ElmanStackFunction, StackSpec, make_schedule
+from rnnprobe.core.capture import capture
 from tests.reference import unrolled_rnn
 
 DTYPE = torch.float64
@@ -94,7 +94,7 @@ def test_forward_and_all_gradients_match_torch_rnn(case):
 @pytest.fixture(autouse=True)
 def small_record_blocks(monkeypatch):
     """Blocks of 5 steps make the buffered norm path cross many block boundaries."""
-    monkeypatch.setattr("rnnprobe.bptt.RECORD_BLOCK", 5)
+    monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 5)
 
 
 @given(rnn_cases())

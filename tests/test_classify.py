@@ -14,20 +14,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe import config as config_module
-from rnnprobe import tasks
-from rnnprobe.analysis import summarise_run
-from rnnprobe.classify import ClassifyTask
-from rnnprobe.cli import main
-from rnnprobe.config import build_config
-from rnnprobe.corpus import corpus_from_text, preprocess_text
+from rnnprobe.analysis.runs import summarise_run
+from rnnprobe.cli.main import main
+from rnnprobe.data import tasks
+from rnnprobe.data.classify import ClassifyTask
+from rnnprobe.data.corpus import corpus_from_text, preprocess_text
+from rnnprobe.data.tasks import Batch, Task, register_task
+from rnnprobe.data.textdata import read_labelled, stratified_split
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.report import build_report
-from rnnprobe.spec import expand, spec_from_dict
-from rnnprobe.store import load_run
-from rnnprobe.tasks import Batch, Task, register_task
-from rnnprobe.textdata import read_labelled, stratified_split
-from rnnprobe.train import make_task_from_config, train_run
+from rnnprobe.records.store import load_run
+from rnnprobe.report.pages import build_report
+from rnnprobe.study.spec import expand, spec_from_dict
+from rnnprobe.training import config as config_module
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import make_task_from_config, train_run
 
 # Synthetic "languages": each draws syllables from its own inventory and ends in one of its
 # own suffixes, so a name's letters (above all its ending) give its class away.
@@ -320,7 +320,7 @@ def test_classify_batches_are_training_rows_and_eval_is_the_fixed_validation_spl
 def test_confusion_plots_take_empty_frames_without_raising():
     import matplotlib.pyplot as plt
 
-    from rnnprobe import plots
+    from rnnprobe.report import plots
 
     for draw in (plots.plot_confusion, plots.plot_class_accuracy):
         ax = draw(pd.DataFrame())

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe.analysis import summarise_run
-from rnnprobe.cli import main
-from rnnprobe.store import load_run
+from rnnprobe.analysis.runs import summarise_run
+from rnnprobe.cli.main import main
+from rnnprobe.records.store import load_run
 
 
 def invoke(args: list[str]):
@@ -154,7 +154,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 def test_readme_documents_every_record_column():
     from pathlib import Path
 
-    from rnnprobe.store import STANDARD_TABLES
+    from rnnprobe.records.store import STANDARD_TABLES
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for table, columns in STANDARD_TABLES.items():
@@ -165,7 +165,7 @@ def test_readme_documents_every_record_column():
 
 STARTUP_PROBE = """
 import sys
-from rnnprobe.cli import main
+from rnnprobe.cli.main import main
 
 codes = []
 for args in sys.argv[1:]:

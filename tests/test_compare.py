@@ -20,13 +20,13 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 
-from rnnprobe import plots
-from rnnprobe.analysis import SUMMARY_TABLES, summarise_run
-from rnnprobe.cli_report import report
-from rnnprobe.compare import build_comparison, differing_settings, run_ids, run_label
+from rnnprobe.analysis.runs import SUMMARY_TABLES, summarise_run
+from rnnprobe.cli.report import report
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.store import load_run
-from rnnprobe.train import train_run
+from rnnprobe.records.store import load_run
+from rnnprobe.report import plots
+from rnnprobe.report.compare import build_comparison, differing_settings, run_ids, run_label
+from rnnprobe.training.loop import train_run
 from tests.test_report import SCRIPT, _check_report, write_run, write_study
 from tests.test_train import tiny
 

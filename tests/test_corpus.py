@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnnprobe.corpus import (
+from rnnprobe.data.corpus import (
     PAD_ID,
     UNK_ID,
     Vocab,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnnprobe import ElmanRNN, RNNLanguageModel
-from rnnprobe.capture import capture
+from rnnprobe.core.capture import capture
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -8,15 +8,15 @@ import math
 import pandas as pd
 import pytest
 
-from rnnprobe.analysis import StudySummary, summarise_run
-from rnnprobe.diagnosis import (
+from rnnprobe.analysis.diagnosis import (
     analyse_study,
     diagnose_run,
     diagnose_study,
     study_table,
     variance_explained,
 )
-from rnnprobe.store import load_run
+from rnnprobe.analysis.runs import StudySummary, summarise_run
+from rnnprobe.records.store import load_run
 from tests.test_report import write_run
 
 

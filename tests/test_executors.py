@@ -16,10 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe.cli_study import study
-from rnnprobe.config import build_config
+from rnnprobe.cli.study import study
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.executors import (
+from rnnprobe.records.store import load_run
+from rnnprobe.study.executors import (
     RAY_WORKER_NICENESS,
     InProcessExecutor,
     LocalPoolExecutor,
@@ -28,8 +28,8 @@ from rnnprobe.executors import (
     make_executor,
     recorded_status,
 )
-from rnnprobe.store import load_run
-from rnnprobe.study import read_index
+from rnnprobe.study.runner import read_index
+from rnnprobe.training.config import build_config
 
 WALL_CLOCK = ["seconds"]
 TINY = {
@@ -139,10 +139,10 @@ def test_ray_executor_gives_the_records_of_the_local_pool(pool_runs, tmp_path, m
 WITHOUT_GRACE_KILL = textwrap.dedent(
     """
     import runpy
-    from rnnprobe.executors import LocalPoolExecutor
+    from rnnprobe.study.executors import LocalPoolExecutor
 
     LocalPoolExecutor.__init__.__kwdefaults__["grace"] = 86400.0  # a day: never, in a test
-    runpy.run_module("rnnprobe.cli_study", run_name="__main__", alter_sys=True)
+    runpy.run_module("rnnprobe.cli.study", run_name="__main__", alter_sys=True)
     """
 )
 HANG_GUARD = 600  # seconds; only a hung study takes this long

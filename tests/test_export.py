@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from rnnprobe.cli_export import export
-from rnnprobe.config import build_config
-from rnnprobe.export import MISSING_TENSORBOARD, export_tensorboard
-from rnnprobe.store import load_run
-from rnnprobe.study import write_index
-from rnnprobe.train import train_run
+from rnnprobe.cli.export import export
+from rnnprobe.records.store import load_run
+from rnnprobe.report.export import MISSING_TENSORBOARD, export_tensorboard
+from rnnprobe.study.runner import write_index
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
 
 TINY = {
     "device": "cpu",
@@ -202,7 +202,7 @@ def test_command_module_loads_no_heavy_library():
     """``rnnprobe --help`` imports cli_export: it must not pull torch, pandas or matplotlib."""
     probe = (
         "import sys\n"
-        "from rnnprobe.cli_export import export\n"
+        "from rnnprobe.cli.export import export\n"
         "try:\n"
         "    export(['--help'])\n"
         "except SystemExit as done:\n"

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rnnprobe import build_config, train_run
-from rnnprobe.cli_fixed_points import fixed_points
-from rnnprobe.fixed_points import (
+from rnnprobe.cli.fixed_points import fixed_points
+from rnnprobe.core.models import ElmanRNN
+from rnnprobe.probes.fixed_points import (
     find_fixed_points,
     fixed_point_jacobians,
     layer_trajectories,
@@ -24,7 +25,6 @@ from rnnprobe.fixed_points import (
     principal_components,
     speed,
 )
-from rnnprobe.model import ElmanRNN
 
 f64 = torch.float64
 
@@ -254,7 +254,7 @@ def test_command_module_loads_no_heavy_library():
     """``rnnprobe --help`` imports the command's module: no torch, pandas or matplotlib."""
     probe = (
         "import sys\n"
-        "from rnnprobe.cli_fixed_points import fixed_points\n"
+        "from rnnprobe.cli.fixed_points import fixed_points\n"
         "try:\n"
         "    fixed_points(['--help'])\n"
         "except SystemExit as done:\n"

@@ -11,20 +11,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe.cell import derivative
-from rnnprobe.cli import main
-from rnnprobe.config import build_config
+from rnnprobe.cli.main import main
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.flossing import (
+from rnnprobe.nonlinearity import derivative
+from rnnprobe.probes.lyapunov import lyapunov_exponents
+from rnnprobe.records.store import STANDARD_TABLES, load_run
+from rnnprobe.training.config import build_config
+from rnnprobe.training.flossing import (
     FlossSpec,
     floss_layers,
     floss_penalty,
     layer_exponents,
     run_layer,
 )
-from rnnprobe.probes.lyapunov import lyapunov_exponents
-from rnnprobe.store import STANDARD_TABLES, load_run
-from rnnprobe.train import train_run
+from rnnprobe.training.loop import train_run
 
 F64 = torch.float64
 
@@ -235,7 +235,7 @@ def test_bad_floss_values_give_one_line_and_exit_2(value):
 
 def test_bad_floss_value_is_refused_without_loading_torch():
     probe = (
-        "import sys\nfrom rnnprobe.cli import main\n"
+        "import sys\nfrom rnnprobe.cli.main import main\n"
         "try:\n    main(['train', '--floss', '2,lr=1'])\n"
         "except SystemExit as done:\n    print(done.code, 'torch' in sys.modules)\n"
     )

@@ -1,4 +1,4 @@
-"""``rnnprobe.instrument``: a plain-PyTorch model keeps its loss, gradients and optimizer."""
+"""``rnnprobe.core.instrument``: a plain-PyTorch model keeps its loss, gradients and optimizer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from rnnprobe import instrument
+from rnnprobe.core.models import ElmanRNN
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.model import ElmanRNN
 
 F64 = torch.float64
 

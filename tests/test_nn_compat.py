@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 
 from rnnprobe import ElmanRNN, RnnprobeError
-from rnnprobe.capture import capture
-from rnnprobe.model import RNNLanguageModel
+from rnnprobe.core.capture import capture
+from rnnprobe.core.models import RNNLanguageModel
 
 pytest.importorskip("expecttest", reason="PyTorch's test utilities import expecttest")
 
@@ -593,7 +593,7 @@ def test_partial_flat_weights_survive_conversion():
 _COMPILE_TIMING = """
 import json, sys, time, warnings
 import torch
-from rnnprobe.model import RNNLanguageModel
+from rnnprobe.core.models import RNNLanguageModel
 warnings.simplefilter("ignore")
 kind, seq_len, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)

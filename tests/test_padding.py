@@ -11,13 +11,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnnprobe.capture import BackwardRecord, LayerRecord
-from rnnprobe.config import build_config
-from rnnprobe.instruments import Instruments
-from rnnprobe.model import ElmanRNN
+from rnnprobe.core.capture import BackwardRecord, LayerRecord
+from rnnprobe.core.models import ElmanRNN
 from rnnprobe.probes.hidden_stats import hidden_state_stats, participation_ratio
-from rnnprobe.store import load_run
-from rnnprobe.train import train_run
+from rnnprobe.records.store import load_run
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
+from rnnprobe.training.probing import Instruments
 
 F64 = torch.float64
 

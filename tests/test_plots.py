@@ -15,8 +15,8 @@ import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from rnnprobe import plots
-from rnnprobe.store import STANDARD_TABLES, load_run
+from rnnprobe.records.store import STANDARD_TABLES, load_run
+from rnnprobe.report import plots
 from tests.test_report import write_run
 
 

@@ -5,8 +5,8 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from rnnprobe.cell import derivative_from_output
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes.jacobian import (
     jacobian_spectrum,
     phi_prime_bound,

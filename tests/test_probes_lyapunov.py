@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rnnprobe.cell import derivative_from_output
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes import lyapunov
 from rnnprobe.probes.lyapunov import initial_frame, lyapunov_exponents
 

@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import rnnprobe.train
-from rnnprobe.config import build_config
-from rnnprobe.model import RNNLanguageModel
-from rnnprobe.objective import run_batch
+import rnnprobe.training.loop
+from rnnprobe.core.models import RNNLanguageModel
 from rnnprobe.probes.truncation_bias import TOTAL, truncation_bias
-from rnnprobe.store import load_run
-from rnnprobe.train import train_run
+from rnnprobe.records.store import load_run
+from rnnprobe.training.batch import run_batch
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
 
 finite = st.floats(-10, 10, allow_nan=False, width=64)
 
@@ -94,8 +94,8 @@ def test_the_full_gradient_is_autograds_through_torch_nn_rnn(tmp_path, monkeypat
         seen.append(({k: v.clone() for k, v in truncated.items()}, dict(full)))
         return truncation_bias(truncated, full)
 
-    monkeypatch.setattr(rnnprobe.train, "run_batch", spy)
-    monkeypatch.setattr(rnnprobe.train, "truncation_bias", keep)
+    monkeypatch.setattr(rnnprobe.training.loop, "run_batch", spy)
+    monkeypatch.setattr(rnnprobe.training.loop, "truncation_bias", keep)
     run = tiny(tmp_path, "3", steps=1)
     reference, (truncated, full) = seen
     for name, grad in reference.items():

@@ -19,15 +19,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe.cli import main
-from rnnprobe.config import build_config
+from rnnprobe.cli.main import main
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.lock import LOCK_NAME, DirectoryLock, process_identity, writer_alive
-from rnnprobe.memory import estimate_run
-from rnnprobe.objective import build_model
-from rnnprobe.store import RunStore, load_checkpoint, load_run, read_status
-from rnnprobe.study import read_study
-from rnnprobe.train import make_task_from_config, train_run
+from rnnprobe.records.lock import LOCK_NAME, DirectoryLock, process_identity, writer_alive
+from rnnprobe.records.store import RunStore, load_checkpoint, load_run, read_status
+from rnnprobe.study.runner import read_study
+from rnnprobe.training.batch import build_model
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import make_task_from_config, train_run
+from rnnprobe.training.memory import estimate_run
 
 HANG_GUARD = 600  # seconds; only a hung process ever reaches it
 QUIET_PROBES = {
@@ -198,7 +198,7 @@ def spawn(code: str) -> subprocess.Popen:
 def test_a_held_lock_refuses_a_second_writer_and_a_dead_ones_is_taken_over(tmp_path):
     holder = spawn(
         "import time\n"
-        "from rnnprobe.lock import DirectoryLock\n"
+        "from rnnprobe.records.lock import DirectoryLock\n"
         f"DirectoryLock({str(tmp_path)!r}).acquire()\n"
         "print('held', flush=True)\n"
         "time.sleep(3600)\n"

@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from rnnprobe.cli_replay import replay
-from rnnprobe.config import build_config
+from rnnprobe.cli.replay import replay
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.replay import SNAPSHOT_KEYS, ExplosionWatch, WarnSpec
-from rnnprobe.store import RunStore, load_run
-from rnnprobe.train import train_run
+from rnnprobe.records.store import RunStore, load_run
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
+from rnnprobe.training.warning import SNAPSHOT_KEYS, ExplosionWatch, WarnSpec
 
 TINY = {
     "device": "cpu",

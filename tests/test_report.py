@@ -25,13 +25,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from rnnprobe.cli_report import report
-from rnnprobe.config import build_config
-from rnnprobe.diagnosis import StudyAnalysis, analyse_study
+from rnnprobe.analysis.diagnosis import StudyAnalysis, analyse_study
+from rnnprobe.cli.report import report
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.reach import default_reach_sources
-from rnnprobe.report import PLOT_TABLES, build_report
-from rnnprobe.store import STANDARD_TABLES, RunStore
+from rnnprobe.records.store import STANDARD_TABLES, RunStore
+from rnnprobe.report.pages import PLOT_TABLES, build_report
+from rnnprobe.training.config import build_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPT = "<script>alert('x')</script>"
@@ -268,7 +268,7 @@ def demo(tmp_path_factory) -> tuple[Path, StudyAnalysis]:
     Drawn once for the tests below, as ``rnnprobe study`` does: OUT/summary.csv, then the
     report in OUT/report from the same analysis (4 ≤ 8 runs: a figure for every run).
     """
-    from rnnprobe.cli_study import write_summary
+    from rnnprobe.cli.study import write_summary
 
     study = write_study(tmp_path_factory.mktemp("demo") / "s", gains=(0.5, 2.0))
     analysis = analyse_study(study, keep=PLOT_TABLES)
@@ -430,7 +430,7 @@ def test_benchmark_report_of_24_runs_by_2000_steps(tmp_path):
 
 def test_every_number_shown_twice_is_the_same_number(demo, tmp_path):
     """Terminal table, OUT/summary.csv, the report's summary.csv, its table and its text agree."""
-    from rnnprobe.cli_study import format_summary
+    from rnnprobe.cli.study import format_summary
 
     study, analysis = demo  # OUT/summary.csv and OUT/report written from this analysis
     terminal = format_summary(analysis)

@@ -21,7 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.store import STANDARD_TABLES, STATUSES, RunStore, is_run_dir, load_run, read_table
+from rnnprobe.records.store import (
+    STANDARD_TABLES,
+    STATUSES,
+    RunStore,
+    is_run_dir,
+    load_run,
+    read_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"model": {"hidden_size": 32, "nonlinearity": "tanh"}, "seed": 0, "lr": 0.1}
@@ -154,7 +161,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from rnnprobe.store import RunStore
+    from rnnprobe.records.store import RunStore
 
     store = RunStore.create(sys.argv[1], {"seed": 0})
     for i in range(1_000_000):

@@ -13,15 +13,15 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-import rnnprobe.train
-from rnnprobe.cli_study import study
-from rnnprobe.config import build_config
-from rnnprobe.diagnosis import analyse_study
+import rnnprobe.training.loop
+from rnnprobe.analysis.diagnosis import analyse_study
+from rnnprobe.cli.study import study
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.executors import InProcessExecutor
-from rnnprobe.spec import StudySpec, expand, load_spec, override, spec_from_dict
-from rnnprobe.store import read_table
-from rnnprobe.study import read_index, run_study
+from rnnprobe.records.store import read_table
+from rnnprobe.study.executors import InProcessExecutor
+from rnnprobe.study.runner import read_index, run_study
+from rnnprobe.study.spec import StudySpec, expand, load_spec, override, spec_from_dict
+from rnnprobe.training.config import build_config
 from tests.test_train import finish, go, start_pausing, wait_for_pause
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -233,7 +233,7 @@ def test_run_without_status_resumes_and_summary_matches(tmp_path):
 
 
 def test_failing_run_does_not_stop_the_others_and_is_retried(tmp_path, monkeypatch):
-    real = rnnprobe.train.train_run
+    real = rnnprobe.training.loop.train_run
 
     def flaky(config, run_dir, **kwargs):
         if config.task.seq_len == 3:
@@ -241,7 +241,7 @@ def test_failing_run_does_not_stop_the_others_and_is_retried(tmp_path, monkeypat
             raise FloatingPointError("boom\nsecond line")
         return real(config, run_dir, **kwargs)
 
-    monkeypatch.setattr(rnnprobe.train, "train_run", flaky)
+    monkeypatch.setattr(rnnprobe.training.loop, "train_run", flaky)
     spec = tiny_spec(**{"task.seq_len": (3, 5, 7)})
     lines = []
     result = run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lines.append)
@@ -250,7 +250,7 @@ def test_failing_run_does_not_stop_the_others_and_is_retried(tmp_path, monkeypat
     assert failed["status"] == "failed"
     assert failed["error"] == "FloatingPointError: boom second line"
     assert any("failed" in line and "boom" in line for line in lines)
-    monkeypatch.setattr(rnnprobe.train, "train_run", real)
+    monkeypatch.setattr(rnnprobe.training.loop, "train_run", real)
     result = run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lines.append)
     assert result.statuses == {"done": 3}  # retried from scratch
     events = read_table(tmp_path / "runs" / failed["id"], "events")
@@ -261,7 +261,7 @@ def test_user_error_inside_a_run_is_recorded_as_failed(tmp_path, monkeypatch):
     def refuse(config, run_dir, **kwargs):
         raise RnnprobeError("corpus not found")
 
-    monkeypatch.setattr(rnnprobe.train, "train_run", refuse)
+    monkeypatch.setattr(rnnprobe.training.loop, "train_run", refuse)
     result = run_study(tiny_spec(), tmp_path, InProcessExecutor(progress=False), echo=print)
     assert result.statuses == {"failed": 2}
     assert {r["error"] for r in read_index(tmp_path)["runs"]} == {"corpus not found"}
@@ -350,7 +350,7 @@ def start_study(out: Path, run: int, step: int, gated: bool = False) -> subproce
     """
     args = [*STUDY_ARGS, "--jobs", "1", "--no-report", "--out", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "error"}
-    return start_pausing("rnnprobe.cli_study", run, step, args, gated, env=env)
+    return start_pausing("rnnprobe.cli.study", run, step, args, gated, env=env)
 
 
 def test_sigint_then_sigkill_then_rerun_gives_the_uninterrupted_summary(tmp_path, started):

@@ -12,9 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from rnnprobe.corpus import Corpus, Vocab, corpus_from_text
-from rnnprobe.errors import RnnprobeError
-from rnnprobe.tasks import (
+from rnnprobe.data.corpus import Corpus, Vocab, corpus_from_text
+from rnnprobe.data.tasks import (
     COPY_BLANK,
     COPY_DELIMITER,
     TASKS,
@@ -28,7 +27,8 @@ from rnnprobe.tasks import (
     random_windows,
     sequential_batches,
 )
-from rnnprobe.truncation import Truncation, bptt_segments
+from rnnprobe.data.truncation import Truncation, bptt_segments
+from rnnprobe.errors import RnnprobeError
 
 SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
 

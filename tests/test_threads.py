@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rnnprobe import threads
-from rnnprobe.threads import CpuSnapshot, default_threads, free_threads, snapshot
+from rnnprobe.core import threads
+from rnnprobe.core.threads import CpuSnapshot, default_threads, free_threads, snapshot
 
 
 def window(others: float, own: float = 0.0, wall: float = 1.0, cpus: int = 2):

@@ -16,10 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnprobe.cli import main
-from rnnprobe.config import build_config
-from rnnprobe.store import load_run
-from rnnprobe.train import train_run
+from rnnprobe.cli.main import main
+from rnnprobe.records.store import load_run
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
 
 WALL_CLOCK = ("seconds",)
 TINY = {
@@ -107,7 +107,7 @@ def test_products_probe_records_finite_time_exponents(tmp_path):
 PAUSING = textwrap.dedent(
     """
     import importlib, inspect, os, runpy, sys
-    from rnnprobe.store import RunStore
+    from rnnprobe.records.store import RunStore
 
     module, run, step, gated = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     del sys.argv[1:5]
@@ -124,7 +124,8 @@ PAUSING = textwrap.dedent(
 
     RunStore.set_status = set_status
     if gated == "gated":
-        for name in ("rnnprobe.train", "torch._dynamo"):  # the latter: by the first optimizer
+        # the latter: imported by the first optimizer
+        for name in ("rnnprobe.training.loop", "torch._dynamo"):
             importlib.import_module(name)
         while os.read(0, 1) not in (b"\\n", b""):
             pass
@@ -339,8 +340,8 @@ def test_every_task_and_knob_trains_and_records(tmp_path, settings):
 
 
 def test_init_schemes_set_the_recurrent_spectrum():
-    from rnnprobe.init import init_recurrent_weights
-    from rnnprobe.model import ElmanRNN
+    from rnnprobe.core.initialisation import init_recurrent_weights
+    from rnnprobe.core.models import ElmanRNN
 
     rnn = ElmanRNN(3, 64, num_layers=2)
     init_recurrent_weights(rnn, "spectral", radius=0.7)

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rnnprobe.analysis import summarise_run
-from rnnprobe.cli_watch import watch
-from rnnprobe.config import build_config
-from rnnprobe.diagnosis import analyse_study
-from rnnprobe.executors import InProcessExecutor
-from rnnprobe.spec import StudySpec
-from rnnprobe.store import RunStore, load_run
-from rnnprobe.study import read_index, run_study
-from rnnprobe.train import PROGRESS_STEPS, RecentSteps
+from rnnprobe.analysis.diagnosis import analyse_study
+from rnnprobe.analysis.runs import summarise_run
+from rnnprobe.cli.watch import watch
+from rnnprobe.records.store import RunStore, load_run
+from rnnprobe.study.executors import InProcessExecutor
+from rnnprobe.study.runner import read_index, run_study
+from rnnprobe.study.spec import StudySpec
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import PROGRESS_STEPS, RecentSteps
 from tests.test_study import TINY_SETTINGS, tiny_spec
 from tests.test_train import HANG_GUARD, finish, go, wait_for_pause
 
@@ -50,9 +50,9 @@ PAUSES = (10, 30)
 PAUSING = textwrap.dedent(
     """
     import json, os, sys
-    from rnnprobe.config import build_config
-    from rnnprobe.store import RunStore
-    from rnnprobe.train import train_run
+    from rnnprobe.training.config import build_config
+    from rnnprobe.records.store import RunStore
+    from rnnprobe.training.loop import train_run
 
     settings, out, pauses = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     real = RunStore.set_status
@@ -77,7 +77,7 @@ def start_paused_run(out: Path) -> subprocess.Popen:
 
 
 def start_watch(path: Path, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "rnnprobe.cli_watch", str(path), *args]
+    command = [sys.executable, "-m", "rnnprobe.cli.watch", str(path), *args]
     return subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -242,13 +242,13 @@ def test_ctrl_c_while_watching_exits_130_quietly(tmp_path, monkeypatch):
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rnnprobe.watch.look", interrupted)
+    monkeypatch.setattr("rnnprobe.study.watch.look", interrupted)
     result = CliRunner().invoke(watch, [str(tmp_path)])
     assert result.exit_code == 130 and result.output == ""
 
 
 def test_watch_command_module_loads_no_heavy_library():
-    probe = "import sys, rnnprobe.cli_watch; print(sorted({'torch', 'pandas', 'matplotlib', "
+    probe = "import sys, rnnprobe.cli.watch; print(sorted({'torch', 'pandas', 'matplotlib', "
     probe += "'pyarrow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stderr

@@ -1,6 +1,11 @@
-"""Probes: one quantity per module, each a pure function from tensors to records.
+"""Probes: one quantity per module, each a pure function from tensors to a result dataclass.
 
-The names below are imported on first use (``probes.schedule`` needs no torch).
+The scheduled probes (``schedule`` says when) fire during training through
+``rnnprobe.training.probing``; ``fixed_points`` runs on a trained network's weights. Each
+module states its conventions and has a brute-force twin in the tests.
+
+May import: ``rnnprobe.errors`` and ``rnnprobe.nonlinearity`` only. The names below are imported
+on first use (``probes.schedule`` needs no torch).
 """
 
 from typing import TYPE_CHECKING

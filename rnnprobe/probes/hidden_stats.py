@@ -1,8 +1,8 @@
 r"""Per-step statistics of one layer's hidden states h (T, B, H): scale, saturation, dimension.
 
 Convention: time-major ``h`` (T, B, H) = φ(a_t) for t = 1 … T, with φ' read off h
-(:func:`rnnprobe.cell.derivative_from_output`). A unit passes (almost) no gradient at (t, b)
-when φ'(a_t) < ``threshold``: for tanh that is *saturation* (|h| close to 1), for ReLU it is
+(:func:`rnnprobe.nonlinearity.derivative_from_output`). A unit passes (almost) no gradient at
+(t, b) when φ'(a_t) < ``threshold``: for tanh that is *saturation* (|h| close to 1), for ReLU it is
 *inactivity* (h = 0, φ' = 0 < any positive threshold). A unit is *dead* when that holds at
 every (t, b) of the batch. The effective dimensionality is the participation ratio of the
 covariance C of the states pooled over batch and time,
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnprobe.cell import check_nonlinearity, derivative_from_output
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import check_nonlinearity, derivative_from_output
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ Convention (row vectors, time-major, one layer): ``h`` (T, B, H) holds h_1 … h
     J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh        (acting on column vectors).
 
 ``phi_prime`` (T, B, H) is φ'(a_t) read off the outputs with
-:func:`rnnprobe.cell.derivative_from_output`; index ``t`` of it (0-based) belongs to the
-Jacobian that maps ``h[t-1]`` (``h0`` for t = 0) to ``h[t]``.
+:func:`rnnprobe.nonlinearity.derivative_from_output`; index ``t`` of it (0-based) belongs to
+the Jacobian that maps ``h[t-1]`` (``h0`` for t = 0) to ``h[t]``.
 
 Singular values of a sampled J = diag(d) W come from one of two routes:
 
@@ -30,8 +30,8 @@ from typing import Literal
 
 import torch
 
-from rnnprobe.cell import check_nonlinearity
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import check_nonlinearity
 from rnnprobe.probes._shapes import check_directions, check_recurrent_weight, check_trajectory
 
 SpectrumMethod = Literal["auto", "svd", "gram"]

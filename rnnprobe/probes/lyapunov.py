@@ -1,8 +1,8 @@
 r"""Lyapunov exponents of the input-driven trajectory of one layer, by the QR (Benettin) method.
 
 Convention (row vectors, time-major): ``phi_prime`` (T, B, H) holds φ'(a_t) read off the
-layer's outputs h_t (:func:`rnnprobe.cell.derivative_from_output`), and the tangent map of
-step t is J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh, evaluated at the step's *own*
+layer's outputs h_t (:func:`rnnprobe.nonlinearity.derivative_from_output`), and the tangent map
+of step t is J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh, evaluated at the step's *own*
 pre-activation a_t. Starting from an orthonormal frame Q_0 (H, k), every step does
 
     Z = J_t Q_{t-1},      Z = Q_t R_t  (thin QR, re-orthonormalised every step),

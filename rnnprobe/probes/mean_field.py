@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rnnprobe.cell import check_nonlinearity
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import check_nonlinearity
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rnnprobe.cell import derivative_from_output
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.nonlinearity import derivative_from_output
 
 
 def default_reach_sources(seq_len: int, count: int = 5) -> list[int]:

@@ -1,0 +1,7 @@
+"""Records → numbers: a ``RunSummary`` per run (every number a user sees, each with its phase
+and source), a study's summaries, and the diagnosis that classifies them. Computes from
+tables only, never from a live model.
+
+May import: ``rnnprobe.errors``, ``records``, ``training.config`` (a run's settings), and the
+layers below those.
+"""

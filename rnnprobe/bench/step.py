@@ -1,0 +1,349 @@
+"""Benchmark: one full training step of the instrumented model against ``torch.nn.RNN``.
+
+Both models share the same sizes and weights; their steps (forward, loss, backward, clip,
+optimizer step) run interleaved in one process, so machine noise hits both alike, and the
+median of the per-pair time ratios is reported. Peak memory of one step is measured per
+model: CUDA's allocator statistics on a GPU, the resident set of a fresh process on a CPU.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rnnprobe.core.capture import capture
+from rnnprobe.core.models import RNNLanguageModel
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The issue's reference configuration: a character LM of two tanh layers."""
+
+    vocab_size: int = 96
+    embedding_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    batch_size: int = 32
+    seq_len: int = 32
+    nonlinearity: str = "tanh"
+    repeats: int = 30
+    warmup: int = 3
+    record: bool = True  # capture the adjoint records on every instrumented step
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    seq_len: int
+    elman_ms: float
+    torch_ms: float
+    time_ratio: float
+    elman_peak_mb: float
+    torch_peak_mb: float
+    memory_ratio: float
+
+
+def _make_models(config: BenchConfig, device: torch.device):
+    elman = RNNLanguageModel(
+        config.vocab_size,
+        config.embedding_dim,
+        config.hidden_size,
+        config.num_layers,
+        config.nonlinearity,
+        rnn="elman",
+    ).to(device)
+    reference = RNNLanguageModel(
+        config.vocab_size,
+        config.embedding_dim,
+        config.hidden_size,
+        config.num_layers,
+        config.nonlinearity,
+        rnn="torch",
+    ).to(device)
+    reference.load_state_dict(elman.state_dict())
+    return elman, reference
+
+
+def _training_step(model, tokens, record: bool) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = model.next_token_loss(tokens)
+        if record:
+            with capture(model):
+                loss.backward()
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+
+    return step
+
+
+def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
+    """A training step that also fires the default probe schedule, step counter included."""
+    from rnnprobe.core.models import ElmanRNN
+    from rnnprobe.training.probing import Instruments
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
+    instruments = Instruments(probes_config, rnn, seed=0)
+    counter = iter(range(1, 10**9))
+
+    def step() -> None:
+        number = next(counter)
+        fired = instruments.firing(number)
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = model.next_token_loss(tokens)
+        needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
+        with capture(
+            model,
+            reach="reach" in fired,
+            keep_states=needs_states,
+            weight_grads="weight_grads" in fired,
+        ) as cap:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        records = cap.records_on_device()
+        instruments.record_backward(number, records, [0])
+        if needs_states:
+            instruments.record_states(number, records[0].states, fired)
+        if number % 50 == 0:
+            instruments.rows.drain()
+
+    return step
+
+
+SCHEDULED_PROBES = ("weight_grads", "hidden", "spectra", "lyapunov", "reach", "products")
+
+
+def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 200) -> str:
+    """Return lines: the default probe schedule's cost, then each probe's cost per firing.
+
+    Scheduled probes fire on few steps, so the first line compares sums over a stretch of
+    ``steps`` steps (interleaved with ``torch.nn.RNN`` steps), not medians that would hide
+    them. Then each probe fires on every step of a shorter stretch, beside adjoint-only steps:
+    its cost per firing is the difference of the medians, and its share is that cost times
+    its firing rate under the default schedule, over the adjoint-only step.
+    """
+    from dataclasses import replace
+
+    from rnnprobe.probes.schedule import Schedule
+    from rnnprobe.training.config import ProbeConfig
+
+    torch.manual_seed(0)
+    elman, reference = _make_models(config, device)
+    tokens = torch.randint(
+        1, config.vocab_size, (config.batch_size, config.seq_len + 1), device=device
+    )
+
+    def probed_step(probes: ProbeConfig) -> Callable[[], None]:
+        model, _ = _make_models(config, device)
+        model.load_state_dict(elman.state_dict())
+        return _probing_step(model, tokens, probes)
+
+    variants = {
+        "nn.RNN": _training_step(reference, tokens, record=False),
+        "adjoints": _training_step(elman, tokens, record=True),
+        "default probes": probed_step(ProbeConfig()),
+    }
+    totals = _interleaved_totals(variants, steps, config.warmup, device)
+    core = totals["adjoints"] / totals["nn.RNN"]
+    probes = totals["default probes"] / totals["nn.RNN"]
+    lines = [
+        f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
+        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
+    ]
+    alone = dict.fromkeys(SCHEDULED_PROBES, "never")
+    each = {"adjoints": variants["adjoints"]}
+    for name in SCHEDULED_PROBES:
+        each[name] = probed_step(replace(ProbeConfig(**alone), **{name: "always"}))
+    short = max(5, steps // 20)
+    medians = _interleaved_medians(each, short, config.warmup, device)
+    base = medians["adjoints"]
+    default = ProbeConfig()
+    for name in SCHEDULED_PROBES:
+        cost = max(medians[name] - base, 0.0)
+        schedule = Schedule.parse(getattr(default, name))
+        rate = sum(schedule.fires(i) for i in range(1000)) / 1000
+        lines.append(
+            f"  {name:<13s} {1e3 * cost:8.2f} ms per firing ({cost / base:6.2f} steps); "
+            f"default {schedule}: {100 * rate * cost / base:5.2f} % of a step"
+        )
+    return "\n".join(lines)
+
+
+def _interleaved_totals(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+    """Return each variant's total time over ``steps`` rounds, run in turn after a warm-up."""
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    totals = dict.fromkeys(variants, 0.0)
+    for _ in range(steps):
+        for name, step in variants.items():
+            totals[name] += _timed(step, device)
+    return totals
+
+
+def _interleaved_medians(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+    """Return each variant's median step time over ``steps`` rounds, run in turn."""
+    for step in variants.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, step in variants.items():
+            times[name].append(_timed(step, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def run_train_throughput(device_name: str, steps: int = 300) -> str:
+    """Return a line: tokens/s of ``rnnprobe train`` with the default probes vs probes off.
+
+    Both runs (same config and seed, a character LM on the built-in corpus) run in this
+    process as 6 pairs in alternating order; the median of the pairs' ratios is reported.
+    """
+    import tempfile
+
+    from rnnprobe.training.config import build_config
+    from rnnprobe.training.loop import tokens_per_second, train_run
+
+    base = {
+        "task.name": "lm",
+        "task.max_chars": 300_000,
+        "task.seq_len": 64,
+        "model.hidden_size": 256,
+        "train.steps": steps,
+        "train.eval_every": steps,
+        "device": device_name,
+    }
+    off = dict.fromkeys(
+        (
+            "probes.adjoints",
+            "probes.hidden",
+            "probes.spectra",
+            "probes.lyapunov",
+            "probes.reach",
+            "probes.products",
+        ),
+        "never",
+    )
+    ratios, rates = [], {"probes": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in range(6):  # alternate which runs first: drifts hit both alike
+            order = ("probes", "off") if pair % 2 == 0 else ("off", "probes")
+            for name in order:
+                config = build_config({**base, **(off if name == "off" else {})})
+                run_dir = f"{tmp}/{pair}-{name}"
+                train_run(config, run_dir, progress=False)
+                rates[name].append(tokens_per_second(run_dir))
+            ratios.append(rates["probes"][-1] / rates["off"][-1])
+    return (
+        f"train throughput ({steps} steps, lm, hidden 256, T=64): default probes "
+        f"{statistics.median(rates['probes']):,.0f} tokens/s, probes off "
+        f"{statistics.median(rates['off']):,.0f} tokens/s; ratio median "
+        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f}, 6 pairs)"
+    )
+
+
+def _timed(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _read_status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _cpu_peak_bytes(config: BenchConfig, kind: str) -> int:
+    """In a fresh process: the peak resident memory of one step above the memory before it.
+
+    Linux lets a process reset its own high-water mark (``clear_refs`` 5), which isolates the
+    step from the import of torch; big tensors are ``mmap``-ed, so RSS follows them closely.
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    elman, reference = _make_models(config, torch.device("cpu"))
+    model = elman if kind == "elman" else reference
+    tokens = torch.randint(1, config.vocab_size, (config.batch_size, config.seq_len + 1))
+    step = _training_step(model, tokens, config.record and kind == "elman")
+    step()  # the optimizer's state exists from here on, as in a running training
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = _read_status_kb("VmRSS")
+    step()
+    return 1024 * (_read_status_kb("VmHWM") - before)
+
+
+def _peak_bytes(config: BenchConfig, kind: str, step, device: torch.device) -> int:
+    """Return the peak bytes one training step allocates above what lives before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    # A fixed mmap threshold stops glibc from keeping freed big blocks on its heap.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "4096")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_cpu_peak_bytes, (config, kind))
+
+
+def run_bench(config: BenchConfig, device: torch.device) -> BenchResult:
+    """Return the median step-time ratio and the peak-memory ratio, instrumented / nn.RNN."""
+    torch.manual_seed(0)
+    elman, reference = _make_models(config, device)
+    tokens = torch.randint(
+        1, config.vocab_size, (config.batch_size, config.seq_len + 1), device=device
+    )
+    elman_step = _training_step(elman, tokens, config.record)
+    torch_step = _training_step(reference, tokens, record=False)
+    for _ in range(config.warmup):
+        elman_step()
+        torch_step()
+    elman_times, torch_times = [], []
+    for i in range(config.repeats):
+        pair = (elman_step, torch_step) if i % 2 == 0 else (torch_step, elman_step)
+        times = {id(step): _timed(step, device) for step in pair}
+        elman_times.append(times[id(elman_step)])
+        torch_times.append(times[id(torch_step)])
+    ratio = statistics.median(e / t for e, t in zip(elman_times, torch_times, strict=True))
+    elman_peak = _peak_bytes(config, "elman", elman_step, device)
+    torch_peak = _peak_bytes(config, "torch", torch_step, device)
+    return BenchResult(
+        seq_len=config.seq_len,
+        elman_ms=1e3 * statistics.median(elman_times),
+        torch_ms=1e3 * statistics.median(torch_times),
+        time_ratio=ratio,
+        elman_peak_mb=elman_peak / 2**20,
+        torch_peak_mb=torch_peak / 2**20,
+        memory_ratio=elman_peak / max(torch_peak, 1),
+    )
+
+
+def format_result(result: BenchResult) -> str:
+    """Return one line: the step times, their median ratio and the peak-memory ratio."""
+    return (
+        f"T={result.seq_len:<5d} step: rnnprobe {result.elman_ms:8.2f} ms  nn.RNN "
+        f"{result.torch_ms:8.2f} ms  ratio {result.time_ratio:.2f}   peak memory: "
+        f"rnnprobe {result.elman_peak_mb:7.1f} MB  nn.RNN {result.torch_peak_mb:7.1f} MB  "
+        f"ratio {result.memory_ratio:.2f}"
+    )

@@ -1,0 +1,6 @@
+"""The command line: one click group, one handler that turns an ``RnnprobeError`` into one line
+on stderr and an exit code, and one thin module per command that parses flags, calls one
+library function and prints its result. ``--help`` and ``--version`` load no torch.
+
+May import: every package; nothing imports ``cli``.
+"""

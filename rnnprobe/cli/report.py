@@ -1,0 +1,61 @@
+"""The ``rnnprobe report`` command: stored records into an HTML report.
+
+One run or one study gets its own report (:func:`rnnprobe.report.pages.build_report`); two or more
+runs get a comparison report that overlays them (:func:`rnnprobe.report.compare.build_comparison`).
+Registered by ``cli.py`` with ``main.add_command(report)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["report"]
+
+
+@click.command(
+    epilog="Examples: rnnprobe report runs/train/3f2a9c01de; "
+    "rnnprobe report runs/train/3f2a9c01de runs/train/8b1e44d2a0 (a comparison); "
+    "rnnprobe report runs/init_gain -o reports/init_gain",
+)
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report directory [default: RUN/report for a run, STUDY/report for a study, "
+    "./compare-<first run id>-<n>runs for several runs].",
+)
+def report(paths: tuple[Path, ...], output: Path | None) -> None:
+    """Write index.html, README.md with PNG figures, and summary.csv for a run or study dir.
+
+    Given two or more run directories, write a comparison report instead: their loss,
+    gradient reach, adjoint norms and λ₁ overlaid, one colour per run, and one summary row
+    per run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed or wanted
+    from rnnprobe.cli.main import report_error
+
+    try:
+        if len(paths) == 1:
+            from rnnprobe.report.pages import build_report
+
+            out = build_report(paths[0], output)
+        else:
+            from rnnprobe.report.compare import build_comparison
+
+            out = build_comparison(paths, output)
+    except Exception as error:  # also when used outside the rnnprobe group
+        sys.exit(report_error(error))
+    click.echo(f"wrote {out / 'index.html'}, {out / 'README.md'} and {out / 'summary.csv'}")
+
+
+if __name__ == "__main__":
+    report()

@@ -1,0 +1,558 @@
+r"""A stacked Elman recurrence as one autograd function whose backward pass *is* BPTT.
+
+Index letters: ``t`` time (T steps), ``b`` batch (B), ``l`` layer (L), ``d`` direction (D = 1,
+or 2 when bidirectional), ``h`` hidden (H). Row vectors, time-major. Layer ``l``, direction
+``d``, with input ``x_t`` (the layer below's output, both directions concatenated, times its
+dropout mask in training):
+
+    a_t = x_t W_ihᵀ + b_ih + h_prev W_hhᵀ + b_hh,      h_t = φ(a_t)
+
+``h_prev`` is h_{t-1} in the forward direction and h_{t+1} in the reverse one (h0 at the first
+step a direction visits). Backward, with ``ε_t = ∂L/∂h_t|direct`` (from the layer above or the
+head) and the total adjoint ``δ_t = ∂L/∂h_t`` (all paths, through the next state visited too):
+
+    δ_last = ε_last + ∂L/∂h_n,      g_t = φ'(a_t) ⊙ δ_t,      δ_prev = ε_prev + g_t W_hh
+    ∇W_hh = Σ_t g_tᵀ h_prev(t),   ∇W_ih = Σ_t g_tᵀ x_t,   ∇b = Σ_t g_t,   ∂L/∂x_t = Σ_d g_t W_ih
+
+A packed (variable-length) batch is sorted by decreasing length, so at step t the real rows
+are the first ``batch_sizes[t]``: a sequence starts from h0 at its first real step, its h_n is
+its state at its last real step, and h, g and δ are exactly zero at its padded steps.
+
+The unpadded scan costs one GEMM and one multiply per step, in place; every weight gradient is
+one GEMM over all steps afterwards. The adjoints are handed to an optional recorder (see
+``capture.py``), so recording them adds only a few reductions. Padded batches, and backward
+passes that must themselves be differentiable (``create_graph=True``, ``torch.func``), run the
+same recurrences out of place, the forward recomputed from the saved inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from rnnprobe.nonlinearity import activate_, activation, derivative, derivative_from_output
+
+
+class BackwardRecorder(Protocol):
+    """Receives what the backward pass computes anyway: once per stack, once per layer and
+    direction (top layer first), then once at the end. Tensors are in the scan's batch order."""
+
+    keep_adjoints: bool
+
+    def on_stack_backward(
+        self,
+        outputs: list[torch.Tensor],
+        seeds: torch.Tensor,
+        weights: list[tuple[torch.Tensor, torch.Tensor]],
+        nonlinearity: str,
+        *,
+        directions: int,
+        lengths: tuple[int, ...] | None,
+        order: torch.Tensor | None,
+        dropout: bool,
+    ) -> None: ...
+
+    def on_layer_backward(
+        self,
+        layer: int,
+        adjoints: LayerAdjoints,
+        direct: torch.Tensor,
+        g: torch.Tensor,
+        h0: torch.Tensor,
+        outputs: torch.Tensor,
+        inputs: torch.Tensor,
+        *,
+        direction: int,
+        previous: torch.Tensor | None,
+    ) -> None: ...
+
+    def on_stack_end(self) -> None: ...
+
+
+class RecorderSlot:
+    """A mutable holder the module passes to the function; a capture fills it before backward."""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self) -> None:
+        self.recorder: BackwardRecorder | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The steps one direction visits, in order, and how many rows are real at each.
+
+    ``times``: t in the order the forward scan visits them (descending if ``reverse``).
+    ``active[k]``: the real rows (the first ones) at the k-th step visited; None when every
+    row is real at every step (an unpadded batch).
+    """
+
+    times: tuple[int, ...]
+    reverse: bool
+    active: tuple[int, ...] | None = None
+
+
+def make_schedule(T: int, reverse: bool, batch_sizes: tuple[int, ...] | None = None) -> Schedule:
+    """Return the schedule of one direction over T steps (``batch_sizes`` of a packed batch)."""
+    times = tuple(range(T - 1, -1, -1)) if reverse else tuple(range(T))
+    active = None if batch_sizes is None else tuple(batch_sizes[t] for t in times)
+    return Schedule(times, reverse, active)
+
+
+@dataclass(frozen=True, eq=False)
+class StackSpec:
+    """Everything of one call but its tensors: the function's non-differentiable input."""
+
+    nonlinearity: str
+    bias: bool
+    num_layers: int
+    schedules: tuple[Schedule, ...]  # one per direction
+    lengths: tuple[int, ...] | None = None  # per row of a packed batch (sorted), else None
+    masks: int = 0  # dropout masks passed after the weights: L - 1 in training, else 0
+    order: torch.Tensor | None = None  # a packed batch's unsorted_indices, for the recorder
+
+    @property
+    def directions(self) -> int:
+        return len(self.schedules)
+
+    def layer_params(self, weights, layer: int) -> list[tuple]:
+        """Return ``layer``'s (w_ih, w_hh, b_ih, b_hh) per direction (biases None if absent)."""
+        n = 4 if self.bias else 2
+        base = layer * n * self.directions
+        params = []
+        for d in range(self.directions):
+            w = weights[base + d * n : base + (d + 1) * n]
+            params.append(tuple(w) if self.bias else (w[0], w[1], None, None))
+        return params
+
+
+def direction_of(tensor: torch.Tensor, d: int, directions: int) -> torch.Tensor:
+    """Return direction ``d``'s part (..., H) of a layer tensor (..., D·H), as a view."""
+    if directions == 1:
+        return tensor
+    H = tensor.shape[-1] // directions
+    return tensor[..., d * H : (d + 1) * H]
+
+
+def _at_last_real(h: torch.Tensor, lengths: tuple[int, ...] | None) -> torch.Tensor:
+    """Return h (T, B, H) at each row's last real step, (B, H)."""
+    if lengths is None:
+        return h[-1]
+    index = torch.tensor(lengths, device=h.device) - 1
+    return h[index, torch.arange(h.shape[1], device=h.device)]
+
+
+def at_first_visit(h: torch.Tensor, schedule: Schedule, lengths) -> torch.Tensor:
+    """Return h (T, B, H) at the first step each row visits (the one that reads h0), (B, H)."""
+    return _at_last_real(h, lengths) if schedule.reverse else h[0]
+
+
+def at_last_visit(h: torch.Tensor, schedule: Schedule, lengths) -> torch.Tensor:
+    """Return h (T, B, H) at the last step each row visits (its h_n), (B, H)."""
+    return h[0] if schedule.reverse else _at_last_real(h, lengths)
+
+
+def previous_states(h: torch.Tensor, h0: torch.Tensor, lengths) -> torch.Tensor:
+    """Return the reverse direction's h_prev (T, B, H): h_{t+1}, or h0 at a row's first visit."""
+    previous = torch.cat([h[1:], h0.unsqueeze(0)])
+    if lengths is not None:
+        index = torch.tensor(lengths, device=h.device) - 1
+        previous = previous.index_put((index, torch.arange(h.shape[1], device=h.device)), h0)
+    return previous
+
+
+def project(x: torch.Tensor, params: list[tuple]) -> torch.Tensor:
+    """Return x_t W_ihᵀ + b_ih + b_hh of every step and direction at once, (T, B, D·H)."""
+    T, B, I = x.shape  # time, batch, input size
+    w_ih = params[0][0] if len(params) == 1 else torch.cat([p[0] for p in params])
+    x2 = x.reshape(T * B, I)
+    if params[0][2] is None:
+        a = x2 @ w_ih.t()
+    else:
+        biases = [p[2] + p[3] for p in params]
+        a = torch.addmm(biases[0] if len(params) == 1 else torch.cat(biases), x2, w_ih.t())
+    return a.view(T, B, w_ih.shape[0])
+
+
+def scan_(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> torch.Tensor:
+    """Run one direction in place over an unpadded batch: ``a`` (T, B, H) holds the input part
+    of a_t on entry and h_t on exit; return it."""
+    w_hh_t = w_hh.t()
+    steps = a.unbind(0)
+    h = h0
+    for a_t in reversed(steps) if schedule.reverse else steps:
+        a_t.addmm_(h, w_hh_t)
+        h = activate_(a_t, nonlinearity)
+    return a
+
+
+def scan(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> torch.Tensor:
+    """Out-of-place twin of ``scan_`` that also handles padded rows: return h (T, B, H)."""
+    T, B, H = a.shape
+    phi, w_hh_t = activation(nonlinearity), w_hh.t()
+    steps, states = a.unbind(0), [None] * T
+    h, real_before = h0, 0
+    for k, t in enumerate(schedule.times):
+        n = B if schedule.active is None else schedule.active[k]
+        carried = min(n, real_before)  # rows that go on from the step before; the rest start
+        if carried == n:
+            previous = h if n == B else h[:n]
+        elif carried == 0:
+            previous = h0[:n]
+        else:
+            previous = torch.cat([h[:carried], h0[carried:n]])
+        h_t = phi(torch.addmm(steps[t] if n == B else steps[t][:n], previous, w_hh_t))
+        if n < B:
+            h_t = torch.cat([h_t, h_t.new_zeros(B - n, H)])
+        states[t], h, real_before = h_t, h_t, n
+    return torch.stack(states)
+
+
+@dataclass
+class LayerAdjoints:
+    """What one layer's scan hands a recorder: per-sample norms (T, B), δ itself if kept."""
+
+    adjoint_norm: torch.Tensor  # ‖δ_t‖
+    recurrent_norm: torch.Tensor  # ‖δ_t − ε_t‖, the part through the next state (h_n at the end)
+    delta: torch.Tensor | None  # (T, B, H)
+
+
+RECORD_BLOCK = 16  # steps of δ buffered before their norms are taken in one go
+
+
+def _span(visits: tuple[int, ...], start: int, block: int) -> tuple[int, int]:
+    """Return [lo, hi): the steps ``visits[start : start + block]``, which are contiguous."""
+    first, last = visits[start], visits[min(start + block, len(visits)) - 1]
+    return min(first, last), max(first, last) + 1
+
+
+def backward_layer(
+    grad_out: torch.Tensor,
+    grad_hn: torch.Tensor,
+    g: torch.Tensor,
+    w_hh: torch.Tensor,
+    schedule: Schedule,
+    record: bool = False,
+    keep_delta: bool = False,
+) -> LayerAdjoints | None:
+    """Overwrite g (T, B, H), φ'(a_t) on entry, by g_t = φ'(a_t) ⊙ δ_t; return the adjoints
+    if ``record``. The batch is unpadded.
+
+    ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n.
+    Recording writes δ_t into a buffer of ``RECORD_BLOCK`` steps (all T if δ is kept) and
+    takes the norms of a whole block at once: no extra op per step, little extra memory.
+    """
+    T, B, H = g.shape
+    visits = schedule.times[::-1]  # the order this pass visits the steps
+    if not record:
+        d_t = grad_out[visits[0]] + grad_hn
+        for i, t in enumerate(visits):
+            g_t = g[t].mul_(d_t)
+            if i + 1 < T:
+                d_t = torch.addmm(grad_out[visits[i + 1]], g_t, w_hh)
+        return None
+
+    block = T if keep_delta else min(RECORD_BLOCK, T)
+    buffer = g.new_empty(block, B, H)
+    adjoints = LayerAdjoints(g.new_empty(T, B), g.new_empty(T, B), buffer if keep_delta else None)
+    lo, hi = _span(visits, 0, block)  # the buffer holds δ_t for t in [lo, hi), at t - lo
+    d_t = torch.add(grad_out[visits[0]], grad_hn, out=buffer[visits[0] - lo])
+    for i, t in enumerate(visits):
+        g_t = g[t].mul_(d_t)
+        if (i + 1) % block == 0 or i + 1 == T:  # a full block: its norms, then reuse the buffer
+            deltas = buffer[: hi - lo]
+            torch.linalg.vector_norm(deltas, dim=-1, out=adjoints.adjoint_norm[lo:hi])
+            recurrent = deltas - grad_out[lo:hi] if keep_delta else deltas.sub_(grad_out[lo:hi])
+            torch.linalg.vector_norm(recurrent, dim=-1, out=adjoints.recurrent_norm[lo:hi])
+            if i + 1 < T:
+                lo, hi = _span(visits, i + 1, block)
+        if i + 1 < T:
+            s = visits[i + 1]
+            d_t = torch.addmm(grad_out[s], g_t, w_hh, out=buffer[s - lo])
+    return adjoints
+
+
+def bptt(grad_out, grad_hn, h, w_hh, nonlinearity: str, schedule: Schedule):
+    """Out-of-place twin of ``backward_layer`` that also handles padded rows: return (g, δ).
+
+    ``h`` (T, B, H) are the direction's outputs; g and δ (T, B, H) are zero at padded steps.
+    Every op is out of place, so autograd (``create_graph``) and ``torch.func`` can trace it.
+    """
+    T, B, H = h.shape
+    phi_prime, eps = derivative(h, nonlinearity).unbind(0), grad_out.unbind(0)
+    gs, deltas = [None] * T, [None] * T
+    g_next, carried = None, 0  # carried: this step's rows whose next visited step is real
+    for k in range(T - 1, -1, -1):
+        t = schedule.times[k]
+        n = B if schedule.active is None else schedule.active[k]
+        e = eps[t] if n == B else eps[t][:n]
+        if carried == 0:  # every row ends here: its h_n
+            d = e + grad_hn[:n]
+        elif carried == n:
+            d = torch.addmm(e, g_next[:n], w_hh)
+        else:
+            ending = e[carried:] + grad_hn[carried:n]
+            d = torch.cat([torch.addmm(e[:carried], g_next[:carried], w_hh), ending])
+        g_t = (phi_prime[t] if n == B else phi_prime[t][:n]) * d
+        if n < B:
+            pad = g_t.new_zeros(B - n, H)
+            g_t, d = torch.cat([g_t, pad]), torch.cat([d, pad])
+        gs[t], deltas[t], g_next = g_t, d, g_t
+        if k > 0:
+            carried = min(n, B if schedule.active is None else schedule.active[k - 1])
+    return torch.stack(gs), torch.stack(deltas)
+
+
+def adjoints_from(delta: torch.Tensor, direct: torch.Tensor, keep_delta: bool) -> LayerAdjoints:
+    """Return a recorder's view of δ (T, B, H) and ε: the norms, δ itself if kept (detached)."""
+    delta, direct = delta.detach(), direct.detach()
+    return LayerAdjoints(
+        torch.linalg.vector_norm(delta, dim=-1),
+        torch.linalg.vector_norm(delta - direct, dim=-1),
+        delta if keep_delta else None,
+    )
+
+
+def recurrent_weight_grad(g, h, h0, previous: torch.Tensor | None) -> torch.Tensor:
+    """Return ∇W_hh = Σ_t g_tᵀ h_prev(t) (H, H); ``previous`` None means h_prev(t) = h_{t-1}."""
+    H = g.shape[-1]
+    if previous is None:  # one GEMM over steps 1..T-1, plus step 0 against h0
+        return torch.addmm(g[0].t() @ h0, g[1:].reshape(-1, H).t(), h[:-1].reshape(-1, H))
+    return g.reshape(-1, H).t() @ previous.reshape(-1, H)
+
+
+def stack_forward(x, h0, spec: StackSpec, weights, masks, functional: bool = False):
+    """Return each layer's outputs h (T, B, D·H) for x (T, B, I) and h0 (L·D, B, H).
+
+    In place (the fast path) unless ``functional`` or the batch is padded.
+    """
+    D, in_place = spec.directions, not functional and spec.lengths is None
+    outputs, layer_input = [], x
+    for layer in range(spec.num_layers):
+        params = spec.layer_params(weights, layer)
+        a = project(layer_input, params)
+        scanned = [
+            (scan_ if in_place else scan)(
+                direction_of(a, d, D), h0[layer * D + d], p[1], spec.nonlinearity, spec.schedules[d]
+            )
+            for d, p in enumerate(params)
+        ]
+        if in_place:
+            out = a
+        elif D == 1:
+            out = scanned[0]
+        else:
+            out = torch.cat(scanned, -1)
+        outputs.append(out)
+        layer_input = out if layer >= len(masks) else out * masks[layer]
+    return outputs
+
+
+def final_states(outputs, spec: StackSpec) -> torch.Tensor:
+    """Return h_n (L·D, B, H): each direction's state at the last step it visits."""
+    D = spec.directions
+    return torch.stack(
+        [
+            at_last_visit(direction_of(out, d, D), spec.schedules[d], spec.lengths)
+            for out in outputs
+            for d in range(D)
+        ]
+    )
+
+
+def stack_backward(
+    grad_top,
+    grad_hn,
+    x,
+    h0,
+    spec,
+    weights,
+    masks,
+    outputs,
+    *,
+    functional,
+    recorder,
+    needs_x,
+    needs_h0,
+):
+    """Return (∂L/∂x, ∂L/∂h0, [∇ of every weight]): BPTT layer by layer from the top."""
+    L, D = spec.num_layers, spec.directions
+    in_place = not functional and spec.lengths is None
+    keep = recorder is not None and recorder.keep_adjoints
+    if recorder is not None:
+        recorder.on_stack_backward(
+            [direction_of(out, d, D).detach() for out in outputs for d in range(D)],
+            grad_top.detach(),
+            [
+                (p[0].detach(), p[1].detach())
+                for layer in range(L)
+                for p in spec.layer_params(weights, layer)
+            ],
+            spec.nonlinearity,
+            directions=D,
+            lengths=spec.lengths,
+            order=spec.order,
+            dropout=bool(masks),
+        )
+    grad_weights: list[torch.Tensor | None] = [None] * len(weights)
+    grad_h0: list[torch.Tensor | None] = [None] * (L * D)
+    grad_out, grad_x = grad_top, None
+    for layer in range(L - 1, -1, -1):
+        below = outputs[layer - 1] if layer > 0 else x
+        layer_input = below if layer == 0 or layer - 1 >= len(masks) else below * masks[layer - 1]
+        grad_in = _layer_backward(
+            layer, grad_out, grad_hn, layer_input, outputs[layer], h0, spec, weights,
+            grad_weights, grad_h0, in_place=in_place, recorder=recorder, keep=keep,
+            needs_input=layer > 0 or needs_x,
+        )  # fmt: skip
+        if layer == 0:
+            grad_x = grad_in
+        else:  # the layer below's direct adjoint: through its dropout mask, if any
+            grad_out = grad_in if layer - 1 >= len(masks) else grad_in * masks[layer - 1]
+    if recorder is not None:
+        recorder.on_stack_end()
+    return grad_x, torch.stack(grad_h0) if needs_h0 else None, grad_weights
+
+
+def _layer_backward(
+    layer, grad_out, grad_hn, layer_input, out, h0, spec, weights, grad_weights, grad_h0, *,
+    in_place, recorder, keep, needs_input,
+):  # fmt: skip
+    """Run one layer's BPTT (every direction); fill its entries of ``grad_weights`` and
+    ``grad_h0``; return ∂L/∂(layer input) (T, B, I) if ``needs_input``. Its buffers are freed
+    on return, before the layer below allocates its own."""
+    D, params = spec.directions, spec.layer_params(weights, layer)
+    per_direction = 4 if spec.bias else 2
+    g = derivative_from_output(out, spec.nonlinearity) if in_place else None
+    parts = []
+    for d, (_, w_hh, _, _) in enumerate(params):
+        i, schedule = layer * D + d, spec.schedules[d]
+        direct, h = direction_of(grad_out, d, D), direction_of(out, d, D)
+        if in_place:
+            g_d = direction_of(g, d, D)
+            adjoints = backward_layer(
+                direct, grad_hn[i], g_d, w_hh, schedule, recorder is not None, keep
+            )
+        else:
+            g_d, delta = bptt(direct, grad_hn[i], h, w_hh, spec.nonlinearity, schedule)
+            parts.append(g_d)
+            adjoints = adjoints_from(delta, direct, keep) if recorder is not None else None
+        previous = previous_states(h, h0[i], spec.lengths) if schedule.reverse else None
+        if recorder is not None:
+            seen = [t.detach() for t in (direct, g_d, h0[i], h, layer_input)]  # records only
+            recorder.on_layer_backward(
+                layer, adjoints, *seen, direction=d,
+                previous=None if previous is None else previous.detach(),
+            )  # fmt: skip
+        grad_h0[i] = at_first_visit(g_d, schedule, spec.lengths) @ w_hh
+        grad_weights[i * per_direction + 1] = recurrent_weight_grad(g_d, h, h0[i], previous)
+    if not in_place:
+        g = parts[0] if D == 1 else torch.cat(parts, -1)
+    T, B, DH = g.shape
+    H, g2 = DH // D, g.reshape(T * B, DH)
+    # (D·H, I): every direction's ∇W_ih in one GEMM
+    grad_w_ih = g2.t() @ layer_input.reshape(T * B, layer_input.shape[-1])
+    grad_b = g2.sum(0) if spec.bias else None
+    for d in range(D):
+        base = (layer * D + d) * per_direction
+        grad_weights[base] = grad_w_ih if D == 1 else grad_w_ih[d * H : (d + 1) * H]
+        if spec.bias:
+            grad_weights[base + 2] = direction_of(grad_b, d, D)
+            grad_weights[base + 3] = grad_weights[base + 2].clone()
+    if not needs_input:
+        return None
+    w_ih = params[0][0] if D == 1 else torch.cat([p[0] for p in params])
+    return (g2 @ w_ih).view(T, B, w_ih.shape[1])
+
+
+def _under_functorch(*tensors: torch.Tensor) -> bool:
+    """Return whether a ``torch.func`` transform (vmap, grad, jacrev...) wraps any tensor."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(wrapped(t) for t in tensors)
+
+
+def _without_autocast(device_type: str):
+    """Return a context that turns autocast off (the inputs were cast once, by the module)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _split(spec: StackSpec, tensors) -> tuple[tuple, tuple]:
+    cut = len(tensors) - spec.masks
+    return tensors[:cut], tensors[cut:]
+
+
+class ElmanStackFunction(torch.autograd.Function):
+    """(x, h0, slot, spec, *weights, *masks) -> (output, h_n, *outputs of the layers below).
+
+    ``x`` (T, B, I), ``h0`` (L·D, B, H); ``weights`` in ``torch.nn.RNN``'s flat order (per
+    layer and direction ``w_ih, w_hh[, b_ih, b_hh]``); ``masks`` the L - 1 dropout masks
+    (T, B, D·H), already scaled by 1/(1-p), if any. Returns the top layer's outputs
+    (T, B, D·H), h_n (L·D, B, H), and the lower layers' outputs (non-differentiable: saved for
+    the backward pass).
+    """
+
+    generate_vmap_rule = True
+
+    @classmethod
+    def apply(cls, *args):
+        """``Function.apply`` less its binding of the arguments to ``forward``'s signature
+        (``inspect``, 0.1 ms a call): they are all positional, so binding changes nothing."""
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        args = torch._functorch.utils.unwrap_dead_wrappers(args)
+        return super(torch.autograd.Function, cls).apply(*args)  # the C++ Function.apply
+
+    @staticmethod
+    def forward(x, h0, slot, spec, *tensors):
+        weights, masks = _split(spec, tensors)
+        functional = _under_functorch(x, h0, *tensors)  # vmap: no in-place writes
+        outputs = stack_forward(x, h0, spec, weights, masks, functional)
+        return (outputs[-1], final_states(outputs, spec), *outputs[:-1])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs, output) -> None:
+        x, h0, slot, spec, *tensors = inputs
+        ctx.mark_non_differentiable(*output[2:])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the lower outputs
+        ctx.save_for_backward(x, h0, *tensors, *output[2:], output[0])
+        ctx.slot, ctx.spec = slot, spec
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor, grad_hn: torch.Tensor, *_):
+        spec = ctx.spec
+        saved = ctx.saved_tensors
+        cut = len(saved) - spec.num_layers
+        x, h0, *tensors = saved[:cut]
+        weights, masks = _split(spec, tensors)
+        if grad_output is None:  # gradients are not materialized (see setup_context)
+            grad_output = torch.zeros_like(saved[-1])
+        grad_hn = torch.zeros_like(h0) if grad_hn is None else grad_hn
+        functorch = _under_functorch(grad_output, grad_hn, x)
+        # create_graph=True (grad mode on here) or torch.func: a differentiable backward pass
+        functional = functorch or torch.is_grad_enabled()
+        with _without_autocast(x.device.type):
+            outputs = (
+                stack_forward(x, h0, spec, weights, masks, functional=True)
+                if functional
+                else list(saved[cut:])
+            )
+            grad_x, grad_h0, grad_weights = stack_backward(
+                grad_output,
+                grad_hn,
+                x,
+                h0,
+                spec,
+                weights,
+                masks,
+                outputs,
+                functional=functional,
+                recorder=None if functorch else ctx.slot.recorder,
+                needs_x=ctx.needs_input_grad[0],
+                needs_h0=ctx.needs_input_grad[1],
+            )
+        return (grad_x, grad_h0, None, None, *grad_weights, *([None] * len(masks)))

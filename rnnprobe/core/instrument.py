@@ -1,0 +1,116 @@
+"""Instrument a model you already have: swap its ``torch.nn.RNN`` modules for ``ElmanRNN``.
+
+    handle = rnnprobe.core.instrument(model)          # in place; the optimizer keeps working
+    with handle.capture() as cap:                # records of every backward pass inside
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    cap.records()[0].layers[0].adjoint_norm      # (T, B): ‖∂L/∂h_t‖ per sample
+    handle.uninstrument()                        # the original nn.RNN modules are back
+
+Each ``ElmanRNN`` *shares* the parameters of the ``nn.RNN`` it replaces (the same
+``nn.Parameter`` objects, not copies), so an optimizer built before instrumenting updates the
+instrumented model, and after ``uninstrument`` the originals hold the trained weights. The
+forward pass and every gradient are those of ``nn.RNN`` (the tests compare them in float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from rnnprobe.core.capture import Capture
+from rnnprobe.core.models import ElmanRNN
+from rnnprobe.errors import RnnprobeError
+
+__all__ = ["Instrumented", "instrument"]
+
+
+@dataclass
+class _Swap:
+    parent: nn.Module | None  # None when the model itself is the nn.RNN
+    name: str
+    original: nn.RNN
+    elman: ElmanRNN
+
+
+@dataclass
+class Instrumented:
+    """The handle ``instrument`` returns: the model, its ElmanRNNs, and the way back."""
+
+    model: nn.Module
+    swaps: list[_Swap] = field(default_factory=list)
+
+    @property
+    def rnns(self) -> list[ElmanRNN]:
+        """Return the ElmanRNN modules now inside ``model``, in ``named_modules`` order."""
+        return [swap.elman for swap in self.swaps]
+
+    def capture(self, rnn: int = 0, **options) -> Capture:
+        """Return a ``Capture`` of the ``rnn``-th instrumented RNN (options as ``Capture``)."""
+        if not 0 <= rnn < len(self.swaps):
+            raise RnnprobeError(f"rnn must lie in [0, {len(self.swaps)}), got {rnn}")
+        return Capture(self.rnns[rnn], **options)
+
+    def uninstrument(self) -> nn.Module:
+        """Put the original ``nn.RNN`` modules back (they hold the trained weights); return it."""
+        for swap in self.swaps:
+            swap.original.train(swap.elman.training)
+            if swap.parent is not None:
+                setattr(swap.parent, swap.name, swap.original)
+        model = self.swaps[0].original if self.swaps and self.swaps[0].parent is None else None
+        self.swaps = []
+        return model if model is not None else self.model
+
+    def __enter__(self) -> Instrumented:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstrument()
+
+
+def instrument(model: nn.Module) -> Instrumented:
+    """Replace every ``nn.RNN`` in ``model`` in place by an ``ElmanRNN`` sharing its weights.
+
+    A model that is itself an ``nn.RNN`` cannot be replaced in place: use ``handle.model``.
+    Raises a one-line error when the model holds no ``nn.RNN`` (LSTM and GRU are not Elman).
+    """
+    swaps = []
+    if type(model) is nn.RNN:
+        elman = sharing(model)
+        return Instrumented(elman, [_Swap(None, "", model, elman)])
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.RNN:
+                elman = sharing(child)
+                setattr(parent, name, elman)
+                swaps.append(_Swap(parent, name, child, elman))
+    if not swaps:
+        found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)})
+        kinds = f" (it has {', '.join(found)}, which are not Elman RNNs)" if found else ""
+        raise RnnprobeError(f"the model holds no torch.nn.RNN to instrument{kinds}")
+    return Instrumented(model, swaps)
+
+
+def sharing(rnn: nn.RNN) -> ElmanRNN:
+    """Return an ``ElmanRNN`` configured like ``rnn`` whose parameters *are* ``rnn``'s."""
+    if rnn.proj_size:
+        raise RnnprobeError("nn.RNN has no proj_size; this module is not an Elman RNN")
+    first = next(rnn.parameters())
+    elman = ElmanRNN(
+        rnn.input_size,
+        rnn.hidden_size,
+        rnn.num_layers,
+        rnn.nonlinearity,
+        bias=rnn.bias,
+        batch_first=rnn.batch_first,
+        dropout=rnn.dropout,
+        bidirectional=rnn.bidirectional,
+        device="meta",
+        dtype=first.dtype,
+    )
+    for name, parameter in rnn.named_parameters(recurse=False):
+        setattr(elman, name, parameter)  # registers the same Parameter object
+    if hasattr(elman, "_init_flat_weights"):  # an nn.RNNBase: refresh its flat weight list
+        elman._init_flat_weights()
+    return elman.train(rnn.training)

@@ -1,0 +1,738 @@
+"""Run record store: writes and reads one training run's files, atomically and incrementally.
+
+A run directory holds::
+
+    config.json                         the complete resolved config
+    status.json                         {"status", "step", "error", "updated", "pid", "host",
+                                         "process_start"}: the writer and its heartbeat
+    .rnnprobe.lock                      held (flock) by the one process writing the run
+    tables/<table>/part-000000.parquet  tidy rows, one part per flush, read in sequence order
+    checkpoints/step-<step>.pt          the last ``keep_checkpoints`` training states
+    snapshots/<step>-<kind>.pt          the states of the first warning and the first non-finite
+                                        step, for ``rnnprobe replay`` (written by replay.py)
+
+Every file appears by ``os.replace`` of a fsynced temporary in the same directory, so a kill -9
+loses at most the rows appended since the last :meth:`RunStore.flush` and never leaves a
+half-written file under a name a reader looks at. Temporary names start with ``.`` and contain
+``.tmp-``; readers ignore them and :meth:`RunStore.open_for_resume` deletes them.
+
+Resume contract: :meth:`RunStore.save_checkpoint` flushes every table and stores each table's
+next part number inside the checkpoint; :meth:`RunStore.open_for_resume` deletes the parts
+numbered at or after those counters, so rerunning the steps after the checkpoint reproduces the
+records of an uninterrupted run. It resumes from the newest checkpoint that loads and whose
+parts all read back; damaged newer checkpoints are renamed ``*.damaged`` and listed in
+``store.recovered``.
+
+Readers never trust a ``running`` status blindly: :func:`read_status` reports a run whose
+writer has died (on this host) as ``interrupted``, and one whose heartbeat on another host is
+older than ``STALE_SECONDS`` as ``stale``. A damaged file raises :class:`RecordError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.records.lock import LOCK_NAME, process_identity, writer_alive
+
+__all__ = [
+    "STANDARD_TABLES",
+    "STATUSES",
+    "Checkpoint",
+    "Run",
+    "RunStore",
+    "is_run_dir",
+    "load_run",
+    "read_status",
+    "read_table",
+    "write_atomic",
+]
+
+STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+HEARTBEAT_SECONDS = 60.0  # a running writer rewrites status.json at least this often
+STALE_SECONDS = 600.0  # a writer on another host silent this long is reported stale
+
+# The tables the training loop writes, column -> meaning; one row per (step, layer, ...) key.
+STANDARD_TABLES: dict[str, dict[str, str]] = {
+    "task": {
+        "name": "task name: lm, copy, adding, recall, classify or a registered one (str)",
+        "kind": "lm, per_step_classification, many_to_one_classification or regression (str)",
+        "metric": "the task metric: bpc, perplexity, accuracy or mse (str)",
+        "seq_len": "steps T the network runs per sequence (int)",
+        "baseline_loss": "loss of the memoryless / chance baseline, nats or MSE (float)",
+        "baseline_metric": "the metric of that baseline (float)",
+        "baseline_description": "one line naming the baseline (str)",
+        "parameters": "trainable parameters of the model (int)",
+    },
+    "steps": {
+        "step": "optimizer step, counted from 1 (int)",
+        "loss": "training loss of the batch: nats per target, or MSE (float)",
+        "metric": "task metric of the batch: accuracy, bits per character, perplexity, MSE",
+        "grad_norm_pre_clip": "global gradient 2-norm before clipping (float)",
+        "grad_norm_post_clip": "global gradient 2-norm after clipping (float)",
+        "clipped": "whether clipping changed the gradient (bool)",
+        "skipped": "whether the update was skipped for a non-finite loss or gradient (bool)",
+        "lr": "learning rate used for the step (float)",
+        "tokens": "input steps seen so far, this batch included (int)",
+        "seconds": "wall-clock seconds of training so far (float; not reproducible)",
+    },
+    "evals": {
+        "step": "optimizer step after which the validation ran (int)",
+        "loss": "validation loss: nats per target, or MSE (float)",
+        "metric": "validation metric (float)",
+    },
+    "classes": {
+        "step": "0: recorded before training (int)",
+        "class": "class id, the target value (int)",
+        "name": "class name: the file stem or the label column's value (str)",
+        "train_examples": "examples of the class in the training split (int)",
+        "valid_examples": "examples of the class in the validation split (int)",
+        "truncated": "examples of the class cut to the longest kept length T (int)",
+        "dropped": "examples of the class left empty by preprocessing, not used (int)",
+        "mean_length": "mean tokens per example of the class, before truncation (float)",
+    },
+    "confusion": {
+        "step": "optimizer step after which the validation ran (int)",
+        "true": "true class id (int)",
+        "predicted": "predicted class id: the argmax of the outputs (int)",
+        "count": "validation sequences with that true and predicted class; zeros kept (int)",
+    },
+    "adjoints": {
+        "step": "optimizer step (int)",
+        "layer": "layer index, 0 = closest to the input (int)",
+        "t": "time step within the batch's sequence (int)",
+        "sequences": "sequences real (not padding) at step t; the means below are over them",
+        "adjoint_norm": "batch mean of per-sample ‖δ_t‖ = ‖∂L/∂h_t‖, all paths (float)",
+        "direct_norm": "batch mean ‖ε_t‖: the part from the layer above or the head (float)",
+        "recurrent_norm": "batch mean ‖δ_t − ε_t‖: the part through h_{t+1} (float)",
+        "grad_w_hh_norm": "‖g_tᵀ h_{t-1}‖_F: step t's share of ∇W_hh; NaN off its schedule",
+        "grad_w_ih_norm": "‖g_tᵀ x_t‖_F: step t's share of ∇W_ih; NaN off its schedule",
+    },
+    "hidden": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "t": "time step (int)",
+        "sequences": "sequences real (not padding) at step t; the statistics are over them",
+        "mean": "mean of h_t over batch and units (float)",
+        "std": "standard deviation of h_t over batch and units (float)",
+        "norm": "batch mean ‖h_t‖ (float)",
+        "saturation": "tanh: fraction of units with φ'(a) < threshold; NaN for ReLU (float)",
+        "inactive": "ReLU: fraction of units with h = 0; NaN for tanh (float)",
+        "mean_phi_prime": "mean of φ'(a_t) over batch and units (float)",
+    },
+    "health": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "saturation": "tanh: mean saturated fraction over t; NaN for ReLU (float)",
+        "inactive": "ReLU: mean inactive fraction over t; NaN for tanh (float)",
+        "dead_fraction": "ReLU: fraction of units never active in the batch; NaN for tanh",
+        "mean_phi_prime": "mean φ' over batch, units and steps (float)",
+        "participation_ratio": "effective dimensionality of h, in [1, H] (float)",
+    },
+    "weights": {
+        "step": "optimizer step, 0 = at initialisation (int)",
+        "layer": "layer index (int)",
+        "spectral_radius": "ρ(W_hh), largest eigenvalue modulus (float)",
+        "sigma_max": "σ_max(W_hh) (float)",
+        "pascanu_bound": "σ_max·γ, γ = max|φ'|; < 1 guarantees vanishing gradients (float)",
+        "jacobian_norm": "mean over sampled (t, b) of ‖J_t‖₂, J_t = diag(φ'(a_t)) W_hh (float)",
+        "jacobian_mean_log_sv": "mean over samples of the mean ln σ_i(J_t) (float)",
+    },
+    "spectra": {
+        "step": "optimizer step, 0 = at initialisation (int)",
+        "layer": "layer index (int)",
+        "quantity": "w_hh_eigenvalue, w_hh_singular or jacobian_singular (str)",
+        "sample": "sampled (t, b) Jacobian number; 0 for W_hh (int)",
+        "index": "rank of the value, 0 = largest (int)",
+        "value": "singular value, or the eigenvalue's real part (float)",
+        "imag": "the eigenvalue's imaginary part; 0 for singular values (float)",
+    },
+    "lyapunov": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "index": "rank of the exponent, 0 = largest (int)",
+        "exponent": "Lyapunov exponent, natural log per time step, batch mean (float)",
+    },
+    "truncation": {
+        "step": "optimizer step of a truncated-BPTT run (int)",
+        "tensor": "parameter name (as in the state dict), or total: all as one vector (str)",
+        "cosine": "cosine of the truncated and the full-BPTT gradient of the batch (float)",
+        "norm_ratio": "‖truncated‖ / ‖full‖ (float)",
+        "dropped": "‖full − truncated‖ / ‖full‖: the share the cut paths carry (float)",
+    },
+    "floss": {
+        "step": "optimizer step; −P … −1: the P pre-flossing updates before step 1 (int)",
+        "layer": "layer index (int)",
+        "index": "rank of the exponent, 0 = largest (QR order); K rows per layer (int)",
+        "exponent": "λ_i measured before the update: ln per time step, batch mean (float)",
+        "penalty": "Σ_i λ_i² of the layer, the same on each of its rows (float)",
+    },
+    "ftle": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "window": "k: steps in the product J_{t+k}⋯J_{t+1}, from the sequence start (int)",
+        "index": "rank, 0 = largest (int)",
+        "exponent": "ln σ_i(product) / k, batch mean: a finite-time Lyapunov exponent (float)",
+        "converged": "whether the factored orthogonal iteration converged (bool)",
+    },
+    "reach": {
+        "step": "optimizer step (int)",
+        "layer": "layer index (int)",
+        "source": "time step s of the loss term ℓ_s (int)",
+        "t": "time step of the hidden state it reaches, t ≤ s (int)",
+        "distance": "s − t (int)",
+        "norm": "mean over the sub-batch of ‖∂ℓ_s/∂h_t‖ (float)",
+    },
+    "mean_field": {
+        "layer": "layer index (int)",
+        "sigma_w2": "σ_w² = H·Var(W_hh) at initialisation (float)",
+        "sigma_in2": "input and bias variance feeding the pre-activation (float)",
+        "q_star": "mean-field fixed-point pre-activation variance q* (float)",
+        "chi": "χ = σ_w² E[φ'(√q* z)²] (float)",
+        "predicted_decay": "√χ: predicted gradient factor per step (float)",
+        "predicted_half_life": "ln 2 / −ln √χ steps; inf when √χ ≥ 1 (float)",
+    },
+    "events": {
+        "step": "optimizer step (int)",
+        "kind": "nonfinite, diverged, resumed, recovered, interrupted, probe_failed or warning "
+        "(str)",
+        "message": "one human-readable line (str)",
+    },
+}
+
+Rows = Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PART_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
+_TMP_MARK = ".tmp-"
+
+
+@dataclass
+class Checkpoint:
+    """A training state saved by :meth:`RunStore.save_checkpoint`."""
+
+    step: int
+    state: dict
+    table_parts: dict[str, int]  # table -> number of parts that existed when it was saved
+    path: Path | None = None
+
+
+@dataclass
+class Run:
+    """One run's records as read from disk."""
+
+    path: Path
+    config: dict
+    status: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Return the named table, or an empty one if the run never wrote it."""
+        if name not in self.tables:
+            return _empty_table(name)
+        return self.tables[name]
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Return whether ``path`` is a directory holding a ``config.json`` written by the store."""
+    return (Path(path) / "config.json").is_file()
+
+
+def load_run(path: str | os.PathLike, tables: Iterable[str] | None = None) -> Run:
+    """Return the run at ``path`` with ``tables`` (default: all it wrote) read eagerly."""
+    path = Path(path)
+    if not is_run_dir(path):
+        raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+    config = _read_json(path / "config.json")
+    names = _table_names(path) if tables is None else list(tables)
+    return Run(path, config, read_status(path), {name: read_table(path, name) for name in names})
+
+
+def read_status(path: str | os.PathLike) -> dict:
+    """Return the run's ``status.json`` as readers should see it; ``{}`` when there is none.
+
+    A status that cannot be read (cut short by a crash) reads as ``interrupted``; a
+    ``running`` status whose writer is gone reads as ``interrupted`` (this host) or ``stale``
+    (another host, no heartbeat for ``STALE_SECONDS``), with the reason in ``error``.
+    """
+    target = Path(path) / "status.json"
+    try:
+        record = json.loads(target.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError):
+        return {"status": "interrupted", "step": 0, "error": f"{target} is unreadable"}
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        return {"status": "interrupted", "step": 0, "error": f"{target} is not a run status"}
+    if record["status"] == "running":
+        alive = writer_alive(record)
+        if alive is False:
+            pid = record.get("pid")
+            record = {**record, "status": "interrupted", "error": f"its writer (pid {pid}) died"}
+        elif alive is None and _age(record.get("updated")) > STALE_SECONDS:
+            host = record.get("host", "another host")
+            error = f"no heartbeat from {host} since {record.get('updated')}"
+            record = {**record, "status": "stale", "error": error}
+    return record
+
+
+def _age(stamp: Any) -> float:
+    """Return seconds since an ISO time stamp (0 when it cannot be parsed)."""
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(str(stamp))).total_seconds()
+    except ValueError:
+        return 0.0
+
+
+def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
+    """Return the named table of the run at ``path``: its parts concatenated in order.
+
+    Raises :class:`RecordError` naming the part when one is damaged.
+    """
+    parts = _part_files(Path(path) / "tables" / _check_table_name(name))
+    if not parts:
+        return _empty_table(name)
+    tables = [_read_part(p) for p in parts.values()]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def _read_part(part: Path) -> pa.Table:
+    try:
+        return pq.read_table(part)
+    except (pa.ArrowException, OSError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise RecordError(f"{part} is damaged ({reason})") from None
+
+
+class RunStore:
+    """Writer for one run directory; use :meth:`create` or :meth:`open_for_resume`."""
+
+    def __init__(self, path: Path, *, keep_checkpoints: int = 2) -> None:
+        if keep_checkpoints < 1:
+            raise RnnprobeError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
+        self.path = path
+        self.keep_checkpoints = keep_checkpoints
+        self.checkpoint: Checkpoint | None = None  # the one resumed from, if any
+        self._next_part: dict[str, int] = {}
+        self._schemas: dict[str, pa.Schema] = {}
+        self._pending: dict[str, list[pa.Table]] = {}
+        self.recovered: list[str] = []  # checkpoints passed over on resume, and why
+        self._status: dict[str, Any] = {}
+        self._status_written = 0.0
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        config: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        keep_checkpoints: int = 2,
+    ) -> RunStore:
+        """Return a store for a new run at ``path`` with ``config.json`` and a running status.
+
+        An existing run, or a non-empty directory, is refused unless ``overwrite``; then only
+        the store's own files are removed and anything else in the directory is left alone.
+        """
+        path = Path(path)
+        payload = _config_json(config)  # before touching the disk, so a bad config leaves none
+        if path.exists() and not path.is_dir():
+            raise RnnprobeError(f"{path} exists and is not a directory")
+        if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
+            if not overwrite:
+                if is_run_dir(path):
+                    raise RnnprobeError(
+                        f"{path} holds a run; continue it with --resume {path}, "
+                        "or choose another directory"
+                    )
+                raise RnnprobeError(f"{path} is not empty and not a run; choose another directory")
+            _remove_store_files(path)
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path, keep_checkpoints=keep_checkpoints)
+        store.set_status("running", step=0)
+        # config.json last: its presence is what marks a complete run directory.
+        write_atomic(path / "config.json", payload)
+        return store
+
+    @classmethod
+    def open_for_resume(
+        cls,
+        path: str | os.PathLike,
+        *,
+        keep_checkpoints: int = 2,
+        map_location: str | torch.device = "cpu",
+    ) -> RunStore:
+        """Return a store continuing the run at ``path`` from its newest sound checkpoint.
+
+        Sound: it loads (``weights_only``) and every table part it counts reads back. Newer
+        checkpoints that are not sound are renamed ``*.damaged`` and described in
+        ``store.recovered``. Then deletes temporaries and every table part written after that
+        checkpoint (all parts if there is none); the checkpoint is ``store.checkpoint``. Raises
+        :class:`RecordError` when checkpoints exist but none is sound.
+        """
+        path = Path(path)
+        if not is_run_dir(path):
+            raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+        store = cls(path, keep_checkpoints=keep_checkpoints)
+        _remove_temporaries(path)
+        store.checkpoint = store.load_latest_checkpoint(
+            map_location=map_location, check=store._parts_sound
+        )
+        for reason in store.recovered:
+            damaged = path / "checkpoints" / reason.partition(":")[0]
+            if damaged.is_file():
+                damaged.rename(damaged.with_name(damaged.name + ".damaged"))
+        kept = store.checkpoint.table_parts if store.checkpoint else {}
+        for name in sorted(set(_table_names(path)) | set(kept)):
+            parts = _part_files(path / "tables" / name)
+            keep = kept.get(name, 0)
+            for seq, part in parts.items():
+                if seq >= keep:
+                    part.unlink()
+            store._next_part[name] = keep
+        return store
+
+    def _parts_sound(self, checkpoint: Checkpoint) -> str | None:
+        """Return why the parts ``checkpoint`` counts are not all readable, or None."""
+        for name, keep in checkpoint.table_parts.items():
+            parts = _part_files(self.path / "tables" / name)
+            for seq in range(keep):
+                if seq not in parts:
+                    return f"table {name!r} lost part {seq}"
+                try:
+                    _read_part(parts[seq])
+                except RecordError:
+                    return f"table part {name}/{parts[seq].name} is damaged"
+        return None
+
+    @property
+    def config(self) -> dict:
+        """Return the run's config as stored in ``config.json``."""
+        return _read_json(self.path / "config.json")
+
+    def set_status(self, status: str, step: int, error: str | None = None) -> None:
+        """Write ``status.json`` atomically with the current time."""
+        if status not in STATUSES:
+            raise RnnprobeError(f"unknown status {status!r}; choose one of {', '.join(STATUSES)}")
+        self._status = {"status": status, "step": int(step), "error": error}
+        self._write_status()
+
+    def heartbeat(self) -> None:
+        """Rewrite the status with the current time, at most every ``HEARTBEAT_SECONDS``."""
+        if self._status and time.monotonic() - self._status_written > HEARTBEAT_SECONDS:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        record = {
+            **self._status,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            **process_identity(),
+        }
+        write_atomic(self.path / "status.json", json.dumps(record, indent=2).encode())
+        self._status_written = time.monotonic()
+
+    def append(self, table: str, rows: Rows) -> None:
+        """Buffer rows for ``table``: a list of dicts, or a dict of columns (scalars broadcast).
+
+        Every row of a table must have the same columns; the first append fixes them.
+        """
+        piece = _to_arrow(_check_table_name(table), rows)
+        if piece.num_rows == 0:
+            return
+        schema = self._schema(table)
+        if schema is not None:
+            piece = _conform(table, piece, schema)
+        self._schemas[table] = piece.schema
+        self._pending.setdefault(table, []).append(piece)
+
+    def flush(self) -> None:
+        """Write each table's buffered rows as one new Parquet part."""
+        for table, pieces in self._pending.items():
+            if not pieces:
+                continue
+            # Earlier pieces may hold all-null columns that later ones gave a type.
+            data = pa.concat_tables(pieces, promote_options="permissive").cast(self._schemas[table])
+            directory = self.path / "tables" / table
+            directory.mkdir(parents=True, exist_ok=True)
+            seq = self._next_part.get(table, 0)
+            _atomic_write(directory / _part(seq), partial(pq.write_table, data))
+            self._next_part[table] = seq + 1
+            pieces.clear()
+
+    def save_checkpoint(self, state: dict, step: int) -> Path:
+        """Return the path of a new checkpoint of ``state`` at ``step``, flushing tables first.
+
+        ``state`` must hold only tensors, dicts, lists, ints, floats, bools and strings, so
+        that it loads with ``weights_only=True``. Keeps the newest ``keep_checkpoints``.
+        """
+        self.flush()
+        directory = self.path / "checkpoints"
+        directory.mkdir(exist_ok=True)
+        record = {"step": int(step), "state": state, "table_parts": dict(self._next_part)}
+        target = directory / f"step-{int(step)}.pt"
+        _atomic_write(target, lambda f: torch.save(record, f))
+        for old in list(_checkpoint_files(directory).values())[: -self.keep_checkpoints]:
+            old.unlink()
+        return target
+
+    def load_latest_checkpoint(
+        self,
+        map_location: str | torch.device = "cpu",
+        check: Callable[[Checkpoint], str | None] | None = None,
+    ) -> Checkpoint | None:
+        """Return the newest checkpoint that loads (and passes ``check``), or None if none exist.
+
+        Each newer one passed over is described in ``self.recovered`` ("step-20.pt: …").
+        Raises :class:`RecordError` when checkpoints exist but none loads.
+        """
+        files = _checkpoint_files(self.path / "checkpoints")
+        self.recovered = []
+        for file in reversed(files.values()):
+            try:
+                checkpoint = load_checkpoint(file, map_location)
+                problem = check(checkpoint) if check is not None else None
+            except RecordError as error:
+                problem = str(error).removeprefix(f"{file}: ")  # the file is named once
+            if problem is None:
+                return checkpoint
+            self.recovered.append(f"{file.name}: {problem}")
+        if files:
+            raise RecordError(
+                f"no checkpoint in {self.path / 'checkpoints'} can be used "
+                f"({'; '.join(self.recovered)}); start the run again in another directory"
+            )
+        return None
+
+    def close(self) -> None:
+        """Flush buffered rows; the store may still be used afterwards."""
+        self.flush()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _schema(self, table: str) -> pa.Schema | None:
+        # After a resume the schema lives on disk; types only ever settle, so the last part
+        # written has the final word.
+        written = self._next_part.get(table, 0)
+        if table not in self._schemas and written > 0:
+            part = self.path / "tables" / table / _part(written - 1)
+            self._schemas[table] = pq.read_schema(part).remove_metadata()
+        return self._schemas.get(table)
+
+
+def load_checkpoint(file: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Return the checkpoint saved in ``file``, loaded with ``weights_only=True``.
+
+    Raises :class:`RecordError` ("FILE: why") when it is damaged or holds anything but
+    tensors and plain data (torch refuses to unpickle it, and so does rnnprobe).
+    """
+    try:
+        record = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise RecordError(
+            f"{file}: holds objects other than tensors and plain data, which rnnprobe never "
+            "unpickles"
+        ) from None
+    except Exception as error:  # torch.load fails in many ways on a damaged file
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise RecordError(f"{file}: is damaged or not a checkpoint ({reason})") from None
+    try:
+        return Checkpoint(
+            int(record["step"]), dict(record["state"]), dict(record["table_parts"]), file
+        )
+    except (KeyError, TypeError, ValueError):
+        raise RecordError(f"{file}: is not an rnnprobe checkpoint") from None
+
+
+def _part(seq: int) -> str:
+    return f"part-{seq:06d}.parquet"
+
+
+def _to_arrow(table: str, rows: Rows) -> pa.Table:
+    """Return ``rows`` as an Arrow table with int64 ints, float32/64 floats and strings."""
+    if not isinstance(rows, Mapping | pd.DataFrame):
+        rows = [{k: _plain(v) for k, v in r.items()} for r in rows]
+        if any(r.keys() != rows[0].keys() for r in rows):
+            raise RnnprobeError(f"rows for table {table!r} do not all have the same columns")
+    elif isinstance(rows, Mapping):
+        rows = {k: _plain(v) for k, v in rows.items()}
+        if all(np.ndim(v) == 0 for v in rows.values()):
+            rows = {k: [v] for k, v in rows.items()}  # a dict of scalars is one row
+    try:
+        data = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    except (ValueError, TypeError, pa.ArrowException) as err:
+        raise RnnprobeError(f"rows for table {table!r} are not a table: {err}") from None
+    fields = [pa.field(f.name, _standard_type(f.type)) for f in data.schema]
+    return data.cast(pa.schema(fields))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def _standard_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_integer(kind):
+        return pa.int64()
+    if pa.types.is_float16(kind):
+        return pa.float32()
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    return kind
+
+
+def _conform(table: str, data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``data`` in the column order and types of ``schema``, so all parts concatenate.
+
+    Allowed changes: ints into a float column, one float width into the other, nulls into
+    any column, and a so-far all-null column taking its first real type.
+    """
+    if sorted(data.column_names) != sorted(schema.names):
+        raise RnnprobeError(
+            f"table {table!r} has columns {schema.names} but got {data.column_names}"
+        )
+    data = data.select(schema.names)
+    fields = []
+    for old, new in zip(schema, data.schema, strict=True):
+        if pa.types.is_null(old.type):
+            fields.append(new)
+        elif new.type == old.type or pa.types.is_null(new.type) or _widens(new.type, old.type):
+            fields.append(old)
+        else:
+            raise RnnprobeError(
+                f"table {table!r} column {old.name!r} holds {old.type} but got {new.type}"
+            )
+    return data.cast(pa.schema(fields))
+
+
+def _widens(new: pa.DataType, old: pa.DataType) -> bool:
+    return pa.types.is_floating(old) and (pa.types.is_integer(new) or pa.types.is_floating(new))
+
+
+def _check_table_name(name: str) -> str:
+    if not _TABLE_NAME.match(name):
+        raise RnnprobeError(f"table name {name!r} must be lowercase letters, digits and _")
+    return name
+
+
+def _empty_table(name: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=list(STANDARD_TABLES.get(name, {})))
+
+
+def _table_names(path: Path) -> list[str]:
+    tables = path / "tables"
+    if not tables.is_dir():
+        return []
+    return sorted(p.name for p in tables.iterdir() if p.is_dir() and _TABLE_NAME.match(p.name))
+
+
+def _numbered_files(directory: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+    if not directory.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in directory.iterdir() if (m := pattern.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def _part_files(directory: Path) -> dict[int, Path]:
+    return _numbered_files(directory, _PART_NAME)
+
+
+def _checkpoint_files(directory: Path) -> dict[int, Path]:
+    return _numbered_files(directory, _CHECKPOINT_NAME)
+
+
+def _config_json(config: Mapping[str, Any]) -> bytes:
+    if not isinstance(config, Mapping):
+        raise RnnprobeError(f"a run config must be a dict, got {type(config).__name__}")
+    try:
+        return json.dumps(dict(config), indent=2, sort_keys=True).encode()
+    except (TypeError, ValueError) as err:
+        raise RnnprobeError(f"the run config cannot be written as JSON: {err}") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RecordError(f"{path} is missing") from None
+    except (OSError, ValueError) as error:
+        raise RecordError(f"{path} is damaged ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} is damaged (not a JSON object)")
+    return data
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a fsynced temporary and ``os.replace``."""
+    _atomic_write(target, lambda f: f.write(data))
+
+
+def _atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary beside ``target``, fsync it, then rename it over."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_temporaries(path: Path) -> None:
+    # Only where the store writes, so foreign files in the directory are never touched.
+    directories = [path, path / "checkpoints", path / "snapshots", *(path / "tables").glob("*")]
+    for directory in directories:
+        for tmp in directory.glob(f".*{_TMP_MARK}*"):
+            if tmp.is_file():
+                tmp.unlink()
+
+
+def _remove_store_files(path: Path) -> None:
+    for name in ("config.json", "status.json", "tables", "checkpoints"):
+        entry = path / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()
+    _remove_temporaries(path)

@@ -1,0 +1,383 @@
+"""Studies: run a grid of training runs (see ``spec.py``) with resume, and keep its index.
+
+The output directory OUT holds ``study.json`` (the index: name, fixed settings, axes and, per
+run, its id, axis values, status and error) and ``runs/<id>/``, one run directory per grid
+point with ``id = RunConfig.run_id()``. One study process at a time writes OUT: it holds
+``OUT/.rnnprobe.lock`` (see ``lock.py``), and a second one stops at once naming the first.
+Readers take a run's status from its own ``status.json`` wherever the index says ``running``,
+so a study killed mid-run never reads as running.
+
+Resume: rerunning a study skips runs whose own status is done or diverged, continues
+interrupted (or killed) runs from their last checkpoint, and restarts failed runs from scratch
+(their partial records came from the failing attempt). Two studies are *the same* when they
+have the same set of run ids; OUT holding a different study is an error unless ``force_new``,
+which replaces the index and reuses the runs both share (same id, same settings); the others
+stay on disk under ``runs/`` but leave the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.records.lock import LOCK_NAME, DirectoryLock
+from rnnprobe.records.store import is_run_dir, load_run, read_status, write_atomic
+from rnnprobe.study.executors import Executor, RunJob, RunOutcome, recorded_status
+from rnnprobe.study.spec import GridPoint, StudySpec, expand, study_title
+from rnnprobe.training.config import flatten
+
+__all__ = [
+    "INDEX_NAME",
+    "StudyIndex",
+    "StudyResult",
+    "read_index",
+    "read_study",
+    "run_study",
+    "study_lock",
+]
+
+INDEX_NAME = "study.json"
+FINISHED = ("done", "diverged")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """How an invocation ended: run statuses (all runs) and whether it was interrupted."""
+
+    out: Path
+    statuses: Counter
+    interrupted: bool
+
+    @property
+    def failed(self) -> int:
+        return self.statuses.get("failed", 0)
+
+
+# -- the index ---------------------------------------------------------------------------
+
+
+def read_index(out: str | os.PathLike) -> dict | None:
+    """Return the study index in ``out``, or None if there is none."""
+    path = Path(out) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise RecordError(
+            f"{path} is damaged ({type(error).__name__}); rerun the study with --force-new to "
+            "rebuild it"
+        ) from None
+    if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
+        raise RecordError(f"{path} is not a study index; rerun with --force-new to rebuild it")
+    return index
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """One run of a study as the index lists it: id, directory, axis values, status, error."""
+
+    id: str
+    path: Path
+    axes: dict[str, Any]
+    status: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyIndex:
+    """A study directory as a reader sees it: name, question, swept axes and runs in order."""
+
+    name: str
+    question: str
+    description: str
+    axes: list[str]
+    runs: list[StudyEntry]
+
+
+def read_study(out: str | os.PathLike) -> StudyIndex:
+    """Return the study in ``out`` from its index, or from ``runs/*`` when it has none.
+
+    Without an index the axes are the settings that differ between the run directories.
+    """
+    out = Path(out)
+    index = read_index(out)
+    if index is not None:
+        runs = [
+            _entry(out / "runs" / str(r["id"]), r)
+            for r in index.get("runs", [])
+            if isinstance(r, dict) and "id" in r
+        ]
+        return StudyIndex(
+            str(index.get("name") or out.resolve().name),
+            str(index.get("question") or ""),
+            str(index.get("description") or ""),
+            list(index.get("axes") or {}),
+            runs,
+        )
+    runs_dir = out / "runs"
+    paths = sorted(p for p in runs_dir.iterdir() if is_run_dir(p)) if runs_dir.is_dir() else []
+    configs = {p: flatten(load_run(p, ()).config) for p in paths}
+    keys = sorted({k for c in configs.values() for k in c})
+    axes = [
+        k for k in keys if k != "device" and len({repr(c.get(k)) for c in configs.values()}) > 1
+    ]
+    runs = [StudyEntry(p.name, p, {a: configs[p].get(a) for a in axes}) for p in paths]
+    return StudyIndex(out.resolve().name, "", "", axes, runs)
+
+
+def _entry(run_dir: Path, record: dict) -> StudyEntry:
+    """Return an index record as a reader sees it: ``running`` checked against the run itself."""
+    status, error = record.get("status"), record.get("error")
+    if status == "running":  # the index's writer may be gone: the run's own status decides
+        own = read_status(run_dir)
+        status = own.get("status", "interrupted")
+        error = own.get("error") if status in ("interrupted", "stale", "failed") else None
+        if not own:
+            error = "the study stopped before the run wrote its status"
+    return StudyEntry(str(record["id"]), run_dir, dict(record.get("axes") or {}), status, error)
+
+
+def write_index(out: Path, index: dict) -> None:
+    """Write ``study.json`` atomically (fsynced temporary, then ``os.replace``)."""
+    index["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_atomic(out / INDEX_NAME, json.dumps(index, indent=2).encode())
+
+
+def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: bool) -> dict:
+    try:
+        old = read_index(out)
+    except RecordError:
+        if not force_new:
+            raise
+        old = None  # rebuilt: the runs both share are found again by id
+    old_runs = {r["id"]: r for r in old.get("runs", [])} if old else {}
+    if old and set(old_runs) != {p.run_id for p in points} and not force_new:
+        raise RnnprobeError(
+            f"{out} holds a different study {old.get('name')!r} ({_difference(old, spec)}); "
+            "use another --out, or --force-new to replace its index"
+        )
+    _check_holds_no_foreign_files(out)
+    runs = []
+    for point in points:
+        entry = old_runs.get(point.run_id, {})
+        runs.append(
+            {
+                "id": point.run_id,
+                "axes": point.values,
+                "status": entry.get("status", "pending"),
+                "error": entry.get("error"),
+            }
+        )
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "question": spec.question,
+        "fixed": dict(spec.fixed),
+        "axes": {k: list(v) for k, v in spec.axes.items()},
+        "runs": runs,
+    }
+
+
+def _check_holds_no_foreign_files(out: Path) -> None:
+    if (out / INDEX_NAME).exists() or (out / "runs").is_dir() or not out.is_dir():
+        return
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise RnnprobeError(f"{out} is not empty and holds no study; choose another --out")
+
+
+def _difference(old: dict, spec: StudySpec) -> str:
+    keys = set(old.get("fixed", {})) | set(old.get("axes", {})) | set(spec.fixed) | set(spec.axes)
+    new_axes = {k: list(v) for k, v in spec.axes.items()}
+    differs = [
+        k
+        for k in sorted(keys)
+        if old.get("fixed", {}).get(k) != spec.fixed.get(k)
+        or old.get("axes", {}).get(k) != new_axes.get(k)
+    ]
+    return f"differs in {', '.join(differs)}" if differs else "different runs"
+
+
+def run_status(run_dir: Path) -> str | None:
+    """Return the status a run directory records, or None if it holds no run."""
+    if not is_run_dir(run_dir):
+        return None
+    return recorded_status(run_dir)[0] or "interrupted"  # no readable status: cut short
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def run_study(
+    spec: StudySpec,
+    out: str | os.PathLike,
+    executor: Executor,
+    *,
+    force_new: bool = False,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run every unfinished grid point of ``spec`` into ``out`` with ``executor``.
+
+    Never raises for a failing run (it is marked failed and retried on the next call); a
+    KeyboardInterrupt stops the study, marks running runs interrupted and returns with
+    ``interrupted`` set.
+    """
+    out = Path(out)
+    points = expand(spec)
+    check_memory(points)
+    with study_lock(out):
+        return _run_locked(spec, out, points, executor, force_new, echo)
+
+
+def check_memory(points: Iterable[GridPoint]) -> None:
+    """Refuse the grid when one of its runs cannot fit in memory (see ``memory.py``).
+
+    Tasks that cannot be built (a missing corpus) are left to fail as runs, with the others.
+    """
+    from rnnprobe.core.device import resolve_device
+    from rnnprobe.training.loop import make_task_from_config
+    from rnnprobe.training.memory import check_fits, estimate_run
+
+    tasks: dict = {}
+    for point in points:
+        config = point.config
+        try:
+            if config.task not in tasks:
+                tasks[config.task] = make_task_from_config(config)
+            device = resolve_device(config.device)
+        except RnnprobeError:
+            continue
+        try:
+            check_fits(estimate_run(config, tasks[config.task]), device)
+        except RnnprobeError as error:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
+            raise RnnprobeError(f"{where}: {error}" if where else str(error)) from None
+
+
+def study_lock(out: str | os.PathLike) -> DirectoryLock:
+    """Return the held lock of study directory ``out`` (re-entrant in this process).
+
+    Raises a one-line error when another process holds it, or when ``out`` is a file or a
+    non-empty directory that holds no study (no lock file is left there).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RnnprobeError(f"--out {out} exists and is not a directory")
+    _check_holds_no_foreign_files(out)  # before the lock file goes in
+    return DirectoryLock(out, "--out").acquire()
+
+
+def _run_locked(
+    spec: StudySpec,
+    out: Path,
+    points: list[GridPoint],
+    executor: Executor,
+    force_new: bool,
+    echo: Callable[[str], None],
+) -> StudyResult:
+    index = _open_index(out, spec, points, force_new)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    entries = {e["id"]: e for e in index["runs"]}
+    jobs = []
+    for point in points:
+        entry, run_dir = entries[point.run_id], out / "runs" / point.run_id
+        status = run_status(run_dir)
+        if status in FINISHED:
+            entry.update(status=status, error=None)
+            continue
+        resume = status is not None and status != "failed" and entry["status"] != "failed"
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # a failed attempt, or a creation cut short
+        entry["status"] = "interrupted" if resume else "pending"
+        jobs.append(RunJob(point.run_id, point.config, str(run_dir.resolve()), resume))
+    write_index(out, index)
+    total = len(points)
+    named = study_title(spec.name)
+    echo(
+        f"{named}: {total} runs, {total - len(jobs)} finished, {len(jobs)} to run "
+        f"({executor.description}) -> {out}"
+    )
+
+    def started(job: RunJob) -> None:
+        entries[job.run_id].update(status="running", error=None)
+        write_index(out, index)
+
+    progress = _Progress(total, total - len(jobs), echo, out / "runs")
+    interrupted = False
+    runs = executor.run(jobs, started)
+    try:
+        with contextlib.closing(runs):
+            for outcome in runs:
+                entry = entries[outcome.run_id]
+                entry["status"] = outcome.status
+                entry["error"] = outcome.message if outcome.status == "failed" else None
+                write_index(out, index)
+                interrupted = interrupted or outcome.status == "interrupted"
+                progress.finished(outcome, entry["axes"])
+    except KeyboardInterrupt:
+        interrupted = True
+    for entry in index["runs"]:
+        if entry["status"] == "running":
+            entry["status"] = "interrupted"
+    write_index(out, index)
+    return StudyResult(out, Counter(e["status"] for e in index["runs"]), interrupted)
+
+
+class _Progress:
+    """One line per finished run: done/total, the run, its status and outcome, and an ETA."""
+
+    def __init__(self, total: int, done: int, echo: Callable[[str], None], runs: Path) -> None:
+        self.total, self.done, self.here, self.echo = total, done, 0, echo
+        self.runs, self.start = runs, time.monotonic()
+
+    def finished(self, outcome: RunOutcome, values: Mapping[str, Any]) -> None:
+        self.done += 1
+        self.here += 1
+        elapsed = time.monotonic() - self.start
+        left = self.total - self.done
+        eta = f"ETA {_duration(elapsed / self.here * left)}" if left else "all finished"
+        where = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items())
+        note = f" ({outcome.message})" if outcome.status in ("failed", "diverged") else ""
+        if outcome.status == "done":
+            note = _run_outcome(self.runs / outcome.run_id)
+        self.echo(
+            f"[{self.done}/{self.total}] {outcome.run_id} {where}: {outcome.status} "
+            f"at step {outcome.steps_done} in {_duration(outcome.seconds)}{note}; {eta}"
+        )
+
+
+PROGRESS_TABLES = ("task", "steps", "evals", "events")  # all the outcome of a run needs
+
+
+def _run_outcome(run_dir: Path) -> str:
+    """Return " (loss/baseline R, OUTCOME)" from the run's analysis, or "" when unreadable."""
+    from rnnprobe.analysis.diagnosis import outcome
+    from rnnprobe.analysis.runs import summarise_run
+
+    try:
+        summary = summarise_run(load_run(run_dir, PROGRESS_TABLES))
+    except RnnprobeError:  # damaged records: the study's summary names them; progress goes on
+        return ""
+    ratio = summary.loss_ratio
+    shown = f"{ratio:.3g}" if ratio == ratio else "n/a"  # NaN: no finite loss or baseline
+    return f" (loss/baseline {shown}, {outcome(summary)[0]})"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"

@@ -1,0 +1,295 @@
+"""The probes a training run fires on their schedules, filed as tidy rows (see store.py).
+
+Adjoint records come from the BPTT capture (every backward pass of the step, each segment's
+time offset added); hidden-state statistics, W_hh and Jacobian spectra and Lyapunov exponents
+run on the captured layer outputs of the whole batch (segments joined), the last three on a
+sub-batch. All values stay on the device until ``PendingRows.drain``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnnprobe.core.capture import BackwardRecord
+from rnnprobe.core.models import ElmanRNN
+from rnnprobe.nonlinearity import derivative_from_output
+from rnnprobe.probes.hidden_stats import hidden_state_stats
+from rnnprobe.probes.jacobian import jacobian_spectrum, recurrent_weight_spectrum
+from rnnprobe.probes.lyapunov import lyapunov_exponents
+from rnnprobe.probes.mean_field import mean_field_from_weights
+from rnnprobe.probes.products import product_spectrum
+from rnnprobe.probes.schedule import Schedule
+from rnnprobe.probes.truncation_bias import TruncationBias
+from rnnprobe.records.pending import PendingRows
+from rnnprobe.training.config import PROBES, ProbeConfig, derived_seed
+
+
+class Instruments:
+    """Decides which probes fire at a step and turns their results into pending rows."""
+
+    def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
+        self.config, self.rnn = config, rnn
+        self.schedules = {name: Schedule.parse(getattr(config, name)) for name in PROBES}
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
+        self.rows = PendingRows()
+
+    def firing(self, step: int, final_step: int | None = None) -> set[str]:
+        """Return the names of the probes that fire at ``step`` (1-based).
+
+        Besides its schedule, every probe that is not ``never`` fires at step 1 (the initial
+        weights: records are taken before the update) and at ``final_step``, so each run has
+        an init and an end phase to compare.
+        """
+        edge = step == 1 or step == final_step
+        return {
+            name
+            for name, s in self.schedules.items()
+            if s.fires(step - 1) or (edge and s.kind != "never")
+        }
+
+    def record_backward(
+        self,
+        step: int,
+        records: list[BackwardRecord],
+        offsets: list[int],
+        lengths: torch.Tensor | None = None,
+    ):
+        """File adjoint (and reach) rows of each backward pass of ``step``.
+
+        ``lengths`` (B,) of a padded batch: each step's means take only the sequences still
+        real there (``sequences`` counts them; NaN where there are none).
+        """
+        nan = float("nan")
+        for record, offset in zip(records, offsets, strict=True):
+            for layer, r in enumerate(record.layers):
+                T, B = r.adjoint_norm.shape
+                real = real_steps(lengths, offset, T)
+                sequences = real.sum(1) if real is not None else B
+                self.rows.add(
+                    "adjoints",
+                    step=step,
+                    layer=layer,
+                    t=np.arange(offset, offset + T),
+                    sequences=sequences,
+                    adjoint_norm=real_mean(r.adjoint_norm, real),
+                    direct_norm=real_mean(r.direct_norm, real),
+                    recurrent_norm=real_mean(r.recurrent_norm, real),
+                    grad_w_hh_norm=nan if r.grad_w_hh_norm is None else r.grad_w_hh_norm,
+                    grad_w_ih_norm=nan if r.grad_w_ih_norm is None else r.grad_w_ih_norm,
+                )
+            if record.reach is not None:
+                self._record_reach(step, record, offset)
+
+    def _record_reach(self, step: int, record: BackwardRecord, offset: int) -> None:
+        L, _, T, _ = record.reach.shape
+        layer, source, t = np.meshgrid(
+            np.arange(L), np.asarray(record.reach_sources), np.arange(T), indexing="ij"
+        )
+        keep = (t <= source).reshape(-1)
+        self.rows.add(
+            "reach",
+            keep=keep,
+            step=step,
+            layer=layer.reshape(-1),
+            source=source.reshape(-1) + offset,
+            t=t.reshape(-1) + offset,
+            distance=(source - t).reshape(-1),
+            norm=record.reach.mean(-1),
+        )
+
+    def record_truncation(self, step: int, bias: TruncationBias) -> None:
+        """File the truncation bias of ``step``: one row per parameter tensor, then ``total``."""
+        names = list(bias.cosine)
+        self.rows.add(
+            "truncation",
+            step=step,
+            tensor=np.array(names, dtype=object),
+            cosine=torch.stack([bias.cosine[n] for n in names]),
+            norm_ratio=torch.stack([bias.norm_ratio[n] for n in names]),
+            dropped=torch.stack([bias.dropped[n] for n in names]),
+        )
+
+    def record_states(
+        self,
+        step: int,
+        states: list[torch.Tensor],
+        fired: set[str],
+        lengths: torch.Tensor | None = None,
+    ) -> None:
+        """File hidden-state statistics, spectra and Lyapunov exponents of layer outputs.
+
+        ``lengths`` (B,) of a padded batch limits the hidden-state statistics to real steps.
+        """
+        nonlinearity, cfg = self.rnn.nonlinearity, self.config
+        for layer, h in enumerate(states):  # h (T, B, H)
+            if "hidden" in fired:
+                self._record_hidden(step, layer, h, real_steps(lengths, 0, h.shape[0]))
+            sub = h[:, : cfg.sub_batch]
+            # Spectra and QR in float64: eigh of a float32 Gram matrix can fail to converge.
+            phi_prime = derivative_from_output(sub, nonlinearity).to(torch.float64)
+            w_hh = self.rnn.layer_weights(layer)[1].detach()
+            if "spectra" in fired:
+                self._record_spectra(step, layer, phi_prime, w_hh)
+            if "products" in fired:
+                try:
+                    self._record_products(step, layer, phi_prime, w_hh.to(torch.float64))
+                except torch.linalg.LinAlgError as error:  # e.g. rank lost to dead ReLU units
+                    message = f"products probe, layer {layer}: {str(error).splitlines()[0]}"
+                    self.rows.add("events", step=step, kind="probe_failed", message=message)
+            if "lyapunov" in fired:
+                k = min(cfg.top_k, w_hh.shape[0])
+                warmup = min(cfg.warmup, phi_prime.shape[0] - 1)
+                spectrum = lyapunov_exponents(
+                    phi_prime, w_hh.to(torch.float64), k=k, warmup=warmup, seed=step
+                )
+                self.rows.add(
+                    "lyapunov",
+                    step=step,
+                    layer=layer,
+                    index=np.arange(k),
+                    exponent=spectrum.mean_exponents,
+                )
+
+    def _record_products(self, step, layer, phi_prime, w_hh) -> None:
+        k = min(self.config.top_k, w_hh.shape[0])
+        products = product_spectrum(phi_prime, w_hh, k=k)
+        W = len(products.windows)
+        self.rows.add(
+            "ftle",
+            step=step,
+            layer=layer,
+            window=np.repeat(np.asarray(products.windows), k),
+            index=np.tile(np.arange(k), W),
+            exponent=products.exponents.mean(1),  # (W, k): batch mean
+            converged=np.repeat(np.asarray(products.converged), k),
+        )
+
+    def _record_hidden(
+        self, step: int, layer: int, h: torch.Tensor, real: torch.Tensor | None
+    ) -> None:
+        stats = hidden_state_stats(h, self.rnn.nonlinearity, real=real)
+        T = h.shape[0]
+        nan = torch.full((T,), float("nan"), device=h.device, dtype=h.dtype)
+        saturation = stats.saturated_fraction if stats.saturated_fraction is not None else nan
+        inactive = stats.inactive_fraction if stats.inactive_fraction is not None else nan
+        self.rows.add(
+            "hidden",
+            step=step,
+            layer=layer,
+            t=np.arange(T),
+            sequences=stats.sequences if stats.sequences is not None else h.shape[1],
+            mean=stats.mean,
+            std=stats.std,
+            norm=stats.mean_norm,
+            saturation=saturation,
+            inactive=inactive,
+            mean_phi_prime=stats.mean_phi_prime,
+        )
+        relu = self.rnn.nonlinearity == "relu"
+        self.rows.add(
+            "health",
+            step=step,
+            layer=layer,
+            saturation=saturation.mean(),
+            inactive=inactive.mean(),
+            dead_fraction=stats.dead_fraction if relu else nan[0],
+            mean_phi_prime=stats.mean_phi_prime.mean(),
+            participation_ratio=stats.participation_ratio,
+        )
+
+    def _record_spectra(self, step, layer, phi_prime, w_hh) -> None:
+        T, B, H = phi_prime.shape
+        count = self.config.jacobian_samples
+        t = torch.randint(0, T, (count,), generator=self.generator)
+        b = torch.randint(0, B, (count,), generator=self.generator)
+        k = min(self.config.top_k, H)
+        jac = jacobian_spectrum(phi_prime, w_hh.to(torch.float64), t, b, k=k)
+        self.rows.add(
+            "spectra",
+            step=step,
+            layer=layer,
+            quantity="jacobian_singular",
+            sample=np.repeat(np.arange(count), k),
+            index=np.tile(np.arange(k), count),
+            value=jac.singular_values,
+            imag=0.0,
+        )
+        self.record_weights(
+            step, layer, w_hh, jac.spectral_norm.mean(), jac.mean_log_singular_value.mean()
+        )
+
+    def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
+        """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
+        spectrum = recurrent_weight_spectrum(w_hh.detach())  # the weights' own precision
+        H = w_hh.shape[0]
+        nan = float("nan")
+        self.rows.add(
+            "weights",
+            step=step,
+            layer=layer,
+            spectral_radius=spectrum.spectral_radius,
+            sigma_max=spectrum.sigma_max,
+            pascanu_bound=spectrum.pascanu_bound,
+            jacobian_norm=nan if jacobian_norm is None else jacobian_norm,
+            jacobian_mean_log_sv=nan if jacobian_mean_log is None else jacobian_mean_log,
+        )
+        for quantity, values, imag in (
+            ("w_hh_eigenvalue", spectrum.eigenvalues.real, spectrum.eigenvalues.imag),
+            ("w_hh_singular", spectrum.singular_values, torch.zeros_like(spectrum.singular_values)),
+        ):
+            self.rows.add(
+                "spectra",
+                step=step,
+                layer=layer,
+                quantity=quantity,
+                sample=0,
+                index=np.arange(H),
+                value=values,
+                imag=imag,
+            )
+
+    def record_init(self, input_second_moment: float) -> None:
+        """File W_hh spectra at initialisation and the mean-field prediction per layer.
+
+        ``input_second_moment`` is E[x²] of layer 0's inputs; a deeper layer's is the E[h²]
+        = (q* − σ_in²)/σ_w² that the fixed point of the layer below implies.
+        """
+        second_moment = input_second_moment
+        for layer in range(self.rnn.num_layers):
+            w_ih, w_hh = (w.detach().double() for w in self.rnn.layer_weights(layer))
+            self.record_weights(0, layer, w_hh)
+            bias = None
+            if self.rnn.bias:
+                b_ih, b_hh = (getattr(self.rnn, f"bias_{n}_l{layer}") for n in ("ih", "hh"))
+                bias = (b_ih + b_hh).detach().double()
+            field = mean_field_from_weights(
+                w_hh, self.rnn.nonlinearity, w_ih, bias, input_second_moment=second_moment
+            )
+            self.rows.add(
+                "mean_field",
+                layer=layer,
+                sigma_w2=field.sigma_w2,
+                sigma_in2=field.sigma_in2,
+                q_star=field.q_star,
+                chi=field.chi,
+                predicted_decay=field.gradient_decay,
+                predicted_half_life=field.half_life,
+            )
+            if field.sigma_w2 > 0:
+                second_moment = max(field.q_star - field.sigma_in2, 0.0) / field.sigma_w2
+
+
+def real_steps(lengths: torch.Tensor | None, offset: int, steps: int) -> torch.Tensor | None:
+    """Return (steps, B) bool, True where step ``offset + t`` of sequence b is real (None: all)."""
+    if lengths is None:
+        return None
+    t = torch.arange(offset, offset + steps, device=lengths.device)
+    return t[:, None] < lengths[None, :]
+
+
+def real_mean(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Return the mean of ``values`` (T, B) over the real sequences of each step, (T,)."""
+    if real is None:
+        return values.mean(1)
+    return (values * real).sum(1) / real.sum(1)
