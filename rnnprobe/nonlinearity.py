@@ -12,6 +12,8 @@ Both supported nonlinearities let φ'(a_t) be read off h_t alone (tanh: 1 - h_t�
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rnnprobe.errors import RnnprobeError
@@ -40,7 +42,7 @@ def derivative_from_output(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     return (h > 0).to(h.dtype)
 
 
-def activation(nonlinearity: str):
+def activation(nonlinearity: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return φ as an out-of-place function (autograd and ``torch.func`` can trace it)."""
     return torch.tanh if nonlinearity == "tanh" else torch.relu
 

@@ -36,13 +36,25 @@ numeric axis.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from rnnprobe.analysis.runs import PHASES, PhaseMeasures, RunSummary, StudySummary, aggregate
+from rnnprobe.analysis.runs import (
+    PHASES,
+    DecayFit,
+    PhaseMeasures,
+    RunSummary,
+    StudySummary,
+    aggregate,
+)
+
+if TYPE_CHECKING:
+    from rnnprobe.records.store import Run
 
 __all__ = [
     "OUTCOMES",
@@ -261,14 +273,14 @@ def _notes(s: RunSummary) -> list[str]:
     return out
 
 
-def _decay_text(d, T: float) -> str:
+def _decay_text(d: DecayFit, T: float) -> str:
     where = "reach fit" if d.source == "reach" else "adjoint ratios"
     text = f"decay ×{d.rate_per_step:.4g} per step ({where}"
     text += f", R² {d.r2:.3f}" if math.isfinite(d.r2) else ""
     return text + (f"; T = {T:.0f})" if math.isfinite(T) else ")")
 
 
-def _doubling(d) -> str:
+def _doubling(d: DecayFit) -> str:
     return f"{math.log(2) / math.log(d.rate_per_step):.3g} steps"
 
 
@@ -577,7 +589,7 @@ class StudyAnalysis:
         return self.table[list(dict.fromkeys(columns))]
 
 
-def analyse_study(path, *, keep: Sequence[str] = ()) -> StudyAnalysis:
+def analyse_study(path: str | os.PathLike[str], *, keep: Sequence[str] = ()) -> StudyAnalysis:
     """Return the analysis of the study at ``path`` (each run's tables read once)."""
     from rnnprobe.analysis.runs import study_summary
 
@@ -587,7 +599,7 @@ def analyse_study(path, *, keep: Sequence[str] = ()) -> StudyAnalysis:
     return StudyAnalysis(study, runs, diagnoses, table, diagnose_study(study, table))
 
 
-def analyse_run(run) -> StudyAnalysis:
+def analyse_run(run: Run) -> StudyAnalysis:
     """Return a single run's analysis in the shape of a one-run study (no axes)."""
     from rnnprobe.analysis.runs import summarise_run
 

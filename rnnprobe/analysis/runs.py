@@ -80,8 +80,8 @@ GROWTH_MIN_STEPS = 10
 FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
 # what the analysis reads; plots read more (spectra, hidden, weights, ftle)
-SUMMARY_TABLES = ("task", "steps", "evals", "adjoints", "reach", "lyapunov", "health")
-SUMMARY_TABLES += ("mean_field", "events", "classes", "confusion", "truncation")
+SUMMARY_TABLES: tuple[str, ...] = ("task", "steps", "evals", "adjoints", "reach", "lyapunov")
+SUMMARY_TABLES += ("health", "mean_field", "events", "classes", "confusion", "truncation")
 NAN = float("nan")
 
 
@@ -105,6 +105,7 @@ class DecayFit:
 
     @property
     def ok(self) -> bool:
+        """Return whether there is a rate (the fit, or the adjoint ratios): r is finite."""
         return math.isfinite(self.rate_per_step)
 
 
@@ -130,6 +131,7 @@ class PhaseMeasures:
 
     @property
     def measured(self) -> bool:
+        """Return whether the phase has any measurement (a finite value, or a λ₁ note)."""
         values = (self.decay.rate_per_step, self.lyapunov_max, self.saturation, self.dead_fraction)
         return any(math.isfinite(v) for v in values) or self.lyapunov_note is not None
 
@@ -180,9 +182,11 @@ class RunSummary:
 
     @property
     def last_step(self) -> int | None:
+        """Return the number of optimizer steps recorded, None when there are none."""
         return self.steps or None
 
     def phase(self, name: str) -> PhaseMeasures:
+        """Return the measurements of phase ``name``; empty (all NaN) when not measured."""
         return self.phases.get(name, PhaseMeasures(name))
 
     @property
@@ -312,11 +316,11 @@ def _fit(
     np.maximum.at(peak, g, y)
     keep = (x >= 1) & (y > eps * peak[g])  # across ≥ 1 Jacobian, above the noise floor
     x, y, g = x[keep], np.log(y[keep]), g[keep]
-    base = {"source": "reach", "step": step, "n": len(x)}
+    base = DecayFit(source="reach", step=step, n=len(x))
     if len(np.unique(x)) < MIN_FIT_POINTS:
-        return DecayFit(**base, shape="too few points")
+        return replace(base, shape="too few points")
     slope, r2, _ = _slope(x, y, g)
-    base.update(r2=r2, d_min=float(x.min()), d_max=float(x.max()))
+    base = replace(base, r2=r2, d_min=float(x.min()), d_max=float(x.max()))
     middle = np.median(x)
     halves = [x <= middle, x > middle]
     # Two regimes, not one rate: the halves' slopes have opposite signs (a U), or one half's
@@ -329,8 +333,9 @@ def _fit(
         kinked = max(abs(s1 - slope), abs(s2 - slope)) > max(BEND, KINK * abs(slope))
         two_regimes = bent or kinked
     if two_regimes:
-        return DecayFit(**base, shape="not exponential")
-    return DecayFit(math.exp(slope), _half_life(math.exp(slope)), **base, shape="exponential")
+        return replace(base, shape="not exponential")
+    rate = math.exp(slope)
+    return replace(base, rate_per_step=rate, half_life=_half_life(rate), shape="exponential")
 
 
 def _slope(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float, float]:
@@ -649,7 +654,7 @@ def study_summary(
     Each run's tables are read once; the report draws its figures from the returned runs.
     A run not started yet gets a summary with the index's status and no numbers.
     """
-    from rnnprobe.study.runner import read_study
+    from rnnprobe.records.index import read_study
 
     index = read_study(Path(study_dir))
     tables = tuple(dict.fromkeys([*SUMMARY_TABLES, *keep]))

@@ -13,12 +13,18 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from rnnprobe.core.capture import capture
-from rnnprobe.core.models import RNNLanguageModel
+from rnnprobe.core.models import ElmanRNN, RNNLanguageModel
+from rnnprobe.data.tasks import Batch
+from rnnprobe.training.config import ProbeConfig
+from rnnprobe.training.probing import Instruments
+from rnnprobe.training.step import clip_gradients, probed_capture
+
+Step = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class BenchResult:
+    """One sequence length's medians: step times (ms), peak memory (MB), their ratios."""
+
     seq_len: int
     elman_ms: float
     torch_ms: float
@@ -69,31 +77,30 @@ def _make_models(config: BenchConfig, device: torch.device):
     return elman, reference
 
 
-def _training_step(model, tokens, record: bool) -> Callable[[], None]:
+def _training_step(model: RNNLanguageModel, tokens: torch.Tensor, record: bool) -> Step:
+    """A training step of a character LM; ``record``: capture the adjoints (probes off)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    params = list(model.parameters())
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
-        if record:
-            with capture(model):
-                loss.backward()
-        else:
+        with probed_capture(model, {"adjoints"}, 1) if record else nullcontext():
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        clip_gradients(params, "norm", 1.0)
         optimizer.step()
 
     return step
 
 
-def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
-    """A training step that also fires the default probe schedule, step counter included."""
-    from rnnprobe.core.models import ElmanRNN
-    from rnnprobe.training.probing import Instruments
-
+def _probing_step(model: RNNLanguageModel, tokens: torch.Tensor, probes: ProbeConfig) -> Step:
+    """A training step that also fires the probes on their schedules, as training does
+    (:func:`probed_capture`, :meth:`Instruments.record_step`), step counter included."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    params = list(model.parameters())
     rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
-    instruments = Instruments(probes_config, rnn, seed=0)
+    instruments = Instruments(probes, rnn, seed=0)
+    batch = Batch(tokens[:, :-1], tokens[:, 1:])
     counter = iter(range(1, 10**9))
 
     def step() -> None:
@@ -101,20 +108,11 @@ def _probing_step(model, tokens, probes_config) -> Callable[[], None]:
         fired = instruments.firing(number)
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
-        needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
-        with capture(
-            model,
-            reach="reach" in fired,
-            keep_states=needs_states,
-            weight_grads="weight_grads" in fired,
-        ) as cap:
+        with probed_capture(model, fired, probes.sub_batch) as cap:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        clip_gradients(params, "norm", 1.0)
+        instruments.record_step(number, fired, cap.records_on_device(), [0], batch, True)
         optimizer.step()
-        records = cap.records_on_device()
-        instruments.record_backward(number, records, [0])
-        if needs_states:
-            instruments.record_states(number, records[0].states, fired)
         if number % 50 == 0:
             instruments.rows.drain()
 
@@ -136,7 +134,6 @@ def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 2
     from dataclasses import replace
 
     from rnnprobe.probes.schedule import Schedule
-    from rnnprobe.training.config import ProbeConfig
 
     torch.manual_seed(0)
     elman, reference = _make_models(config, device)

@@ -98,7 +98,7 @@ def fixed_points(
 ) -> None:
     """Find the fixed and slow points of a run's layer under a constant input."""
     from rnnprobe.cli.main import report_error
-    from rnnprobe.training.config import SEED_LIMIT
+    from rnnprobe.seeds import SEED_LIMIT
 
     try:
         held = parse_input(input_spec)
@@ -166,8 +166,8 @@ def analyse_run(
 
     from rnnprobe.probes import fixed_points as fpm
     from rnnprobe.records.store import RunStore
-    from rnnprobe.training.batch import build_model
-    from rnnprobe.training.config import derived_seed
+    from rnnprobe.seeds import derived_seed
+    from rnnprobe.training.setup import build_model
     from rnnprobe.training.loop import make_task_from_config, resume_config
 
     config = resume_config(run)  # a one-line error when RUN is not a run directory
@@ -196,7 +196,7 @@ def analyse_run(
     model.eval()
     embedding = getattr(model, "embedding", None)  # None: the task's inputs are features
     states, inputs, paths = [], [], []
-    eval_seed = derived_seed(config.seed, 3)  # the seed of the run's own validation batches
+    eval_seed = derived_seed(config.seed, "evals")  # the seed of the run's own validation batches
     with torch.no_grad():
         for batch in task.eval_batches(
             config.train.batch_size, num_batches=batches, seed=eval_seed
@@ -295,7 +295,7 @@ def write_results(found: RunFixedPoints, out: Path) -> None:
     import io
     import json
 
-    from rnnprobe.records.store import write_atomic
+    from rnnprobe.records.index import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     frames = tables(found)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rnnprobe.training.config import CHOICES, FIELDS, SCHEDULES, field_type
+from rnnprobe.training.config import FIELDS, SCHEDULES, field_type, setting_choices
 
 _FLAG_NAMES = {"task.name": "task", "probes.warmup": "lyapunov-warmup"}
 
@@ -32,7 +32,7 @@ def setting_options(*, multiple: bool) -> Callable[[Callable], Callable]:
     def decorate(command: Callable) -> Callable:
         for key, f in reversed(FIELDS.items()):
             kind = field_type(key)
-            choices = CHOICES.get(key)
+            choices = setting_choices(key)
             click_type: Any = click.Choice(choices) if choices else kind
             if kind is bool:
                 click_type = click.BOOL

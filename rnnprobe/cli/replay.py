@@ -53,7 +53,7 @@ def replay(snapshot: Path, out: Path | None) -> None:
     from rnnprobe.cli.main import report_error
 
     try:
-        from rnnprobe.training.warning import replay_snapshot
+        from rnnprobe.report.replay import replay_snapshot
 
         done = replay_snapshot(snapshot, out)
     except Exception as error:  # also when used outside the rnnprobe group

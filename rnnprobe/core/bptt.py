@@ -28,12 +28,16 @@ same recurrences out of place, the forward recomputed from the saved inputs.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from rnnprobe.nonlinearity import activate_, activation, derivative, derivative_from_output
+
+# One direction's (w_ih, w_hh, b_ih, b_hh); the biases are None in a stack without them.
+LayerParams = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 class BackwardRecorder(Protocol):
@@ -53,7 +57,9 @@ class BackwardRecorder(Protocol):
         lengths: tuple[int, ...] | None,
         order: torch.Tensor | None,
         dropout: bool,
-    ) -> None: ...
+    ) -> None:
+        """Start one backward pass: each layer's (and direction's) outputs, the top seeds
+        ε (T, B, D·H), and each layer's (w_ih, w_hh), bottom first."""
 
     def on_layer_backward(
         self,
@@ -67,9 +73,11 @@ class BackwardRecorder(Protocol):
         *,
         direction: int,
         previous: torch.Tensor | None,
-    ) -> None: ...
+    ) -> None:
+        """Receive one layer's (and direction's) adjoints, ε, g, h0, outputs and inputs."""
 
-    def on_stack_end(self) -> None: ...
+    def on_stack_end(self) -> None:
+        """End the backward pass begun by the last ``on_stack_backward``."""
 
 
 class RecorderSlot:
@@ -116,16 +124,17 @@ class StackSpec:
 
     @property
     def directions(self) -> int:
+        """Return D: 2 for a bidirectional stack, else 1."""
         return len(self.schedules)
 
-    def layer_params(self, weights, layer: int) -> list[tuple]:
+    def layer_params(self, weights: Sequence[torch.Tensor], layer: int) -> list[LayerParams]:
         """Return ``layer``'s (w_ih, w_hh, b_ih, b_hh) per direction (biases None if absent)."""
         n = 4 if self.bias else 2
         base = layer * n * self.directions
-        params = []
+        params: list[LayerParams] = []
         for d in range(self.directions):
             w = weights[base + d * n : base + (d + 1) * n]
-            params.append(tuple(w) if self.bias else (w[0], w[1], None, None))
+            params.append((w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None))
         return params
 
 
@@ -145,17 +154,23 @@ def _at_last_real(h: torch.Tensor, lengths: tuple[int, ...] | None) -> torch.Ten
     return h[index, torch.arange(h.shape[1], device=h.device)]
 
 
-def at_first_visit(h: torch.Tensor, schedule: Schedule, lengths) -> torch.Tensor:
+def at_first_visit(
+    h: torch.Tensor, schedule: Schedule, lengths: tuple[int, ...] | None
+) -> torch.Tensor:
     """Return h (T, B, H) at the first step each row visits (the one that reads h0), (B, H)."""
     return _at_last_real(h, lengths) if schedule.reverse else h[0]
 
 
-def at_last_visit(h: torch.Tensor, schedule: Schedule, lengths) -> torch.Tensor:
+def at_last_visit(
+    h: torch.Tensor, schedule: Schedule, lengths: tuple[int, ...] | None
+) -> torch.Tensor:
     """Return h (T, B, H) at the last step each row visits (its h_n), (B, H)."""
     return h[0] if schedule.reverse else _at_last_real(h, lengths)
 
 
-def previous_states(h: torch.Tensor, h0: torch.Tensor, lengths) -> torch.Tensor:
+def previous_states(
+    h: torch.Tensor, h0: torch.Tensor, lengths: tuple[int, ...] | None
+) -> torch.Tensor:
     """Return the reverse direction's h_prev (T, B, H): h_{t+1}, or h0 at a row's first visit."""
     previous = torch.cat([h[1:], h0.unsqueeze(0)])
     if lengths is not None:
@@ -164,7 +179,7 @@ def previous_states(h: torch.Tensor, h0: torch.Tensor, lengths) -> torch.Tensor:
     return previous
 
 
-def project(x: torch.Tensor, params: list[tuple]) -> torch.Tensor:
+def project(x: torch.Tensor, params: list[LayerParams]) -> torch.Tensor:
     """Return x_t W_ihᵀ + b_ih + b_hh of every step and direction at once, (T, B, D·H)."""
     T, B, I = x.shape  # time, batch, input size
     w_ih = params[0][0] if len(params) == 1 else torch.cat([p[0] for p in params])
@@ -172,12 +187,34 @@ def project(x: torch.Tensor, params: list[tuple]) -> torch.Tensor:
     if params[0][2] is None:
         a = x2 @ w_ih.t()
     else:
-        biases = [p[2] + p[3] for p in params]
+        biases = [_bias(p) for p in params]
         a = torch.addmm(biases[0] if len(params) == 1 else torch.cat(biases), x2, w_ih.t())
     return a.view(T, B, w_ih.shape[0])
 
 
-def scan_(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> torch.Tensor:
+def _bias(params: LayerParams) -> torch.Tensor:
+    """Return b_ih + b_hh (H,) of one direction of a stack with biases."""
+    _, _, b_ih, b_hh = params
+    if b_ih is None or b_hh is None:
+        raise ValueError("this stack has no biases")
+    return b_ih + b_hh
+
+
+def _filled(slots: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Return ``slots`` once every one of them has been written (raise if one was not)."""
+    filled = [t for t in slots if t is not None]
+    if len(filled) != len(slots):
+        raise RuntimeError(f"{len(slots) - len(filled)} of {len(slots)} slots were never written")
+    return filled
+
+
+def scan_(
+    a: torch.Tensor,
+    h0: torch.Tensor,
+    w_hh: torch.Tensor,
+    nonlinearity: str,
+    schedule: Schedule,
+) -> torch.Tensor:
     """Run one direction in place over an unpadded batch: ``a`` (T, B, H) holds the input part
     of a_t on entry and h_t on exit; return it."""
     w_hh_t = w_hh.t()
@@ -189,11 +226,18 @@ def scan_(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> t
     return a
 
 
-def scan(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> torch.Tensor:
+def scan(
+    a: torch.Tensor,
+    h0: torch.Tensor,
+    w_hh: torch.Tensor,
+    nonlinearity: str,
+    schedule: Schedule,
+) -> torch.Tensor:
     """Out-of-place twin of ``scan_`` that also handles padded rows: return h (T, B, H)."""
     T, B, H = a.shape
     phi, w_hh_t = activation(nonlinearity), w_hh.t()
-    steps, states = a.unbind(0), [None] * T
+    steps = a.unbind(0)
+    states: list[torch.Tensor | None] = [None] * T
     h, real_before = h0, 0
     for k, t in enumerate(schedule.times):
         n = B if schedule.active is None else schedule.active[k]
@@ -208,7 +252,7 @@ def scan(a: torch.Tensor, h0, w_hh, nonlinearity: str, schedule: Schedule) -> to
         if n < B:
             h_t = torch.cat([h_t, h_t.new_zeros(B - n, H)])
         states[t], h, real_before = h_t, h_t, n
-    return torch.stack(states)
+    return torch.stack(_filled(states))
 
 
 @dataclass
@@ -275,7 +319,14 @@ def backward_layer(
     return adjoints
 
 
-def bptt(grad_out, grad_hn, h, w_hh, nonlinearity: str, schedule: Schedule):
+def bptt(
+    grad_out: torch.Tensor,
+    grad_hn: torch.Tensor,
+    h: torch.Tensor,
+    w_hh: torch.Tensor,
+    nonlinearity: str,
+    schedule: Schedule,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Out-of-place twin of ``backward_layer`` that also handles padded rows: return (g, δ).
 
     ``h`` (T, B, H) are the direction's outputs; g and δ (T, B, H) are zero at padded steps.
@@ -283,13 +334,15 @@ def bptt(grad_out, grad_hn, h, w_hh, nonlinearity: str, schedule: Schedule):
     """
     T, B, H = h.shape
     phi_prime, eps = derivative(h, nonlinearity).unbind(0), grad_out.unbind(0)
-    gs, deltas = [None] * T, [None] * T
-    g_next, carried = None, 0  # carried: this step's rows whose next visited step is real
+    gs: list[torch.Tensor | None] = [None] * T
+    deltas: list[torch.Tensor | None] = [None] * T
+    g_next: torch.Tensor | None = None  # g of the step visited before (later in the scan)
+    carried = 0  # this step's rows whose next visited step is real
     for k in range(T - 1, -1, -1):
         t = schedule.times[k]
         n = B if schedule.active is None else schedule.active[k]
         e = eps[t] if n == B else eps[t][:n]
-        if carried == 0:  # every row ends here: its h_n
+        if carried == 0 or g_next is None:  # every row ends here: its h_n
             d = e + grad_hn[:n]
         elif carried == n:
             d = torch.addmm(e, g_next[:n], w_hh)
@@ -303,7 +356,7 @@ def bptt(grad_out, grad_hn, h, w_hh, nonlinearity: str, schedule: Schedule):
         gs[t], deltas[t], g_next = g_t, d, g_t
         if k > 0:
             carried = min(n, B if schedule.active is None else schedule.active[k - 1])
-    return torch.stack(gs), torch.stack(deltas)
+    return torch.stack(_filled(gs)), torch.stack(_filled(deltas))
 
 
 def adjoints_from(delta: torch.Tensor, direct: torch.Tensor, keep_delta: bool) -> LayerAdjoints:
@@ -316,7 +369,9 @@ def adjoints_from(delta: torch.Tensor, direct: torch.Tensor, keep_delta: bool) -
     )
 
 
-def recurrent_weight_grad(g, h, h0, previous: torch.Tensor | None) -> torch.Tensor:
+def recurrent_weight_grad(
+    g: torch.Tensor, h: torch.Tensor, h0: torch.Tensor, previous: torch.Tensor | None
+) -> torch.Tensor:
     """Return ∇W_hh = Σ_t g_tᵀ h_prev(t) (H, H); ``previous`` None means h_prev(t) = h_{t-1}."""
     H = g.shape[-1]
     if previous is None:  # one GEMM over steps 1..T-1, plus step 0 against h0
@@ -324,13 +379,21 @@ def recurrent_weight_grad(g, h, h0, previous: torch.Tensor | None) -> torch.Tens
     return g.reshape(-1, H).t() @ previous.reshape(-1, H)
 
 
-def stack_forward(x, h0, spec: StackSpec, weights, masks, functional: bool = False):
+def stack_forward(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    spec: StackSpec,
+    weights: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    functional: bool = False,
+) -> list[torch.Tensor]:
     """Return each layer's outputs h (T, B, D·H) for x (T, B, I) and h0 (L·D, B, H).
 
     In place (the fast path) unless ``functional`` or the batch is padded.
     """
     D, in_place = spec.directions, not functional and spec.lengths is None
-    outputs, layer_input = [], x
+    outputs: list[torch.Tensor] = []
+    layer_input = x
     for layer in range(spec.num_layers):
         params = spec.layer_params(weights, layer)
         a = project(layer_input, params)
@@ -351,7 +414,7 @@ def stack_forward(x, h0, spec: StackSpec, weights, masks, functional: bool = Fal
     return outputs
 
 
-def final_states(outputs, spec: StackSpec) -> torch.Tensor:
+def final_states(outputs: Sequence[torch.Tensor], spec: StackSpec) -> torch.Tensor:
     """Return h_n (L·D, B, H): each direction's state at the last step it visits."""
     D = spec.directions
     return torch.stack(
@@ -364,20 +427,20 @@ def final_states(outputs, spec: StackSpec) -> torch.Tensor:
 
 
 def stack_backward(
-    grad_top,
-    grad_hn,
-    x,
-    h0,
-    spec,
-    weights,
-    masks,
-    outputs,
+    grad_top: torch.Tensor,
+    grad_hn: torch.Tensor,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    spec: StackSpec,
+    weights: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    outputs: Sequence[torch.Tensor],
     *,
-    functional,
-    recorder,
-    needs_x,
-    needs_h0,
-):
+    functional: bool,
+    recorder: BackwardRecorder | None,
+    needs_x: bool,
+    needs_h0: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
     """Return (∂L/∂x, ∂L/∂h0, [∇ of every weight]): BPTT layer by layer from the top."""
     L, D = spec.num_layers, spec.directions
     in_place = not functional and spec.lengths is None
@@ -410,17 +473,20 @@ def stack_backward(
         )  # fmt: skip
         if layer == 0:
             grad_x = grad_in
-        else:  # the layer below's direct adjoint: through its dropout mask, if any
+        elif grad_in is not None:  # (always above layer 0) the layer below's direct adjoint:
+            # through its dropout mask, if any
             grad_out = grad_in if layer - 1 >= len(masks) else grad_in * masks[layer - 1]
     if recorder is not None:
         recorder.on_stack_end()
-    return grad_x, torch.stack(grad_h0) if needs_h0 else None, grad_weights
+    return grad_x, torch.stack(_filled(grad_h0)) if needs_h0 else None, grad_weights
 
 
 def _layer_backward(
-    layer, grad_out, grad_hn, layer_input, out, h0, spec, weights, grad_weights, grad_h0, *,
-    in_place, recorder, keep, needs_input,
-):  # fmt: skip
+    layer: int, grad_out: torch.Tensor, grad_hn: torch.Tensor, layer_input: torch.Tensor,
+    out: torch.Tensor, h0: torch.Tensor, spec: StackSpec, weights: Sequence[torch.Tensor],
+    grad_weights: list[torch.Tensor | None], grad_h0: list[torch.Tensor | None], *,
+    in_place: bool, recorder: BackwardRecorder | None, keep: bool, needs_input: bool,
+) -> torch.Tensor | None:  # fmt: skip
     """Run one layer's BPTT (every direction); fill its entries of ``grad_weights`` and
     ``grad_h0``; return ∂L/∂(layer input) (T, B, I) if ``needs_input``. Its buffers are freed
     on return, before the layer below allocates its own."""
@@ -431,7 +497,8 @@ def _layer_backward(
     for d, (_, w_hh, _, _) in enumerate(params):
         i, schedule = layer * D + d, spec.schedules[d]
         direct, h = direction_of(grad_out, d, D), direction_of(out, d, D)
-        if in_place:
+        adjoints: LayerAdjoints | None
+        if g is not None:  # in place
             g_d = direction_of(g, d, D)
             adjoints = backward_layer(
                 direct, grad_hn[i], g_d, w_hh, schedule, recorder is not None, keep
@@ -441,7 +508,7 @@ def _layer_backward(
             parts.append(g_d)
             adjoints = adjoints_from(delta, direct, keep) if recorder is not None else None
         previous = previous_states(h, h0[i], spec.lengths) if schedule.reverse else None
-        if recorder is not None:
+        if recorder is not None and adjoints is not None:
             seen = [t.detach() for t in (direct, g_d, h0[i], h, layer_input)]  # records only
             recorder.on_layer_backward(
                 layer, adjoints, *seen, direction=d,
@@ -449,7 +516,7 @@ def _layer_backward(
             )  # fmt: skip
         grad_h0[i] = at_first_visit(g_d, schedule, spec.lengths) @ w_hh
         grad_weights[i * per_direction + 1] = recurrent_weight_grad(g_d, h, h0[i], previous)
-    if not in_place:
+    if g is None:  # out of place: every direction's g, from ``bptt``
         g = parts[0] if D == 1 else torch.cat(parts, -1)
     T, B, DH = g.shape
     H, g2 = DH // D, g.reshape(T * B, DH)
@@ -459,9 +526,9 @@ def _layer_backward(
     for d in range(D):
         base = (layer * D + d) * per_direction
         grad_weights[base] = grad_w_ih if D == 1 else grad_w_ih[d * H : (d + 1) * H]
-        if spec.bias:
-            grad_weights[base + 2] = direction_of(grad_b, d, D)
-            grad_weights[base + 3] = grad_weights[base + 2].clone()
+        if grad_b is not None:  # the stack has biases
+            grad_bias = direction_of(grad_b, d, D)
+            grad_weights[base + 2], grad_weights[base + 3] = grad_bias, grad_bias.clone()
     if not needs_input:
         return None
     w_ih = params[0][0] if D == 1 else torch.cat([p[0] for p in params])
@@ -474,14 +541,17 @@ def _under_functorch(*tensors: torch.Tensor) -> bool:
     return any(wrapped(t) for t in tensors)
 
 
-def _without_autocast(device_type: str):
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager[object]:
     """Return a context that turns autocast off (the inputs were cast once, by the module)."""
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 
-def _split(spec: StackSpec, tensors) -> tuple[tuple, tuple]:
+def _split(
+    spec: StackSpec, tensors: Sequence[torch.Tensor]
+) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]:
+    """Return (weights, masks): the tensors after ``spec``, less the trailing dropout masks."""
     cut = len(tensors) - spec.masks
     return tensors[:cut], tensors[cut:]
 
@@ -499,23 +569,32 @@ class ElmanStackFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @classmethod
-    def apply(cls, *args):
+    def apply(cls, *args: Any) -> Any:
         """``Function.apply`` less its binding of the arguments to ``forward``'s signature
         (``inspect``, 0.1 ms a call): they are all positional, so binding changes nothing."""
         if torch._C._are_functorch_transforms_active():
             return super().apply(*args)
         args = torch._functorch.utils.unwrap_dead_wrappers(args)
-        return super(torch.autograd.Function, cls).apply(*args)  # the C++ Function.apply
+        # the C++ Function.apply, which torch's stubs of _C._FunctionBase leave out
+        return super(torch.autograd.Function, cls).apply(*args)  # type: ignore[misc]
 
     @staticmethod
-    def forward(x, h0, slot, spec, *tensors):
+    def forward(
+        x: torch.Tensor,
+        h0: torch.Tensor,
+        slot: RecorderSlot,
+        spec: StackSpec,
+        *tensors: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Return (top layer's outputs (T, B, D·H), h_n (L·D, B, H), *lower layers' outputs)."""
         weights, masks = _split(spec, tensors)
         functional = _under_functorch(x, h0, *tensors)  # vmap: no in-place writes
         outputs = stack_forward(x, h0, spec, weights, masks, functional)
         return (outputs[-1], final_states(outputs, spec), *outputs[:-1])
 
     @staticmethod
-    def setup_context(ctx: Any, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        """Save x, h0, the weights and masks, and every layer's outputs for the backward pass."""
         x, h0, slot, spec, *tensors = inputs
         ctx.mark_non_differentiable(*output[2:])
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the lower outputs
@@ -523,7 +602,10 @@ class ElmanStackFunction(torch.autograd.Function):
         ctx.slot, ctx.spec = slot, spec
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor, grad_hn: torch.Tensor, *_):
+    def backward(
+        ctx: Any, grad_output: torch.Tensor | None, grad_hn: torch.Tensor | None, *_: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        """Return the gradients of (x, h0, slot, spec, *weights, *masks): BPTT, recorded."""
         spec = ctx.spec
         saved = ctx.saved_tensors
         cut = len(saved) - spec.num_layers

@@ -23,13 +23,14 @@ host in one transfer (two with the boolean ``real`` mask).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from rnnprobe.core.bptt import RecorderSlot
+from rnnprobe.core.bptt import LayerAdjoints, RecorderSlot
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.reach import default_reach_sources, gradient_reach
@@ -129,11 +130,21 @@ class Capture:
         self.slot.recorder = None
 
     def on_stack_backward(
-        self, outputs, seeds, weights, nonlinearity, *, directions, lengths, order, dropout
+        self,
+        outputs: list[torch.Tensor],
+        seeds: torch.Tensor,
+        weights: list[tuple[torch.Tensor, torch.Tensor]],
+        nonlinearity: str,
+        *,
+        directions: int,
+        lengths: tuple[int, ...] | None,
+        order: torch.Tensor | None,
+        dropout: bool,
     ) -> None:
         """Start a new record; compute the reach from the saved outputs if asked."""
         self._layers, self._order = [], order
-        reach, sources = None, []
+        reach: torch.Tensor | None = None
+        sources: list[int] = []
         if self.reach:
             if dropout:
                 raise RnnprobeError("gradient reach does not model dropout between layers")
@@ -152,14 +163,25 @@ class Capture:
         self._pending = BackwardRecord([], reach, sources, states, real)
 
     def on_layer_backward(
-        self, layer, adjoints, direct, g, h0, outputs, inputs, *, direction=0, previous=None
+        self,
+        layer: int,
+        adjoints: LayerAdjoints,
+        direct: torch.Tensor,
+        g: torch.Tensor,
+        h0: torch.Tensor,
+        outputs: torch.Tensor,
+        inputs: torch.Tensor,
+        *,
+        direction: int = 0,
+        previous: torch.Tensor | None = None,
     ) -> None:
         """Reduce one layer's adjoints to per-step records (no host sync).
 
         ``previous`` (T, B, H) holds the state each step's a_t reads; None means h0, then the
         outputs h_{t-1} (the forward direction).
         """
-        grad_w_hh_norm = grad_w_ih_norm = None
+        grad_w_hh_norm: torch.Tensor | None = None
+        grad_w_ih_norm: torch.Tensor | None = None
         if self.weight_grads:  # three (T, B, B) Gram products: the one costly record
             gram_g = _gram(g)
             if previous is not None:
@@ -186,6 +208,8 @@ class Capture:
     def on_stack_end(self) -> None:
         """File the record of this backward pass, layers bottom first."""
         record, self._pending = self._pending, None
+        if record is None:
+            raise RnnprobeError("a backward pass ended that never started")
         record.layers = sorted(self._layers, key=lambda r: (r.layer, r.direction))
         self._records.append(record)
 
@@ -212,7 +236,11 @@ class Capture:
         return self._records
 
 
-def _tensor_slots(record: BackwardRecord):
+# Where a record holds a tensor: (a record, an attribute name) or (its states list, an index).
+_Slot = tuple[LayerRecord | BackwardRecord, str] | tuple[list[torch.Tensor], int]
+
+
+def _tensor_slots(record: BackwardRecord) -> Iterator[_Slot]:
     """Yield (holder, key) of every tensor a record holds: attributes, and the states list."""
     for layer in record.layers:
         for name, value in vars(layer).items():
@@ -221,23 +249,30 @@ def _tensor_slots(record: BackwardRecord):
     for name in ("reach", "real"):
         if getattr(record, name) is not None:
             yield record, name
-    for i in range(len(record.states or [])):
-        yield record.states, i
+    if record.states is not None:
+        for i in range(len(record.states)):
+            yield record.states, i
 
 
-def _get(slot):
-    holder, key = slot
-    return holder[key] if isinstance(holder, list) else getattr(holder, key)
+def _get(slot: _Slot) -> torch.Tensor:
+    """Return the tensor held at ``slot``."""
+    if isinstance(slot[0], list):
+        states, i = slot
+        return states[i]
+    holder, name = slot
+    return getattr(holder, name)
 
 
-def _set(slot, value) -> None:
-    holder, key = slot
-    if isinstance(holder, list):
-        holder[key] = value
+def _set(slot: _Slot, value: torch.Tensor) -> None:
+    """Replace the tensor held at ``slot`` by ``value``."""
+    if isinstance(slot[0], list):
+        states, i = slot
+        states[i] = value
     else:
-        setattr(holder, key, value)
+        holder, name = slot
+        setattr(holder, name, value)
 
 
-def capture(model: nn.Module, **options) -> Capture:
+def capture(model: nn.Module, **options: Any) -> Capture:
     """Return a ``Capture`` of ``model`` (see ``Capture`` for options); use it with ``with``."""
     return Capture(model, **options)

@@ -16,6 +16,7 @@ forward pass and every gradient are those of ``nn.RNN`` (the tests compare them 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -46,7 +47,7 @@ class Instrumented:
         """Return the ElmanRNN modules now inside ``model``, in ``named_modules`` order."""
         return [swap.elman for swap in self.swaps]
 
-    def capture(self, rnn: int = 0, **options) -> Capture:
+    def capture(self, rnn: int = 0, **options: Any) -> Capture:
         """Return a ``Capture`` of the ``rnn``-th instrumented RNN (options as ``Capture``)."""
         if not 0 <= rnn < len(self.swaps):
             raise RnnprobeError(f"rnn must lie in [0, {len(self.swaps)}), got {rnn}")
@@ -75,7 +76,7 @@ def instrument(model: nn.Module) -> Instrumented:
     A model that is itself an ``nn.RNN`` cannot be replaced in place: use ``handle.model``.
     Raises a one-line error when the model holds no ``nn.RNN`` (LSTM and GRU are not Elman).
     """
-    swaps = []
+    swaps: list[_Swap] = []
     if type(model) is nn.RNN:
         elman = sharing(model)
         return Instrumented(elman, [_Swap(None, "", model, elman)])

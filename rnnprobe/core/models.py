@@ -10,7 +10,9 @@ BPTT of ``bptt.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,8 @@ class PackedLayout:
     positions: torch.Tensor  # (N,) t·B + b of each packed row
 
     @classmethod
-    def of(cls, batch_sizes: torch.Tensor, device) -> PackedLayout:
+    def of(cls, batch_sizes: torch.Tensor, device: torch.device) -> PackedLayout:
+        """Return the layout of a packed batch from its ``batch_sizes`` (T,), on ``device``."""
         T, B = batch_sizes.numel(), int(batch_sizes[0])
         real = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B)
         positions = torch.arange(T * B).view(T, B)[real].to(device)
@@ -56,6 +59,7 @@ class PackedLayout:
 
     @property
     def rows(self) -> int:
+        """Return N, the number of packed (real) rows."""
         return self.positions.numel()
 
     def pad(self, data: torch.Tensor) -> torch.Tensor:
@@ -70,10 +74,10 @@ class PackedLayout:
         return padded.reshape(T * B, F).index_select(0, self.positions)
 
 
-_HIDDEN_FROM_COMPILE: dict = {}
+_HIDDEN_FROM_COMPILE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def _outside_compile(fn):
+def _outside_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Return ``fn`` wrapped by ``torch.compiler.disable``, made once (only when compiling, so
     that importing rnnprobe does not import torch._dynamo)."""
     if fn not in _HIDDEN_FROM_COMPILE:
@@ -103,8 +107,8 @@ class ElmanRNN(nn.RNNBase):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         proj_size: int = 0,
     ) -> None:
@@ -137,9 +141,17 @@ class ElmanRNN(nn.RNNBase):
     def flat_weights(self) -> list[torch.Tensor]:
         """Return the weights in ``torch.nn.RNN`` order: per layer and direction W_ih, W_hh[, b]."""
         self._update_flat_weights()
-        return list(self._flat_weights)
+        return list(self._weights())
 
-    def forward(self, input, hx: torch.Tensor | None = None):
+    def _weights(self) -> list[torch.Tensor]:
+        """Return ``_flat_weights`` itself, typed as the tensors it holds."""
+        # torch types the list Optional[Tensor] (None stands for a weight not yet registered;
+        # torch's own code ignores that type too): an ElmanRNN has registered every weight.
+        return cast("list[torch.Tensor]", self._flat_weights)
+
+    def forward(
+        self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
         """Return (output, h_n) exactly as ``torch.nn.RNN`` does; see the class docstring.
 
         Under ``torch.compile`` the call runs eager, outside the graph (one graph break): the
@@ -150,7 +162,10 @@ class ElmanRNN(nn.RNNBase):
             return _outside_compile(ElmanRNN._forward)(self, input, hx)
         return self._forward(input, hx)
 
-    def _forward(self, input, hx):
+    def _forward(
+        self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
+        """Return (output, h_n) for a packed, batched or unbatched input (not compiled)."""
         self._update_flat_weights()
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
@@ -180,7 +195,9 @@ class ElmanRNN(nn.RNNBase):
             return output.squeeze(1), h_n.squeeze(1)
         return (output.transpose(0, 1) if self.batch_first else output), h_n
 
-    def _forward_packed(self, packed: PackedSequence, hx):
+    def _forward_packed(
+        self, packed: PackedSequence, hx: torch.Tensor | None
+    ) -> tuple[PackedSequence, torch.Tensor]:
         """Run a packed batch: each sequence for its own length, in the packed (sorted) order."""
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         B = int(batch_sizes[0])
@@ -189,16 +206,19 @@ class ElmanRNN(nn.RNNBase):
         self._check_hidden(hx, data, B)
         layout = PackedLayout.of(batch_sizes, data.device)
         output, h_n = self._run(layout.pad(data), hx, layout, unsorted_indices)
-        output = PackedSequence(layout.pack(output), batch_sizes, sorted_indices, unsorted_indices)
-        return output, self.permute_hidden(h_n, unsorted_indices)
+        packed_output = PackedSequence(
+            layout.pack(output), batch_sizes, sorted_indices, unsorted_indices
+        )
+        return packed_output, self.permute_hidden(h_n, unsorted_indices)
 
     def _initial_state(self, x: torch.Tensor, B: int) -> torch.Tensor:
+        """Return a zero h0 (L·D, B, H) of ``x``'s dtype and device."""
         D = 2 if self.bidirectional else 1
         return x.new_zeros(self.num_layers * D, B, self.hidden_size)
 
     def _check_input(self, x: torch.Tensor, dims: int) -> None:
         """Raise ``torch.nn.RNN``'s errors for a wrong dtype, rank or input size."""
-        weight = self._flat_weights[0]
+        weight = self._weights()[0]
         if x.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise RNNArgumentError(
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -229,22 +249,36 @@ class ElmanRNN(nn.RNNBase):
                 f"{x.device} and hidden tensor at {hx.device}"
             )
 
-    def _run(self, x, hx, layout=None, order=None):
+    def _run(
+        self,
+        x: torch.Tensor,
+        hx: torch.Tensor,
+        layout: PackedLayout | None = None,
+        order: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (output (T, B, D·H), h_n (L·D, B, H)) for time-major x (T, B, I)."""
-        weights = list(self._flat_weights)
+        weights = list(self._weights())
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):  # compute in autocast's dtype, as nn.RNN
             dtype = torch.get_autocast_dtype(device_type)
 
-            def cast(t):
+            def to_autocast(t: torch.Tensor) -> torch.Tensor:
                 return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
-            x, hx, weights = cast(x), cast(hx), [cast(w) for w in weights]
+            x, hx, weights = to_autocast(x), to_autocast(hx), [to_autocast(w) for w in weights]
             with torch.autocast(device_type, enabled=False):
                 return self._apply_stack(x, hx, weights, layout, order)
         return self._apply_stack(x, hx, weights, layout, order)
 
-    def _apply_stack(self, x, hx, weights, layout, order):
+    def _apply_stack(
+        self,
+        x: torch.Tensor,
+        hx: torch.Tensor,
+        weights: list[torch.Tensor],
+        layout: PackedLayout | None,
+        order: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (output (T, B, D·H), h_n (L·D, B, H)) from the instrumented BPTT function."""
         T = x.shape[0]
         sizes = None if layout is None else layout.batch_sizes
         directions = (False, True) if self.bidirectional else (False,)
@@ -263,7 +297,7 @@ class ElmanRNN(nn.RNNBase):
         )
         return output, h_n
 
-    def _dropout_masks(self, x: torch.Tensor, layout) -> list[torch.Tensor]:
+    def _dropout_masks(self, x: torch.Tensor, layout: PackedLayout | None) -> list[torch.Tensor]:
         """Return the L - 1 dropout masks (T, B, D·H) of a training pass, scaled by 1/(1-p).
 
         Drawn like ``torch.nn.RNN``'s (``bernoulli_(1 - p)`` on each layer's output, in layer
@@ -275,7 +309,7 @@ class ElmanRNN(nn.RNNBase):
         T, B, _ = x.shape
         width = self.hidden_size * (2 if self.bidirectional else 1)
         shape = (T, B, width) if layout is None else (layout.rows, width)
-        masks = []
+        masks: list[torch.Tensor] = []
         for _ in range(self.num_layers - 1):
             if p == 1:
                 mask = x.new_zeros(shape)
@@ -310,6 +344,7 @@ class ElmanRNN(nn.RNNBase):
         return rnn.train(self.training)
 
     def extra_repr(self) -> str:
+        """Return ``torch.nn.RNN``'s summary, plus the nonlinearity when it is not tanh."""
         text = super().extra_repr()
         return text if self.nonlinearity == "tanh" else f"{text}, nonlinearity='relu'"
 
@@ -365,7 +400,9 @@ class RNNLanguageModel(nn.Module):
         )
         return loss, h_n
 
-    def next_token_loss(self, tokens: torch.Tensor, h0: torch.Tensor | None = None):
+    def next_token_loss(
+        self, tokens: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``loss(tokens[:, :-1], tokens[:, 1:], h0)``: predict each next token."""
         if tokens.shape[1] < 2:
             raise RnnprobeError("next-token loss needs sequences of at least 2 tokens")
@@ -400,7 +437,7 @@ class RNNClassifier(nn.Module):
             if vocab_size is not None
             else None
         )
-        rnn_input = embedding_dim if vocab_size is not None else input_size
+        rnn_input = input_size if input_size is not None else embedding_dim  # exactly one given
         self.rnn = make_rnn(rnn, rnn_input, hidden_size, num_layers, nonlinearity)
         self.head = nn.Linear(hidden_size, num_outputs)
 
@@ -429,7 +466,13 @@ class RNNClassifier(nn.Module):
             last = output[lengths.to(output.device) - 1, torch.arange(B, device=output.device)]
         return self.head(last)
 
-    def loss(self, inputs, targets, lengths=None, h0=None) -> torch.Tensor:
+    def loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        h0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Return the mean cross-entropy against class targets (B,)."""
         return F.cross_entropy(self(inputs, lengths, h0), targets)
 
@@ -437,7 +480,13 @@ class RNNClassifier(nn.Module):
 class RNNRegressor(RNNClassifier):
     """Many-to-one regression (e.g. the adding problem): mean squared error on (B, num_outputs)."""
 
-    def loss(self, inputs, targets, lengths=None, h0=None) -> torch.Tensor:
+    def loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        h0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Return the mean squared error against targets (B,) or (B, num_outputs)."""
         prediction = self(inputs, lengths, h0)
         return F.mse_loss(prediction, targets.reshape(prediction.shape))

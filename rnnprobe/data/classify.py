@@ -6,7 +6,7 @@ The data (:mod:`rnnprobe.data.textdata`) is a folder of ``<class>.txt`` files or
 split per class into training and validation examples. Training batches draw ``B`` training
 examples uniformly, with replacement, with the run's data generator; the evaluation set is the
 validation split in a fixed order, in batches of ``B`` (the last one shorter). T is the
-longest kept example (at most ``seq_len``); a model reads its output at ``batch.last_index``.
+longest kept example (at most ``seq_len``); a model reads its output at its last real step.
 
 Baseline: the class prior of the training split, p. Predicting p for every example costs its
 entropy H(p) = −Σ_c p_c ln p_c nats (the loss baseline); always answering the majority class
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -46,7 +46,7 @@ class ClassifyTask(Task):
 
     @classmethod
     def from_path(
-        cls, path: str | os.PathLike[str], *, seq_len: int = 20, seed: int = 0, **options
+        cls, path: str | os.PathLike[str], *, seq_len: int = 20, seed: int = 0, **options: Any
     ) -> ClassifyTask:
         """Return the task on the data at ``path``, split with ``seed``.
 
@@ -60,14 +60,17 @@ class ClassifyTask(Task):
 
     @property
     def steps(self) -> int:
+        """Return T, the padded length: the longest kept example (at most ``seq_len``)."""
         return self.data.seq_len
 
     @property
     def input_size(self) -> int:
+        """Return the vocabulary size, the padding and unknown tokens (ids 0, 1) included."""
         return len(self.data.vocab)
 
     @property
     def output_size(self) -> int:
+        """Return K, the number of classes."""
         return self.data.num_classes
 
     @property
@@ -83,16 +86,19 @@ class ClassifyTask(Task):
 
     @property
     def baseline_loss(self) -> float:
+        """Return H(p), the entropy in nats of the training split's class prior p."""
         p = self.prior
         p = p[p > 0]
         return float(-(p * p.log()).sum())
 
     @property
     def baseline_metric(self) -> float:
+        """Return max_c p_c: the accuracy of always answering the majority class."""
         return float(self.prior.max())
 
     @property
     def baseline_description(self) -> str:
+        """Return one line naming the baseline predictors and their accuracy and loss."""
         K, majority = self.output_size, self.class_names[int(self.prior.argmax())]
         return (
             f"majority class of the training split: always {majority!r} scores accuracy "
@@ -116,6 +122,7 @@ class ClassifyTask(Task):
         }
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """Return ``batch_size`` training examples drawn uniformly, with replacement."""
         B, d = check_int(batch_size, "batch_size"), self.data
         rows = torch.randint(0, len(d.train_labels), (B,), generator=generator)  # (B,)
         return Batch(d.train_ids[rows], d.train_labels[rows], d.train_lengths[rows])

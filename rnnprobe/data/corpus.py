@@ -122,7 +122,7 @@ def stdlib_source_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise RnnprobeError(f"the Python standard library directory is missing: {root}")
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Installed packages differ between machines; caches are not source.
         dirnames[:] = [d for d in dirnames if d not in ("site-packages", "__pycache__")]

@@ -2,8 +2,7 @@ r"""Training tasks with a stated baseline loss, their batches, and truncated-BPT
 
 Every batch is generated on the fly from a ``torch.Generator``, so the same seed gives the
 same batches. Batches are batch-first and stay on the CPU; the training loop moves them with
-``batch.to(device)`` (``non_blocking=True``), after pinning them if it wants the copy to
-overlap compute (``DataLoader(TaskStream(...), batch_size=None, pin_memory=True)``).
+``batch.to(device)``.
 Letters: ``B`` batch, ``T`` time steps of one batch, ``F`` input features.
 
     task    inputs              targets             lengths     kind
@@ -19,7 +18,7 @@ from its config through the registry: :func:`register_task` adds a task of your 
 
 Token id 0 is padding in every token task (``<pad>``), so an embedding may use
 ``padding_idx=0``. Where ``lengths`` is set, row ``b`` is real for ``t < lengths[b]`` and
-padded after; a many-to-one model reads its output at ``batch.last_index``.
+padded after; a many-to-one model reads its output at step ``lengths[b] - 1``.
 
 ``baseline_loss`` is the loss (nats per target, or MSE) of the best predictor that does not
 use the long-range information; a run "beat the baseline" when its loss is clearly below it.
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from typing_extensions import override
 
 from rnnprobe.data.corpus import (
     PAD_ID,
@@ -45,6 +44,7 @@ from rnnprobe.data.corpus import (
     build_corpus,
     unigram_entropy,
 )
+from rnnprobe.data.names import BUILT_IN_TASKS, add_task_name
 from rnnprobe.errors import RnnprobeError
 
 if TYPE_CHECKING:
@@ -80,14 +80,6 @@ class Batch:
         steps = torch.arange(T, device=self.inputs.device)
         return steps[None, :] < self.lengths[:, None]
 
-    @property
-    def last_index(self) -> torch.Tensor:
-        """Return (B,) int64: the index of each row's last real step."""
-        B, T = self.inputs.shape[:2]
-        if self.lengths is None:
-            return torch.full((B,), T - 1, dtype=torch.int64, device=self.inputs.device)
-        return self.lengths - 1
-
     def _map(self, fn: Any) -> Batch:
         lengths = None if self.lengths is None else fn(self.lengths)
         return Batch(fn(self.inputs), fn(self.targets), lengths, self.continues)
@@ -95,10 +87,6 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """Return the batch on ``device`` (asynchronous copy when the batch is pinned)."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """Return the batch in pinned memory (DataLoader's ``pin_memory=True`` calls this)."""
-        return self._map(lambda t: t.pin_memory())
 
 
 class Task:
@@ -201,26 +189,32 @@ class CopyTask(Task):
         return self.seq_len + 2 * self.recall_length
 
     @property
+    @override
     def steps(self) -> int:
         return self.total_len
 
     @property
+    @override
     def input_size(self) -> int:
         return COPY_FIRST_SYMBOL + self.num_symbols
 
     @property
+    @override
     def output_size(self) -> int:
         return self.input_size  # targets use the input ids
 
     @property
+    @override
     def baseline_loss(self) -> float:
         return self.recall_length * math.log(self.num_symbols) / self.total_len
 
     @property
+    @override
     def baseline_metric(self) -> float:
         return 1.0 / self.num_symbols
 
     @property
+    @override
     def baseline_description(self) -> str:
         R, n, T = self.recall_length, self.num_symbols, self.total_len
         return (
@@ -228,6 +222,7 @@ class CopyTask(Task):
             f"steps: {R}·ln {n}/{T} = {self.baseline_loss:.4f} nats/step"
         )
 
+    @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         B, T, R = check_int(batch_size, "batch_size"), self.total_len, self.recall_length
         first, last = COPY_FIRST_SYMBOL, COPY_FIRST_SYMBOL + self.num_symbols
@@ -259,25 +254,31 @@ class AddingTask(Task):
         check_int(self.seq_len, "seq_len", 2)
 
     @property
+    @override
     def input_size(self) -> int:
         return 2
 
     @property
+    @override
     def output_size(self) -> int:
         return 1
 
     @property
+    @override
     def baseline_loss(self) -> float:
         return 1.0 / 6.0
 
     @property
+    @override
     def baseline_metric(self) -> float:
         return self.baseline_loss
 
     @property
+    @override
     def baseline_description(self) -> str:
         return "always predict the mean sum 1: MSE = Var(U1 + U2) = 1/6 = 0.1667"
 
+    @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         B, T = check_int(batch_size, "batch_size"), self.seq_len
         values = torch.rand(B, T, generator=generator, dtype=torch.float32)  # (B, T)
@@ -296,7 +297,7 @@ class RecallTask(Task):
     Inputs (B, T), T = seq_len + 1: a key id in ``1..K`` at step 0, then ``seq_len``
     distractor ids in ``K+1..K+D``. Target (B,): the key's class ``key_id - 1`` in ``[0, K)``.
     With ``variable_length``, row ``b`` has ``lengths[b]`` in ``[2, T]`` real steps and is
-    padded with 0 after; the answer is due at ``last_index``.
+    padded with 0 after; the answer is due at the last real step.
     """
 
     name: ClassVar[str] = "recall"
@@ -313,30 +314,37 @@ class RecallTask(Task):
         check_int(self.num_distractors, "num_distractors")
 
     @property
+    @override
     def steps(self) -> int:
         return self.seq_len + 1
 
     @property
+    @override
     def input_size(self) -> int:
         return 1 + self.num_classes + self.num_distractors
 
     @property
+    @override
     def output_size(self) -> int:
         return self.num_classes
 
     @property
+    @override
     def baseline_loss(self) -> float:
         return math.log(self.num_classes)
 
     @property
+    @override
     def baseline_metric(self) -> float:
         return 1.0 / self.num_classes
 
     @property
+    @override
     def baseline_description(self) -> str:
         K = self.num_classes
         return f"chance: uniform over {K} keys: ln {K} = {self.baseline_loss:.4f} nats, acc 1/{K}"
 
+    @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         B, T, K = check_int(batch_size, "batch_size"), self.seq_len + 1, self.num_classes
         keys = torch.randint(0, K, (B,), generator=generator)  # (B,)
@@ -421,17 +429,21 @@ class LMTask(Task):
 
     @property
     def metric(self) -> str:  # type: ignore[override]
+        """``bpc`` (bits per character) for a character corpus, else ``perplexity``."""
         return "bpc" if self.corpus.vocab.level == "char" else "perplexity"
 
     @property
+    @override
     def input_size(self) -> int:
         return self.corpus.vocab_size
 
     @property
+    @override
     def output_size(self) -> int:
         return self.corpus.vocab_size
 
     @property
+    @override
     def baseline_loss(self) -> float:
         return self._unigram
 
@@ -441,10 +453,12 @@ class LMTask(Task):
         return math.log(self.corpus.vocab_size)
 
     @property
+    @override
     def baseline_metric(self) -> float:
         return bits_per_char(self._unigram) if self.metric == "bpc" else math.exp(self._unigram)
 
     @property
+    @override
     def baseline_description(self) -> str:
         return (
             f"unigram frequencies of the training split: {self._unigram:.4f} nats/token "
@@ -452,6 +466,7 @@ class LMTask(Task):
             f"{self.corpus.vocab_size} ids: ln V = {self.uniform_loss:.4f} nats"
         )
 
+    @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         check_int(batch_size, "batch_size")
         return random_windows(self.corpus.train, batch_size, self.seq_len, generator)
@@ -507,13 +522,13 @@ def _recall(config: RunConfig) -> Task:
 
 def _classify(config: RunConfig) -> Task:
     from rnnprobe.data.classify import ClassifyTask  # it builds on this module
-    from rnnprobe.training.config import derived_seed
+    from rnnprobe.seeds import derived_seed
 
     c = config.task
     return ClassifyTask.from_path(
         c.data,
         seq_len=c.seq_len,
-        seed=derived_seed(config.seed, 4),  # the split: offsets 1-3 seed probes, cuts, evals
+        seed=derived_seed(config.seed, "split"),
         level=c.level,
         valid_fraction=c.valid_fraction,
         lowercase=c.lowercase,
@@ -530,7 +545,6 @@ _FACTORIES: dict[str, TaskFactory] = {
     "recall": _recall,
     "classify": _classify,
 }
-BUILT_IN = tuple(_FACTORIES)
 
 
 def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> None:
@@ -574,8 +588,6 @@ def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> 
         register_task("parity", lambda config: ParityTask(seq_len=config.task.seq_len))
         train_run(build_config({"task.name": "parity", "task.seq_len": 4}), "runs/parity")
     """
-    from rnnprobe.training.config import add_choice
-
     if not isinstance(name, str) or not _NAME.match(name):
         raise RnnprobeError(
             f"task name {name!r} must be lowercase letters, digits, '_' or '-', "
@@ -583,17 +595,12 @@ def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> 
         )
     if not callable(factory):
         raise RnnprobeError(f"the factory of task {name!r} is not callable: {factory!r}")
-    if name in BUILT_IN:
+    if name in BUILT_IN_TASKS:
         raise RnnprobeError(f"{name!r} is a built-in task; register yours under another name")
     if name in _FACTORIES and not replace:
         raise RnnprobeError(f"task {name!r} is already registered; pass replace=True")
     _FACTORIES[name] = factory
-    add_choice("task.name", name)
-
-
-def task_names() -> tuple[str, ...]:
-    """Return the names of the built-in and registered tasks, in registration order."""
-    return tuple(_FACTORIES)
+    add_task_name(name)
 
 
 def task_from_config(config: RunConfig) -> Task:
@@ -661,40 +668,3 @@ def make_task(name: str, **options: Any) -> Task:
             raise RnnprobeError(f"{', '.join(corpus_options)} apply only to a corpus path")
         options["corpus"] = corpus
     return cls(**options)
-
-
-def worker_seed(seed: int, worker_id: int) -> int:
-    """Return the seed of DataLoader worker ``worker_id`` (``seed`` itself for worker 0)."""
-    if worker_id == 0:
-        return seed
-    g = torch.Generator().manual_seed(seed)
-    return int(torch.randint(0, 2**62, (worker_id,), generator=g)[-1])
-
-
-class TaskStream(IterableDataset):
-    """Batches of ``task`` as an IterableDataset; use ``DataLoader(stream, batch_size=None)``.
-
-    Without workers it yields exactly ``task.batches(batch_size, Generator().manual_seed(seed))``;
-    worker ``w`` of several draws from ``worker_seed(seed, w)``. ``num_batches`` (split over
-    the workers) makes it finite. Sequential LM batches need one process, so streams stay whole.
-    """
-
-    def __init__(
-        self, task: Task, batch_size: int, *, seed: int = 0, num_batches: int | None = None
-    ) -> None:
-        self.task, self.batch_size, self.seed = task, check_int(batch_size, "batch_size"), seed
-        self.num_batches = None if num_batches is None else check_int(num_batches, "num_batches")
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        if workers > 1 and getattr(self.task, "sampling", None) == "sequential":
-            raise RnnprobeError("sequential lm batches need num_workers=0 to keep streams whole")
-        g = torch.Generator().manual_seed(worker_seed(self.seed, worker))
-        stream = self.task.batches(self.batch_size, g)
-        if self.num_batches is None:
-            yield from stream
-            return
-        share = self.num_batches // workers + (worker < self.num_batches % workers)
-        for _ in range(share):
-            yield next(stream)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -184,7 +185,7 @@ def _lbfgs(
             line_search_fn="strong_wolfe",
         )
 
-        def closure():
+        def closure() -> torch.Tensor:
             optimiser.zero_grad()
             total = speed(h, w_hh, u, nonlinearity).sum()
             total.backward()
@@ -425,8 +426,20 @@ def constant_drive(
     return u
 
 
+class _ElmanStack(Protocol):
+    """What ``layer_trajectories`` reads of a stacked Elman RNN besides its parameters."""
+
+    @property
+    def num_layers(self) -> int:
+        """Return L, the number of stacked layers."""
+
+    @property
+    def nonlinearity(self) -> str:
+        """Return φ's name: 'tanh' or 'relu'."""
+
+
 def layer_trajectories(
-    rnn: torch.nn.Module, x: torch.Tensor, layer: int
+    rnn: _ElmanStack, x: torch.Tensor, layer: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (input x (T, B, I_l), states h (T, B, H)) of ``layer`` of a stacked Elman RNN.
 

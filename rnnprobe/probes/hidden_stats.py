@@ -120,7 +120,13 @@ def hidden_state_stats(
     )
 
 
-def _padded_stats(h, phi_prime, blocked, real, nonlinearity) -> HiddenStats:
+def _padded_stats(
+    h: torch.Tensor,
+    phi_prime: torch.Tensor,
+    blocked: torch.Tensor,
+    real: torch.Tensor,
+    nonlinearity: str,
+) -> HiddenStats:
     """Return the statistics over the real (t, b) of ``real`` (T, B) only."""
     T, B, H = h.shape
     if tuple(real.shape) != (T, B):

@@ -58,7 +58,12 @@ def _apply_jacobian(phi_prime_t: torch.Tensor, w_hh: torch.Tensor, q: torch.Tens
 
 
 def initial_frame(
-    hidden_size: int, k: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, device=None
+    hidden_size: int,
+    k: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Return a random orthonormal (H, k) frame, reproducible from ``seed`` on every device."""
     gen = torch.Generator().manual_seed(seed)

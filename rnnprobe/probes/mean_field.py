@@ -16,6 +16,7 @@ E[relu(√q z)²] = q/2 and E[φ'²] = 1/2, so q* = σ_in²/(1 − σ_w²/2), in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ class MeanField:
         return [{"quantity": f"mean_field_{k}", "value": v} for k, v in vars(self).items()]
 
 
-def _gaussian_expectation(f, q: float, points: int) -> float:
+def _gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q: float, points: int) -> float:
     """Return E_z[f(√q z)] for z ~ N(0, 1) by Gauss–Hermite quadrature."""
     z, w = np.polynomial.hermite_e.hermegauss(points)
     return float(np.sum(w * f(math.sqrt(q) * z)) / math.sqrt(2 * math.pi))

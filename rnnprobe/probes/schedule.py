@@ -39,14 +39,15 @@ class Schedule:
     def parse(cls, text: str) -> Schedule:
         """Return the schedule written as 'always', 'never', 'every:K' or 'log:BASE'."""
         kind, _, arg = text.strip().partition(":")
-        if kind in ("always", "never") and not arg:
-            return cls(kind)
-        if kind in ("every", "log") and arg:
-            try:
-                value = float(arg)
-            except ValueError:
-                raise RnnprobeError(f"schedule {text!r} needs a number after ':'") from None
-            return cls(kind, value)
+        match kind:  # (a match narrows ``kind`` to a ScheduleKind for the type checker)
+            case "always" | "never" if not arg:
+                return cls(kind)
+            case "every" | "log" if arg:
+                try:
+                    value = float(arg)
+                except ValueError:
+                    raise RnnprobeError(f"schedule {text!r} needs a number after ':'") from None
+                return cls(kind, value)
         raise RnnprobeError(f"bad schedule {text!r}; use always, never, every:K or log:BASE")
 
     def fires(self, step: int) -> bool:

@@ -35,14 +35,13 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +50,17 @@ import pyarrow.parquet as pq
 import torch
 
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.lock import LOCK_NAME, process_identity, writer_alive
+from rnnprobe.records.index import (
+    HEARTBEAT_SECONDS,
+    STATUSES,
+    TMP_MARK,
+    atomic_write,
+    is_run_dir,
+    read_config_file,
+    read_status,
+    write_atomic,
+)
+from rnnprobe.records.lock import LOCK_NAME, process_identity
 
 __all__ = [
     "STANDARD_TABLES",
@@ -66,9 +75,6 @@ __all__ = [
     "write_atomic",
 ]
 
-STATUSES = ("running", "done", "failed", "diverged", "interrupted")
-HEARTBEAT_SECONDS = 60.0  # a running writer rewrites status.json at least this often
-STALE_SECONDS = 600.0  # a writer on another host silent this long is reported stale
 
 # The tables the training loop writes, column -> meaning; one row per (step, layer, ...) key.
 STANDARD_TABLES: dict[str, dict[str, str]] = {
@@ -223,7 +229,6 @@ Rows = Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PART_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
-_TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -252,55 +257,14 @@ class Run:
         return self.tables[name]
 
 
-def is_run_dir(path: str | os.PathLike) -> bool:
-    """Return whether ``path`` is a directory holding a ``config.json`` written by the store."""
-    return (Path(path) / "config.json").is_file()
-
-
 def load_run(path: str | os.PathLike, tables: Iterable[str] | None = None) -> Run:
     """Return the run at ``path`` with ``tables`` (default: all it wrote) read eagerly."""
     path = Path(path)
     if not is_run_dir(path):
         raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
-    config = _read_json(path / "config.json")
+    config = read_config_file(path / "config.json")
     names = _table_names(path) if tables is None else list(tables)
     return Run(path, config, read_status(path), {name: read_table(path, name) for name in names})
-
-
-def read_status(path: str | os.PathLike) -> dict:
-    """Return the run's ``status.json`` as readers should see it; ``{}`` when there is none.
-
-    A status that cannot be read (cut short by a crash) reads as ``interrupted``; a
-    ``running`` status whose writer is gone reads as ``interrupted`` (this host) or ``stale``
-    (another host, no heartbeat for ``STALE_SECONDS``), with the reason in ``error``.
-    """
-    target = Path(path) / "status.json"
-    try:
-        record = json.loads(target.read_bytes())
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except (OSError, ValueError):
-        return {"status": "interrupted", "step": 0, "error": f"{target} is unreadable"}
-    if not isinstance(record, dict) or record.get("status") not in STATUSES:
-        return {"status": "interrupted", "step": 0, "error": f"{target} is not a run status"}
-    if record["status"] == "running":
-        alive = writer_alive(record)
-        if alive is False:
-            pid = record.get("pid")
-            record = {**record, "status": "interrupted", "error": f"its writer (pid {pid}) died"}
-        elif alive is None and _age(record.get("updated")) > STALE_SECONDS:
-            host = record.get("host", "another host")
-            error = f"no heartbeat from {host} since {record.get('updated')}"
-            record = {**record, "status": "stale", "error": error}
-    return record
-
-
-def _age(stamp: Any) -> float:
-    """Return seconds since an ISO time stamp (0 when it cannot be parsed)."""
-    try:
-        return (datetime.now(UTC) - datetime.fromisoformat(str(stamp))).total_seconds()
-    except ValueError:
-        return 0.0
 
 
 def read_table(path: str | os.PathLike, name: str) -> pd.DataFrame:
@@ -427,7 +391,7 @@ class RunStore:
     @property
     def config(self) -> dict:
         """Return the run's config as stored in ``config.json``."""
-        return _read_json(self.path / "config.json")
+        return read_config_file(self.path / "config.json")
 
     def set_status(self, status: str, step: int, error: str | None = None) -> None:
         """Write ``status.json`` atomically with the current time."""
@@ -474,7 +438,7 @@ class RunStore:
             directory = self.path / "tables" / table
             directory.mkdir(parents=True, exist_ok=True)
             seq = self._next_part.get(table, 0)
-            _atomic_write(directory / _part(seq), partial(pq.write_table, data))
+            atomic_write(directory / _part(seq), partial(pq.write_table, data))
             self._next_part[table] = seq + 1
             pieces.clear()
 
@@ -489,7 +453,7 @@ class RunStore:
         directory.mkdir(exist_ok=True)
         record = {"step": int(step), "state": state, "table_parts": dict(self._next_part)}
         target = directory / f"step-{int(step)}.pt"
-        _atomic_write(target, lambda f: torch.save(record, f))
+        atomic_write(target, lambda f: torch.save(record, f))
         for old in list(_checkpoint_files(directory).values())[: -self.keep_checkpoints]:
             old.unlink()
         return target
@@ -673,57 +637,11 @@ def _config_json(config: Mapping[str, Any]) -> bytes:
         raise RnnprobeError(f"the run config cannot be written as JSON: {err}") from None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise RecordError(f"{path} is missing") from None
-    except (OSError, ValueError) as error:
-        raise RecordError(f"{path} is damaged ({type(error).__name__})") from None
-    if not isinstance(data, dict):
-        raise RecordError(f"{path} is damaged (not a JSON object)")
-    return data
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` through a fsynced temporary and ``os.replace``."""
-    _atomic_write(target, lambda f: f.write(data))
-
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary beside ``target``, fsync it, then rename it over."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TMP_MARK}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_temporaries(path: Path) -> None:
     # Only where the store writes, so foreign files in the directory are never touched.
     directories = [path, path / "checkpoints", path / "snapshots", *(path / "tables").glob("*")]
     for directory in directories:
-        for tmp in directory.glob(f".*{_TMP_MARK}*"):
+        for tmp in directory.glob(f".*{TMP_MARK}*"):
             if tmp.is_file():
                 tmp.unlink()
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,12 +42,16 @@ from rnnprobe.report.pages import (
     SETTINGS,
     TASK_SETTINGS,
     Page,
+    Panel,
     _add_grid,
     _display,
     _distinct_steps,
     _load,
     _slug,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["build_comparison", "default_output", "differing_settings", "run_ids", "run_label"]
 
@@ -122,11 +127,11 @@ def _short_names(keys: Sequence[str]) -> dict[str, str]:
 
 def _checked(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Return the paths as run directories; raise on a study, a non-run or a repeated run."""
-    paths = [Path(p) for p in paths]
-    if len(paths) < 2:
+    dirs = [Path(p) for p in paths]
+    if len(dirs) < 2:
         raise RnnprobeError("a comparison needs two or more run directories")
     seen: dict[Path, Path] = {}
-    for path in paths:
+    for path in dirs:
         if not path.exists():
             raise RnnprobeError(f"{path} does not exist")
         if (path / "study.json").is_file() or (path / "runs").is_dir():
@@ -139,7 +144,7 @@ def _checked(paths: Sequence[str | os.PathLike]) -> list[Path]:
         if path.resolve() in seen:
             raise RnnprobeError(f"{path} is given twice (as {seen[path.resolve()]})")
         seen[path.resolve()] = path
-    return paths
+    return dirs
 
 
 def _analyse(runs: Sequence[Run], ids: Sequence[str]) -> StudyAnalysis:
@@ -214,7 +219,7 @@ def _shared_settings(summaries: Sequence[RunSummary], keys: Sequence[str]) -> st
 
 def _panels(
     analysis: StudyAnalysis, palette: dict, labels: dict[str, str], shared: str
-) -> tuple[list, list[str]]:
+) -> tuple[list[Panel], list[str]]:
     """Return the figure's panels (the key first) and what was left out, naming the runs."""
     summaries = analysis.study.runs
     empty = [s.run_id for s in summaries if not _recorded(analysis.runs[s.run_id])]
@@ -225,10 +230,16 @@ def _panels(
     ]  # fmt: skip
     key = pd.DataFrame({"run": list(labels), "label": wrapped})
     note = textwrap.fill(f"same in all runs: {shared}", 58) if shared else None
-    panels = [lambda ax: plots.plot_run_key(key, palette=palette, note=note, ax=ax)]
+    panels: list[Panel] = [lambda ax: plots.plot_run_key(key, palette=palette, note=note, ax=ax)]
     missing = [f"{', '.join(empty)} (no records yet)"] if empty else []
 
-    def add(what: str, frame: pd.DataFrame, lacking: list[tuple], plot, **options) -> None:
+    def add(
+        what: str,
+        frame: pd.DataFrame,
+        lacking: list[tuple],
+        plot: Callable[..., Axes],
+        **options: Any,
+    ) -> None:
         lacking = [(run, why) for run, why in lacking if run not in empty]
         if lacking:
             missing.append(f"{what} of {_named(lacking)}")
@@ -325,7 +336,7 @@ def _adjoint_frame(
         top = adjoints[adjoints["layer"] == adjoints["layer"].max()] if len(adjoints) else adjoints
         at = phase_steps(top).get(phase)
         rows = top[top["step"] == at[0]] if at else top.iloc[0:0]
-        if _distinct_t(rows) < 2:
+        if not at or _distinct_t(rows) < 2:  # (no step: no rows)
             where = f" at {phase}" if len(top) else ""
             lacking.append((s.run_id, f"no adjoint records{where}"))
             continue

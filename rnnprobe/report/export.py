@@ -55,10 +55,11 @@ import numpy as np
 import pandas as pd
 
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.store import Run, is_run_dir, load_run
+from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.store import Run, load_run
 
 if TYPE_CHECKING:
-    from rnnprobe.study.runner import StudyEntry
+    from rnnprobe.records.index import StudyEntry
 
 __all__ = [
     "MISSING_TENSORBOARD",
@@ -382,9 +383,9 @@ def export_tensorboard(
 
 def _study_entries(path: Path) -> list[StudyEntry]:
     """Return the study's runs; RnnprobeError when ``path`` is neither a run nor a study."""
-    from rnnprobe.study.runner import INDEX_NAME, read_study
+    from rnnprobe.records.index import INDEX_NAME, is_study_dir, read_study
 
-    if not path.is_dir() or not ((path / INDEX_NAME).is_file() or (path / "runs").is_dir()):
+    if not path.is_dir() or not is_study_dir(path):
         raise RnnprobeError(
             f"{path} is neither an rnnprobe run (no config.json) nor a study "
             f"(no {INDEX_NAME} or runs/)"

@@ -20,11 +20,14 @@ import math
 import os
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from rnnprobe.analysis.class_scores import ClassScores
@@ -64,6 +67,9 @@ TASK_SETTINGS = {  # the data settings a task's reader uses, shown after SETTING
 }
 
 
+Panel = Callable[[Axes], object]  # draws one panel of a figure on the axes it is given
+
+
 @dataclass
 class Page:
     """A report as blocks, rendered alike to HTML (inline images) and Markdown (PNG links)."""
@@ -72,19 +78,24 @@ class Page:
     blocks: list[tuple] = field(default_factory=list)
 
     def heading(self, text: str, level: int = 2) -> None:
+        """Add a heading of ``level`` (2: a section, 3: a subsection)."""
         self.blocks.append(("h", level, text))
 
     def text(self, text: str) -> None:
+        """Add a paragraph."""
         self.blocks.append(("p", text))
 
     def bullets(self, lines: list[str]) -> None:
+        """Add a bulleted list of ``lines``; nothing when there are none."""
         if lines:
             self.blocks.append(("ul", lines))
 
     def table(self, df: pd.DataFrame) -> None:
+        """Add ``df`` as a table."""
         self.blocks.append(("table", df))
 
     def figure(self, name: str, png: bytes, caption: str) -> None:
+        """Add the image ``png`` (the file ``name`` in Markdown) with its caption."""
         self.blocks.append(("img", name, png, caption))
 
     def html(self) -> str:
@@ -344,11 +355,19 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         hue = ", ".join(a.rpartition(".")[2] for a in others)
         table = table.assign(**{hue: table[others].astype(str).agg(", ".join, axis=1)})
     init_at, end_at = _steps_of(table, "init_step"), _steps_of(table, "end_step")
-    panels, notes = [], []
+    panels: list[Panel] = []
+    notes: list[str] = []
     if x is not None:
         judged = table[~table["outcome"].isin(["untrained", "diverged", "unknown"])]
 
-        def measure(frame, series, title, ylabel, positive=False, **kw):
+        def measure(
+            frame: pd.DataFrame,
+            series: dict[str, str],
+            title: str,
+            ylabel: str,
+            positive: bool = False,
+            **kw: Any,
+        ) -> bool:
             kept = {}
             for name, column in series.items():
                 if _levels(frame, x, column, positive) >= 2:
@@ -458,8 +477,15 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         if not reach.empty and (reach["phase"] == phase).any():
             rows = reach[reach["phase"] == phase]
             order = {label: label for label in pd.unique(rows["label"])}
-            panels.append(
-                lambda ax, rows=rows, phase=phase, at=at, order=order: plots.plot_gradient_reach(
+
+            def reach_panel(
+                ax: Axes,
+                rows: pd.DataFrame = rows,
+                phase: str = phase,
+                at: str = at,
+                order: dict[str, str] = order,
+            ) -> Axes:
+                return plots.plot_gradient_reach(
                     rows,
                     hue="label",
                     labels=order,
@@ -467,7 +493,8 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                     legend_title=rows["title"].iloc[0],
                     ax=ax,
                 )
-            )
+
+            panels.append(reach_panel)
     if panels:
         caption = "measures against the sweep axes, gradient reach per configuration"
         caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
@@ -560,13 +587,14 @@ def _study_reach(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]]:
+def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], list[str]]:
     """Return the run's drawable panels and what was left out (and why)."""
     t = run.table
     task, steps = t("task"), t("steps")
     baseline = _first(task, "baseline_loss")
     unit = "MSE" if s.task_kind == "regression" else "nats per target"
-    panels, missing = [], []
+    panels: list[Panel] = []
+    missing: list[str] = []
     if _distinct_steps(steps, "loss") >= 2:
         panels.append(
             lambda ax: plots.plot_loss(steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax)
@@ -593,9 +621,11 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list, list[str]
     if _distinct_steps(adjoints, "adjoint_norm") >= 2:
         shown_layers = layers[:4] if full else layers[-1:]
         for layer in shown_layers:
-            panels.append(
-                lambda ax, layer=layer: plots.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
-            )
+
+            def heatmap(ax: Axes, layer: int = layer) -> Axes:
+                return plots.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
+
+            panels.append(heatmap)
     elif len(adjoints):
         missing.append("adjoint heatmap (one finite step)")
     reach = _run_reach(run, s)
@@ -697,7 +727,9 @@ def _missing_text(missing: list[str]) -> str:
     return f". Not drawn: {'; '.join(missing)}" if missing else ""
 
 
-def _add_grid(page: Page, out: Path, name: str, caption: str, panels: list, columns: int) -> None:
+def _add_grid(
+    page: Page, out: Path, name: str, caption: str, panels: list[Panel], columns: int
+) -> None:
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
     size = ((PANEL_INCHES + LEFT_INCHES + LEGEND_INCHES) * columns, 4.2 * rows)
@@ -705,7 +737,7 @@ def _add_grid(page: Page, out: Path, name: str, caption: str, panels: list, colu
 
 
 def _render(
-    shape: tuple[int, int], panels: list, size: tuple[float, float]
+    shape: tuple[int, int], panels: list[Panel], size: tuple[float, float]
 ) -> tuple[bytes, list[str]]:
     """Return the PNG of a grid of panels and the errors of panels that failed to draw."""
     fig = Figure(figsize=size)
@@ -745,7 +777,7 @@ def _render(
     return _png_bytes(fig), problems
 
 
-def _png_bytes(fig) -> bytes:
+def _png_bytes(fig: Figure) -> bytes:
     """Return the figure as a 256-colour PNG: a third of the size, the same to the eye."""
     from PIL import Image
 
@@ -764,7 +796,7 @@ def _add_figure(
     name: str,
     caption: str,
     shape: tuple[int, int],
-    panels: list,
+    panels: list[Panel],
     size: tuple[float, float],
 ) -> None:
     """Render the panels, write ``name`` under ``out`` and add it (and any failures) to ``page``."""

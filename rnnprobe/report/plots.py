@@ -498,7 +498,9 @@ def plot_class_accuracy(
     ax.tick_params(axis="y", length=0, labelsize=small)
     ax.set(xlabel="validation accuracy", title="per-class accuracy")
     if ax.get_legend_handles_labels()[0]:  # 30 points below the axes: under the x label
-        below = offset_copy(ax.transAxes, fig=ax.figure, y=-30, units="points")
+        # ax.figure may be a SubFigure, which offset_copy's stub leaves out though it works
+        # (only its dpi_scale_trans is read)
+        below = offset_copy(ax.transAxes, fig=ax.figure, y=-30, units="points")  # type: ignore[arg-type]
         ax.legend(
             fontsize="x-small",
             loc="upper center",
@@ -1021,7 +1023,7 @@ def plot_runs_loss(
     for run in _runs_in(data, palette):
         rows = data[data["run"] == run].sort_values("step")
         batch, held = rows[rows["kind"] == "batch"], rows[rows["kind"] == "validation"]
-        text = (labels or {}).get(run, str(run))
+        text: str | None = (labels or {}).get(run, str(run))
         if len(batch):
             window = max(1, len(batch) // 50)
             smoothed |= window > 1

@@ -150,5 +150,5 @@ def _legend_outside(ax: Axes) -> None:
         fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False
     )
     for handle in legend.legend_handles:  # the same marker size for every entry, however drawn
-        if hasattr(handle, "set_sizes"):
+        if handle is not None and hasattr(handle, "set_sizes"):
             handle.set_sizes([30])

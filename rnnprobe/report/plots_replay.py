@@ -1,7 +1,7 @@
 r"""Figures of one replayed training step: pure functions ``plot_x(df, *, ax=None) -> Axes``.
 
 They take the tidy tables of a replay (shaped like the store's ``adjoints``, ``spectra`` and
-``steps``/``events`` tables, or the per-unit frames of :mod:`rnnprobe.training.warning`), draw on
+``steps``/``events`` tables, or the per-unit frames of :mod:`rnnprobe.report.replay`), draw on
 ``ax`` (a new figure when None) and return it; missing or non-finite data gives a panel that says
 so. Conventions as in :mod:`rnnprobe.core.capture`: δ_t = ∂L/∂h_t, g_t = φ'(a_t) ⊙ δ_t, step t's
 share of ∇W_hh is ‖g_tᵀ h_{t−1}‖_F, J_t = diag(φ'(a_t)) W_hh.
@@ -10,15 +10,17 @@ share of ∇W_hh is ‖g_tᵀ h_{t−1}‖_F, J_t = diag(φ'(a_t)) W_hh.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from numpy.typing import ArrayLike
 
 __all__ = [
     "note",
@@ -344,27 +346,27 @@ def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
 HUGE = 1e300  # a log axis overflows laying out its ticks near the largest float (1.8e308)
 
 
-def _scale(values: np.ndarray):
+def _scale(values: np.ndarray) -> Callable[[ArrayLike], ArrayLike]:
     """Return the function to apply to ``values`` before plotting: log₁₀ when some finite
     value exceeds HUGE (drawn then on a linear axis), else the identity."""
     finite = values[np.isfinite(values)]
     return _log10 if len(finite) and np.abs(finite).max() > HUGE else _identity
 
 
-def _identity(values):
+def _identity(values: ArrayLike) -> ArrayLike:
     return values
 
 
-def _log10(values):
+def _log10(values: ArrayLike) -> np.ndarray:
     with np.errstate(divide="ignore"):  # log₁₀ 0 = −inf: left out of the line
         return np.log10(np.asarray(values, dtype=float))
 
 
-def _scaled_label(scale, label: str) -> str:
+def _scaled_label(scale: Callable[[ArrayLike], ArrayLike], label: str) -> str:
     return f"log₁₀ {label}" if scale is _log10 else label
 
 
-def _plain_ticks(axis) -> None:
+def _plain_ticks(axis: Axis) -> None:
     """Label a log axis 1e-05, 0.01, 1, 100, 1e+08: plain text (mathtext parsing costs seconds
     per report), minor ticks unlabelled."""
     axis.set_major_formatter(FuncFormatter(_tick))

@@ -26,7 +26,8 @@ METRIC_NAMES = {"bpc": "bits per character", "mse": "mean squared error"}
 
 def _metric_line(summary: RunSummary) -> str:
     """Return "Metric: <name> <final> (baseline <value>)" from the summary's own numbers."""
-    name = METRIC_NAMES.get(summary.metric, summary.metric)
+    metric = str(summary.metric)  # set: the caller checks
+    name = METRIC_NAMES.get(metric, metric)
     line = f"Metric: {name} {summary.final_metric:.4g}"
     if math.isfinite(summary.baseline_metric):
         line += f" (baseline {summary.baseline_metric:.4g})"

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import torch
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.store import read_status
+from rnnprobe.records.index import recorded_status
 from rnnprobe.training.config import RunConfig
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "RunOutcome",
     "execute_job",
     "make_executor",
-    "recorded_status",
 ]
 
 GRACE_SECONDS = 60.0  # how long interrupted runs get to checkpoint before they are killed
@@ -87,12 +86,6 @@ class Executor(Protocol):
     def run(self, jobs: Iterable[RunJob], started: Started) -> Iterator[RunOutcome]:
         """Yield one outcome per job as it finishes."""
         ...
-
-
-def recorded_status(run_dir: str | os.PathLike) -> tuple[str | None, int]:
-    """Return the (status, step) of ``store.read_status``, or (None, 0) without a status."""
-    record = read_status(run_dir)
-    return record.get("status"), int(record.get("step") or 0)
 
 
 def execute_job(job: RunJob, *, progress: bool = False, threads: int | None = None) -> RunOutcome:

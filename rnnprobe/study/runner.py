@@ -18,35 +18,30 @@ stay on disk under ``runs/`` but leave the study.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.records.index import (
+    is_run_dir,
+    is_study_dir,
+    read_index,
+    recorded_status,
+    write_index,
+)
 from rnnprobe.records.lock import LOCK_NAME, DirectoryLock
-from rnnprobe.records.store import is_run_dir, load_run, read_status, write_atomic
-from rnnprobe.study.executors import Executor, RunJob, RunOutcome, recorded_status
+from rnnprobe.records.store import load_run
+from rnnprobe.study.executors import Executor, RunJob, RunOutcome
 from rnnprobe.study.spec import GridPoint, StudySpec, expand, study_title
-from rnnprobe.training.config import flatten
 
-__all__ = [
-    "INDEX_NAME",
-    "StudyIndex",
-    "StudyResult",
-    "read_index",
-    "read_study",
-    "run_study",
-    "study_lock",
-]
+__all__ = ["StudyResult", "run_study", "study_lock"]
 
-INDEX_NAME = "study.json"
 FINISHED = ("done", "diverged")
 
 
@@ -60,98 +55,8 @@ class StudyResult:
 
     @property
     def failed(self) -> int:
+        """The number of runs whose status is ``failed``."""
         return self.statuses.get("failed", 0)
-
-
-# -- the index ---------------------------------------------------------------------------
-
-
-def read_index(out: str | os.PathLike) -> dict | None:
-    """Return the study index in ``out``, or None if there is none."""
-    path = Path(out) / INDEX_NAME
-    if not path.is_file():
-        return None
-    try:
-        index = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise RecordError(
-            f"{path} is damaged ({type(error).__name__}); rerun the study with --force-new to "
-            "rebuild it"
-        ) from None
-    if not isinstance(index, dict) or not isinstance(index.get("runs", []), list):
-        raise RecordError(f"{path} is not a study index; rerun with --force-new to rebuild it")
-    return index
-
-
-@dataclass(frozen=True)
-class StudyEntry:
-    """One run of a study as the index lists it: id, directory, axis values, status, error."""
-
-    id: str
-    path: Path
-    axes: dict[str, Any]
-    status: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class StudyIndex:
-    """A study directory as a reader sees it: name, question, swept axes and runs in order."""
-
-    name: str
-    question: str
-    description: str
-    axes: list[str]
-    runs: list[StudyEntry]
-
-
-def read_study(out: str | os.PathLike) -> StudyIndex:
-    """Return the study in ``out`` from its index, or from ``runs/*`` when it has none.
-
-    Without an index the axes are the settings that differ between the run directories.
-    """
-    out = Path(out)
-    index = read_index(out)
-    if index is not None:
-        runs = [
-            _entry(out / "runs" / str(r["id"]), r)
-            for r in index.get("runs", [])
-            if isinstance(r, dict) and "id" in r
-        ]
-        return StudyIndex(
-            str(index.get("name") or out.resolve().name),
-            str(index.get("question") or ""),
-            str(index.get("description") or ""),
-            list(index.get("axes") or {}),
-            runs,
-        )
-    runs_dir = out / "runs"
-    paths = sorted(p for p in runs_dir.iterdir() if is_run_dir(p)) if runs_dir.is_dir() else []
-    configs = {p: flatten(load_run(p, ()).config) for p in paths}
-    keys = sorted({k for c in configs.values() for k in c})
-    axes = [
-        k for k in keys if k != "device" and len({repr(c.get(k)) for c in configs.values()}) > 1
-    ]
-    runs = [StudyEntry(p.name, p, {a: configs[p].get(a) for a in axes}) for p in paths]
-    return StudyIndex(out.resolve().name, "", "", axes, runs)
-
-
-def _entry(run_dir: Path, record: dict) -> StudyEntry:
-    """Return an index record as a reader sees it: ``running`` checked against the run itself."""
-    status, error = record.get("status"), record.get("error")
-    if status == "running":  # the index's writer may be gone: the run's own status decides
-        own = read_status(run_dir)
-        status = own.get("status", "interrupted")
-        error = own.get("error") if status in ("interrupted", "stale", "failed") else None
-        if not own:
-            error = "the study stopped before the run wrote its status"
-    return StudyEntry(str(record["id"]), run_dir, dict(record.get("axes") or {}), status, error)
-
-
-def write_index(out: Path, index: dict) -> None:
-    """Write ``study.json`` atomically (fsynced temporary, then ``os.replace``)."""
-    index["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_atomic(out / INDEX_NAME, json.dumps(index, indent=2).encode())
 
 
 def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: bool) -> dict:
@@ -190,7 +95,7 @@ def _open_index(out: Path, spec: StudySpec, points: list[GridPoint], force_new: 
 
 
 def _check_holds_no_foreign_files(out: Path) -> None:
-    if (out / INDEX_NAME).exists() or (out / "runs").is_dir() or not out.is_dir():
+    if is_study_dir(out) or not out.is_dir():
         return
     if any(p.name != LOCK_NAME for p in out.iterdir()):
         raise RnnprobeError(f"{out} is not empty and holds no study; choose another --out")
@@ -206,13 +111,6 @@ def _difference(old: dict, spec: StudySpec) -> str:
         or old.get("axes", {}).get(k) != new_axes.get(k)
     ]
     return f"differs in {', '.join(differs)}" if differs else "different runs"
-
-
-def run_status(run_dir: Path) -> str | None:
-    """Return the status a run directory records, or None if it holds no run."""
-    if not is_run_dir(run_dir):
-        return None
-    return recorded_status(run_dir)[0] or "interrupted"  # no readable status: cut short
 
 
 # -- running -----------------------------------------------------------------------------
@@ -291,7 +189,7 @@ def _run_locked(
     jobs = []
     for point in points:
         entry, run_dir = entries[point.run_id], out / "runs" / point.run_id
-        status = run_status(run_dir)
+        status = (recorded_status(run_dir)[0] or "interrupted") if is_run_dir(run_dir) else None
         if status in FINISHED:
             entry.update(status=status, error=None)
             continue

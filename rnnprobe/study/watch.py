@@ -22,8 +22,8 @@ from pathlib import Path
 from rnnprobe.analysis.diagnosis import RunDiagnosis, StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.analysis.runs import PHASES, SUMMARY_TABLES, DecayFit, RunSummary
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.store import Run, is_run_dir, load_run, read_status
-from rnnprobe.study.runner import INDEX_NAME
+from rnnprobe.records.index import INDEX_NAME, is_run_dir, is_study_dir, read_status
+from rnnprobe.records.store import Run, load_run
 from rnnprobe.study.spec import study_title
 
 __all__ = ["FINISHED", "View", "finished", "follow", "format_frame", "look", "target_kind"]
@@ -52,7 +52,7 @@ def target_kind(path: Path) -> str:
         raise RnnprobeError(f"{path} does not exist; give a run or a study directory")
     if is_run_dir(path):
         return "run"
-    if (path / INDEX_NAME).is_file() or (path / "runs").is_dir():
+    if is_study_dir(path):
         return "study"
     raise RnnprobeError(
         f"{path} is neither a run directory (no config.json) nor a study directory "

@@ -1,4 +1,4 @@
-"""Models for tasks, and one batch's loss, metric and (truncated) backward passes.
+"""One batch's loss, metric and (truncated) backward passes, for every kind of task.
 
 Per-step tasks (``lm``, ``copy``) average cross-entropy over every non-padding target of the
 batch; under truncated BPTT each segment's backward pass carries its share of that mean, so
@@ -17,32 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnprobe.core.models import RNNClassifier, RNNLanguageModel, RNNRegressor
 from rnnprobe.data.tasks import Batch, Task
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.training.config import ModelConfig
 
 PER_STEP = ("lm", "per_step_classification")
-
-
-def build_model(task: Task, config: ModelConfig) -> nn.Module:
-    """Return the model ``task`` needs: an LM-style per-step model, a classifier or a regressor."""
-    common = dict(num_layers=config.layers, nonlinearity=config.nonlinearity)
-    if task.kind in PER_STEP:
-        return RNNLanguageModel(
-            task.vocab_size, config.embedding_dim, config.hidden_size, padding_idx=0, **common
-        )
-    if task.kind == "many_to_one_classification":
-        return RNNClassifier(
-            task.output_size,
-            config.hidden_size,
-            vocab_size=task.vocab_size,
-            embedding_dim=config.embedding_dim,
-            **common,
-        )
-    if task.kind == "regression":
-        return RNNRegressor(1, config.hidden_size, input_size=task.input_size, **common)
-    raise RnnprobeError(f"task kind {task.kind!r} has no model")
 
 
 @dataclass

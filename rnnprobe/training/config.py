@@ -15,11 +15,16 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from rnnprobe.data.names import task_names
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.records.index import flatten
+from rnnprobe.seeds import SEED_LIMIT
 
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """What the run learns (``task.*``): the task, its sequence length and its data."""
+
     name: str = field(
         default="copy",
         metadata={"help": "lm, copy, adding, recall, classify or a registered task"},
@@ -59,6 +64,8 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network (``model.*``): sizes, nonlinearity and the recurrent initialisation."""
+
     hidden_size: int = field(default=64, metadata={"help": "units per layer H"})
     layers: int = field(default=1, metadata={"help": "stacked RNN layers (count)"})
     nonlinearity: str = field(default="tanh", metadata={"help": "tanh or relu"})
@@ -77,6 +84,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How it trains (``train.*``): steps, optimizer, clipping, truncation, validation."""
+
     steps: int = field(default=500, metadata={"help": "optimizer steps to train (count)"})
     batch_size: int = field(default=32, metadata={"help": "sequences per batch (count)"})
     optimizer: str = field(default="adam", metadata={"help": "sgd, adam, rmsprop or adagrad"})
@@ -136,6 +145,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
+    """When each probe fires (``probes.*``, a SCHEDULE each) and its sample sizes."""
+
     adjoints: str = field(default="always", metadata={"help": "‖∂L/∂h_t‖ per step t"})
     weight_grads: str = field(
         default="every:10", metadata={"help": "per-step ∇W_hh, ∇W_ih contributions"}
@@ -170,6 +181,8 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run's every setting; ``flat()`` keys (``train.lr``) are the CLI's and a spec's."""
+
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -226,17 +239,6 @@ LATER_KEYS = frozenset(
     f"task.{name}"
     for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
 ) | {"train.floss", "probes.truncation", "train.warn"}
-
-
-def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Return ``{dotted key: value}`` for a nested dict."""
-    flat = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def field_type(key: str) -> type:
@@ -320,8 +322,6 @@ SCHEDULE_HELP = (
     "(steps 1, 2, 3, 5, 9, … for BASE 2); all but never also fire at the last step."
 )
 CHOICES = {
-    # tasks.register_task adds the names of tasks registered from Python (add_choice)
-    "task.name": ("lm", "copy", "adding", "recall", "classify"),
     "task.level": ("char", "word"),
     "task.charset": ("all", "ascii", "letters-space"),
     "task.sampling": ("random", "sequential"),
@@ -352,23 +352,16 @@ POSITIVE = (
 )
 
 
-def add_choice(key: str, value: str) -> None:
-    """Accept ``value`` for setting ``key`` from now on (``tasks.register_task`` uses it).
-
-    Command-line flags take their choices when the CLI is imported; a study or ``train_run``
-    validates against the choices of the moment.
-    """
-    if value not in CHOICES[check_key(key)]:
-        CHOICES[key] = (*CHOICES[key], value)
-
-
-SEED_LIMIT = 2**64  # torch's generators take seeds in [0, 2⁶⁴)
 INT_LIMIT = 2**63  # counts and sizes stay int64
 
 
-def derived_seed(seed: int, offset: int) -> int:
-    """Return the seed of a run's ``offset``-th generator: ``seed + offset`` modulo 2⁶⁴."""
-    return (seed + offset) % SEED_LIMIT
+def setting_choices(key: str) -> tuple[str, ...] | None:
+    """Return the values setting ``key`` accepts, or None when any value of its type does.
+
+    Task names are the built-in and registered tasks of the moment: command-line flags take
+    them when the CLI is imported, ``build_config`` when it is called.
+    """
+    return task_names() if key == "task.name" else CHOICES.get(key)
 
 
 def validate(config: RunConfig) -> None:
@@ -379,8 +372,8 @@ def validate(config: RunConfig) -> None:
     for key, value in flat.items():
         if key != "seed" and field_type(key) is int and abs(value) >= INT_LIMIT:
             raise RnnprobeError(f"{key} must be below 2**63, got {value}")
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
+    for key in ("task.name", *CHOICES):
+        if flat[key] not in (choices := setting_choices(key) or ()):
             raise RnnprobeError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
     for key in POSITIVE:
         if flat[key] < 1:

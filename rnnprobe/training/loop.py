@@ -1,10 +1,17 @@
-"""One training run, end to end: a plain loop whose probes fire on their schedules.
+"""One training run, end to end: a plain loop, its callback points, its records.
 
-Records go to the run directory through ``store.RunStore``: values stay on the device and
-move to the host once per flush interval (``flush_every`` steps); a checkpoint follows every
-``checkpoint_every`` steps, so a killed run loses at most that much and resumes with the same
-RNG state. The only per-step host sync is the guard that keeps non-finite gradients out of
-the weights.
+:class:`Trainer` builds the run (:func:`setup.build_run`), then for each step draws a batch,
+runs :func:`step.train_step` with the probes that fire (:class:`probing.Instruments`) and
+calls its callbacks at named points: ``on_step_end`` after every step, ``on_eval`` after a
+validation, ``on_flush`` when records move to the host and ``on_checkpoint`` after a
+checkpoint, ``on_end`` once. The progress bar is such a callback; a user's own go to
+``train_run(..., callbacks=[...])``.
+
+Records go to the run directory through ``records.store.RunStore``: values stay on the device
+and move to the host once per flush interval (``flush_every`` steps); a checkpoint follows
+every ``checkpoint_every`` steps, so a killed run loses at most that much and resumes with the
+same RNG state. The only per-step host sync is the guard that keeps non-finite gradients out
+of the weights.
 """
 
 from __future__ import annotations
@@ -15,41 +22,53 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnprobe.core.capture import capture
-from rnnprobe.core.device import resolve_device
-from rnnprobe.core.initialisation import init_recurrent_weights
-from rnnprobe.core.models import ElmanRNN
 from rnnprobe.data.tasks import Batch, Task, task_from_config
-from rnnprobe.data.truncation import Truncation
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.probes.lyapunov import initial_frame
-from rnnprobe.probes.truncation_bias import truncation_bias
+from rnnprobe.records.index import is_run_dir, read_status
 from rnnprobe.records.lock import DirectoryLock
-from rnnprobe.records.store import RunStore, is_run_dir, load_run, read_status
-from rnnprobe.training.batch import build_model, run_batch
-from rnnprobe.training.config import RunConfig, config_from_dict, derived_seed
-from rnnprobe.training.flossing import FlossSpec, floss_layers
-from rnnprobe.training.memory import check_fits, estimate_run
+from rnnprobe.records.store import RunStore, load_run
+from rnnprobe.training.batch import BatchResult
+from rnnprobe.training.config import RunConfig, config_from_dict
+from rnnprobe.training.evaluation import evaluate
+from rnnprobe.training.flosser import Flosser
+from rnnprobe.training.flossing import FlossSpec
 from rnnprobe.training.probing import Instruments
+from rnnprobe.training.setup import build_run
+from rnnprobe.training.step import RnnCall, StepResult, train_step
 from rnnprobe.training.warning import ExplosionWatch, WarnSpec, save_snapshot
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+__all__ = [
+    "Callback",
+    "ProgressBar",
+    "RunResult",
+    "Trainer",
+    "make_task_from_config",
+    "resume_config",
+    "tokens_per_second",
+    "train_run",
+]
+
 PROGRESS_STEPS = 50  # the bar's loss and clip rate are over this many recent recorded steps
+Columns = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class RunResult:
-    status: str  # done | diverged | failed | interrupted
+    """How a run ended: ``status`` done | diverged | failed | interrupted, and where."""
+
+    status: str
     run_dir: Path
     steps_done: int
     message: str
@@ -60,32 +79,30 @@ def make_task_from_config(config: RunConfig) -> Task:
     return task_from_config(config)
 
 
-def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    cfg, params = config.train, model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    kinds = {
-        "adam": torch.optim.Adam,
-        "rmsprop": torch.optim.RMSprop,
-        "adagrad": torch.optim.Adagrad,
-    }
-    return kinds[cfg.optimizer](params, lr=cfg.lr)
+class Callback:
+    """The loop's named points; override the ones you need. ``trainer.step`` is the step done.
 
+    Records a callback sees are on the host already: none of these points adds a host sync.
+    """
 
-def _clip(params: list[torch.Tensor], mode: str, value: float):
-    """Clip gradients in place; return (pre-clip norm, post-clip norm) as 0-d device tensors."""
-    if mode == "norm":
-        pre = torch.nn.utils.clip_grad_norm_(params, value, foreach=True)
-        return pre, pre * torch.clamp(value / (pre + 1e-6), max=1.0)
-    pre = torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
-    if mode == "none":
-        return pre, pre
-    torch.nn.utils.clip_grad_value_(params, value, foreach=True)
-    return pre, torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        """After every optimizer step (``result.finite``: whether the update went through)."""
+
+    def on_flush(self, trainer: Trainer, tables: dict[str, Columns]) -> None:
+        """After records moved to the host: ``{table: {column: values}}`` of this flush."""
+
+    def on_eval(self, trainer: Trainer) -> None:
+        """After a validation (its rows are filed with the next flush)."""
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        """After a checkpoint was written (or refused: non-finite state)."""
+
+    def on_end(self, trainer: Trainer, status: str) -> None:
+        """Once, as the run stops: done, diverged or interrupted."""
 
 
 class Trainer:
-    """Holds one run's state; ``run()`` trains to ``train.steps`` or gives up."""
+    """One run's state and its loop; ``run()`` trains to ``train.steps`` or gives up."""
 
     def __init__(
         self,
@@ -95,112 +112,95 @@ class Trainer:
         progress: bool,
         *,
         records: bool = True,
-    ):
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         """``records=False`` builds the run without a directory: ``replay_step`` only."""
-        self.config, self.progress = config, progress
-        self.device = resolve_device(config.device)
-        self.dtype = DTYPES[config.dtype]
-        self.task = make_task_from_config(config)
-        check_fits(estimate_run(config, self.task), self.device)  # before allocating
-        self.truncation = Truncation.parse(config.train.bptt)
-        torch.manual_seed(config.seed)
-        self.model = build_model(self.task, config.model)
-        self.rnn = next(m for m in self.model.modules() if isinstance(m, ElmanRNN))
-        init_recurrent_weights(
-            self.rnn,
-            config.model.init,
-            gain=config.model.init_gain,
-            radius=config.model.init_radius,
-        )
-        self.model.to(self.device, self.dtype)
-        self.optimizer = make_optimizer(self.model, config)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.cut_generator = torch.Generator().manual_seed(derived_seed(config.seed, 2))
-        self.instruments = Instruments(config.probes, self.rnn, config.seed)
-        # -- gradient flossing (flossing.py): the spec and its fixed frame Q_0, on the device
-        self.floss = FlossSpec.parse(config.train.floss, config.model.hidden_size)
-        if self.floss is not None:
-            H, seed = config.model.hidden_size, derived_seed(config.seed, 6)
-            self.floss_frame = initial_frame(H, self.floss.k, seed=seed, device=self.device)
-        # -- end gradient flossing
-        self.eval_batches = self.task.eval_batches(
-            config.train.batch_size,
-            num_batches=config.train.eval_batches,
-            seed=derived_seed(config.seed, 3),
-        )
+        self.config, self.progress, self.callbacks = config, progress, list(callbacks)
+        self.parts = parts = build_run(config)
+        self.instruments = Instruments(config.probes, parts.rnn, config.seed)
+        spec = FlossSpec.parse(config.train.floss, config.model.hidden_size)
+        self.flosser = Flosser(spec, parts) if spec is not None else None
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
-        self.recent = RecentSteps()
         self.h: torch.Tensor | None = None
         self.diverged = self.mid_step = False
-        # -- explosion early warning (replay.py): host statistics over the one sync's numbers
+        # the explosion early warning (warning.py): statistics over the one sync's numbers
         warn = WarnSpec.parse(config.train.warn) if records else None
         every = (config.flush_every, config.checkpoint_every)
         self.watch = ExplosionWatch(warn, every) if warn is not None else None
-        if not records:  # a replay of one step (replay.py): no run directory, no records
-            self.store = None
-        # -- end explosion early warning
-        elif resume and is_run_dir(run_dir):
+        self.store: RunStore | None = None  # None: a replay of one step, without records
+        if records and resume and run_dir is not None and is_run_dir(run_dir):
             self.store = RunStore.open_for_resume(run_dir)
             self._restore()
-        else:
+        elif records:
+            assert run_dir is not None, "a run with records needs a directory"
             self.store = RunStore.create(run_dir, config.to_dict())
             self._record_start()
         # pre-flossing runs once, before step 1: not again after resuming from a checkpoint
         fresh = self.store is not None and self.store.checkpoint is None
-        self.pre_floss_due = bool(self.floss and self.floss.pre) and fresh
-        self.batches = self.task.batches(config.train.batch_size, self.data_generator)
-        self.carries_state = getattr(self.task, "sampling", "random") == "sequential"
-        if self.carries_state:
+        self.pre_floss_due = bool(self.flosser and self.flosser.spec.pre) and fresh
+        self.batches: Iterator[Batch] = parts.task.batches(
+            config.train.batch_size, parts.data_generator
+        )
+        if parts.carries_state:
             self.batches = islice(self.batches, self.step, None)  # the streams' position
+
+    @property
+    def records(self) -> RunStore:
+        """The run's store (a replay has none)."""
+        assert self.store is not None, "a replay writes no records"
+        return self.store
 
     # -- records -------------------------------------------------------------------------
     def _record_start(self) -> None:
-        task = self.task
-        self.store.append(
+        task, first = self.parts.task, self.parts.eval_batches[0]
+        self.records.append(
             "task",
             {
                 "name": task.name,
                 "kind": task.kind,
                 "metric": task.metric,
-                "seq_len": int(self.eval_batches[0].inputs.shape[1]),
+                "seq_len": int(first.inputs.shape[1]),
                 "baseline_loss": float(task.baseline_loss),
                 "baseline_metric": float(task.baseline_metric),
                 "baseline_description": task.baseline_description,
-                "parameters": sum(p.numel() for p in self.params),
+                "parameters": sum(p.numel() for p in self.parts.params),
             },
         )
         classes = task.class_rows()
         if classes is not None:
-            self.store.append("classes", classes)
-        first = self.eval_batches[0].to(self.device)
+            self.records.append("classes", classes)
+        first = first.to(self.parts.device)
         with torch.no_grad():
             x = (
-                first.inputs.to(self.dtype)
+                first.inputs.to(self.parts.dtype)
                 if task.input_kind == "features"
-                else (self.model.embedding(first.inputs))
+                else self.parts.model.embedding(first.inputs)
             )
         self.instruments.record_init(float(x.square().mean()))
 
     def _flush(self) -> None:
+        tables = {}
         for table, blocks in self.instruments.rows.drain().items():
             columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
-            self.recent.observe(table, columns)  # on the host already: the bar adds no sync
             if self.watch is not None:  # λ₁ and ‖J_t‖ against their thresholds, no sync either
                 self.watch.observe_probes(table, columns)
-            self.store.append(table, columns)
-        self.store.flush()
+            self.records.append(table, columns)
+            tables[table] = columns
+        self.records.flush()
+        for callback in self.callbacks:
+            callback.on_flush(self, tables)
 
     def _checkpoint(self) -> bool:
         """Flush and save a checkpoint; refuse (return False) if any state is not finite."""
         self._flush()
-        self.store.set_status("running", self.step)
+        self.records.set_status("running", self.step)
+        parts = self.parts
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "data_rng": self.data_generator.get_state(),
-            "cut_rng": self.cut_generator.get_state(),
+            "data_rng": parts.data_generator.get_state(),
+            "cut_rng": parts.cut_generator.get_state(),
             "probe_rng": self.instruments.generator.get_state(),
             "seconds": self.seconds,
             "tokens": self.tokens,
@@ -209,253 +209,239 @@ class Trainer:
         }
         if self.watch is not None:  # plain data: the watch's statistics and what it has done
             state["warn"] = self.watch.state()
-        if hasattr(self.task, "corpus"):
-            state["vocab"] = list(self.task.corpus.vocab.tokens)
-        if not _all_finite(state):  # an update overflowed: keep the last good checkpoint
-            self.store.append(
-                "events",
-                {
-                    "step": self.step,
-                    "kind": "nonfinite",
-                    "message": "weights or optimizer state not finite",
-                },
+        if hasattr(parts.task, "corpus"):
+            state["vocab"] = list(parts.task.corpus.vocab.tokens)
+        saved = _all_finite(state)
+        if saved:
+            self.records.save_checkpoint(state, self.step)
+        else:  # an update overflowed: keep the last good checkpoint
+            message = "weights or optimizer state not finite"
+            self.records.append(
+                "events", {"step": self.step, "kind": "nonfinite", "message": message}
             )
-            return False
-        self.store.save_checkpoint(state, self.step)
-        return True
+        for callback in self.callbacks:
+            callback.on_checkpoint(self)
+        return saved
 
     def _restore(self) -> None:
-        checkpoint = self.store.checkpoint
+        checkpoint, parts = self.records.checkpoint, self.parts
         if checkpoint is None:  # killed before its first checkpoint: start over
-            self.store.append("events", {"step": 0, "kind": "resumed", "message": "from start"})
+            self.records.append("events", {"step": 0, "kind": "resumed", "message": "from start"})
             self._record_start()
             return
         state = checkpoint.state
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.data_generator.set_state(state["data_rng"])
-        self.cut_generator.set_state(state["cut_rng"])
+        parts.data_generator.set_state(state["data_rng"])
+        parts.cut_generator.set_state(state["cut_rng"])
         self.instruments.generator.set_state(state["probe_rng"])
         self.step, self.seconds = checkpoint.step, float(state["seconds"])
         self.tokens, self.nonfinite_run = int(state["tokens"]), int(state["nonfinite_run"])
         h = state["h"]
-        self.h = h.to(self.device, self.dtype) if h.numel() else None
+        self.h = h.to(parts.device, parts.dtype) if h.numel() else None
         if self.watch is not None:  # absent from checkpoints of runs without the watch
             self.watch.load_state(state.get("warn"))
-        for reason in self.store.recovered:
-            self.store.append(
+        for reason in self.records.recovered:
+            self.records.append(
                 "events", {"step": self.step, "kind": "recovered", "message": f"skipped {reason}"}
             )
-        self.store.append(
+        self.records.append(
             "events",
             {"step": self.step, "kind": "resumed", "message": f"from checkpoint {self.step}"},
         )
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> RunResult:
-        cfg = self.config.train
-        self.store.set_status("running", self.step)
+        """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise)."""
+        cfg, store = self.config.train, self.records
+        store.set_status("running", self.step)
         if self.progress:  # name the directory now, not only when the run ends
-            where = self.store.path
+            where = store.path
             print(f"run {where}; after Ctrl-C: rnnprobe train --resume {where}", file=sys.stderr)
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            disable=not self.progress,
-            unit="step",
-            dynamic_ncols=True,
-            leave=False,
-        )
+            self.callbacks.append(ProgressBar(cfg.steps, self.step, clipping=cfg.clip != "none"))
         status, message = "done", ""
         try:
             with _interrupts_between_steps() as interrupted:
-                self._loop(bar, interrupted)
+                self._loop(interrupted)
         except KeyboardInterrupt:
-            if self.mid_step:  # a second Ctrl-C cut a step: keep the last checkpoint only
-                self.store.set_status("interrupted", self.step)
-                bar.close()
-                raise
-            self._checkpoint()
-            self.store.append("events", {"step": self.step, "kind": "interrupted", "message": ""})
-            self._flush()
-            self.store.set_status("interrupted", self.step)
-            bar.close()
+            if not self.mid_step:  # a second Ctrl-C that cut a step keeps the last checkpoint
+                self._checkpoint()
+                store.append("events", {"step": self.step, "kind": "interrupted", "message": ""})
+                self._flush()
+            store.set_status("interrupted", self.step)
+            self._end("interrupted")
             raise
-        bar.close()
         if not self._checkpoint():
             self.diverged = True
         if self.diverged:
-            status, message = (
-                "diverged",
-                f"non-finite loss, gradients or weights at step {self.step}",
-            )
-            self.store.append("events", {"step": self.step, "kind": "diverged", "message": message})
-            self.store.flush()
-        self.store.set_status(status, self.step, message or None)
-        self.store.close()
-        return RunResult(status, self.store.path, self.step, message)
+            status = "diverged"
+            message = f"non-finite loss, gradients or weights at step {self.step}"
+            store.append("events", {"step": self.step, "kind": "diverged", "message": message})
+            store.flush()
+        store.set_status(status, self.step, message or None)
+        store.close()
+        self._end(status)
+        return RunResult(status, store.path, self.step, message)
 
-    def _loop(self, bar: tqdm, interrupted: threading.Event) -> None:
+    def _end(self, status: str) -> None:
+        for callback in self.callbacks:
+            callback.on_end(self, status)
+
+    def _loop(self, interrupted: threading.Event) -> None:
         cfg = self.config.train
         if self.pre_floss_due:  # a Ctrl-C that cuts it leaves no checkpoint: it reruns
+            assert self.flosser is not None
             self.mid_step = True
-            self._pre_floss()
+            self.flosser.pre_floss(self.instruments.rows)
             self.mid_step = self.pre_floss_due = False
         while self.step < cfg.steps:
             if interrupted.is_set():  # Ctrl-C arrived during the last step: stop between steps
                 raise KeyboardInterrupt
             start = time.perf_counter()
             self.mid_step = True
-            self.diverged = self._train_step()
+            result = self._train_step()
             self.mid_step = False
             self.seconds += time.perf_counter() - start
-            bar.update(1)
-            self.store.heartbeat()
+            self.records.heartbeat()
+            for callback in self.callbacks:
+                callback.on_step_end(self, result)
             if self.diverged:
                 return
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                self._evaluate()
+                evaluate(self.parts, self.step, self.instruments.rows)
+                for callback in self.callbacks:
+                    callback.on_eval(self)
             if self.step % self.config.checkpoint_every == 0:
                 if not self._checkpoint():
                     self.diverged = True
                     return
-                self._show_progress(bar)
             elif self.step % self.config.flush_every == 0:
                 self._flush()
-                self.store.set_status("running", self.step)
-                self._show_progress(bar)
+                self.records.set_status("running", self.step)
 
-    def _show_progress(self, bar: tqdm) -> None:
-        """Show the records the last flush moved to the host, and the throughput."""
-        if bar.disable or self.seconds == 0:
-            return
-        shown = self.recent.postfix(clipping=self.config.train.clip != "none")
-        bar.set_postfix(shown | {"tokens_per_s": f"{self.tokens / self.seconds:,.0f}"})
-
-    def _on_device(self, batch: Batch) -> Batch:
-        """Return the batch on the run's device, float features in the run's dtype."""
-        batch = batch.to(self.device)
-        if not batch.inputs.is_floating_point():
-            return batch
-        inputs, targets = batch.inputs.to(self.dtype), batch.targets.to(self.dtype)
-        return Batch(inputs, targets, batch.lengths, batch.continues)
-
-    def _train_step(self) -> bool:
-        """Run one optimizer step; return True when the run must stop as diverged."""
-        cfg, probes = self.config.train, self.instruments
+    def _train_step(self) -> StepResult:
+        """Run one optimizer step and file its rows; set ``diverged`` when the run must stop."""
+        cfg, parts, probes = self.config.train, self.parts, self.instruments
         self.step += 1
-        fired = probes.firing(self.step, cfg.steps)
+        step = self.step
+        fired = probes.firing(step, cfg.steps)
         watching = self.watch is not None and not self.watch.done
         rng = self._rng_states() if watching else None  # as the step finds them: a snapshot's
         raw = next(self.batches)
-        batch = self._on_device(raw)
-        T = batch.inputs.shape[1]
-        segments = list(self.truncation.segments(T, self.cut_generator))
+        batch = parts.on_device(raw)
+        segments = list(parts.truncation.segments(batch.inputs.shape[1], parts.cut_generator))
         h0 = self.h if batch.continues else None
-        self.optimizer.zero_grad(set_to_none=True)
-        needs_states = bool(fired & {"hidden", "spectra", "lyapunov", "products"})
-        flossing = self.floss is not None and self.floss.fires(self.step)
-        with (
-            capture(
-                self.model,
-                reach="reach" in fired,
-                reach_batch=self.config.probes.sub_batch,
-                keep_states=needs_states,
-                weight_grads="weight_grads" in fired,
-            ) as cap,
-            _rnn_calls(self.rnn, flossing) as calls,
-        ):
-            result = run_batch(self.model, self.task, batch, segments, h0)
-        if "truncation" in fired and self.truncation.mode != "full":  # the task loss's only
-            self._truncation_bias(batch, h0)
-        if flossing:  # before clipping: the clip and the finite guard see ∇(L + weight·P)
-            self._floss(calls, self.step, self.floss.weight)
-        self.tokens += batch.inputs.shape[0] * T
-        pre, post = _clip(self.params, cfg.clip, cfg.clip_value)
-        finite = torch.isfinite(result.loss) & torch.isfinite(pre)
-        if result.h_n is not None and self.carries_state:
-            finite = finite & torch.isfinite(result.h_n).all()
-        if watching:  # the watch's loss and gradient norm ride the same transfer
-            finite = self._watch_step(finite, result.loss, pre, raw, segments, h0, rng)
-        else:
-            finite = bool(finite)  # the one sync
+        flossing = self.flosser is not None and self.flosser.fires(step)
+
+        def add_gradients(result: BatchResult, calls: list[RnnCall]) -> None:
+            if "truncation" in fired and parts.truncation.mode != "full":  # the task loss's
+                probes.record_truncation_bias(step, parts, batch, h0)
+            if flossing:  # before clipping: the clip and the finite guard see ∇(L + weight·P)
+                assert self.flosser is not None
+                self.flosser.add_gradients(calls, step, self.flosser.spec.weight, probes.rows)
+
+        def is_finite(finite: torch.Tensor, result: BatchResult, pre: torch.Tensor) -> bool:
+            if not watching:
+                return bool(finite)  # the one sync
+            # the watch's loss and gradient norm ride the same transfer
+            return self._watch_step(finite, result.loss, pre, (raw, segments, h0, rng))
+
+        result = train_step(
+            parts,
+            batch,
+            segments,
+            h0,
+            step=step,
+            fired=fired,
+            instruments=probes,
+            record_calls=flossing,
+            add_gradients=add_gradients,
+            is_finite=is_finite,
+        )
+        self.tokens += result.tokens
         # A state that went non-finite is never carried on (nor checkpointed): start afresh.
-        self.h = result.h_n if finite else None
-        records = cap.records_on_device()
-        if "adjoints" in fired or "reach" in fired:
-            probes.record_backward(self.step, records, result.backward_offsets, batch.lengths)
-        if finite and needs_states and records and records[0].states is not None:
-            # Before the update: J_t = diag(φ'(a_t)) W_hh with the W_hh that made a_t.
-            states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
-            probes.record_states(self.step, states, fired, batch.lengths)
-        if finite:
-            self.optimizer.step()
+        self.h = result.batch.h_n if result.finite else None
+        if result.finite:
             self.nonfinite_run = 0
         else:
             self.nonfinite_run += 1
-            message = "update skipped" + (", carried state reset" if self.carries_state else "")
-            probes.rows.add("events", step=self.step, kind="nonfinite", message=message)
+            message = "update skipped" + (", carried state reset" if parts.carries_state else "")
+            probes.rows.add("events", step=step, kind="nonfinite", message=message)
         probes.rows.add(
             "steps",
-            step=self.step,
-            loss=result.loss,
-            metric=result.metric,
-            grad_norm_pre_clip=pre,
-            grad_norm_post_clip=post,
-            clipped=post < pre,
-            skipped=not finite,
-            lr=self.optimizer.param_groups[0]["lr"],
+            step=step,
+            loss=result.batch.loss,
+            metric=result.batch.metric,
+            grad_norm_pre_clip=result.grad_norm_pre_clip,
+            grad_norm_post_clip=result.grad_norm_post_clip,
+            clipped=result.grad_norm_post_clip < result.grad_norm_pre_clip,
+            skipped=not result.finite,
+            lr=parts.optimizer.param_groups[0]["lr"],
             tokens=self.tokens,
             seconds=self.seconds,
         )
-        if not finite:
-            return cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
-        return False
+        if not result.finite:
+            self.diverged = cfg.on_nonfinite == "stop" or self.nonfinite_run >= cfg.max_nonfinite
+        return result
 
-    # -- explosion early warning and replay (rnnprobe/training/warning.py) ---------------
+    # -- explosion early warning and replay (warning.py, report/replay.py) ---------------
     def _rng_states(self) -> dict[str, torch.Tensor]:
         """Return the RNG states a step starts from (probe: taken when a snapshot is written,
         since no probe draws before the step's sync)."""
+        parts = self.parts
         states = {
             "torch": torch.get_rng_state(),
-            "data": self.data_generator.get_state(),
-            "cut": self.cut_generator.get_state(),
+            "data": parts.data_generator.get_state(),
+            "cut": parts.cut_generator.get_state(),
         }
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if parts.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(parts.device)
         return states
 
-    def _watch_step(self, finite, loss, grad_norm, raw, segments, h0, rng) -> bool:
+    def _watch_step(
+        self, finite: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor, snapshot: tuple
+    ) -> bool:
         """Return whether the step is finite, read in the step's one sync together with its
         loss and pre-clip gradient norm; file the first warning, and write the snapshots of
         the first warning and the first non-finite step (the weights are not yet updated)."""
+        assert self.watch is not None
         numbers = torch.stack([finite.double(), loss.double(), grad_norm.double()])
         finite_flag, loss_value, norm_value = numbers.tolist()  # the one sync
-        finite = finite_flag == 1.0
+        is_finite = finite_flag == 1.0
         step, watch = self.step, self.watch
         recorded = {"loss": loss_value, "grad_norm_pre_clip": norm_value}
-        snapshot = (raw, segments, h0, rng, recorded)
-        message = watch.observe(step, finite, loss_value, norm_value)
+        message = watch.observe(step, is_finite, loss_value, norm_value)
         if message is not None:
-            path = self._snapshot("warning", *snapshot, message)
-            where = path.relative_to(self.store.path)
+            path = self._snapshot("warning", *snapshot, recorded, message)
+            where = path.relative_to(self.records.path)
             message = f"{message}; snapshot {where} (rnnprobe replay)"
             self.instruments.rows.add("events", step=step, kind="warning", message=message)
-        if not finite and watch.first_nonfinite():
-            numbers = f"loss {loss_value:.4g}, pre-clip gradient norm {norm_value:.4g}"
-            self._snapshot("nonfinite", *snapshot, f"the first non-finite step ({numbers})")
-        return finite
+        if not is_finite and watch.first_nonfinite():
+            numbers_text = f"loss {loss_value:.4g}, pre-clip gradient norm {norm_value:.4g}"
+            reason = f"the first non-finite step ({numbers_text})"
+            self._snapshot("nonfinite", *snapshot, recorded, reason)
+        return is_finite
 
-    def _snapshot(self, kind, raw, segments, h0, rng, recorded, reason) -> Path:
-        """Write the state this step started from (replay.py, SNAPSHOT_KEYS); return its path."""
-        record = {
+    def _snapshot(
+        self,
+        kind: str,
+        raw: Batch,
+        segments: list[tuple[int, int]],
+        h0: torch.Tensor | None,
+        rng: dict[str, torch.Tensor],
+        recorded: dict[str, float],
+        reason: str,
+    ) -> Path:
+        """Write the state this step started from (warning.py, SNAPSHOT_KEYS); return its path."""
+        parts = self.parts
+        record: dict[str, Any] = {
             "kind": kind,
             "step": self.step,
             "reason": reason,
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
             "batch": {
                 "inputs": raw.inputs,
                 "targets": raw.targets,
@@ -466,35 +452,40 @@ class Trainer:
             "segments": [[int(start), int(end)] for start, end in segments],
             "rng": {**rng, "probe": self.instruments.generator.get_state()},
             "recorded": recorded,
-            "device": str(self.device),
+            "device": str(parts.device),
             "threads": torch.get_num_threads(),
         }
-        if hasattr(self.task, "corpus"):
-            record["vocab"] = list(self.task.corpus.vocab.tokens)
-        return save_snapshot(self.store.path, record)
+        if hasattr(parts.task, "corpus"):
+            record["vocab"] = list(parts.task.corpus.vocab.tokens)
+        return save_snapshot(self.records.path, record)
 
-    def restore_snapshot(self, snapshot: dict) -> tuple[Batch, list, torch.Tensor | None]:
+    def restore_snapshot(
+        self, snapshot: dict[str, Any]
+    ) -> tuple[Batch, list[tuple[int, int]], torch.Tensor | None]:
         """Put a snapshot's weights, optimizer state, RNG states, step and carried state in
         place; return its batch on the device, its segments and the state h0 it starts from."""
-        self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+        parts = self.parts
+        parts.model.load_state_dict(snapshot["model"])
+        parts.optimizer.load_state_dict(snapshot["optimizer"])
         rng = snapshot["rng"]
         torch.set_rng_state(rng["torch"])
-        self.data_generator.set_state(rng["data"])
-        self.cut_generator.set_state(rng["cut"])
+        parts.data_generator.set_state(rng["data"])
+        parts.cut_generator.set_state(rng["cut"])
         self.instruments.generator.set_state(rng["probe"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if "cuda" in rng and parts.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], parts.device)
         self.step = int(snapshot["step"]) - 1
         h0 = snapshot["h0"]
-        self.h = None if h0 is None else h0.to(self.device, self.dtype)
+        self.h = None if h0 is None else h0.to(parts.device, parts.dtype)
         given = snapshot["batch"]
         raw = Batch(given["inputs"], given["targets"], given["lengths"], given["continues"])
         self.batches = iter([raw])
-        segments = [tuple(pair) for pair in snapshot["segments"]]
-        return self._on_device(raw), segments, self.h if raw.continues else None
+        segments = [(int(start), int(end)) for start, end in snapshot["segments"]]
+        return parts.on_device(raw), segments, self.h if raw.continues else None
 
-    def replay_step(self, snapshot: dict) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    def replay_step(
+        self, snapshot: dict[str, Any]
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Run the step a snapshot holds again, as training ran it; return its ``steps`` row
         (loss, grad_norm_pre_clip, …) and the gradients its update used (after clipping)."""
         self.restore_snapshot(snapshot)
@@ -502,139 +493,39 @@ class Trainer:
         self._train_step()
         gradients = {
             name: p.grad.detach().clone()
-            for name, p in self.model.named_parameters()
+            for name, p in self.parts.model.named_parameters()
             if p.grad is not None
         }
         steps = self.instruments.rows.drain()["steps"][0]
         return {name: values[0].item() for name, values in steps.items()}, gradients
 
-    # -- end explosion early warning and replay
 
-    # -- gradient flossing (rnnprobe/training/flossing.py) ----------------------------------
-    def _truncation_bias(self, batch: Batch, h0: torch.Tensor | None) -> None:
-        """Record the truncated gradients (now in ``.grad``) against full BPTT of the batch.
+class ProgressBar(Callback):
+    """A tqdm bar on stderr: steps, and at each flush the recent loss, the last validation
+    loss, the clip rate and the throughput, from rows already on the host (no sync)."""
 
-        One more forward and backward over the whole sequence, outside the capture (it
-        records nothing else), then the truncated gradients go back for the update.
-        """
-        named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
-        truncated = {n: p.grad for n, p in named}
-        for _, p in named:
-            p.grad = None
-        run_batch(self.model, self.task, batch, [(0, batch.inputs.shape[1])], h0)
-        full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in named}
-        self.instruments.record_truncation(self.step, truncation_bias(truncated, full))
-        for name, p in named:
-            p.grad = truncated[name]
+    def __init__(self, total: int, done: int, *, clipping: bool) -> None:
+        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False)
+        self.recent, self.clipping, self.closed = RecentSteps(), clipping, False
 
-    def _floss(self, calls: list, step: int, weight: float) -> None:
-        """Add weight·∇P to the gradients and file the ``floss`` rows of ``step`` (no sync).
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        """Advance the bar by one step."""
+        self.bar.update(1)
 
-        P gets a backward pass of its own rather than being added to run_batch's loss: those
-        passes follow the BPTT cuts, while P re-runs every layer over the whole (sub-)batch
-        from the stack's recorded inputs, so the two graphs share nothing. Gradients add, so
-        the optimizer sees ∇(L + weight·P) all the same, clipped as one.
-        """
-        spec = self.floss
-        x = torch.cat([c[0] for c in calls])  # (T, B, I): the stack's input, segments joined
-        h0 = calls[0][1]  # (L, B, H) or None: the state the batch started from
-        if spec.batch:
-            x, h0 = x[:, : spec.batch], None if h0 is None else h0[:, : spec.batch]
-        layers = []
-        for layer in range(self.rnn.num_layers):
-            biases = (getattr(self.rnn, f"bias_{n}_l{layer}", None) for n in ("ih", "hh"))
-            layers.append((*self.rnn.layer_weights(layer), *biases))
-        with torch.set_grad_enabled(weight > 0):
-            measures = floss_layers(
-                x,
-                h0,
-                layers,
-                nonlinearity=self.rnn.nonlinearity,
-                k=spec.k,
-                warmup=spec.warmup,
-                qr_every=spec.qr,
-                frame=self.floss_frame,
-            )
-            if weight > 0:
-                (weight * sum(m.penalty for m in measures)).backward()
-        for layer, measure in enumerate(measures):
-            self.instruments.rows.add(
-                "floss",
-                step=step,
-                layer=layer,
-                index=np.arange(spec.k),
-                exponent=measure.exponents,
-                penalty=measure.penalty,
-            )
+    def on_flush(self, trainer: Trainer, tables: dict[str, Columns]) -> None:
+        """Show the flushed records' loss, validation loss, clip rate and tokens per second."""
+        for table, columns in tables.items():
+            self.recent.observe(table, columns)
+        if self.closed or trainer.seconds == 0:
+            return
+        shown = self.recent.postfix(clipping=self.clipping)
+        tokens_per_s = {"tokens_per_s": f"{trainer.tokens / trainer.seconds:,.0f}"}
+        self.bar.set_postfix(shown | tokens_per_s)
 
-    def _pre_floss(self) -> None:
-        """Run the ``pre`` flossing-only updates, filed as steps −pre … −1 of ``floss``.
-
-        They minimise P alone (``weight`` scales P in training steps only) with a fresh
-        optimizer of the run's kind and lr, on batches of their own generator: training then
-        starts from the optimizer state and data stream of a run without pre-flossing.
-        """
-        cfg = self.config.train
-        optimizer = make_optimizer(self.model, self.config)
-        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, 5))
-        batches = self.task.batches(cfg.batch_size, generator)
-        for step in range(-self.floss.pre, 0):
-            batch = self._on_device(next(batches))
-            with _rnn_calls(self.rnn, True) as calls:  # a forward pass records the inputs
-                run_batch(self.model, self.task, batch, [(0, batch.inputs.shape[1])], train=False)
-            optimizer.zero_grad(set_to_none=True)
-            self._floss(calls, step, 1.0)
-            pre, _ = _clip(self.params, cfg.clip, cfg.clip_value)
-            if bool(torch.isfinite(pre)):  # a training step's guard, and its one sync
-                optimizer.step()
-            else:
-                message = "pre-flossing update skipped"
-                self.instruments.rows.add("events", step=step, kind="nonfinite", message=message)
-        optimizer.zero_grad(set_to_none=True)
-
-    # -- end gradient flossing
-
-    @torch.no_grad()
-    def _evaluate(self) -> None:
-        """Record the validation loss and metric (means over sequences) and, for a many-to-one
-        classifier, the confusion counts of every (true, predicted) class pair."""
-        losses, metrics, rows, h = [], [], [], None
-        K = self.task.output_size if self.task.kind == "many_to_one_classification" else 0
-        confusion = torch.zeros(K * K, dtype=torch.int64, device=self.device)  # (K·K,)
-        for batch in self.eval_batches:
-            batch = self._on_device(batch)
-            result = run_batch(
-                self.model,
-                self.task,
-                batch,
-                [(0, batch.inputs.shape[1])],
-                h if batch.continues else None,
-                train=False,
-            )
-            h = result.h_n
-            losses.append(result.loss)
-            metrics.append(result.metric)
-            rows.append(batch.targets.shape[0])
-            if K and result.predictions is not None:
-                cells = batch.targets * K + result.predictions  # (B,) in [0, K²)
-                confusion.scatter_add_(0, cells, torch.ones_like(cells))  # no sync, unlike bincount
-        # means over sequences: a shorter last batch (classify's validation split) counts less
-        share = [n / sum(rows) for n in rows]
-        self.instruments.rows.add(
-            "evals",
-            step=self.step,
-            loss=sum(v.double() * w for v, w in zip(losses, share, strict=True)),
-            metric=sum(v.double() * w for v, w in zip(metrics, share, strict=True)),
-        )
-        if K:
-            cells = torch.arange(K * K)
-            self.instruments.rows.add(
-                "confusion",
-                step=self.step,
-                true=(cells // K).numpy(),
-                predicted=(cells % K).numpy(),
-                count=confusion,
-            )
+    def on_end(self, trainer: Trainer, status: str) -> None:
+        """Close the bar (it leaves no line behind)."""
+        self.bar.close()
+        self.closed = True
 
 
 class RecentSteps:
@@ -650,7 +541,7 @@ class RecentSteps:
         self.clipped: deque[bool] = deque(maxlen=PROGRESS_STEPS)
         self.valid_loss = math.nan
 
-    def observe(self, table: str, columns: dict[str, np.ndarray]) -> None:
+    def observe(self, table: str, columns: Columns) -> None:
         """Take the values of one flushed block of ``steps`` or ``evals`` rows."""
         if table == "steps":
             went_through = ~columns["skipped"].astype(bool)
@@ -693,28 +584,6 @@ def _all_finite(state: object) -> bool:
 
 
 @contextmanager
-def _rnn_calls(rnn: ElmanRNN, active: bool) -> Iterator[list]:
-    """Yield a list of (input (T, B, I), hx (L, B, H) or None), detached, of every call of
-    ``rnn`` in the block (flossing re-runs the layers on them); left empty unless ``active``."""
-    calls: list = []
-    if not active:
-        yield calls
-        return
-
-    def hook(module, args, kwargs):
-        x, hx = (*args, kwargs.get("hx"))[:2]
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or module.batch_first:
-            raise RnnprobeError("--floss needs the RNN's input time-major (T, B, I), not packed")
-        calls.append((x.detach(), None if hx is None else hx.detach()))
-
-    handle = rnn.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
-@contextmanager
 def _interrupts_between_steps() -> Iterator[threading.Event]:
     """Yield an event set by the first SIGINT or SIGTERM, so a step is never cut in half.
 
@@ -727,7 +596,7 @@ def _interrupts_between_steps() -> Iterator[threading.Event]:
         return
     previous = signal.getsignal(signal.SIGINT)
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if interrupted.is_set():
             raise KeyboardInterrupt
         interrupted.set()
@@ -743,9 +612,17 @@ def _interrupts_between_steps() -> Iterator[threading.Event]:
 
 
 def train_run(
-    config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """Train one run into ``run_dir``; with ``resume``, continue the run that is there."""
+    """Train one run into ``run_dir``; with ``resume``, continue the run that is there.
+
+    ``callbacks`` are called at the loop's named points (:class:`Callback`).
+    """
     run_dir = Path(run_dir)
     if resume and not is_run_dir(run_dir):
         raise RnnprobeError(f"{run_dir} is not an rnnprobe run directory (no config.json)")
@@ -757,12 +634,12 @@ def train_run(
             status = read_status(run_dir)
             if status.get("status") in ("done", "diverged"):
                 return RunResult(status["status"], run_dir, int(status["step"]), "already finished")
-        trainer = Trainer(config, run_dir, resume, progress)
+        trainer = Trainer(config, run_dir, resume, progress, callbacks=callbacks)
         return trainer.run()
     except (RnnprobeError, KeyboardInterrupt):
         raise
     except Exception as error:  # a bug or a numerical failure: record it, then re-raise
-        if trainer is not None:
+        if trainer is not None and trainer.store is not None:
             with suppress(OSError):
                 trainer.store.set_status("failed", trainer.step, f"{type(error).__name__}: {error}")
         raise

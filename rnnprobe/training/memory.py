@@ -47,9 +47,11 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
+        """All three estimates added, in bytes."""
         return self.parameters + self.activations + self.records
 
     def describe(self) -> str:
+        """Return the non-zero parts as text, e.g. "parameters and optimizer state 1.2 MB, …"."""
         parts = [("parameters and optimizer state", self.parameters)]
         parts += [("activations", self.activations), ("buffered records", self.records)]
         return ", ".join(f"{name} {format_bytes(n)}" for name, n in parts if n)

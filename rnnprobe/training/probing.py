@@ -13,6 +13,7 @@ import torch
 
 from rnnprobe.core.capture import BackwardRecord
 from rnnprobe.core.models import ElmanRNN
+from rnnprobe.data.tasks import Batch
 from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes.hidden_stats import hidden_state_stats
 from rnnprobe.probes.jacobian import jacobian_spectrum, recurrent_weight_spectrum
@@ -20,9 +21,14 @@ from rnnprobe.probes.lyapunov import lyapunov_exponents
 from rnnprobe.probes.mean_field import mean_field_from_weights
 from rnnprobe.probes.products import product_spectrum
 from rnnprobe.probes.schedule import Schedule
-from rnnprobe.probes.truncation_bias import TruncationBias
+from rnnprobe.probes.truncation_bias import TruncationBias, truncation_bias
 from rnnprobe.records.pending import PendingRows
-from rnnprobe.training.config import PROBES, ProbeConfig, derived_seed
+from rnnprobe.seeds import derived_seed
+from rnnprobe.training.batch import run_batch
+from rnnprobe.training.config import PROBES, ProbeConfig
+from rnnprobe.training.setup import RunParts
+
+STATE_PROBES = frozenset({"hidden", "spectra", "lyapunov", "products"})  # use layer outputs
 
 
 class Instruments:
@@ -31,7 +37,7 @@ class Instruments:
     def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
         self.config, self.rnn = config, rnn
         self.schedules = {name: Schedule.parse(getattr(config, name)) for name in PROBES}
-        self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, "probes"))
         self.rows = PendingRows()
 
     def firing(self, step: int, final_step: int | None = None) -> set[str]:
@@ -47,6 +53,26 @@ class Instruments:
             for name, s in self.schedules.items()
             if s.fires(step - 1) or (edge and s.kind != "never")
         }
+
+    def record_step(
+        self,
+        step: int,
+        fired: set[str],
+        records: list[BackwardRecord],
+        offsets: list[int],
+        batch: Batch,
+        finite: bool,
+    ) -> None:
+        """File the records of the ``fired`` probes of ``step`` from its backward passes.
+
+        The state probes run only on a finite step, on the layer outputs of the whole batch
+        (segments joined), before the update.
+        """
+        if "adjoints" in fired or "reach" in fired:
+            self.record_backward(step, records, offsets, batch.lengths)
+        if finite and fired & STATE_PROBES and records and records[0].states is not None:
+            states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
+            self.record_states(step, states, fired, batch.lengths)
 
     def record_backward(
         self,
@@ -97,6 +123,24 @@ class Instruments:
             distance=(source - t).reshape(-1),
             norm=record.reach.mean(-1),
         )
+
+    def record_truncation_bias(
+        self, step: int, parts: RunParts, batch: Batch, h0: torch.Tensor | None
+    ) -> None:
+        """Record the truncated gradients (now in ``.grad``) against full BPTT of the batch.
+
+        One more forward and backward over the whole sequence, outside the capture (it
+        records nothing else), then the truncated gradients go back for the update.
+        """
+        named = [(n, p) for n, p in parts.model.named_parameters() if p.grad is not None]
+        truncated = {n: p.grad for n, p in named}
+        for _, p in named:
+            p.grad = None
+        run_batch(parts.model, parts.task, batch, [(0, batch.inputs.shape[1])], h0)
+        full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in named}
+        self.record_truncation(step, truncation_bias(truncated, full))
+        for name, p in named:
+            p.grad = truncated[name]
 
     def record_truncation(self, step: int, bias: TruncationBias) -> None:
         """File the truncation bias of ``step``: one row per parameter tensor, then ``total``."""

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.training.config import SEED_LIMIT
+from rnnprobe.seeds import SEED_LIMIT
 
 
 def sample_text(

@@ -27,7 +27,7 @@ from rnnprobe.data.corpus import (
 )
 from rnnprobe.errors import RnnprobeError
 
-SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare.txt"
+SHAKESPEARE = Path(__file__).parents[3] / "shared/data/tinyshakespeare.txt"
 
 
 def one_line_error(excinfo: pytest.ExceptionInfo[RnnprobeError]) -> str:

@@ -17,7 +17,7 @@ from rnnprobe.analysis.diagnosis import (
 )
 from rnnprobe.analysis.runs import StudySummary, summarise_run
 from rnnprobe.records.store import load_run
-from tests.test_report import write_run
+from tests.support.records import write_run
 
 
 def diagnose(tmp_path, **options):

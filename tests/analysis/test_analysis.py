@@ -273,7 +273,7 @@ def test_a_nearly_flat_noisy_curve_is_still_measured():
 
 def test_a_phase_without_reach_rows_falls_back_to_adjoint_ratios(tmp_path):
     from rnnprobe.records.store import load_run
-    from tests.test_report import write_run
+    from tests.support.records import write_run
 
     run = load_run(write_run(tmp_path / "r", decay=0.6, steps=40, seq_len=12))
     reach = run.table("reach")

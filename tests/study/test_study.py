@@ -20,11 +20,12 @@ from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.store import read_table
 from rnnprobe.study.executors import InProcessExecutor
 from rnnprobe.study.runner import read_index, run_study
-from rnnprobe.study.spec import StudySpec, expand, load_spec, override, spec_from_dict
+from rnnprobe.study.spec import expand, load_spec, override, spec_from_dict
 from rnnprobe.training.config import build_config
-from tests.test_train import finish, go, start_pausing, wait_for_pause
+from tests.support.processes import finish, go, start_pausing, wait_for_pause
+from tests.support.runs import tiny_spec
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 WALL_CLOCK = ["seconds"]
 TINY_FLAGS = {  # a flag given twice is an axis, so tests never repeat these
     "--device": "cpu",
@@ -38,24 +39,6 @@ TINY_FLAGS = {  # a flag given twice is an axis, so tests never repeat these
     "--hidden": "every:5",
 }
 TINY = [part for flag in TINY_FLAGS.items() for part in flag]
-TINY_SETTINGS = {
-    "device": "cpu",
-    "model.hidden_size": 8,
-    "model.embedding_dim": 4,
-    "train.batch_size": 4,
-    "train.steps": 10,
-    "train.eval_every": 5,
-    "train.eval_batches": 1,
-    "flush_every": 5,
-    "checkpoint_every": 5,
-    "probes.spectra": "never",
-    "probes.reach": "every:5",
-}
-
-
-def tiny_spec(**axes) -> StudySpec:
-    axes = axes or {"task.seq_len": (3, 5)}
-    return StudySpec("tiny", dict(TINY_SETTINGS), {k: tuple(v) for k, v in axes.items()})
 
 
 def invoke(*args: str):
@@ -346,7 +329,7 @@ STUDY_ARGS = [*TINY, *(p for f in STUDY_RUNS.items() for p in f), "--seq-len", "
 def start_study(out: Path, run: int, step: int, gated: bool = False) -> subprocess.Popen:
     """Start the 3-run study in a fresh process that pauses in its ``run``-th run at ``step``.
 
-    It pauses after that step's checkpoint and waits for the test (see tests/test_train.py).
+    It pauses after that step's checkpoint and waits for the test (see tests/support/processes.py).
     """
     args = [*STUDY_ARGS, "--jobs", "1", "--no-report", "--out", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "error"}

@@ -156,7 +156,7 @@ def test_readme_documents_every_record_column():
 
     from rnnprobe.records.store import STANDARD_TABLES
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for table, columns in STANDARD_TABLES.items():
         assert f"**{table}**" in readme
         for column, meaning in columns.items():

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from rnnprobe.records.store import STANDARD_TABLES, load_run
 from rnnprobe.report import plots
-from tests.test_report import write_run
+from tests.support.records import write_run
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from rnnprobe.study.runner import read_index, run_study
 from rnnprobe.study.spec import StudySpec
 from rnnprobe.training.config import build_config
 from rnnprobe.training.loop import PROGRESS_STEPS, RecentSteps
-from tests.test_study import TINY_SETTINGS, tiny_spec
-from tests.test_train import HANG_GUARD, finish, go, wait_for_pause
+from tests.support.processes import HANG_GUARD, finish, go, wait_for_pause
+from tests.support.runs import TINY_SETTINGS, tiny_spec
 
 STEPS = 60
 RUN = {

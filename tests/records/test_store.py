@@ -30,7 +30,7 @@ from rnnprobe.records.store import (
     read_table,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"model": {"hidden_size": 32, "nonlinearity": "tanh"}, "seed": 0, "lr": 0.1}
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rnnprobe import ElmanRNN, RnnprobeError
 from rnnprobe.core.bptt import ElmanStackFunction, StackSpec, make_schedule
 from rnnprobe.core.capture import capture
-from tests.reference import unrolled_rnn
+from tests.support.reference import unrolled_rnn
 
 DTYPE = torch.float64
 

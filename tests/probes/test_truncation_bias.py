@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import rnnprobe.training.loop
+import rnnprobe.training.probing
 from rnnprobe.core.models import RNNLanguageModel
 from rnnprobe.probes.truncation_bias import TOTAL, truncation_bias
 from rnnprobe.records.store import load_run
@@ -94,8 +94,8 @@ def test_the_full_gradient_is_autograds_through_torch_nn_rnn(tmp_path, monkeypat
         seen.append(({k: v.clone() for k, v in truncated.items()}, dict(full)))
         return truncation_bias(truncated, full)
 
-    monkeypatch.setattr(rnnprobe.training.loop, "run_batch", spy)
-    monkeypatch.setattr(rnnprobe.training.loop, "truncation_bias", keep)
+    monkeypatch.setattr(rnnprobe.training.probing, "run_batch", spy)
+    monkeypatch.setattr(rnnprobe.training.probing, "truncation_bias", keep)
     run = tiny(tmp_path, "3", steps=1)
     reference, (truncated, full) = seen
     for name, grad in reference.items():

@@ -27,8 +27,8 @@ from rnnprobe.records.store import load_run
 from rnnprobe.report import plots
 from rnnprobe.report.compare import build_comparison, differing_settings, run_ids, run_label
 from rnnprobe.training.loop import train_run
-from tests.test_report import SCRIPT, _check_report, write_run, write_study
-from tests.test_train import tiny
+from tests.support.records import SCRIPT, check_report, write_run, write_study
+from tests.support.runs import tiny
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def trained(tmp_path_factory) -> tuple[Path, list[Path], Path, set[Path]]:
 
 def test_comparison_report_has_valid_figures_and_links(trained):
     _, _, out, _ = trained
-    _check_report(out)
+    check_report(out)
     assert {p.name for p in out.glob("*.png")} == {"compare.png"}
     text = (out / "README.md").read_text()
     assert "Not drawn" not in text  # both runs have every kind of record
@@ -102,7 +102,7 @@ def partial(tmp_path_factory) -> tuple[list[Path], Path]:
 
 def test_runs_without_records_of_a_kind_are_named_in_the_caption(partial):
     _, out = partial
-    _check_report(out)
+    check_report(out)
     text = (out / "README.md").read_text()
     caption = next(
         line for line in text.splitlines() if line.startswith("*") and "Not drawn" in line

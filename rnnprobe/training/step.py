@@ -1,0 +1,142 @@
+"""One optimizer step, as training and the benchmarks run it.
+
+:func:`train_step` zeroes the gradients, runs the batch's forward and (truncated) backward
+passes under the capture the fired probes ask for, lets the run add to the gradients (the
+truncation-bias probe, gradient flossing), clips, checks that loss and gradients are finite
+in the step's one host sync, files the probes' records (before the update: a Jacobian
+J_t = diag(φ'(a_t)) W_hh uses the W_hh that made a_t) and updates the weights if finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rnnprobe.core.capture import Capture, capture
+from rnnprobe.core.models import ElmanRNN
+from rnnprobe.data.tasks import Batch
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.training.batch import BatchResult, run_batch
+from rnnprobe.training.probing import STATE_PROBES, Instruments
+from rnnprobe.training.setup import RunParts
+
+__all__ = [
+    "RnnCall",
+    "StepResult",
+    "clip_gradients",
+    "probed_capture",
+    "rnn_calls",
+    "train_step",
+]
+
+RnnCall = tuple[torch.Tensor, torch.Tensor | None]  # input (T, B, I), hx (L, B, H) or None
+
+
+@contextmanager
+def rnn_calls(rnn: ElmanRNN, active: bool) -> Iterator[list[RnnCall]]:
+    """Yield the (input, hx) of every call of ``rnn`` in the block, detached, in order (left
+    empty unless ``active``): flossing re-runs the layers on them."""
+    calls: list[RnnCall] = []
+    if not active:
+        yield calls
+        return
+
+    def hook(module: ElmanRNN, args: tuple, kwargs: dict[str, Any]) -> None:
+        x, hx = (*args, kwargs.get("hx"))[:2]
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or module.batch_first:
+            raise RnnprobeError("--floss needs the RNN's input time-major (T, B, I), not packed")
+        calls.append((x.detach(), None if hx is None else hx.detach()))
+
+    handle = rnn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@dataclass
+class StepResult:
+    """What a step did: its batch's result, the gradient norms (0-d device tensors), whether it
+    was finite (the update went through) and its size in tokens."""
+
+    batch: BatchResult
+    grad_norm_pre_clip: torch.Tensor
+    grad_norm_post_clip: torch.Tensor
+    finite: bool
+    tokens: int
+
+
+def clip_gradients(
+    params: list[torch.Tensor], mode: str, value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip gradients in place; return (pre-clip norm, post-clip norm) as 0-d device tensors."""
+    if mode == "norm":
+        pre = torch.nn.utils.clip_grad_norm_(params, value, foreach=True)
+        return pre, pre * torch.clamp(value / (pre + 1e-6), max=1.0)
+    pre = torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
+    if mode == "none":
+        return pre, pre
+    torch.nn.utils.clip_grad_value_(params, value, foreach=True)
+    return pre, torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
+
+
+@contextmanager
+def probed_capture(model: torch.nn.Module, fired: set[str], sub_batch: int) -> Iterator[Capture]:
+    """Yield the capture of a step's backward passes, recording what the ``fired`` probes use."""
+    with capture(
+        model,
+        reach="reach" in fired,
+        reach_batch=sub_batch,
+        keep_states=bool(fired & STATE_PROBES),
+        weight_grads="weight_grads" in fired,
+    ) as cap:
+        yield cap
+
+
+def train_step(
+    parts: RunParts,
+    batch: Batch,
+    segments: list[tuple[int, int]],
+    h0: torch.Tensor | None,
+    *,
+    step: int,
+    fired: set[str],
+    instruments: Instruments | None = None,
+    record_calls: bool = False,
+    add_gradients: Callable[[BatchResult, list[RnnCall]], None] | None = None,
+    is_finite: Callable[[torch.Tensor, BatchResult, torch.Tensor], bool] | None = None,
+) -> StepResult:
+    """Run one optimizer step on ``batch`` (on the device) cut into ``segments``.
+
+    ``add_gradients(result, calls)`` runs after the backward passes, before clipping, with the
+    recurrent stack's inputs of every call (:func:`rnn_calls`; empty unless ``record_calls``);
+    ``is_finite(finite, result, pre_clip_norm)`` makes the one host sync (default
+    ``bool(finite)``); ``instruments`` files the ``fired`` probes' records of ``step``.
+    """
+    cfg = parts.config.train
+    parts.optimizer.zero_grad(set_to_none=True)
+    sub_batch = parts.config.probes.sub_batch
+    with (
+        probed_capture(parts.model, fired, sub_batch) as cap,
+        rnn_calls(parts.rnn, record_calls) as calls,
+    ):
+        result = run_batch(parts.model, parts.task, batch, segments, h0)
+    if add_gradients is not None:
+        add_gradients(result, calls)
+    pre, post = clip_gradients(parts.params, cfg.clip, cfg.clip_value)
+    finite_tensor = torch.isfinite(result.loss) & torch.isfinite(pre)
+    if result.h_n is not None and parts.carries_state:
+        finite_tensor = finite_tensor & torch.isfinite(result.h_n).all()
+    finite = bool(finite_tensor) if is_finite is None else is_finite(finite_tensor, result, pre)
+    if instruments is not None:
+        records = cap.records_on_device()
+        instruments.record_step(step, fired, records, result.backward_offsets, batch, finite)
+    if finite:
+        parts.optimizer.step()
+    tokens = batch.inputs.shape[0] * batch.inputs.shape[1]
+    return StepResult(result, pre, post, finite, tokens)

@@ -1,0 +1,235 @@
+"""Reports from synthetic run and study directories written with the real RunStore.
+
+The builders (``write_run``, ``write_study``, in tests/support/records.py) write every
+STANDARD_TABLES table with gradients that shrink or grow by a chosen factor per step back in
+time, so the expected regime is known by construction.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from rnnprobe.analysis.diagnosis import StudyAnalysis, analyse_study
+from rnnprobe.cli.report import report
+from rnnprobe.errors import RnnprobeError
+from rnnprobe.report.pages import PLOT_TABLES, build_report
+from tests.support.records import SCRIPT, check_png, check_report, write_run, write_study
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, StudyAnalysis]:
+    """A 4-run study (init_gain 0.5, 2 × seq_len 8, 24) and its analysis, for reading only.
+
+    Drawn once for the tests below, as ``rnnprobe study`` does: OUT/summary.csv, then the
+    report in OUT/report from the same analysis (4 ≤ 8 runs: a figure for every run).
+    """
+    from rnnprobe.cli.study import write_summary
+
+    study = write_study(tmp_path_factory.mktemp("demo") / "s", gains=(0.5, 2.0))
+    analysis = analyse_study(study, keep=PLOT_TABLES)
+    write_summary(analysis.table, study)
+    build_report(study, study / "report", analysis=analysis)
+    return study, analysis
+
+
+def test_study_report_has_valid_figures_and_links(demo):
+    out = demo[0] / "report"
+    check_report(out)
+    names = {p.name for p in out.glob("*.png")}
+    assert "study.png" in names
+    assert len([n for n in names if n.startswith("run-")]) == 4  # ≤ 8 runs: a figure each
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4
+    assert {"model.init_gain", "task.seq_len", "regime_init", "outcome", "loss_ratio",
+            "half_life_end"} <= set(summary.columns)  # fmt: skip
+    regimes = dict(zip(summary["run_id"], summary["regime_end"], strict=True))
+    assert regimes["g0.5-T24"] == "vanishing" and regimes["g2.0-T24"] == "exploding"
+    assert regimes["g2.0-T8"] == "chaotic"  # λ₁ = ln 1.3 > 0, but 1.3^8 < 16 over T = 8
+    text = (out / "README.md").read_text()
+    assert "## Answer" in text and "model.init_gain changes" in text
+
+
+def test_single_run_report_escapes_text_and_writes_only_under_output(tmp_path):
+    run = write_run(
+        tmp_path / "run", settings={"task.corpus": SCRIPT}, error=SCRIPT, status="failed"
+    )
+    before = {p for p in tmp_path.rglob("*")}
+    out = build_report(run, tmp_path / "out" / "r")
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert all(out in p.parents or p == out or p in out.parents for p in created)
+    check_report(out)
+    for name, quote in (("index.html", True), ("README.md", False)):
+        text = (out / name).read_text()
+        assert SCRIPT not in text and "<script" not in text
+        assert html.escape(SCRIPT, quote=quote) in text
+    assert {p.name for p in out.glob("*.png")} == {"run.png"}
+
+
+def test_large_study_shows_figures_only_for_representative_runs(demo, tmp_path):
+    out = build_report(demo[0], tmp_path / "out", max_run_figures=2)  # 4 runs > 2
+    check_report(out)
+    assert len(list(out.glob("run-*.png"))) == 2  # the cap, exactly: best and worst
+    readme = (out / "README.md").read_text()
+    assert "Other runs (2;" in readme
+
+
+def test_default_output_is_report_inside_the_run_or_study(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "my-run", steps=10)
+    study = write_study(tmp_path / "my-study", gains=(1.0,), seq_lens=(8,), steps=4)
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    assert build_report(Path("my-run")) == Path("my-run") / "report"
+    assert build_report(study) == study / "report"
+    created = set(tmp_path.rglob("*")) - before
+    outs = (run / "report", study / "report")
+    assert all(any(p == out or out in p.parents for out in outs) for p in created)
+    assert (run / "report" / "index.html").is_file()
+    assert (study / "report" / "index.html").is_file()
+
+
+def test_running_run_without_records_reports_so(tmp_path):
+    run = write_run(tmp_path / "fresh", tables=(), status="running")
+    out = build_report(run, tmp_path / "out")
+    text = (out / "README.md").read_text()
+    assert "No records yet" in text and "status running" in text
+    assert not list(out.glob("*.png"))
+
+
+def test_run_diverged_at_step_3_reports_divergence(tmp_path):
+    run = write_run(tmp_path / "boom", decay=1.4, diverge_at=3, status="diverged")
+    out = build_report(run, tmp_path / "out")
+    check_report(out)
+    text = (out / "README.md").read_text()
+    assert "diverged" in text and "step 3" in text
+
+
+def test_study_without_runs_reports_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "study.json").write_text(json.dumps({"name": "empty", "runs": []}))
+    out = build_report(tmp_path / "empty", tmp_path / "out")
+    assert "no runs" in (out / "README.md").read_text()
+    assert (out / "summary.csv").is_file()
+
+
+def test_study_with_missing_and_unreadable_runs_still_reports(tmp_path):
+    study = write_study(tmp_path / "s", gains=(1.0,), seq_lens=(8,), steps=10)
+    spec = json.loads((study / "study.json").read_text())
+    spec["runs"].append({"id": "pending", "axes": {"model.init_gain": 3.0}, "status": "running"})
+    (study / "study.json").write_text(json.dumps(spec))
+    spec["runs"].append({"id": "broken", "axes": {"model.init_gain": 4.0}, "status": "done"})
+    spec["runs"].append({"id": "gone", "axes": {"model.init_gain": 5.0}, "status": "done"})
+    (study / "study.json").write_text(json.dumps(spec))
+    broken = study / "runs" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")
+    out = build_report(study, tmp_path / "out")
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["run_id"]) == ["g1.0-T8", "pending", "broken", "gone"]
+    text = (out / "README.md").read_text()
+    assert "unreadable records in" in text and "no readable run directory" in text
+
+
+@pytest.mark.parametrize("kind", ["missing", "plain_dir", "file"])
+def test_path_neither_run_nor_study_is_one_line_error(tmp_path, kind):
+    path = tmp_path / "x"
+    if kind == "plain_dir":
+        path.mkdir()
+    elif kind == "file":
+        path.write_text("hello")
+    with pytest.raises(RnnprobeError):
+        build_report(path, tmp_path / "out")
+    result = CliRunner().invoke(report, [str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "rnnprobe: error:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_writes_report(tmp_path):
+    run = write_run(tmp_path / "run", steps=10)
+    result = CliRunner().invoke(report, [str(run), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "index.html").is_file()
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_index_html_renders_in_headless_chromium(tmp_path):
+    out = build_report(write_run(tmp_path / "run", steps=12), tmp_path / "out")
+    shot = tmp_path / "shot.png"
+    command = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+        "--window-size=1200,2000", (out / "index.html").resolve().as_uri(),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=600)  # a hang guard
+    check_png(shot.read_bytes())
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+        low, high = image.convert("L").getextrema()
+        assert high - low > 100  # not a blank page
+
+
+@pytest.mark.slow
+def test_benchmark_report_of_24_runs_by_2000_steps(tmp_path):
+    study = write_study(
+        tmp_path / "big", gains=(0.5, 1.0, 2.0), seq_lens=(8, 16, 32, 64, 96, 128, 160, 200),
+        steps=2000, hidden=32, layers=2,
+    )  # fmt: skip
+    start = time.perf_counter()
+    out = build_report(study, tmp_path / "out")
+    seconds = time.perf_counter() - start
+    print(f"report of 24 runs × 2000 steps: {seconds:.1f} s (target: under 60 s)")
+    check_report(out)
+
+
+def test_every_number_shown_twice_is_the_same_number(demo, tmp_path):
+    """Terminal table, OUT/summary.csv, the report's summary.csv, its table and its text agree."""
+    from rnnprobe.cli.study import format_summary
+
+    study, analysis = demo  # OUT/summary.csv and OUT/report written from this analysis
+    terminal = format_summary(analysis)
+    # `rnnprobe report` reads the files anew
+    again = build_report(study, tmp_path / "again", max_run_figures=0)
+    first = (study / "summary.csv").read_text()
+    assert first == (study / "report" / "summary.csv").read_text()
+    assert first == (again / "summary.csv").read_text()
+    csv = pd.read_csv(study / "summary.csv")
+    readme = (again / "README.md").read_text()
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in readme.splitlines()
+        if line.startswith("| g") and " | done | " in line
+    }  # the summary table's rows
+    for row in csv.to_dict("records"):
+        rid = row["run_id"]
+        line = next(x for x in terminal.splitlines() if x.strip().startswith(rid))
+        for column in ("loss_ratio", "decay_per_step_init", "decay_per_step_end"):
+            value = row[column]
+            if not math.isfinite(value):
+                continue
+            assert f"{value:.4g}" in line.split(), (rid, column)  # the terminal's 4 digits
+            assert f" {value:.4g} |" in rows[rid], (rid, column)  # the report's table
+    # the diagnosis text quotes the same fits
+    text = (study / "report" / "README.md").read_text()
+    for value in csv["decay_per_step_init"]:
+        assert f"decay ×{value:.4g} per step" in text
+    # the answer's loss by configuration, and its decay by init_gain over seq_len, are the CSV's
+    answer = "\n".join(analysis.diagnosis.answer)
+    for (gain, seq_len), runs in csv.groupby(["model.init_gain", "task.seq_len"]):
+        mean = runs["loss_ratio"].mean()
+        assert f"init_gain = {gain}, seq_len = {seq_len} ({mean:.3g})" in answer
+    effect = next(x for x in answer.splitlines() if "init_gain changes decay per step at" in x)
+    for gain, runs in csv.groupby("model.init_gain"):
+        assert f" {gain}: {runs['decay_per_step_init'].mean():.3g} ±" in effect
