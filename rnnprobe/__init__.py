@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 from rnnprobe._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from rnnprobe.analysis.runs import RunSummary, summarise_run
     from rnnprobe.core.capture import Capture, capture
     from rnnprobe.core.instrument import Instrumented, instrument
     from rnnprobe.core.models import ElmanRNN, RNNClassifier, RNNLanguageModel, RNNRegressor
+    from rnnprobe.data.tasks import Batch, Task, register_task
     from rnnprobe.errors import RecordError, RnnprobeError
     from rnnprobe.records.store import load_run
     from rnnprobe.training.config import RunConfig, build_config
-    from rnnprobe.training.loop import train_run
+    from rnnprobe.training.loop import Callback, RunResult, train_run
 
 _EXPORTS = {
     "Capture": "core.capture",
@@ -31,8 +33,17 @@ _EXPORTS = {
     "RNNRegressor": "core.models",
     "load_run": "records.store",
     "train_run": "training.loop",
+    "Callback": "training.loop",
+    "RunResult": "training.loop",
+    "RunSummary": "analysis.runs",
+    "summarise_run": "analysis.runs",
+    "Batch": "data.tasks",
+    "Task": "data.tasks",
+    "register_task": "data.tasks",
 }
 __all__ = [
+    "Batch",
+    "Callback",
     "Capture",
     "ElmanRNN",
     "Instrumented",
@@ -42,10 +53,15 @@ __all__ = [
     "RecordError",
     "RnnprobeError",
     "RunConfig",
+    "RunResult",
+    "RunSummary",
+    "Task",
     "build_config",
     "capture",
     "instrument",
     "load_run",
+    "register_task",
+    "summarise_run",
     "train_run",
 ]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

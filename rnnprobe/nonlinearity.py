@@ -8,26 +8,27 @@ Conventions (row vectors, time-major): for one layer with input ``x_t`` (B, I) a
 
 Both supported nonlinearities let φ'(a_t) be read off h_t alone (tanh: 1 - h_t²; ReLU:
 [h_t > 0], with φ'(0) = 0 as in PyTorch), so nothing but the outputs need be kept.
+
+``NONLINEARITIES`` is the one list of supported nonlinearities; the module loads no torch
+until :func:`activation` runs, so the command line offers the choices without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+from rnnprobe.errors import check_choice
 
-from rnnprobe.errors import RnnprobeError
+if TYPE_CHECKING:
+    import torch
 
 NONLINEARITIES = ("tanh", "relu")
 
 
 def check_nonlinearity(nonlinearity: str) -> str:
     """Return ``nonlinearity`` if supported, else raise a one-line error naming the choices."""
-    if nonlinearity not in NONLINEARITIES:
-        raise RnnprobeError(
-            f"unknown nonlinearity {nonlinearity!r}; choose one of {', '.join(NONLINEARITIES)}"
-        )
-    return nonlinearity
+    return check_choice(nonlinearity, NONLINEARITIES, "nonlinearity")
 
 
 def activate_(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
@@ -38,12 +39,14 @@ def activate_(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
 def derivative_from_output(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     """Return φ'(a) computed from h = φ(a), same shape as ``h``."""
     if nonlinearity == "tanh":
-        return torch.mul(h, h).neg_().add_(1.0)  # one buffer, no temporaries
+        return h.mul(h).neg_().add_(1.0)  # one buffer, no temporaries
     return (h > 0).to(h.dtype)
 
 
 def activation(nonlinearity: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return φ as an out-of-place function (autograd and ``torch.func`` can trace it)."""
+    import torch
+
     return torch.tanh if nonlinearity == "tanh" else torch.relu
 
 

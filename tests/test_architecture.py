@@ -94,3 +94,18 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
 def test_every_package_says_what_it_owns_and_may_import(package: str) -> None:
     doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
     assert doc and "May import" in doc, f"rnnprobe/{package}/__init__.py: say what it owns"
+
+
+def test_the_public_api_resolves_without_loading_torch_first() -> None:
+    """``import rnnprobe`` loads no torch; every name of ``__all__`` then resolves."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, rnnprobe\n"
+        "assert 'torch' not in sys.modules\n"
+        "missing = [n for n in rnnprobe.__all__ if getattr(rnnprobe, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert sorted(rnnprobe.__all__) == sorted(set(rnnprobe.__all__))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

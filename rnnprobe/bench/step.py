@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,7 +57,9 @@ class BenchResult:
     memory_ratio: float
 
 
-def _make_models(config: BenchConfig, device: torch.device):
+def _make_models(
+    config: BenchConfig, device: torch.device
+) -> tuple[RNNLanguageModel, RNNLanguageModel]:
     elman = RNNLanguageModel(
         config.vocab_size,
         config.embedding_dim,
@@ -158,10 +161,12 @@ def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 2
         f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
         f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
     ]
-    alone = dict.fromkeys(SCHEDULED_PROBES, "never")
+    # schedules named at run time: mypy cannot match the keys to ProbeConfig's str fields
+    alone: dict[str, Any] = dict.fromkeys(SCHEDULED_PROBES, "never")
     each = {"adjoints": variants["adjoints"]}
     for name in SCHEDULED_PROBES:
-        each[name] = probed_step(replace(ProbeConfig(**alone), **{name: "always"}))
+        only: dict[str, Any] = {name: "always"}
+        each[name] = probed_step(replace(ProbeConfig(**alone), **only))
     short = max(5, steps // 20)
     medians = _interleaved_medians(each, short, config.warmup, device)
     base = medians["adjoints"]
@@ -177,7 +182,9 @@ def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 2
     return "\n".join(lines)
 
 
-def _interleaved_totals(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+def _interleaved_totals(
+    variants: dict[str, Step], steps: int, warmup: int, device: torch.device
+) -> dict[str, float]:
     """Return each variant's total time over ``steps`` rounds, run in turn after a warm-up."""
     for step in variants.values():
         for _ in range(warmup):
@@ -189,7 +196,9 @@ def _interleaved_totals(variants: dict, steps: int, warmup: int, device) -> dict
     return totals
 
 
-def _interleaved_medians(variants: dict, steps: int, warmup: int, device) -> dict[str, float]:
+def _interleaved_medians(
+    variants: dict[str, Step], steps: int, warmup: int, device: torch.device
+) -> dict[str, float]:
     """Return each variant's median step time over ``steps`` rounds, run in turn."""
     for step in variants.values():
         for _ in range(warmup):
@@ -232,7 +241,8 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
         ),
         "never",
     )
-    ratios, rates = [], {"probes": [], "off": []}
+    ratios: list[float] = []
+    rates: dict[str, list[float]] = {"probes": [], "off": []}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(6):  # alternate which runs first: drifts hit both alike
             order = ("probes", "off") if pair % 2 == 0 else ("off", "probes")
@@ -288,7 +298,7 @@ def _cpu_peak_bytes(config: BenchConfig, kind: str) -> int:
     return 1024 * (_read_status_kb("VmHWM") - before)
 
 
-def _peak_bytes(config: BenchConfig, kind: str, step, device: torch.device) -> int:
+def _peak_bytes(config: BenchConfig, kind: str, step: Step, device: torch.device) -> int:
     """Return the peak bytes one training step allocates above what lives before it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

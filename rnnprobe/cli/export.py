@@ -1,7 +1,8 @@
 """The ``rnnprobe export`` command: a run's or a study's stored records in another format.
 
-Registered by ``cli.py`` with ``main.add_command(export)``. Only click is imported here; torch,
-pandas, matplotlib and tensorboard load when the command runs.
+Registered by ``cli/main.py`` with ``main.add_command(export)``; ``python -m rnnprobe.cli.export``
+runs it alone. Only click is imported here; torch, pandas, matplotlib and tensorboard load when
+the command runs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from rnnprobe.cli.command import RnnprobeCommand
 
 __all__ = ["export"]
 
@@ -27,7 +30,7 @@ Needs the tensorboard package: pip install 'rnnprobe[tensorboard]'.
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(cls=RnnprobeCommand, epilog=EPILOG)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--tensorboard",
@@ -42,13 +45,9 @@ def export(path: Path, tensorboard_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
-    from rnnprobe.cli.main import report_error
     from rnnprobe.report.export import export_tensorboard
 
-    try:
-        done = export_tensorboard(path, tensorboard_dir)
-    except Exception as error:  # also when used outside the rnnprobe group
-        sys.exit(report_error(error))
+    done = export_tensorboard(path, tensorboard_dir)
     for run_id, reason in done.skipped + done.damaged:
         click.echo(f"rnnprobe: skipped {run_id}: {reason}", err=True)
     points = sum(run.points for run in done.runs)
@@ -63,4 +62,4 @@ def export(path: Path, tensorboard_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    export()
+    export(prog_name="rnnprobe export")

@@ -5,8 +5,8 @@ float64 on the CPU, runs it on a few of the run's own evaluation batches to coll
 a layer visits, holds the layer's input constant (zero, the mean of the inputs it saw, or one
 token) and finds the fixed and slow points of the layer's map with
 :func:`rnnprobe.probes.fixed_points.find_fixed_points` (the math is in that module's docstring).
-Registered by ``cli.py`` with ``main.add_command(fixed_points)``; only click is imported here
-until the command runs.
+Registered by ``cli/main.py`` with ``main.add_command(fixed_points)``; only click is imported
+here until the command runs.
 
 Files, under ``RUN/fixed_points/layer<L>-<input>`` (or ``--out``); every table carries
 ``layer`` so that analyses concatenate:
@@ -28,12 +28,15 @@ Files, under ``RUN/fixed_points/layer<L>-<input>`` (or ``--out``); every table c
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from rnnprobe.cli.command import RnnprobeCommand
+from rnnprobe.errors import RnnprobeError, check_count
+from rnnprobe.training.config import check_seed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +60,7 @@ TRAJECTORIES = 3  # visited sequences drawn through the points
 VISITED_SAMPLE = 3000  # visited states kept for the figure's background cloud
 
 
-@click.command("fixed-points", epilog=EPILOG)
+@click.command("fixed-points", cls=RnnprobeCommand, epilog=EPILOG)
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--input",
@@ -97,43 +100,28 @@ def fixed_points(
     out: Path | None,
 ) -> None:
     """Find the fixed and slow points of a run's layer under a constant input."""
-    from rnnprobe.cli.main import report_error
-    from rnnprobe.seeds import SEED_LIMIT
+    held = parse_input(input_spec)
+    check_seed(seed)
+    check_count(starts, "--starts")
+    check_count(batches, "--batches")
+    check_count(layer, "--layer", 0)
+    if not (noise >= 0 and 0 < slow_tol < float("inf")):
+        raise RnnprobeError(f"need --noise >= 0 and --slow-tol > 0, got {noise} and {slow_tol}")
+    import matplotlib
 
-    try:
-        held = parse_input(input_spec)
-        if not 0 <= seed < SEED_LIMIT:
-            raise _error(f"--seed must lie in [0, 2**64), got {seed}")
-        for name, value in (("--starts", starts), ("--batches", batches)):
-            if value < 1:
-                raise _error(f"{name} must be at least 1, got {value}")
-        if layer < 0:
-            raise _error(f"--layer must be >= 0, got {layer}")
-        if not (noise >= 0 and 0 < slow_tol < float("inf")):
-            raise _error(f"need --noise >= 0 and --slow-tol > 0, got {noise} and {slow_tol}")
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only; no display needed or wanted
-        found = analyse_run(
-            run, held, layer=layer, starts=starts, batches=batches, noise=noise,
-            slow_tol=slow_tol, seed=seed,
-        )  # fmt: skip
-        out = run / "fixed_points" / f"layer{layer}-{held}" if out is None else out
-        write_results(found, out)
-    except Exception as error:  # also when used outside the rnnprobe group
-        sys.exit(report_error(error))
+    matplotlib.use("Agg")  # files only; no display needed or wanted
+    found = analyse_run(
+        run, held, layer=layer, starts=starts, batches=batches, noise=noise,
+        slow_tol=slow_tol, seed=seed,
+    )  # fmt: skip
+    out = run / "fixed_points" / f"layer{layer}-{held}" if out is None else out
+    write_results(found, out)
     fp = found.result
     counts = ", ".join(f"{n} {c}" for c, n in fp.counts().items())
     click.echo(
         f"layer {layer}, input {held}: {counts} from {fp.starts} starts ({fp.discarded} ended "
         f"above q = {slow_tol:g}); wrote {out / 'README.md'}"
     )
-
-
-def _error(message: str) -> Exception:
-    from rnnprobe.errors import RnnprobeError
-
-    return RnnprobeError(message)
 
 
 def parse_input(text: str) -> str | int:
@@ -143,7 +131,7 @@ def parse_input(text: str) -> str | int:
         return text
     if text.isdigit():
         return int(text)
-    raise _error(f"--input must be zero, mean or a token id (an integer >= 0), got {text!r}")
+    raise RnnprobeError(f"--input must be zero, mean or a token id (an integer >= 0), got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -164,26 +152,31 @@ def analyse_run(
     """Return the fixed and slow points of ``layer`` of the run's last checkpoint."""
     import torch
 
+    from rnnprobe.core.models import ElmanRNN
     from rnnprobe.probes import fixed_points as fpm
     from rnnprobe.records.store import RunStore
     from rnnprobe.seeds import derived_seed
-    from rnnprobe.training.setup import build_model
     from rnnprobe.training.loop import make_task_from_config, resume_config
+    from rnnprobe.training.setup import build_model
 
     config = resume_config(run)  # a one-line error when RUN is not a run directory
     if layer >= config.model.layers:
-        raise _error(f"--layer must lie in [0, {config.model.layers}) for this run, got {layer}")
+        raise RnnprobeError(
+            f"--layer must lie in [0, {config.model.layers}) for this run, got {layer}"
+        )
     checkpoint = RunStore(Path(run)).load_latest_checkpoint()
     if checkpoint is None:
-        raise _error(f"{run} has no checkpoint yet; fixed points need its trained weights")
+        raise RnnprobeError(f"{run} has no checkpoint yet; fixed points need its trained weights")
     task = make_task_from_config(config)
     if isinstance(held, int):
-        if task.input_kind != "tokens":
-            raise _error(f"--input {held}: task {task.name} takes features, not token ids")
+        if task.input_kind != "tokens" or task.vocab_size is None:
+            raise RnnprobeError(f"--input {held}: task {task.name} takes features, not token ids")
         if held >= task.vocab_size:
-            raise _error(f"--input {held}: task {task.name}'s ids lie in [0, {task.vocab_size})")
+            raise RnnprobeError(
+                f"--input {held}: task {task.name}'s ids lie in [0, {task.vocab_size})"
+            )
         if layer != 0:
-            raise _error(
+            raise RnnprobeError(
                 "--input TOKEN holds the network's input, which is constant at layer 0 only; "
                 f"for --layer {layer} use zero or mean"
             )
@@ -192,29 +185,33 @@ def analyse_run(
         model.load_state_dict(checkpoint.state["model"])
     except (KeyError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:160]
-        raise _error(f"{checkpoint.path} does not fit its run's model ({reason})") from None
+        raise RnnprobeError(f"{checkpoint.path} does not fit its run's model ({reason})") from None
     model.eval()
     embedding = getattr(model, "embedding", None)  # None: the task's inputs are features
-    states, inputs, paths = [], [], []
+    rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
+    states: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
+    paths: list[torch.Tensor] = []
     eval_seed = derived_seed(config.seed, "evals")  # the seed of the run's own validation batches
     with torch.no_grad():
         for batch in task.eval_batches(
             config.train.batch_size, num_batches=batches, seed=eval_seed
         ):
             x = batch.inputs.transpose(0, 1) if embedding is None else embedding(batch.inputs.t())
-            x_l, h_l = fpm.layer_trajectories(model.rnn, x, layer)  # (T, B, I_l), (T, B, H)
+            x_l, h_l = fpm.layer_trajectories(rnn, x, layer)  # (T, B, I_l), (T, B, H)
             real = batch.mask.t()  # (T, B): steps that are not padding
             states.append(h_l[real])
             inputs.append(x_l[real])
             for b in range(min(TRAJECTORIES - len(paths), real.shape[1])):
                 paths.append(h_l[real[:, b], b])
         visited = torch.cat(states)  # (M, H)
-        w_ih, w_hh = model.rnn.layer_weights(layer)
-        biases = (getattr(model.rnn, f"bias_{n}_l{layer}", None) for n in ("ih", "hh"))
+        w_ih, w_hh = rnn.layer_weights(layer)
+        biases = (getattr(rnn, f"bias_{n}_l{layer}", None) for n in ("ih", "hh"))
         held_x = None  # zero
         if held == "mean":
             held_x = torch.cat(inputs).mean(0)
         elif isinstance(held, int):
+            assert embedding is not None  # checked above: a token task
             held_x = embedding.weight[held]
         u = fpm.constant_drive(held_x, w_ih, *biases)  # (H,)
     generator = torch.Generator().manual_seed(seed)
@@ -401,4 +398,4 @@ def _input_text(held: str) -> str:
 
 
 if __name__ == "__main__":
-    fixed_points()
+    fixed_points(prog_name="rnnprobe fixed-points")

@@ -1,69 +1,23 @@
-"""The ``rnnprobe`` command line: thin click commands over the library."""
+"""The ``rnnprobe`` command line: thin click commands over the library.
+
+The group and every command report errors through one handler, :mod:`rnnprobe.cli.command`.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
-from rnnprobe.cli.options import pop_settings, setting_options
-from rnnprobe.errors import RnnprobeError, describe
+from rnnprobe.cli.command import RnnprobeGroup, report_error
+from rnnprobe.cli.options import pop_settings, setting_option, setting_options, threads_option
+from rnnprobe.errors import RnnprobeError, check_count
 from rnnprobe.training.config import SCHEDULE_HELP
 
-# torch's OpenMP threads wait for each other by spinning; when other work holds the cores, a
-# spinning waiter burns the time slice of the thread it waits for, and a run slows many times
-# over (rnnprobe bench --suite busy). Waiters that sleep cost nothing measurable when the machine
-# is idle. Set before any command imports torch, so OpenMP reads it; inherited by workers.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-DEVICE = click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto (CUDA when present), cpu, cuda or cuda:N.",
-)
-
-
-_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-class RnnprobeGroup(click.Group):
-    """Turns every error into one line on stderr: exit 2 for a user mistake, 1 for a failure."""
-
-    def main(self, *args, **kwargs):
-        try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Exit as done:
-            sys.exit(done.exit_code)
-        except click.Abort:
-            click.echo("rnnprobe: interrupted", err=True)
-            sys.exit(130)
-        except _NO_ARGS_IS_HELP as error:
-            click.echo(error.format_message())
-            sys.exit(0)
-        except click.ClickException as error:  # usage errors: unknown option, bad choice
-            ctx = getattr(error, "ctx", None)
-            command = ctx.command_path if ctx is not None else "rnnprobe"
-            click.echo(f"{command}: error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("rnnprobe: interrupted", err=True)
-            sys.exit(130)
-        except Exception as error:  # one line, never a traceback (unless asked for)
-            sys.exit(report_error(error))
-        sys.exit(result if isinstance(result, int) else 0)
-
-
-def report_error(error: Exception) -> int:
-    """Print ``error`` as one line on stderr; return its exit status (2 usage, 1 failure)."""
-    if os.environ.get("RNNPROBE_TRACEBACK") and not isinstance(error, RnnprobeError):
-        raise error
-    line, code = describe(error)
-    click.echo(f"rnnprobe: error: {line}", err=True)
-    return code
+__all__ = ["main", "report_error"]
 
 
 @click.group(cls=RnnprobeGroup)
@@ -75,29 +29,23 @@ def main() -> None:
 @main.command(
     epilog="Example: rnnprobe bench --seq-len 32 --seq-len 128 --threads 2",
 )
-@click.option(
-    "--seq-len",
+@setting_option(
+    "task.seq_len",
     "seq_lens",
-    type=int,
     multiple=True,
     default=(32, 128),
-    show_default=True,
-    help="Time steps T per sequence (repeat for several).",
+    help="time steps T per sequence (repeat for several)",
 )
-@click.option("--hidden-size", type=int, default=256, show_default=True, help="Units per layer.")
-@click.option("--layers", type=int, default=2, show_default=True, help="Stacked RNN layers.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per step.")
+@setting_option("model.hidden_size", default=256)
+@setting_option("model.layers", default=2)
+@setting_option("train.batch_size", default=32)
 @click.option(
     "--vocab-size", type=int, default=96, show_default=True, help="Tokens, padding included."
 )
-@click.option("--embedding-dim", type=int, default=64, show_default=True, help="Embedding units.")
-@click.option(
-    "--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True
-)
+@setting_option("model.embedding_dim", default=64)
+@setting_option("model.nonlinearity", default="tanh")
 @click.option("--repeats", type=int, default=30, show_default=True, help="Timed step pairs.")
-@click.option(
-    "--threads", type=int, default=None, help="torch CPU threads [default: torch's, one per core]."
-)
+@threads_option("torch's, one per core")
 @click.option("--no-record", is_flag=True, help="Time the instrumented model without capture.")
 @click.option(
     "--suite",
@@ -108,37 +56,32 @@ def main() -> None:
     "train: rnnprobe train's tokens/s with probes on and off; all: those three; busy: the "
     "README copy example beside one CPU-bound process per core, default threads vs --threads.",
 )
-@DEVICE
+@setting_option("device", default="auto")
 def bench(
-    seq_lens,
-    hidden_size,
-    layers,
-    batch_size,
-    vocab_size,
-    embedding_dim,
-    nonlinearity,
-    repeats,
-    threads,
-    no_record,
-    suite,
-    device,
+    seq_lens: tuple[int, ...],
+    hidden_size: int,
+    layers: int,
+    batch_size: int,
+    vocab_size: int,
+    embedding_dim: int,
+    nonlinearity: str,
+    repeats: int,
+    threads: int | None,
+    no_record: bool,
+    suite: str,
+    device: str,
 ) -> None:
     """Time a training step of rnnprobe's model against torch.nn.RNN; print the ratios."""
-    sizes = {
-        "--seq-len": min(seq_lens),
-        "--repeats": repeats,
-        "--hidden-size": hidden_size,
-        "--layers": layers,
-        "--batch-size": batch_size,
-        "--embedding-dim": embedding_dim,
-        "--vocab-size": vocab_size - 1,  # id 0 is padding: at least one real token
-        "--threads": 1 if threads is None else threads,
-    }
-    for name, value in sizes.items():
-        if value < 1:
-            shown = value + 1 if name == "--vocab-size" else value
-            least = 2 if name == "--vocab-size" else 1
-            raise RnnprobeError(f"{name} must be at least {least}, got {shown}")
+    for seq_len in seq_lens:
+        check_count(seq_len, "--seq-len")
+    check_count(repeats, "--repeats")
+    check_count(hidden_size, "--hidden-size")
+    check_count(layers, "--layers")
+    check_count(batch_size, "--batch-size")
+    check_count(embedding_dim, "--embedding-dim")
+    check_count(vocab_size, "--vocab-size", 2)  # id 0 is padding: at least one real token
+    if threads is not None:
+        check_count(threads, "--threads")
     if suite == "busy":
         from rnnprobe.bench.threads import run_busy_threads
 
@@ -217,16 +160,18 @@ def bench(
 @click.option(
     "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="e.g. train.lr=0.01."
 )
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="torch CPU threads [default: OMP_NUM_THREADS, else the cores not busy at the start].",
-)
+@threads_option("OMP_NUM_THREADS, else the cores not busy at the start")
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="A progress bar on stderr."
 )
-def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
+def train(
+    out: str | None,
+    resume_dir: str | None,
+    assignments: tuple[str, ...],
+    threads: int | None,
+    progress: bool,
+    **kwargs: Any,
+) -> None:
     """Train one RNN with every probe recording; write its records to a run directory."""
     from rnnprobe.core.threads import default_threads, snapshot
     from rnnprobe.training.config import build_config, parse_assignment
@@ -245,10 +190,11 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
     threads = threads if threads is not None else default_threads(started, snapshot())
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    if config is None:
-        config = resume_config(resume_dir)
-        run_dir = resume_dir
+    run_dir: str
+    if resume_dir is not None:
+        config, run_dir = resume_config(resume_dir), resume_dir
     else:
+        assert config is not None  # built above
         run_dir = out or f"runs/train/{config.run_id()}"
     try:
         result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
@@ -291,7 +237,7 @@ def train(out, resume_dir, assignments, threads, progress, **kwargs) -> None:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the draws, in [0, 2⁶⁴)."
 )
-def sample(run_dir, prime, length, temperature, seed) -> None:
+def sample(run_dir: str, prime: str, length: int, temperature: float, seed: int) -> None:
     """Generate text from a language-model run's last checkpoint."""
     from rnnprobe.training.sampling import sample_text
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from rnnprobe.cli.command import RnnprobeCommand
+
 __all__ = ["replay"]
 
 EPILOG = """\b
@@ -34,7 +36,7 @@ what differs) or the snapshot is damaged; 2 when the file is not a snapshot.
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(cls=RnnprobeCommand, epilog=EPILOG)
 @click.argument("snapshot", type=click.Path(path_type=Path))
 @click.option(
     "-o",
@@ -50,14 +52,9 @@ def replay(snapshot: Path, out: Path | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
-    from rnnprobe.cli.main import report_error
+    from rnnprobe.report.replay import replay_snapshot
 
-    try:
-        from rnnprobe.report.replay import replay_snapshot
-
-        done = replay_snapshot(snapshot, out)
-    except Exception as error:  # also when used outside the rnnprobe group
-        sys.exit(report_error(error))
+    done = replay_snapshot(snapshot, out)
     step = f"step {done.step} ({done.kind})"
     numbers = f"loss {done.loss:.6g}, pre-clip gradient norm {done.grad_norm:.6g}"
     figures = f"{len(done.figures)} figures"
@@ -71,4 +68,4 @@ def replay(snapshot: Path, out: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    replay()
+    replay(prog_name="rnnprobe replay")

@@ -2,20 +2,23 @@
 
 One run or one study gets its own report (:func:`rnnprobe.report.pages.build_report`); two or more
 runs get a comparison report that overlays them (:func:`rnnprobe.report.compare.build_comparison`).
-Registered by ``cli.py`` with ``main.add_command(report)``.
+Registered by ``cli/main.py`` with ``main.add_command(report)``; ``python -m rnnprobe.cli.report``
+runs it alone.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from rnnprobe.cli.command import RnnprobeCommand
 
 __all__ = ["report"]
 
 
 @click.command(
+    cls=RnnprobeCommand,
     epilog="Examples: rnnprobe report runs/train/3f2a9c01de; "
     "rnnprobe report runs/train/3f2a9c01de runs/train/8b1e44d2a0 (a comparison); "
     "rnnprobe report runs/init_gain -o reports/init_gain",
@@ -41,21 +44,16 @@ def report(paths: tuple[Path, ...], output: Path | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
-    from rnnprobe.cli.main import report_error
+    if len(paths) == 1:
+        from rnnprobe.report.pages import build_report
 
-    try:
-        if len(paths) == 1:
-            from rnnprobe.report.pages import build_report
+        out = build_report(paths[0], output)
+    else:
+        from rnnprobe.report.compare import build_comparison
 
-            out = build_report(paths[0], output)
-        else:
-            from rnnprobe.report.compare import build_comparison
-
-            out = build_comparison(paths, output)
-    except Exception as error:  # also when used outside the rnnprobe group
-        sys.exit(report_error(error))
+        out = build_comparison(paths, output)
     click.echo(f"wrote {out / 'index.html'}, {out / 'README.md'} and {out / 'summary.csv'}")
 
 
 if __name__ == "__main__":
-    report()
+    report(prog_name="rnnprobe report")

@@ -5,7 +5,6 @@ Register with ``main.add_command(study)``; ``python -m rnnprobe.cli.study`` runs
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ if TYPE_CHECKING:
     from rnnprobe.analysis.diagnosis import StudyAnalysis
     from rnnprobe.study.executors import Executor
     from rnnprobe.study.spec import StudySpec
+from rnnprobe.cli.command import RnnprobeCommand
 from rnnprobe.cli.options import pop_settings, setting_options
 from rnnprobe.training.config import SCHEDULE_HELP
 
@@ -40,7 +40,7 @@ Columns of the summary (and OUT/summary.csv): README.md, "Reading a diagnosis".
 """
 
 
-@click.command(epilog=f"{EPILOG}\n{SCHEDULE_HELP}")
+@click.command(cls=RnnprobeCommand, epilog=f"{EPILOG}\n{SCHEDULE_HELP}")
 @click.argument("spec_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @setting_options(multiple=True)
 @click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 (an axis on seed).")
@@ -85,15 +85,7 @@ def study(ctx: click.Context, **options: object) -> None:
 
     SPEC_FILE is an optional TOML study spec (see studies/); flags override its settings.
     """
-    from rnnprobe.cli.main import report_error
-
-    try:
-        code = _study(**options)
-    except KeyboardInterrupt:  # after the runs: while summarising or reporting
-        click.echo("rnnprobe: interrupted", err=True)
-        code = 130
-    except Exception as error:  # also handled by the group; this keeps `-m` one-line
-        code = report_error(error)
+    code = _study(**options)  # type: ignore[arg-type]
     if code:
         ctx.exit(code)
 
@@ -183,4 +175,4 @@ def format_summary(analysis: StudyAnalysis) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(study(prog_name="rnnprobe study"))
+    study(prog_name="rnnprobe study")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from rnnprobe.cli.command import RnnprobeCommand
+
 __all__ = ["watch"]
 
 EPILOG = """\b
@@ -26,7 +28,7 @@ when the records are damaged.
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(cls=RnnprobeCommand, epilog=EPILOG)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--interval",
@@ -47,10 +49,6 @@ def watch(ctx: click.Context, path: Path, interval: float, once: bool) -> None:
         code = follow(path, interval=interval, once=once, show=click.echo if once else _show)
     except KeyboardInterrupt:  # the way a live view is meant to end: no message
         code = 130
-    except Exception as error:  # also handled by the group; this keeps `-m` one-line
-        from rnnprobe.cli.main import report_error
-
-        code = report_error(error)
     if code:
         ctx.exit(code)
 
@@ -65,4 +63,4 @@ def _show(frame: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(watch(prog_name="rnnprobe watch"))
+    watch(prog_name="rnnprobe watch")

@@ -32,7 +32,7 @@ from torch import nn
 
 from rnnprobe.core.bptt import LayerAdjoints, RecorderSlot
 from rnnprobe.core.models import ElmanRNN
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 from rnnprobe.probes.reach import default_reach_sources, gradient_reach
 
 
@@ -107,8 +107,7 @@ class Capture:
             raise RnnprobeError(
                 f"capture needs a model with exactly one ElmanRNN, found {len(rnns)}"
             )
-        if reach_batch < 1:
-            raise RnnprobeError(f"reach_batch must be at least 1, got {reach_batch}")
+        check_count(reach_batch, "reach_batch")
         if reach and rnns[0].bidirectional:
             raise RnnprobeError("gradient reach needs a unidirectional RNN")
         self.slot: RecorderSlot = rnns[0].recorder_slot

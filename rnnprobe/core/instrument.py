@@ -1,6 +1,6 @@
 """Instrument a model you already have: swap its ``torch.nn.RNN`` modules for ``ElmanRNN``.
 
-    handle = rnnprobe.core.instrument(model)          # in place; the optimizer keeps working
+    handle = rnnprobe.instrument(model)          # in place; the optimizer keeps working
     with handle.capture() as cap:                # records of every backward pass inside
         loss = loss_fn(model(x), y)
         loss.backward()

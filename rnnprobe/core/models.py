@@ -466,27 +466,6 @@ class RNNClassifier(nn.Module):
             last = output[lengths.to(output.device) - 1, torch.arange(B, device=output.device)]
         return self.head(last)
 
-    def loss(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        h0: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Return the mean cross-entropy against class targets (B,)."""
-        return F.cross_entropy(self(inputs, lengths, h0), targets)
-
 
 class RNNRegressor(RNNClassifier):
     """Many-to-one regression (e.g. the adding problem): mean squared error on (B, num_outputs)."""
-
-    def loss(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        h0: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Return the mean squared error against targets (B,) or (B, num_outputs)."""
-        prediction = self(inputs, lengths, h0)
-        return F.mse_loss(prediction, targets.reshape(prediction.shape))

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from rnnprobe.data.tasks import Batch, Task, check_int
+from rnnprobe.data.tasks import Batch, Task
 from rnnprobe.data.textdata import LabelledData, build_labelled_data
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 
 __all__ = ["ClassifyTask"]
 
@@ -40,7 +40,7 @@ class ClassifyTask(Task):
     seq_len: int = 20  # the cap on an example's length; ``steps`` is the padded length T
 
     def __post_init__(self) -> None:
-        check_int(self.seq_len, "seq_len")
+        check_count(self.seq_len, "seq_len")
         if self.data.train_labels.numel() == 0:
             raise RnnprobeError(f"{self.data.source} has no training examples")
 
@@ -53,7 +53,7 @@ class ClassifyTask(Task):
         ``options`` go to :func:`rnnprobe.data.textdata.build_labelled_data` (``level``,
         ``valid_fraction``, ``lowercase``, ``charset``, ``text_column``, ``label_column``).
         """
-        check_int(seq_len, "seq_len")
+        check_count(seq_len, "seq_len")
         generator = torch.Generator().manual_seed(seed)
         data = build_labelled_data(path, max_len=seq_len, generator=generator, **options)
         return cls(data, seq_len)
@@ -123,7 +123,7 @@ class ClassifyTask(Task):
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Return ``batch_size`` training examples drawn uniformly, with replacement."""
-        B, d = check_int(batch_size, "batch_size"), self.data
+        B, d = check_count(batch_size, "batch_size"), self.data
         rows = torch.randint(0, len(d.train_labels), (B,), generator=generator)  # (B,)
         return Batch(d.train_ids[rows], d.train_labels[rows], d.train_lengths[rows])
 
@@ -135,13 +135,13 @@ class ClassifyTask(Task):
         ``num_batches`` keeps the first that many (the split is shuffled, so they are a fair
         sample); None keeps the whole split.
         """
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         d = self.data
         if d.valid_labels.numel() == 0:
             raise RnnprobeError(f"{d.source} has no validation examples: raise --valid-fraction")
         count = math.ceil(d.valid_labels.numel() / batch_size)
         if num_batches is not None:
-            count = min(count, check_int(num_batches, "num_batches"))
+            count = min(count, check_count(num_batches, "num_batches"))
         return [
             Batch(d.valid_ids[s:e], d.valid_labels[s:e], d.valid_lengths[s:e])
             for s, e in ((i * batch_size, (i + 1) * batch_size) for i in range(count))

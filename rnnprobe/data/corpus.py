@@ -32,15 +32,14 @@ from typing import Literal
 
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.data.names import CHARSETS, LEVELS
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 STDLIB = "stdlib"
 DEFAULT_STDLIB_CHARS = 2_000_000  # ~2 MB: large enough for char LMs, reads in well under 1 s
-LEVELS = ("char", "word")
-Level = Literal["char", "word"]
-CHARSETS = ("all", "ascii", "letters-space")
+Level = Literal["char", "word"]  # names.LEVELS
 
 # Words, runs of whitespace, or any other single character: every character falls in exactly
 # one class, so joining the tokens gives back the text.
@@ -86,9 +85,7 @@ _NOT_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 def check_charset(charset: str) -> str:
     """Return ``charset`` if it names a character filter, else raise a one-line error."""
-    if charset not in CHARSETS:
-        raise RnnprobeError(f"unknown charset {charset!r}; choose one of {', '.join(CHARSETS)}")
-    return charset
+    return check_choice(charset, CHARSETS, "charset")
 
 
 def fold_accents(text: str) -> str:
@@ -140,8 +137,7 @@ def read_stdlib_text(max_chars: int = DEFAULT_STDLIB_CHARS) -> str:
 
     Files that are not valid UTF-8 (or contain NUL bytes) are skipped.
     """
-    if max_chars < 1:
-        raise RnnprobeError(f"stdlib corpus size must be at least 1 character, got {max_chars}")
+    check_count(max_chars, "max_chars (stdlib characters)")
     parts: list[str] = []
     total = 0
     for path in stdlib_source_files():
@@ -178,9 +174,7 @@ def tokenize(text: str, level: Level = "char") -> list[str]:
 
 def check_level(level: str) -> str:
     """Return ``level`` if it is a known tokenisation level, else raise a one-line error."""
-    if level not in LEVELS:
-        raise RnnprobeError(f"unknown tokenisation level {level!r}; choose one of char, word")
-    return level
+    return check_choice(level, LEVELS, "tokenisation level")
 
 
 @dataclass(frozen=True)
@@ -201,8 +195,7 @@ class Vocab:
         counts.pop(UNK, None)
         kept = sorted(counts)
         if max_size is not None:
-            if max_size < 3:
-                raise RnnprobeError(f"vocabulary max_size must be at least 3, got {max_size}")
+            check_count(max_size, "vocabulary max_size", 3)
             kept = sorted(sorted(kept, key=lambda t: -counts[t])[: max_size - 2])
         return cls((PAD, UNK, *kept), level)
 
@@ -308,8 +301,3 @@ def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
 def bits_per_char(nats: float) -> float:
     """Return a loss in nats per token as bits per token (bpc for character models)."""
     return nats / math.log(2.0)
-
-
-def perplexity(nats: float) -> float:
-    """Return the perplexity ``e^nats`` of a mean cross-entropy in nats per token."""
-    return math.exp(nats)

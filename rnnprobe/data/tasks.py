@@ -44,18 +44,11 @@ from rnnprobe.data.corpus import (
     build_corpus,
     unigram_entropy,
 )
-from rnnprobe.data.names import BUILT_IN_TASKS, add_task_name
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.data.names import BUILT_IN_TASKS, SAMPLINGS, add_task_name
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
 
 if TYPE_CHECKING:
     from rnnprobe.training.config import RunConfig
-
-
-def check_int(value: object, what: str, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int ≥ ``minimum``, else raise a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RnnprobeError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +136,7 @@ class Task:
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Yield training batches forever (take as many as needed with ``itertools.islice``)."""
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         while True:
             yield self.sample(batch_size, generator)
 
@@ -151,9 +144,9 @@ class Task:
         self, batch_size: int, *, num_batches: int | None = None, seed: int = 0
     ) -> list[Batch]:
         """Return a fixed evaluation set: ``num_batches`` (default 8) batches from ``seed``."""
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         g = torch.Generator().manual_seed(seed)
-        count = 8 if num_batches is None else check_int(num_batches, "num_batches")
+        count = 8 if num_batches is None else check_count(num_batches, "num_batches")
         return [self.sample(batch_size, g) for _ in range(count)]
 
 
@@ -179,9 +172,9 @@ class CopyTask(Task):
     recall_length: int = 10
 
     def __post_init__(self) -> None:
-        check_int(self.seq_len, "seq_len")
-        check_int(self.num_symbols, "num_symbols", 2)
-        check_int(self.recall_length, "recall_length")
+        check_count(self.seq_len, "seq_len")
+        check_count(self.num_symbols, "num_symbols", 2)
+        check_count(self.recall_length, "recall_length")
 
     @property
     def total_len(self) -> int:
@@ -224,7 +217,7 @@ class CopyTask(Task):
 
     @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, T, R = check_int(batch_size, "batch_size"), self.total_len, self.recall_length
+        B, T, R = check_count(batch_size, "batch_size"), self.total_len, self.recall_length
         first, last = COPY_FIRST_SYMBOL, COPY_FIRST_SYMBOL + self.num_symbols
         symbols = torch.randint(first, last, (B, R), generator=generator)  # (B, R)
         inputs = torch.full((B, T), COPY_BLANK, dtype=torch.int64)  # (B, T)
@@ -251,7 +244,7 @@ class AddingTask(Task):
     seq_len: int = 100
 
     def __post_init__(self) -> None:
-        check_int(self.seq_len, "seq_len", 2)
+        check_count(self.seq_len, "seq_len", 2)
 
     @property
     @override
@@ -280,7 +273,7 @@ class AddingTask(Task):
 
     @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, T = check_int(batch_size, "batch_size"), self.seq_len
+        B, T = check_count(batch_size, "batch_size"), self.seq_len
         values = torch.rand(B, T, generator=generator, dtype=torch.float32)  # (B, T)
         first = torch.randint(0, T // 2, (B,), generator=generator)  # (B,)
         second = torch.randint(T // 2, T, (B,), generator=generator)  # (B,)
@@ -309,9 +302,9 @@ class RecallTask(Task):
     variable_length: bool = False
 
     def __post_init__(self) -> None:
-        check_int(self.seq_len, "seq_len")
-        check_int(self.num_classes, "num_classes", 2)
-        check_int(self.num_distractors, "num_distractors")
+        check_count(self.seq_len, "seq_len")
+        check_count(self.num_classes, "num_classes", 2)
+        check_count(self.num_distractors, "num_distractors")
 
     @property
     @override
@@ -346,7 +339,7 @@ class RecallTask(Task):
 
     @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        B, T, K = check_int(batch_size, "batch_size"), self.seq_len + 1, self.num_classes
+        B, T, K = check_count(batch_size, "batch_size"), self.seq_len + 1, self.num_classes
         keys = torch.randint(0, K, (B,), generator=generator)  # (B,)
         low, high = K + 1, K + 1 + self.num_distractors
         distractors = torch.randint(low, high, (B, T - 1), generator=generator)  # (B, T-1)
@@ -413,11 +406,8 @@ class LMTask(Task):
     _unigram: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_int(self.seq_len, "seq_len")
-        if self.sampling not in ("random", "sequential"):
-            raise RnnprobeError(
-                f"unknown lm sampling {self.sampling!r}; choose one of random, sequential"
-            )
+        check_count(self.seq_len, "seq_len")
+        check_choice(self.sampling, SAMPLINGS, "lm sampling")
         n = self.corpus.train.numel()
         if self.seq_len + 1 > n:
             raise RnnprobeError(
@@ -468,7 +458,7 @@ class LMTask(Task):
 
     @override
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         return random_windows(self.corpus.train, batch_size, self.seq_len, generator)
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -476,7 +466,7 @@ class LMTask(Task):
         if self.sampling == "random":
             yield from super().batches(batch_size, generator)
             return
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         while True:
             yield from sequential_batches(self.corpus.train, batch_size, self.seq_len)
 
@@ -484,11 +474,11 @@ class LMTask(Task):
         self, batch_size: int, *, num_batches: int | None = None, seed: int = 0
     ) -> list[Batch]:
         """Return the validation split as sequential batches (``seed`` is unused)."""
-        check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
         if self.corpus.valid.numel() == 0:
             raise RnnprobeError(f"corpus {self.corpus.source} has an empty validation split")
         out = list(sequential_batches(self.corpus.valid, batch_size, self.seq_len))
-        return out if num_batches is None else out[: check_int(num_batches, "num_batches")]
+        return out if num_batches is None else out[: check_count(num_batches, "num_batches")]
 
 
 # -- building a run's task: the registry ------------------------------------------------
@@ -606,9 +596,7 @@ def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> 
 def task_from_config(config: RunConfig) -> Task:
     """Return the task ``config.task.name`` names, built by its factory and checked."""
     name = config.task.name
-    if name not in _FACTORIES:
-        raise RnnprobeError(f"unknown task {name!r}; choose one of {', '.join(_FACTORIES)}")
-    task = _FACTORIES[name](config)
+    task = _FACTORIES[check_choice(name, _FACTORIES, "task")](config)
     if not isinstance(task, Task):
         raise RnnprobeError(
             f"the factory of task {name!r} returned {type(task).__name__}, not a rnnprobe Task"
@@ -617,10 +605,7 @@ def task_from_config(config: RunConfig) -> Task:
         raise RnnprobeError(
             f"the factory of task {name!r} returned a task named {getattr(task, 'name', None)!r}"
         )
-    if task.kind not in KINDS:
-        raise RnnprobeError(
-            f"task {name!r} has kind {task.kind!r}; choose one of {', '.join(KINDS)}"
-        )
+    check_choice(task.kind, KINDS, f"the kind of task {name!r}")
     return task
 
 
@@ -648,9 +633,7 @@ def make_task(name: str, **options: Any) -> Task:
     ``charset`` passed to ``build_corpus``. (``classify`` needs its data:
     ``rnnprobe.data.classify.ClassifyTask.from_path``; a run config: :func:`task_from_config`.)
     """
-    if name not in TASKS:
-        raise RnnprobeError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    cls = TASKS[name]
+    cls = TASKS[check_choice(name, TASKS, "task")]
     valid = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
     if name == "lm":
         valid += _CORPUS_OPTIONS

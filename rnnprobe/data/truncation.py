@@ -6,16 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 
 if TYPE_CHECKING:  # parsing a truncation needs no torch; drawing random lengths does
     import torch
-
-
-def _positive(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RnnprobeError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class Truncation:
         if isinstance(spec, bool):
             raise bad
         if isinstance(spec, int):
-            return cls("fixed", _positive(spec, "bptt"))
+            return cls("fixed", check_count(spec, "bptt"))
         text = str(spec).strip()
         if text == "full":
             return cls("full")
@@ -51,7 +45,7 @@ class Truncation:
         """Yield ``(start, end)`` pairs, in order, that tile ``[0, seq_len)`` exactly."""
         import torch
 
-        _positive(seq_len, "seq_len")
+        check_count(seq_len, "seq_len")
         if self.mode == "random" and generator is None:
             raise RnnprobeError("random truncation needs a torch.Generator")
         start = 0
@@ -61,11 +55,3 @@ class Truncation:
                 step = max(1, self.k // 2)
             yield start, min(start + step, seq_len)
             start += step
-
-
-def bptt_segments(
-    seq_len: int, bptt: str | int | Truncation, generator: torch.Generator | None = None
-) -> Iterator[tuple[int, int]]:
-    """Yield the ``(start, end)`` segments of ``[0, seq_len)`` for the truncation ``bptt``."""
-    truncation = bptt if isinstance(bptt, Truncation) else Truncation.parse(bptt)
-    return truncation.segments(seq_len, generator)

@@ -57,7 +57,7 @@ from typing import Protocol
 
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
 from rnnprobe.probes._shapes import check_recurrent_weight
 from rnnprobe.probes.jacobian import step_jacobians
 
@@ -91,11 +91,7 @@ CATEGORIES = ("stable", "saddle", "source", "slow")  # the values of a point's `
 
 
 def _phi(nonlinearity: str) -> tuple[Callable, Callable]:
-    if nonlinearity not in NONLINEARITIES:
-        raise RnnprobeError(
-            f"unknown nonlinearity {nonlinearity!r}; choose one of {', '.join(NONLINEARITIES)}"
-        )
-    return NONLINEARITIES[nonlinearity]
+    return NONLINEARITIES[check_choice(nonlinearity, NONLINEARITIES, "nonlinearity")]
 
 
 def _check(w_hh: torch.Tensor, u: torch.Tensor, h: torch.Tensor, what: str) -> int:
@@ -401,8 +397,7 @@ def sample_starts(
 ) -> torch.Tensor:
     """Return ``count`` starts (count, H): visited ``states`` (M, H) drawn uniformly with
     replacement, plus N(0, noise²) in every unit."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise RnnprobeError(f"the number of starts must be an integer >= 1, got {count!r}")
+    check_count(count, "the number of starts")
     if states.ndim != 2 or len(states) == 0:
         raise RnnprobeError(f"visited states must be (M >= 1, H), got {tuple(states.shape)}")
     if not noise >= 0:

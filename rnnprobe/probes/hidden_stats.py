@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.nonlinearity import check_nonlinearity, derivative_from_output
+from rnnprobe.probes._rows import RowBlock
 
 
 @dataclass(frozen=True)
@@ -47,25 +49,45 @@ class HiddenStats:
     participation_ratio: torch.Tensor
     sequences: torch.Tensor | None = None
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows: {t, quantity, value} per step, {quantity, value} for the scalars."""
-        per_step = {
-            "hidden_mean": self.mean,
-            "hidden_std": self.std,
-            "hidden_mean_norm": self.mean_norm,
-            "mean_phi_prime": self.mean_phi_prime,
-            "saturated_fraction": self.saturated_fraction,
-            "inactive_fraction": self.inactive_fraction,
-        }
-        rows = [
-            {"t": t, "quantity": name, "value": v}
-            for name, series in per_step.items()
-            if series is not None
-            for t, v in enumerate(series.detach().cpu().tolist())
-        ]
-        rows.append({"quantity": "dead_fraction", "value": float(self.dead_fraction)})
-        rows.append({"quantity": "participation_ratio", "value": float(self.participation_ratio)})
-        return rows
+    def row_blocks(self, step: int, layer: int, batch: int) -> list[RowBlock]:
+        """Return a layer's ``hidden`` rows (one per time step t) and its ``health`` row.
+
+        ``batch`` (B) is the ``sequences`` count of every step when no lengths were given;
+        the fraction a nonlinearity does not have (and ``dead_fraction`` for tanh) is NaN.
+        """
+        T = self.mean.shape[0]
+        nan = torch.full((T,), float("nan"), device=self.mean.device, dtype=self.mean.dtype)
+        saturation = self.saturated_fraction if self.saturated_fraction is not None else nan
+        inactive = self.inactive_fraction if self.inactive_fraction is not None else nan
+        hidden = RowBlock(
+            "hidden",
+            dict(
+                step=step,
+                layer=layer,
+                t=np.arange(T),
+                sequences=self.sequences if self.sequences is not None else batch,
+                mean=self.mean,
+                std=self.std,
+                norm=self.mean_norm,
+                saturation=saturation,
+                inactive=inactive,
+                mean_phi_prime=self.mean_phi_prime,
+            ),
+        )
+        relu = self.inactive_fraction is not None
+        health = RowBlock(
+            "health",
+            dict(
+                step=step,
+                layer=layer,
+                saturation=saturation.mean(),
+                inactive=inactive.mean(),
+                dead_fraction=self.dead_fraction if relu else nan[0],
+                mean_phi_prime=self.mean_phi_prime.mean(),
+                participation_ratio=self.participation_ratio,
+            ),
+        )
+        return [hidden, health]
 
 
 def participation_ratio(states: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,19 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.nonlinearity import check_nonlinearity
+from rnnprobe.probes._rows import Column, RowBlock
 from rnnprobe.probes._shapes import check_directions, check_recurrent_weight, check_trajectory
 
 SpectrumMethod = Literal["auto", "svd", "gram"]
-
-
-def phi_prime_bound(nonlinearity: str) -> float:
-    """Return γ = sup|φ'| for the nonlinearity (1 for both tanh and ReLU)."""
-    check_nonlinearity(nonlinearity)
-    return 1.0
 
 
 def step_jacobians(phi_prime: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
@@ -79,29 +74,20 @@ class JacobianSpectrum:
     spectral_norm: torch.Tensor
     mean_log_singular_value: torch.Tensor
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows {t, b, [index,] quantity, value}; add step and layer to store them."""
-        t, b = self.t.tolist(), self.b.tolist()
-        sv = self.singular_values.detach().cpu().tolist()
-        norm = self.spectral_norm.detach().cpu().tolist()
-        mls = self.mean_log_singular_value.detach().cpu().tolist()
-        rows: list[dict] = []
-        for n in range(len(t)):
-            rows.extend(
-                {
-                    "t": t[n],
-                    "b": b[n],
-                    "index": i,
-                    "quantity": "jacobian_singular_value",
-                    "value": v,
-                }
-                for i, v in enumerate(sv[n])
-            )
-            rows.append(
-                {"t": t[n], "b": b[n], "quantity": "jacobian_spectral_norm", "value": norm[n]}
-            )
-            rows.append({"t": t[n], "b": b[n], "quantity": "jacobian_mean_log_sv", "value": mls[n]})
-        return rows
+    def row_blocks(self, step: int, layer: int) -> list[RowBlock]:
+        """Return the ``spectra`` rows of the sampled Jacobians: quantity
+        ``jacobian_singular``, one row per (sample, index), ``imag`` 0."""
+        count, k = self.singular_values.shape
+        columns: dict[str, Column] = dict(
+            step=step,
+            layer=layer,
+            quantity="jacobian_singular",
+            sample=np.repeat(np.arange(count), k),
+            index=np.tile(np.arange(k), count),
+            value=self.singular_values,
+            imag=0.0,
+        )
+        return [RowBlock("spectra", columns)]
 
 
 def top_singular_values(
@@ -126,7 +112,7 @@ def top_singular_values(
         except torch.linalg.LinAlgError:  # an ill-conditioned Gram matrix: take the SVD
             return torch.linalg.svdvals(step_jacobians(phi_prime, w_hh))[:, :k]
         return eig.clamp_min(0).sqrt()
-    raise RnnprobeError(f"unknown method {method!r}; choose one of auto, svd, gram")
+    raise RnnprobeError(f"method must be one of auto, svd, gram, got {method!r}")
 
 
 def jacobian_spectrum(
@@ -178,35 +164,50 @@ class WeightSpectrum:
     vanishing_guaranteed: bool
     exploding_possible: bool
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows {[index,] quantity, value}; eigenvalues give modulus, real and imag."""
-        rows: list[dict] = []
-        eig = self.eigenvalues.detach().cpu()
-        for i, (re, im, mod) in enumerate(
-            zip(eig.real.tolist(), eig.imag.tolist(), eig.abs().tolist(), strict=True)
-        ):
-            rows.append({"index": i, "quantity": "w_hh_eigenvalue_real", "value": re})
-            rows.append({"index": i, "quantity": "w_hh_eigenvalue_imag", "value": im})
-            rows.append({"index": i, "quantity": "w_hh_eigenvalue_modulus", "value": mod})
-        rows.extend(
-            {"index": i, "quantity": "w_hh_singular_value", "value": v}
-            for i, v in enumerate(self.singular_values.detach().cpu().tolist())
+    def row_blocks(
+        self,
+        step: int,
+        layer: int,
+        jacobian_norm: torch.Tensor | None = None,
+        jacobian_mean_log: torch.Tensor | None = None,
+    ) -> list[RowBlock]:
+        """Return the ``weights`` row of W_hh (with the mean ‖J_t‖₂ and mean ln σ of the
+        sampled Jacobians when given, else NaN) and its ``spectra`` rows: eigenvalues
+        (``w_hh_eigenvalue``, real in ``value``, imaginary in ``imag``) and singular values
+        (``w_hh_singular``), ``sample`` 0. Step 0 is the initialisation."""
+        H, nan = self.singular_values.shape[0], float("nan")
+        weights: dict[str, Column] = dict(
+            step=step,
+            layer=layer,
+            spectral_radius=self.spectral_radius,
+            sigma_max=self.sigma_max,
+            pascanu_bound=self.pascanu_bound,
+            jacobian_norm=nan if jacobian_norm is None else jacobian_norm,
+            jacobian_mean_log_sv=nan if jacobian_mean_log is None else jacobian_mean_log,
         )
-        scalars = {
-            "w_hh_spectral_radius": float(self.spectral_radius),
-            "w_hh_sigma_max": float(self.sigma_max),
-            "pascanu_bound": float(self.pascanu_bound),
-            "vanishing_guaranteed": float(self.vanishing_guaranteed),
-            "exploding_possible": float(self.exploding_possible),
-        }
-        rows.extend({"quantity": q, "value": v} for q, v in scalars.items())
-        return rows
+        blocks = [RowBlock("weights", weights)]
+        singular = self.singular_values
+        for quantity, values, imag in (
+            ("w_hh_eigenvalue", self.eigenvalues.real, self.eigenvalues.imag),
+            ("w_hh_singular", singular, torch.zeros_like(singular)),
+        ):
+            columns: dict[str, Column] = dict(
+                step=step,
+                layer=layer,
+                quantity=quantity,
+                sample=0,
+                index=np.arange(H),
+                value=values,
+                imag=imag,
+            )
+            blocks.append(RowBlock("spectra", columns))
+        return blocks
 
 
 def recurrent_weight_spectrum(w_hh: torch.Tensor, *, gamma: float = 1.0) -> WeightSpectrum:
     """Return eigenvalues, spectral radius, singular values of W_hh and the Pascanu condition.
 
-    ``gamma`` bounds |φ'| (see :func:`phi_prime_bound`; 1 for tanh and ReLU).
+    ``gamma`` bounds |φ'| (1 for tanh and ReLU).
     """
     check_recurrent_weight(w_hh)
     if not gamma > 0:

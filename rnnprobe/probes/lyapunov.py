@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rnnprobe.errors import RnnprobeError
+from rnnprobe.probes._rows import Column, RowBlock
 from rnnprobe.probes._shapes import check_directions, check_trajectory
 
 
@@ -42,14 +44,13 @@ class LyapunovSpectrum:
         """Return the exponents averaged over the batch, shape (k,)."""
         return self.exponents.mean(0)
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows {b, index, quantity: 'lyapunov_exponent', value}."""
-        values = self.exponents.detach().cpu().tolist()
-        return [
-            {"b": b, "index": i, "quantity": "lyapunov_exponent", "value": v}
-            for b, per_seq in enumerate(values)
-            for i, v in enumerate(per_seq)
-        ]
+    def row_blocks(self, step: int, layer: int) -> list[RowBlock]:
+        """Return the ``lyapunov`` rows: the batch-mean exponent of each index, QR order."""
+        k = self.exponents.shape[1]
+        columns: dict[str, Column] = dict(
+            step=step, layer=layer, index=np.arange(k), exponent=self.mean_exponents
+        )
+        return [RowBlock("lyapunov", columns)]
 
 
 def _apply_jacobian(phi_prime_t: torch.Tensor, w_hh: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.nonlinearity import check_nonlinearity
+from rnnprobe.probes._rows import Column, RowBlock
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,18 @@ class MeanField:
     gradient_decay: float
     half_life: float
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows {quantity: 'mean_field_<name>', value}."""
-        return [{"quantity": f"mean_field_{k}", "value": v} for k, v in vars(self).items()]
+    def row_blocks(self, layer: int) -> list[RowBlock]:
+        """Return the ``mean_field`` row of one layer (a prediction for the initial weights)."""
+        columns: dict[str, Column] = dict(
+            layer=layer,
+            sigma_w2=self.sigma_w2,
+            sigma_in2=self.sigma_in2,
+            q_star=self.q_star,
+            chi=self.chi,
+            predicted_decay=self.gradient_decay,
+            predicted_half_life=self.half_life,
+        )
+        return [RowBlock("mean_field", columns)]
 
 
 def _gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q: float, points: int) -> float:

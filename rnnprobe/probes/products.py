@@ -29,9 +29,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
+from rnnprobe.probes._rows import Column, RowBlock
 from rnnprobe.probes._shapes import check_directions, check_trajectory
 
 
@@ -51,21 +53,24 @@ class ProductSpectrum:
     sweeps: list[int]
     converged: list[bool]
 
-    def rows(self) -> list[dict]:
-        """Return tidy rows {window, b, index, quantity: 'ftle', value}."""
-        values = self.exponents.detach().cpu().tolist()
-        return [
-            {"window": w, "b": b, "index": i, "quantity": "ftle", "value": v}
-            for w, per_window in zip(self.windows, values, strict=True)
-            for b, per_seq in enumerate(per_window)
-            for i, v in enumerate(per_seq)
-        ]
+    def row_blocks(self, step: int, layer: int) -> list[RowBlock]:
+        """Return the ``ftle`` rows: per (window, index) the batch-mean exponent and whether
+        the window's sweeps converged."""
+        W, k = len(self.windows), self.exponents.shape[-1]
+        columns: dict[str, Column] = dict(
+            step=step,
+            layer=layer,
+            window=np.repeat(np.asarray(self.windows), k),
+            index=np.tile(np.arange(k), W),
+            exponent=self.exponents.mean(1),  # (W, k): batch mean
+            converged=np.repeat(np.asarray(self.converged), k),
+        )
+        return [RowBlock("ftle", columns)]
 
 
 def default_windows(length: int) -> list[int]:
     """Return 1, 2, 4, … ≤ ``length``, plus ``length`` itself when it is not a power of two."""
-    if length < 1:
-        raise RnnprobeError(f"window length must be at least 1, got {length}")
+    check_count(length, "window length")
     windows = [1 << p for p in range(length.bit_length()) if 1 << p <= length]
     return windows if windows[-1] == length else [*windows, length]
 
@@ -174,8 +179,7 @@ def product_spectrum(
         raise RnnprobeError(
             f"windows must lie in [1, T - start = {T - start}], got {too_long or windows}"
         )
-    if max_sweeps < 1:
-        raise RnnprobeError(f"max_sweeps must be at least 1, got {max_sweeps}")
+    check_count(max_sweeps, "max_sweeps")
     tol = torch.finfo(phi_prime.dtype).eps ** 0.5 if tol is None else tol
     spread = 0.5 * math.log(1 / torch.finfo(phi_prime.dtype).eps)  # block SVD keeps √ε accuracy
     eye = torch.eye(H, m, dtype=phi_prime.dtype, device=phi_prime.device).expand(B, H, m)

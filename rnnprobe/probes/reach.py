@@ -16,14 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 from rnnprobe.nonlinearity import derivative_from_output
+from rnnprobe.probes._rows import Column, RowBlock
 
 
 def default_reach_sources(seq_len: int, count: int = 5) -> list[int]:
     """Return the last step and log-spaced earlier steps (0-based), ascending, at most ``count``."""
-    if seq_len < 1:
-        raise RnnprobeError(f"seq_len must be at least 1, got {seq_len}")
+    check_count(seq_len, "seq_len")
     ends = np.unique(np.round(np.geomspace(1, seq_len, num=max(count, 1))).astype(int))
     return [int(e) - 1 for e in ends]
 
@@ -67,3 +67,22 @@ def gradient_reach(
         if layer > 0:
             from_above = g @ w_ih
     return torch.stack(norms[::-1])
+
+
+def reach_row_blocks(
+    reach: torch.Tensor, sources: Sequence[int], offset: int, step: int
+) -> list[RowBlock]:
+    """Return the ``reach`` rows of one backward pass: ``reach`` (L, S, T, B') as recorded
+    by the capture for ``sources``, averaged over its sequences, one row per (layer, source,
+    t ≤ source); ``offset`` is the pass's first time step within the batch."""
+    L, _, T, _ = reach.shape
+    layer, source, t = np.meshgrid(np.arange(L), np.asarray(sources), np.arange(T), indexing="ij")
+    columns: dict[str, Column] = dict(
+        step=step,
+        layer=layer.reshape(-1),
+        source=source.reshape(-1) + offset,
+        t=t.reshape(-1) + offset,
+        distance=(source - t).reshape(-1),
+        norm=reach.mean(-1),
+    )
+    return [RowBlock("reach", columns, keep=(t <= source).reshape(-1))]

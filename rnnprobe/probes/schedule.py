@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_choice
 
 ScheduleKind = Literal["always", "never", "every", "log"]
 
@@ -24,10 +24,7 @@ class Schedule:
     period: float = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("always", "never", "every", "log"):
-            raise RnnprobeError(
-                f"unknown schedule kind {self.kind!r}; use always, never, every, log"
-            )
+        check_choice(self.kind, ("always", "never", "every", "log"), "schedule kind")
         if self.kind in ("every", "log") and not math.isfinite(self.period):
             raise RnnprobeError(f"'{self.kind}' needs a finite number, got {self.period}")
         if self.kind == "every" and (self.period < 1 or self.period != int(self.period)):

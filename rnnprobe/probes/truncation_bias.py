@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from rnnprobe.probes._rows import Column, RowBlock
 
 __all__ = ["TruncationBias", "truncation_bias"]
 
@@ -32,6 +35,18 @@ class TruncationBias:
     cosine: dict[str, torch.Tensor]
     norm_ratio: dict[str, torch.Tensor]
     dropped: dict[str, torch.Tensor]
+
+    def row_blocks(self, step: int) -> list[RowBlock]:
+        """Return the ``truncation`` rows: one per parameter tensor, then ``total``."""
+        names = list(self.cosine)
+        columns: dict[str, Column] = dict(
+            step=step,
+            tensor=np.array(names, dtype=object),
+            cosine=torch.stack([self.cosine[n] for n in names]),
+            norm_ratio=torch.stack([self.norm_ratio[n] for n in names]),
+            dropped=torch.stack([self.dropped[n] for n in names]),
+        )
+        return [RowBlock("truncation", columns)]
 
 
 def truncation_bias(

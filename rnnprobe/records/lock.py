@@ -100,7 +100,9 @@ class DirectoryLock:
     def release(self) -> None:
         """Drop the lock (the file stays for the next writer); a no-op when not held."""
         key, self._key = self._key, None
-        held = _HELD.get(key) if key is not None else None
+        if key is None:
+            return
+        held = _HELD.get(key)
         if held is None:
             return
         held[1] -= 1

@@ -26,7 +26,7 @@ class PendingRows:
     def __init__(self) -> None:
         self._entries: list[_Entry] = []
 
-    def add(self, table: str, keep: np.ndarray | None = None, **columns) -> None:
+    def add(self, table: str, keep: np.ndarray | None = None, **columns: object) -> None:
         """File one block of rows: every column has the same length (scalars are repeated)."""
         lengths = {
             len(v) if isinstance(v, np.ndarray) else v.numel()

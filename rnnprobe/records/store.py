@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.errors import RecordError, RnnprobeError, check_choice, check_count
 from rnnprobe.records.index import (
     HEARTBEAT_SECONDS,
     STATUSES,
@@ -224,7 +224,7 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     },
 }
 
-Rows = Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame
+Rows: TypeAlias = Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFrame
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PART_NAME = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -291,10 +291,8 @@ class RunStore:
     """Writer for one run directory; use :meth:`create` or :meth:`open_for_resume`."""
 
     def __init__(self, path: Path, *, keep_checkpoints: int = 2) -> None:
-        if keep_checkpoints < 1:
-            raise RnnprobeError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
         self.path = path
-        self.keep_checkpoints = keep_checkpoints
+        self.keep_checkpoints = check_count(keep_checkpoints, "keep_checkpoints")
         self.checkpoint: Checkpoint | None = None  # the one resumed from, if any
         self._next_part: dict[str, int] = {}
         self._schemas: dict[str, pa.Schema] = {}
@@ -395,8 +393,7 @@ class RunStore:
 
     def set_status(self, status: str, step: int, error: str | None = None) -> None:
         """Write ``status.json`` atomically with the current time."""
-        if status not in STATUSES:
-            raise RnnprobeError(f"unknown status {status!r}; choose one of {', '.join(STATUSES)}")
+        check_choice(status, STATUSES, "status")
         self._status = {"status": status, "step": int(step), "error": error}
         self._write_status()
 

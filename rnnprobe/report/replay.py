@@ -21,14 +21,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.training.warning import load_snapshot
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
     import torch
+    from matplotlib.axes import Axes
+
+    Panel = Callable[[Axes], object]  # draws one panel of a figure on the axes it is given
 
     from rnnprobe.training.config import RunConfig
     from rnnprobe.training.loop import Trainer
@@ -91,7 +96,21 @@ class ProbePass:
         return not self.overflow
 
 
-REPLAY_PROBES = dict(  # every probe, reach on the whole batch; products (FTLE) stay off: costly
+class _ReplayProbes(TypedDict):
+    """The schedules a replay overrides in the run's ``ProbeConfig``."""
+
+    adjoints: str
+    weight_grads: str
+    hidden: str
+    spectra: str
+    lyapunov: str
+    reach: str
+    truncation: str
+    products: str
+
+
+# every probe, reach on the whole batch; products (FTLE) stay off: costly
+REPLAY_PROBES = _ReplayProbes(
     adjoints="always",
     weight_grads="always",
     hidden="always",
@@ -207,9 +226,10 @@ def _thread_count(snapshot: dict[str, Any], config: RunConfig) -> Iterator[None]
     import torch
 
     threads, before = snapshot.get("threads"), torch.get_num_threads()
-    change = config.device == "cpu" and isinstance(threads, int) and 0 < threads != before
+    count = threads if isinstance(threads, int) else 0  # 0: none recorded, no change
+    change = config.device == "cpu" and 0 < count != before
     if change:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -287,7 +307,7 @@ def _probe_pass(trainer: Trainer, snapshot: dict[str, Any]) -> ProbePass:
         columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
         tables[table] = pd.DataFrame(columns)
     deltas = [
-        torch.cat([r.layers[layer].delta for r in records]).detach().cpu()
+        torch.cat([_kept(r.layers[layer].delta) for r in records]).detach().cpu()
         for layer in range(rnn.num_layers)
     ]
     params = [p for p in model.parameters() if p.grad is not None]
@@ -296,7 +316,8 @@ def _probe_pass(trainer: Trainer, snapshot: dict[str, Any]) -> ProbePass:
         tables=tables,
         deltas=deltas,
         w_hh_grads=[
-            rnn.layer_weights(layer)[1].grad.detach().cpu() for layer in range(rnn.num_layers)
+            _kept(rnn.layer_weights(layer)[1].grad).detach().cpu()
+            for layer in range(rnn.num_layers)
         ],
         grad_norm=float(norm),
         offsets=list(result.backward_offsets),
@@ -309,6 +330,12 @@ def _probe_pass(trainer: Trainer, snapshot: dict[str, Any]) -> ProbePass:
             }
         ),
     )
+
+
+def _kept(value: torch.Tensor | None) -> torch.Tensor:
+    """Return a tensor the probe pass always has: adjoints are kept, every weight has a grad."""
+    assert value is not None
+    return value
 
 
 def _mean_norm(h: torch.Tensor) -> torch.Tensor:
@@ -434,6 +461,7 @@ def _findings(probe: ProbePass, snapshot: dict[str, Any]) -> list[str]:
     adjoints = tables.get("adjoints")
     T = int(snapshot["batch"]["inputs"].shape[1])
     for layer, (delta, grad) in enumerate(zip(probe.deltas, probe.w_hh_grads, strict=True)):
+        assert adjoints is not None  # filed for every layer of every backward pass
         one = adjoints[adjoints["layer"] == layer].sort_values("t")
         lines += _time_findings(layer, one)
         lines += _unit_findings(layer, delta, grad)
@@ -557,7 +585,9 @@ def _unit_frames(layer: int, probe: ProbePass) -> tuple[pd.DataFrame, pd.DataFra
     return adjoints, gradients
 
 
-def _figures(result: Replay, snapshot: dict[str, Any], probe: ProbePass, run_dir: Path | None):
+def _figures(
+    result: Replay, snapshot: dict[str, Any], probe: ProbePass, run_dir: Path | None
+) -> Iterator[tuple[str, str, list[Panel], int]]:
     """Yield (file name, caption, panels, columns) of each figure of the report."""
     from rnnprobe.records.store import read_table
     from rnnprobe.report import plots_replay as pr
@@ -581,14 +611,20 @@ def _figures(result: Replay, snapshot: dict[str, Any], probe: ProbePass, run_dir
     )
     reach = tables.get("reach")
     spectra, lyapunov = tables.get("spectra"), tables.get("lyapunov")
-    panels = []
+    panels: list[Panel] = []
     for layer in layers:
         one = reach[reach["layer"] == layer] if reach is not None else None
-        panels.append(lambda ax, one=one, layer=layer: _reach_panel(one, layer, ax))
-        panels.append(
-            lambda ax, layer=layer: pr.plot_step_jacobian_spectrum(spectra, layer=layer, ax=ax)
-        )
-        panels.append(lambda ax, layer=layer: _lyapunov_panel(lyapunov, layer, ax))
+
+        def reach_panel(ax: Axes, one: pd.DataFrame | None = one, layer: int = layer) -> None:
+            _reach_panel(one, layer, ax)
+
+        def jacobian_panel(ax: Axes, layer: int = layer) -> None:
+            pr.plot_step_jacobian_spectrum(spectra, layer=layer, ax=ax)
+
+        def lyapunov_panel(ax: Axes, layer: int = layer) -> None:
+            _lyapunov_panel(lyapunov, layer, ax)
+
+        panels += [reach_panel, jacobian_panel, lyapunov_panel]
     yield (
         "dynamics.png",
         "Left: how far back each loss term ℓ_s reaches, ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against s − t "
@@ -601,12 +637,14 @@ def _figures(result: Replay, snapshot: dict[str, Any], probe: ProbePass, run_dir
     panels = []
     for layer in layers:
         heat, rows = _unit_frames(layer, probe)
-        panels.append(
-            lambda ax, heat=heat, layer=layer: pr.plot_unit_adjoints(heat, layer=layer, ax=ax)
-        )
-        panels.append(
-            lambda ax, rows=rows, layer=layer: pr.plot_unit_gradients(rows, layer=layer, ax=ax)
-        )
+
+        def heat_panel(ax: Axes, heat: pd.DataFrame = heat, layer: int = layer) -> None:
+            pr.plot_unit_adjoints(heat, layer=layer, ax=ax)
+
+        def rows_panel(ax: Axes, rows: pd.DataFrame = rows, layer: int = layer) -> None:
+            pr.plot_unit_gradients(rows, layer=layer, ax=ax)
+
+        panels += [heat_panel, rows_panel]
     yield (
         "units.png",
         f"The {TOP_UNITS} units with the largest rows of ∇W_hh (their incoming recurrent weights' "
@@ -630,7 +668,7 @@ def _figures(result: Replay, snapshot: dict[str, Any], probe: ProbePass, run_dir
             )
 
 
-def _reach_panel(reach: pd.DataFrame | None, layer: int, ax) -> None:
+def _reach_panel(reach: pd.DataFrame | None, layer: int, ax: Axes) -> None:
     """Draw the gradient reach of the step, or say that no loss term reaches back at all."""
     from rnnprobe.report import plots
     from rnnprobe.report.plots_replay import note
@@ -642,7 +680,7 @@ def _reach_panel(reach: pd.DataFrame | None, layer: int, ax) -> None:
         note(ax, "no loss term reaches an earlier step: ‖∂ℓ_s/∂h_t‖ = 0 for every t < s")
 
 
-def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax) -> None:
+def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax: Axes) -> None:
     """Draw the Lyapunov spectrum; cut off exponents far below λ₁ (dead ReLU directions read
     as ln(tiny) per step), which would flatten the ones that decide growth."""
     import numpy as np
@@ -669,7 +707,7 @@ def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax) -> None:
 PANEL_INCHES, HEIGHT_INCHES, LEFT_INCHES, RIGHT_INCHES = 4.4, 3.2, 1.1, 2.3
 
 
-def _png(panels: list, columns: int) -> bytes:
+def _png(panels: list[Panel], columns: int) -> bytes:
     """Return the PNG of the panels drawn on a grid; a panel that fails says why instead."""
     from matplotlib.figure import Figure
 

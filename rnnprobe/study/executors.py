@@ -31,14 +31,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
 from rnnprobe.records.index import recorded_status
 from rnnprobe.training.config import RunConfig
 
@@ -81,9 +81,11 @@ Started = Callable[[RunJob], None]
 
 
 class Executor(Protocol):
+    """Where a study's runs happen; ``description`` says so in the study's first line."""
+
     description: str
 
-    def run(self, jobs: Iterable[RunJob], started: Started) -> Iterator[RunOutcome]:
+    def run(self, jobs: Iterable[RunJob], started: Started) -> Generator[RunOutcome, None, None]:
         """Yield one outcome per job as it finishes."""
         ...
 
@@ -127,9 +129,10 @@ def _stream(
     submit: Callable[[RunJob], Any],
     wait: Callable[[dict], list[tuple[Any, RunOutcome]]],
     interrupt: Callable[[dict], list[RunOutcome]],
-) -> Iterator[RunOutcome]:
+) -> Generator[RunOutcome, None, None]:
     """Keep ``slots`` jobs in flight; yield outcomes as they come; interrupt on Ctrl-C."""
-    queue, running = deque(jobs), {}
+    queue: deque[RunJob] = deque(jobs)
+    running: dict[Any, RunJob] = {}
     try:
         while queue or running:
             while queue and len(running) < slots:
@@ -158,7 +161,8 @@ class InProcessExecutor:
         self.progress = progress
         self.description = "in-process"
 
-    def run(self, jobs: Iterable[RunJob], started: Started) -> Iterator[RunOutcome]:
+    def run(self, jobs: Iterable[RunJob], started: Started) -> Generator[RunOutcome, None, None]:
+        """Yield one outcome per job, one job after another; stop after an interrupted one."""
         for job in jobs:
             started(job)
             outcome = execute_job(job, progress=self.progress)
@@ -176,7 +180,8 @@ class LocalPoolExecutor:
         self.description = f"{jobs} processes x {self.threads} torch threads"
         self._pool: cf.ProcessPoolExecutor | None = None
 
-    def run(self, jobs: Iterable[RunJob], started: Started) -> Iterator[RunOutcome]:
+    def run(self, jobs: Iterable[RunJob], started: Started) -> Generator[RunOutcome, None, None]:
+        """Yield one outcome per job as its worker process finishes it."""
         jobs = list(jobs)
         slots = max(1, min(self.jobs, len(jobs)))
         try:
@@ -214,7 +219,8 @@ class LocalPoolExecutor:
     def _interrupt(self, running: dict) -> list[RunOutcome]:
         for child in multiprocessing.active_children():
             with contextlib.suppress(OSError):
-                os.kill(child.pid, signal.SIGINT)
+                if child.pid is not None:
+                    os.kill(child.pid, signal.SIGINT)
         done, late = cf.wait(running, timeout=self.grace)
         if late:
             for child in multiprocessing.active_children():
@@ -259,7 +265,8 @@ class RayExecutor:
         if address not in (None, "auto"):
             _check_reachable(address, timeout)  # before the study writes anything
 
-    def run(self, jobs: Iterable[RunJob], started: Started) -> Iterator[RunOutcome]:
+    def run(self, jobs: Iterable[RunJob], started: Started) -> Generator[RunOutcome, None, None]:
+        """Yield one outcome per job as its Ray task finishes it."""
         ray = _import_ray()
         owned = self._connect(ray)
         try:
@@ -338,12 +345,10 @@ def make_executor(
     kind: str = "local", jobs: int | None = None, address: str | None = None
 ) -> InProcessExecutor | LocalPoolExecutor | RayExecutor:
     """Return the executor the CLI options name (``jobs`` default: the CPU count)."""
-    if jobs is not None and jobs < 1:
-        raise RnnprobeError(f"--jobs must be at least 1, got {jobs}")
-    if kind == "ray":
+    if jobs is not None:
+        check_count(jobs, "--jobs")
+    if check_choice(kind, ("local", "ray"), "--executor") == "ray":
         return RayExecutor(address, jobs=jobs)
-    if kind != "local":
-        raise RnnprobeError(f"--executor must be local or ray, got {kind!r}")
     if address is not None:
         raise RnnprobeError("--address needs --executor ray")
     jobs = jobs or os.cpu_count() or 1

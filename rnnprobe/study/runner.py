@@ -212,6 +212,7 @@ def _run_locked(
 
     progress = _Progress(total, total - len(jobs), echo, out / "runs")
     interrupted = False
+    # every executor's run is a generator (closed below); Executor.run promises an Iterator only
     runs = executor.run(jobs, started)
     try:
         with contextlib.closing(runs):

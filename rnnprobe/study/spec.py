@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 from rnnprobe.training.config import (
     FIELDS,
     SECTIONS,
@@ -151,17 +151,16 @@ def override(
         else:
             axes[key] = _axis(key, values)
 
-    flags = {check_key(k): list(v) for k, v in (flags or {}).items()}
-    for key, values in flags.items():
+    given = {check_key(k): list(v) for k, v in (flags or {}).items()}
+    for key, values in given.items():
         put(key, values)
     for key, value in assignments:
-        if key in flags:
+        if key in given:
             raise RnnprobeError(f"{key} is given both as a flag and with --set; keep one")
         put(check_key(key), [value])
     if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise RnnprobeError(f"seeds must be a whole number ≥ 1, got {seeds!r}")
-        if "seed" in flags:
+        check_count(seeds, "seeds")
+        if "seed" in given:
             raise RnnprobeError("give either --seed or --seeds, not both")
         put("seed", list(range(seeds)))
     return StudySpec(spec.name, fixed, axes, spec.description, spec.question)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import nn
 
 from rnnprobe.data.tasks import Batch, Task
 from rnnprobe.errors import RnnprobeError
+
+if TYPE_CHECKING:
+    from rnnprobe.core.models import RNNClassifier
 
 PER_STEP = ("lm", "per_step_classification")
 
@@ -48,7 +52,14 @@ def run_batch(
     return _many_to_one(model, task, batch, segments, train)
 
 
-def _per_step(model, task, batch, segments, h0, train) -> BatchResult:
+def _per_step(
+    model: nn.Module,
+    task: Task,
+    batch: Batch,
+    segments: Sequence[tuple[int, int]],
+    h0: torch.Tensor | None,
+    train: bool,
+) -> BatchResult:
     targets = batch.targets  # (B, T)
     count = (targets != 0).sum().clamp_min(1)
     total = torch.zeros((), device=targets.device)
@@ -85,14 +96,21 @@ def _per_step(model, task, batch, segments, h0, train) -> BatchResult:
     return BatchResult(loss, metric, h, offsets)
 
 
-def _many_to_one(model, task, batch, segments, train) -> BatchResult:
+def _many_to_one(
+    model: nn.Module,
+    task: Task,
+    batch: Batch,
+    segments: Sequence[tuple[int, int]],
+    train: bool,
+) -> BatchResult:
     if len(segments) > 1 and batch.lengths is not None:
         raise RnnprobeError("truncated BPTT needs fixed-length sequences; use --bptt full")
     h = None
     *prefix, (start, _) = segments
     with torch.no_grad():
         for s, e in prefix:
-            _, h = model.encode(batch.inputs[:, s:e], h)
+            # many-to-one models are RNNClassifier (or RNNRegressor); nn.Module hides encode
+            _, h = cast("RNNClassifier", model).encode(batch.inputs[:, s:e], h)
     with torch.set_grad_enabled(train):
         lengths = None if batch.lengths is None else batch.lengths - start
         prediction = model(batch.inputs[:, start:], lengths, h)

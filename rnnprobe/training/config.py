@@ -15,8 +15,10 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from rnnprobe.data.names import task_names
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.core.initialisation import SCHEMES
+from rnnprobe.data.names import CHARSETS, LEVELS, SAMPLINGS, task_names
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
+from rnnprobe.nonlinearity import NONLINEARITIES
 from rnnprobe.records.index import flatten
 from rnnprobe.seeds import SEED_LIMIT
 
@@ -241,6 +243,17 @@ LATER_KEYS = frozenset(
 ) | {"train.floss", "probes.truncation", "train.warn"}
 
 
+_FLAG_NAMES = {"task.name": "task", "probes.warmup": "lyapunov-warmup"}
+
+
+def flag_name(key: str) -> str:
+    """Return the command-line flag of setting ``key``, without its dashes.
+
+    ``model.hidden_size`` is ``hidden-size``: the key's last part; ``task.name`` is ``task``.
+    """
+    return _FLAG_NAMES.get(key, key.rpartition(".")[2].replace("_", "-"))
+
+
 def field_type(key: str) -> type:
     """Return the Python type of setting ``key``."""
     return {"int": int, "float": float, "str": str, "bool": bool}[str(FIELDS[key].type)]
@@ -321,16 +334,21 @@ SCHEDULE_HELP = (
     "SCHEDULE (when a probe fires): always, never, every:K (steps 1, K+1, 2K+1, …) or log:BASE "
     "(steps 1, 2, 3, 5, 9, … for BASE 2); all but never also fire at the last step."
 )
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")  # built in this order by training.setup
+CLIP_MODES = ("none", "norm", "value")  # training.step.clip_gradients
+DTYPES = ("float32", "float64")
+# The values each choice setting takes, from the registry that implements them (task names:
+# ``setting_choices``, since tasks may be registered later).
 CHOICES = {
-    "task.level": ("char", "word"),
-    "task.charset": ("all", "ascii", "letters-space"),
-    "task.sampling": ("random", "sequential"),
-    "model.nonlinearity": ("tanh", "relu"),
-    "model.init": ("default", "orthogonal", "identity", "gaussian", "spectral"),
-    "train.optimizer": ("sgd", "adam", "rmsprop", "adagrad"),
-    "train.clip": ("none", "norm", "value"),
+    "task.level": LEVELS,
+    "task.charset": CHARSETS,
+    "task.sampling": SAMPLINGS,
+    "model.nonlinearity": NONLINEARITIES,
+    "model.init": SCHEMES,
+    "train.optimizer": OPTIMIZERS,
+    "train.clip": CLIP_MODES,
     "train.on_nonfinite": ("skip", "stop"),
-    "dtype": ("float32", "float64"),
+    "dtype": DTYPES,
 }
 POSITIVE = (
     "task.seq_len",
@@ -364,21 +382,24 @@ def setting_choices(key: str) -> tuple[str, ...] | None:
     return task_names() if key == "task.name" else CHOICES.get(key)
 
 
+def check_seed(seed: int, what: str = "--seed") -> int:
+    """Return ``seed`` if it lies in [0, 2**64) (any seed a run takes), else raise."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise RnnprobeError(f"{what} must lie in [0, 2**64), got {seed}")
+    return seed
+
+
 def validate(config: RunConfig) -> None:
     """Raise a one-line error for a value outside its choices or range."""
     flat = config.flat()
-    if not 0 <= config.seed < SEED_LIMIT:
-        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {config.seed}")
+    check_seed(config.seed)
     for key, value in flat.items():
         if key != "seed" and field_type(key) is int and abs(value) >= INT_LIMIT:
             raise RnnprobeError(f"{key} must be below 2**63, got {value}")
     for key in ("task.name", *CHOICES):
-        if flat[key] not in (choices := setting_choices(key) or ()):
-            raise RnnprobeError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
+        check_choice(flat[key], setting_choices(key) or (), key)
     for key in POSITIVE:
-        if flat[key] < 1:
-            name = "--" + key.rpartition(".")[2].replace("_", "-")
-            raise RnnprobeError(f"{name} must be at least 1, got {flat[key]}")
+        check_count(flat[key], f"--{flag_name(key)}")
     for key, value in flat.items():  # inf or NaN would poison the weights or crash LAPACK
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) < 1e30):
             raise RnnprobeError(f"{key} must be a finite number below 1e30, got {value}")
@@ -397,8 +418,7 @@ def validate(config: RunConfig) -> None:
         raise RnnprobeError(f"model.init_gain must be ≥ 0, got {flat['model.init_gain']}")
     if not 0 <= flat["train.momentum"] < 1:
         raise RnnprobeError(f"train.momentum must lie in [0, 1), got {flat['train.momentum']}")
-    if config.probes.warmup < 0:
-        raise RnnprobeError(f"probes.warmup must be ≥ 0, got {config.probes.warmup}")
+    check_count(config.probes.warmup, "probes.warmup", 0)
     from rnnprobe.data.truncation import Truncation
     from rnnprobe.probes.schedule import Schedule
     from rnnprobe.training.flossing import FlossSpec

@@ -8,6 +8,8 @@ and runs the ``pre`` flossing-only updates before step 1 (:meth:`Flosser.pre_flo
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -49,10 +51,13 @@ class Flosser:
         h0 = calls[0][1]  # (L, B, H) or None: the state the batch started from
         if spec.batch:
             x, h0 = x[:, : spec.batch], None if h0 is None else h0[:, : spec.batch]
+        layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
         layers = []
         for layer in range(rnn.num_layers):
-            biases = (getattr(rnn, f"bias_{n}_l{layer}", None) for n in ("ih", "hh"))
-            layers.append((*rnn.layer_weights(layer), *biases))
+            w_ih, w_hh = rnn.layer_weights(layer)
+            b_ih = getattr(rnn, f"bias_ih_l{layer}", None)
+            b_hh = getattr(rnn, f"bias_hh_l{layer}", None)
+            layers.append((w_ih, w_hh, b_ih, b_hh))
         with torch.set_grad_enabled(weight > 0):
             measures = floss_layers(
                 x,
@@ -65,7 +70,9 @@ class Flosser:
                 frame=self.frame,
             )
             if weight > 0:
-                (weight * sum(m.penalty for m in measures)).backward()
+                # one measure per layer (at least one), so the sum is a tensor, never the int 0
+                penalty = cast(torch.Tensor, sum(m.penalty for m in measures))
+                (weight * penalty).backward()
         for layer, measure in enumerate(measures):
             rows.add(
                 "floss",

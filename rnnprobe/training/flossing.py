@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rnnprobe.errors import RnnprobeError
+from rnnprobe.errors import RnnprobeError, check_count
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,8 @@ class FlossSpec:
         if text == "none":
             return None
         names = {f.name: f for f in fields(cls)}
-        values: dict[str, int | float] = {}
+        # keys checked against the fields, each value an int or float as its field's type says
+        values: dict[str, Any] = {}
         for n, item in enumerate(text.split(",")):
             key, sep, raw = item.strip().partition("=")
             key, raw = (key.strip(), raw.strip()) if sep else ("k", key.strip())
@@ -111,9 +112,12 @@ def _number(key: str, raw: str, real: bool) -> int | float:
     except ValueError:
         kind = "a number" if real else "an integer"
         raise RnnprobeError(f"{key} must be {kind}, got {raw!r}; {_SPEC_HELP}") from None
-    if not (value >= least and math.isfinite(value) and abs(value) < (1e30 if real else 2**63)):
-        bound = "a finite number ≥ 0" if real else f"an integer ≥ {least}"
-        raise RnnprobeError(f"{key} must be {bound}, got {raw!r}")
+    if not real:
+        if value >= 2**63:
+            raise RnnprobeError(f"{key} must be below 2**63, got {raw!r}")
+        return check_count(value, key, least)
+    if not (value >= least and math.isfinite(value) and abs(value) < 1e30):
+        raise RnnprobeError(f"{key} must be a finite number ≥ 0, got {raw!r}")
     return value
 
 
@@ -180,8 +184,7 @@ def qr_exponents(
     k = check_directions(k, H)
     if not 0 <= warmup < T:
         raise RnnprobeError(f"warmup must lie in [0, T={T}), got {warmup}")
-    if qr_every < 1:
-        raise RnnprobeError(f"qr_every must be at least 1, got {qr_every}")
+    check_count(qr_every, "qr_every")
     if frame is None:
         frame = initial_frame(H, k, seed=seed, dtype=phi_prime.dtype, device=phi_prime.device)
     if frame.shape not in ((H, k), (B, H, k)):

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from rnnprobe.data.tasks import Batch, Task, task_from_config
@@ -174,7 +175,8 @@ class Trainer:
             x = (
                 first.inputs.to(self.parts.dtype)
                 if task.input_kind == "features"
-                else self.parts.model.embedding(first.inputs)
+                # token tasks' models have an nn.Embedding; nn.Module's stubs cannot know it
+                else cast(nn.Embedding, self.parts.model.embedding)(first.inputs)
             )
         self.instruments.record_init(float(x.square().mean()))
 
@@ -345,6 +347,7 @@ class Trainer:
             if not watching:
                 return bool(finite)  # the one sync
             # the watch's loss and gradient norm ride the same transfer
+            assert rng is not None  # taken whenever the watch is on
             return self._watch_step(finite, result.loss, pre, (raw, segments, h0, rng))
 
         result = train_step(
@@ -400,7 +403,13 @@ class Trainer:
         return states
 
     def _watch_step(
-        self, finite: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor, snapshot: tuple
+        self,
+        finite: torch.Tensor,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+        snapshot: tuple[
+            Batch, list[tuple[int, int]], torch.Tensor | None, dict[str, torch.Tensor]
+        ],  # _snapshot's raw, segments, h0 and rng
     ) -> bool:
         """Return whether the step is finite, read in the step's one sync together with its
         loss and pre-clip gradient norm; file the first warning, and write the snapshots of

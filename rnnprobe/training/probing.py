@@ -15,13 +15,15 @@ from rnnprobe.core.capture import BackwardRecord
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.data.tasks import Batch
 from rnnprobe.nonlinearity import derivative_from_output
+from rnnprobe.probes._rows import RowBlock
 from rnnprobe.probes.hidden_stats import hidden_state_stats
 from rnnprobe.probes.jacobian import jacobian_spectrum, recurrent_weight_spectrum
 from rnnprobe.probes.lyapunov import lyapunov_exponents
 from rnnprobe.probes.mean_field import mean_field_from_weights
 from rnnprobe.probes.products import product_spectrum
+from rnnprobe.probes.reach import reach_row_blocks
 from rnnprobe.probes.schedule import Schedule
-from rnnprobe.probes.truncation_bias import TruncationBias, truncation_bias
+from rnnprobe.probes.truncation_bias import truncation_bias
 from rnnprobe.records.pending import PendingRows
 from rnnprobe.seeds import derived_seed
 from rnnprobe.training.batch import run_batch
@@ -54,6 +56,11 @@ class Instruments:
             if s.fires(step - 1) or (edge and s.kind != "never")
         }
 
+    def file(self, blocks: list[RowBlock]) -> None:
+        """File a probe's row blocks as they are (they move to the host at the next flush)."""
+        for block in blocks:
+            self.rows.add(block.table, keep=block.keep, **block.columns)
+
     def record_step(
         self,
         step: int,
@@ -80,7 +87,7 @@ class Instruments:
         records: list[BackwardRecord],
         offsets: list[int],
         lengths: torch.Tensor | None = None,
-    ):
+    ) -> None:
         """File adjoint (and reach) rows of each backward pass of ``step``.
 
         ``lengths`` (B,) of a padded batch: each step's means take only the sequences still
@@ -105,24 +112,7 @@ class Instruments:
                     grad_w_ih_norm=nan if r.grad_w_ih_norm is None else r.grad_w_ih_norm,
                 )
             if record.reach is not None:
-                self._record_reach(step, record, offset)
-
-    def _record_reach(self, step: int, record: BackwardRecord, offset: int) -> None:
-        L, _, T, _ = record.reach.shape
-        layer, source, t = np.meshgrid(
-            np.arange(L), np.asarray(record.reach_sources), np.arange(T), indexing="ij"
-        )
-        keep = (t <= source).reshape(-1)
-        self.rows.add(
-            "reach",
-            keep=keep,
-            step=step,
-            layer=layer.reshape(-1),
-            source=source.reshape(-1) + offset,
-            t=t.reshape(-1) + offset,
-            distance=(source - t).reshape(-1),
-            norm=record.reach.mean(-1),
-        )
+                self.file(reach_row_blocks(record.reach, record.reach_sources, offset, step))
 
     def record_truncation_bias(
         self, step: int, parts: RunParts, batch: Batch, h0: torch.Tensor | None
@@ -133,26 +123,14 @@ class Instruments:
         records nothing else), then the truncated gradients go back for the update.
         """
         named = [(n, p) for n, p in parts.model.named_parameters() if p.grad is not None]
-        truncated = {n: p.grad for n, p in named}
+        truncated = {n: p.grad for n, p in named if p.grad is not None}  # all of them
         for _, p in named:
             p.grad = None
         run_batch(parts.model, parts.task, batch, [(0, batch.inputs.shape[1])], h0)
         full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in named}
-        self.record_truncation(step, truncation_bias(truncated, full))
+        self.file(truncation_bias(truncated, full).row_blocks(step))
         for name, p in named:
             p.grad = truncated[name]
-
-    def record_truncation(self, step: int, bias: TruncationBias) -> None:
-        """File the truncation bias of ``step``: one row per parameter tensor, then ``total``."""
-        names = list(bias.cosine)
-        self.rows.add(
-            "truncation",
-            step=step,
-            tensor=np.array(names, dtype=object),
-            cosine=torch.stack([bias.cosine[n] for n in names]),
-            norm_ratio=torch.stack([bias.norm_ratio[n] for n in names]),
-            dropped=torch.stack([bias.dropped[n] for n in names]),
-        )
 
     def record_states(
         self,
@@ -187,111 +165,32 @@ class Instruments:
                 spectrum = lyapunov_exponents(
                     phi_prime, w_hh.to(torch.float64), k=k, warmup=warmup, seed=step
                 )
-                self.rows.add(
-                    "lyapunov",
-                    step=step,
-                    layer=layer,
-                    index=np.arange(k),
-                    exponent=spectrum.mean_exponents,
-                )
+                self.file(spectrum.row_blocks(step, layer))
 
-    def _record_products(self, step, layer, phi_prime, w_hh) -> None:
+    def _record_products(
+        self, step: int, layer: int, phi_prime: torch.Tensor, w_hh: torch.Tensor
+    ) -> None:
         k = min(self.config.top_k, w_hh.shape[0])
-        products = product_spectrum(phi_prime, w_hh, k=k)
-        W = len(products.windows)
-        self.rows.add(
-            "ftle",
-            step=step,
-            layer=layer,
-            window=np.repeat(np.asarray(products.windows), k),
-            index=np.tile(np.arange(k), W),
-            exponent=products.exponents.mean(1),  # (W, k): batch mean
-            converged=np.repeat(np.asarray(products.converged), k),
-        )
+        self.file(product_spectrum(phi_prime, w_hh, k=k).row_blocks(step, layer))
 
     def _record_hidden(
         self, step: int, layer: int, h: torch.Tensor, real: torch.Tensor | None
     ) -> None:
         stats = hidden_state_stats(h, self.rnn.nonlinearity, real=real)
-        T = h.shape[0]
-        nan = torch.full((T,), float("nan"), device=h.device, dtype=h.dtype)
-        saturation = stats.saturated_fraction if stats.saturated_fraction is not None else nan
-        inactive = stats.inactive_fraction if stats.inactive_fraction is not None else nan
-        self.rows.add(
-            "hidden",
-            step=step,
-            layer=layer,
-            t=np.arange(T),
-            sequences=stats.sequences if stats.sequences is not None else h.shape[1],
-            mean=stats.mean,
-            std=stats.std,
-            norm=stats.mean_norm,
-            saturation=saturation,
-            inactive=inactive,
-            mean_phi_prime=stats.mean_phi_prime,
-        )
-        relu = self.rnn.nonlinearity == "relu"
-        self.rows.add(
-            "health",
-            step=step,
-            layer=layer,
-            saturation=saturation.mean(),
-            inactive=inactive.mean(),
-            dead_fraction=stats.dead_fraction if relu else nan[0],
-            mean_phi_prime=stats.mean_phi_prime.mean(),
-            participation_ratio=stats.participation_ratio,
-        )
+        self.file(stats.row_blocks(step, layer, batch=h.shape[1]))
 
-    def _record_spectra(self, step, layer, phi_prime, w_hh) -> None:
+    def _record_spectra(
+        self, step: int, layer: int, phi_prime: torch.Tensor, w_hh: torch.Tensor
+    ) -> None:
         T, B, H = phi_prime.shape
         count = self.config.jacobian_samples
         t = torch.randint(0, T, (count,), generator=self.generator)
         b = torch.randint(0, B, (count,), generator=self.generator)
         k = min(self.config.top_k, H)
         jac = jacobian_spectrum(phi_prime, w_hh.to(torch.float64), t, b, k=k)
-        self.rows.add(
-            "spectra",
-            step=step,
-            layer=layer,
-            quantity="jacobian_singular",
-            sample=np.repeat(np.arange(count), k),
-            index=np.tile(np.arange(k), count),
-            value=jac.singular_values,
-            imag=0.0,
-        )
-        self.record_weights(
-            step, layer, w_hh, jac.spectral_norm.mean(), jac.mean_log_singular_value.mean()
-        )
-
-    def record_weights(self, step, layer, w_hh, jacobian_norm=None, jacobian_mean_log=None):
-        """File W_hh's eigenvalues, singular values and the Pascanu bound (step 0 = init)."""
-        spectrum = recurrent_weight_spectrum(w_hh.detach())  # the weights' own precision
-        H = w_hh.shape[0]
-        nan = float("nan")
-        self.rows.add(
-            "weights",
-            step=step,
-            layer=layer,
-            spectral_radius=spectrum.spectral_radius,
-            sigma_max=spectrum.sigma_max,
-            pascanu_bound=spectrum.pascanu_bound,
-            jacobian_norm=nan if jacobian_norm is None else jacobian_norm,
-            jacobian_mean_log_sv=nan if jacobian_mean_log is None else jacobian_mean_log,
-        )
-        for quantity, values, imag in (
-            ("w_hh_eigenvalue", spectrum.eigenvalues.real, spectrum.eigenvalues.imag),
-            ("w_hh_singular", spectrum.singular_values, torch.zeros_like(spectrum.singular_values)),
-        ):
-            self.rows.add(
-                "spectra",
-                step=step,
-                layer=layer,
-                quantity=quantity,
-                sample=0,
-                index=np.arange(H),
-                value=values,
-                imag=imag,
-            )
+        self.file(jac.row_blocks(step, layer))
+        norm, mean_log = jac.spectral_norm.mean(), jac.mean_log_singular_value.mean()
+        self.file(recurrent_weight_spectrum(w_hh.detach()).row_blocks(step, layer, norm, mean_log))
 
     def record_init(self, input_second_moment: float) -> None:
         """File W_hh spectra at initialisation and the mean-field prediction per layer.
@@ -302,7 +201,7 @@ class Instruments:
         second_moment = input_second_moment
         for layer in range(self.rnn.num_layers):
             w_ih, w_hh = (w.detach().double() for w in self.rnn.layer_weights(layer))
-            self.record_weights(0, layer, w_hh)
+            self.file(recurrent_weight_spectrum(w_hh).row_blocks(0, layer))  # step 0: init
             bias = None
             if self.rnn.bias:
                 b_ih, b_hh = (getattr(self.rnn, f"bias_{n}_l{layer}") for n in ("ih", "hh"))
@@ -310,16 +209,7 @@ class Instruments:
             field = mean_field_from_weights(
                 w_hh, self.rnn.nonlinearity, w_ih, bias, input_second_moment=second_moment
             )
-            self.rows.add(
-                "mean_field",
-                layer=layer,
-                sigma_w2=field.sigma_w2,
-                sigma_in2=field.sigma_in2,
-                q_star=field.q_star,
-                chi=field.chi,
-                predicted_decay=field.gradient_decay,
-                predicted_half_life=field.half_life,
-            )
+            self.file(field.row_blocks(layer))
             if field.sigma_w2 > 0:
                 second_moment = max(field.q_star - field.sigma_in2, 0.0) / field.sigma_w2
 

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
-from rnnprobe.errors import RnnprobeError
-from rnnprobe.seeds import SEED_LIMIT
+from rnnprobe.errors import RnnprobeError, check_choice, check_count
+from rnnprobe.training.config import check_seed
 
 
 def sample_text(
     run_dir: str | Path, prime: str, *, length: int = 400, temperature: float = 0.8, seed: int = 0
 ) -> str:
     """Return ``prime`` followed by ``length`` tokens drawn from the run's model."""
-    if length < 1:
-        raise RnnprobeError(f"--length must be at least 1, got {length}")
+    check_count(length, "--length")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise RnnprobeError(f"--temperature must be a finite number > 0, got {temperature}")
-    if not 0 <= seed < SEED_LIMIT:
-        raise RnnprobeError(f"--seed must lie in [0, 2**64), got {seed}")
+    check_seed(seed)
     import torch  # after the checks: a usage error returns without loading torch
 
     from rnnprobe.core.models import RNNLanguageModel
-    from rnnprobe.data.corpus import Vocab
+    from rnnprobe.data.corpus import Level, Vocab
+    from rnnprobe.data.names import LEVELS
     from rnnprobe.records.store import RunStore
     from rnnprobe.training.loop import resume_config
 
@@ -32,7 +32,8 @@ def sample_text(
     checkpoint = RunStore(Path(run_dir)).load_latest_checkpoint()
     if checkpoint is None:
         raise RnnprobeError(f"{run_dir} has no checkpoint yet")
-    vocab = Vocab(tuple(checkpoint.state["vocab"]), level=config.task.level)
+    level = cast("Level", check_choice(config.task.level, LEVELS, "task.level"))
+    vocab = Vocab(tuple(checkpoint.state["vocab"]), level=level)
     cfg = config.model  # the vocabulary travels in the checkpoint: no corpus needed here
     model = RNNLanguageModel(
         len(vocab), cfg.embedding_dim, cfg.hidden_size, cfg.layers, cfg.nonlinearity

@@ -7,6 +7,7 @@ run on every call, and a checkpoint only has to restore the generators' states.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,27 +20,38 @@ from rnnprobe.data.tasks import Batch, Task, task_from_config
 from rnnprobe.data.truncation import Truncation
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.seeds import derived_seed
+from rnnprobe.training import config as config_names
 from rnnprobe.training.config import ModelConfig, RunConfig
 from rnnprobe.training.memory import check_fits, estimate_run
 
 __all__ = ["DTYPES", "OPTIMIZERS", "RunParts", "build_model", "build_run", "make_optimizer"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
+# The names are the config's choices (config.DTYPES, config.OPTIMIZERS), in their order.
+DTYPES = dict(zip(config_names.DTYPES, (torch.float32, torch.float64), strict=True))
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = dict(
+    zip(
+        config_names.OPTIMIZERS,
+        (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad),
+        strict=True,
+    )
+)
 PER_STEP = ("lm", "per_step_classification")
 
 
 def build_model(task: Task, config: ModelConfig) -> nn.Module:
     """Return the model ``task`` needs: an LM-style per-step model, a classifier or a regressor."""
-    common = dict(num_layers=config.layers, nonlinearity=config.nonlinearity)
+    layers, nonlinearity = config.layers, config.nonlinearity
     if task.kind in PER_STEP:
+        vocab_size = task.vocab_size
+        if vocab_size is None:  # every per-step task reads tokens
+            raise RnnprobeError(f"task kind {task.kind!r} needs token inputs")
         return RNNLanguageModel(
-            task.vocab_size, config.embedding_dim, config.hidden_size, padding_idx=0, **common
+            vocab_size,
+            config.embedding_dim,
+            config.hidden_size,
+            padding_idx=0,
+            num_layers=layers,
+            nonlinearity=nonlinearity,
         )
     if task.kind == "many_to_one_classification":
         return RNNClassifier(
@@ -47,10 +59,17 @@ def build_model(task: Task, config: ModelConfig) -> nn.Module:
             config.hidden_size,
             vocab_size=task.vocab_size,
             embedding_dim=config.embedding_dim,
-            **common,
+            num_layers=layers,
+            nonlinearity=nonlinearity,
         )
     if task.kind == "regression":
-        return RNNRegressor(1, config.hidden_size, input_size=task.input_size, **common)
+        return RNNRegressor(
+            1,
+            config.hidden_size,
+            input_size=task.input_size,
+            num_layers=layers,
+            nonlinearity=nonlinearity,
+        )
     raise RnnprobeError(f"task kind {task.kind!r} has no model")
 
 

@@ -10,7 +10,7 @@ J_t = diag(φ'(a_t)) W_hh uses the W_hh that made a_t) and updates the weights i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +72,7 @@ class StepResult:
 
 
 def clip_gradients(
-    params: list[torch.Tensor], mode: str, value: float
+    params: Sequence[torch.Tensor], mode: str, value: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip gradients in place; return (pre-clip norm, post-clip norm) as 0-d device tensors."""
     if mode == "norm":

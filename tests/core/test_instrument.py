@@ -1,4 +1,4 @@
-"""``rnnprobe.core.instrument``: a plain-PyTorch model keeps its loss, gradients and optimizer."""
+"""``rnnprobe.instrument``: a plain-PyTorch model keeps its loss, gradients and optimizer."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ def test_a_registered_task_trains_like_a_built_in_one(tmp_path, registry):
     with pytest.raises(RnnprobeError, match=r"task\.name must be one of"):
         build_config({"task.name": "parity"})
     register_task("parity", lambda config: ParityTask(seq_len=config.task.seq_len))
-    assert "parity" in tasks.task_names()
+    assert "parity" in names.task_names()
     settings = {**FAST, "task.name": "parity", "task.seq_len": 3, "train.steps": 20}
     result = train_run(build_config(settings), tmp_path / "run", progress=False)
     assert result.status == "done"

@@ -17,7 +17,6 @@ from rnnprobe.data.corpus import (
     bits_per_char,
     build_corpus,
     corpus_from_text,
-    perplexity,
     read_corpus_text,
     read_stdlib_text,
     read_text_file,
@@ -143,7 +142,6 @@ def test_unigram_entropy_and_loss_units() -> None:
     assert unigram_entropy(ids, vocab_size=6) == pytest.approx(math.log(4))
     assert unigram_entropy(torch.full((9,), 2), vocab_size=3) == pytest.approx(0.0)
     assert bits_per_char(math.log(2)) == pytest.approx(1.0)
-    assert perplexity(math.log(5)) == pytest.approx(5.0)
 
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared tinyshakespeare not present")

@@ -25,7 +25,7 @@ from rnnprobe.data.tasks import (
     random_windows,
     sequential_batches,
 )
-from rnnprobe.data.truncation import Truncation, bptt_segments
+from rnnprobe.data.truncation import Truncation
 from rnnprobe.errors import RnnprobeError
 
 SHAKESPEARE = Path(__file__).parents[3] / "shared/data/tinyshakespeare.txt"
@@ -246,18 +246,18 @@ def test_make_task_lm_on_tinyshakespeare_beats_uniform_baseline() -> None:
     st.integers(0, 2**31),
 )
 def test_truncation_segments_tile_the_sequence_in_order(T: int, bptt, seed: int) -> None:
-    segments = list(bptt_segments(T, bptt, gen(seed)))
+    segments = list(Truncation.parse(bptt).segments(T, gen(seed)))
     assert segments[0][0] == 0 and segments[-1][1] == T
     assert all(s < e for s, e in segments)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(segments))
-    assert segments == list(bptt_segments(T, bptt, gen(seed)))
+    assert segments == list(Truncation.parse(bptt).segments(T, gen(seed)))
 
 
 def test_truncation_fixed_full_and_random_lengths() -> None:
-    assert list(bptt_segments(10, 4)) == [(0, 4), (4, 8), (8, 10)]
-    assert list(bptt_segments(10, "3")) == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    assert list(bptt_segments(10, "full")) == [(0, 10)]
-    lengths = [e - s for s, e in bptt_segments(100_000, "random:20", gen(0))][:-1]
+    assert list(Truncation.parse(4).segments(10)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(Truncation.parse("3").segments(10)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert list(Truncation.parse("full").segments(10)) == [(0, 10)]
+    lengths = [e - s for s, e in Truncation.parse("random:20").segments(100_000, gen(0))][:-1]
     assert set(lengths) == {10, 20}
     assert lengths.count(10) / len(lengths) == pytest.approx(0.05, abs=0.01)
     assert Truncation.parse("random:8") == Truncation("random", 8)

@@ -228,7 +228,7 @@ def test_command_takes_other_layers_and_inputs(run, args):
         (["missing"], "is not an rnnprobe run directory"),
         (["no-checkpoint"], "has no checkpoint yet"),
         (["--layer", "2"], "--layer must lie in [0, 2)"),
-        (["--layer", "-1"], "--layer must be >= 0"),
+        (["--layer", "-1"], "--layer must be at least 0, got -1"),
         (["--input", "bogus"], "--input must be zero, mean or a token id"),
         (["--input", "99"], "ids lie in [0, "),
         (["--input", "3", "--layer", "1"], "constant at layer 0 only"),

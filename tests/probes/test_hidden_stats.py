@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.hidden_stats import hidden_state_stats, participation_ratio
+from tests.support.schema import check_row_blocks
 
 F64 = torch.float64
 
@@ -85,8 +86,15 @@ def test_participation_ratio_lies_between_one_and_hidden_size(n, hidden, seed):
 
 def test_hidden_stats_rows_and_bad_inputs():
     stats = hidden_state_stats(torch.rand(3, 2, 4, dtype=F64), "relu")
-    quantities = {r["quantity"] for r in stats.rows()}
-    assert "inactive_fraction" in quantities and "saturated_fraction" not in quantities
+    blocks = stats.row_blocks(step=5, layer=1, batch=2)
+    assert check_row_blocks(blocks) == {"hidden": 3, "health": 1}
+    hidden, health = (block.columns for block in blocks)
+    assert torch.isnan(hidden["saturation"]).all() and not torch.isnan(hidden["inactive"]).any()
+    assert hidden["sequences"] == 2 and not torch.isnan(health["dead_fraction"])
+    tanh = hidden_state_stats(torch.rand(3, 2, 4, dtype=F64), "tanh").row_blocks(5, 0, batch=2)
+    assert torch.isnan(tanh[1].columns["dead_fraction"]) and torch.isnan(
+        tanh[1].columns["inactive"]
+    )
     for case in (
         lambda: hidden_state_stats(torch.ones(3, 4), "tanh"),
         lambda: hidden_state_stats(torch.ones(0, 2, 4), "tanh"),

@@ -1,5 +1,7 @@
 """Closed-form one-step Jacobians and spectra against autograd and dense linear algebra."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -9,12 +11,12 @@ from rnnprobe.errors import RnnprobeError
 from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes.jacobian import (
     jacobian_spectrum,
-    phi_prime_bound,
     recurrent_weight_spectrum,
     sample_time_batch_pairs,
     step_jacobians,
     top_singular_values,
 )
+from tests.support.schema import check_row_blocks
 
 F64 = torch.float64
 
@@ -75,13 +77,10 @@ def test_jacobian_spectrum_record_matches_dense_float64():
     torch.testing.assert_close(spec.singular_values, dense[:, :3])
     torch.testing.assert_close(spec.spectral_norm, dense[:, 0])
     torch.testing.assert_close(spec.mean_log_singular_value, dense.log().mean(-1))
-    rows = spec.rows()
-    assert len(rows) == 7 * (3 + 2)
-    assert {r["quantity"] for r in rows} == {
-        "jacobian_singular_value",
-        "jacobian_spectral_norm",
-        "jacobian_mean_log_sv",
-    }
+    blocks = spec.row_blocks(step=2, layer=1)
+    assert check_row_blocks(blocks) == {"spectra": 7 * 3}
+    assert blocks[0].columns["quantity"] == "jacobian_singular"
+    assert torch.equal(blocks[0].columns["value"], spec.singular_values)
 
 
 @given(hidden=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
@@ -100,12 +99,16 @@ def test_weight_spectrum_matches_dense_eigvals_and_svdvals(hidden, seed):
 
 def test_pascanu_condition_flags_vanishing_and_possible_exploding():
     q = torch.linalg.qr(torch.randn(6, 6, generator=_gen(1), dtype=F64)).Q
-    small = recurrent_weight_spectrum(0.5 * q, gamma=phi_prime_bound("tanh"))
+    small = recurrent_weight_spectrum(0.5 * q, gamma=1.0)
     assert small.vanishing_guaranteed and not small.exploding_possible
     torch.testing.assert_close(small.pascanu_bound, torch.tensor(0.5, dtype=F64))
-    large = recurrent_weight_spectrum(2.0 * q, gamma=phi_prime_bound("relu"))
+    large = recurrent_weight_spectrum(2.0 * q, gamma=1.0)
     assert large.exploding_possible and not large.vanishing_guaranteed
-    assert {r["quantity"] for r in large.rows()} >= {"pascanu_bound", "w_hh_spectral_radius"}
+    blocks = large.row_blocks(step=0, layer=0)
+    assert check_row_blocks(blocks) == {"weights": 1, "spectra": 2 * 6}
+    assert blocks[0].columns["pascanu_bound"] is large.pascanu_bound
+    assert [b.columns["quantity"] for b in blocks[1:]] == ["w_hh_eigenvalue", "w_hh_singular"]
+    assert math.isnan(blocks[0].columns["jacobian_norm"])
 
 
 def test_bad_inputs_raise_one_line_errors():
@@ -121,7 +124,6 @@ def test_bad_inputs_raise_one_line_errors():
         lambda: top_singular_values(d[0], w, 2, "qr"),
         lambda: sample_time_batch_pairs(2, 2, 5),
         lambda: recurrent_weight_spectrum(w, gamma=0.0),
-        lambda: phi_prime_bound("sigmoid"),
     ]
     for case in cases:
         with pytest.raises(RnnprobeError) as info:

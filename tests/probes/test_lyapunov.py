@@ -9,6 +9,7 @@ from rnnprobe.errors import RnnprobeError
 from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes import lyapunov
 from rnnprobe.probes.lyapunov import initial_frame, lyapunov_exponents
+from tests.support.schema import check_row_blocks
 
 F64 = torch.float64
 
@@ -124,6 +125,7 @@ def test_lyapunov_bad_inputs_raise_one_line_errors():
 
 def test_lyapunov_rows_are_tidy():
     spec = lyapunov_exponents(torch.ones(3, 2, 3, dtype=F64), 0.5 * torch.eye(3, dtype=F64), k=2)
-    rows = spec.rows()
-    assert len(rows) == 4 and set(rows[0]) == {"b", "index", "quantity", "value"}
+    blocks = spec.row_blocks(step=3, layer=0)
+    assert check_row_blocks(blocks) == {"lyapunov": 2}
+    assert torch.equal(blocks[0].columns["exponent"], spec.mean_exponents)
     torch.testing.assert_close(spec.mean_exponents, torch.full((2,), math.log(0.5), dtype=F64))

@@ -8,6 +8,7 @@ from scipy import integrate
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.mean_field import mean_field, mean_field_from_weights, mean_field_variances
+from tests.support.schema import check_row_blocks
 
 
 def test_relu_matches_closed_form():
@@ -63,10 +64,10 @@ def test_variances_from_torch_default_init():
     sw2, sin2 = mean_field_variances(rnn.weight_hh_l0, rnn.weight_ih_l0, input_second_moment=2.0)
     assert sw2 == pytest.approx(1 / 3, rel=0.02)  # U(−1/√H, 1/√H): H·(1/(3H))
     assert sin2 == pytest.approx(10 / 400 / 3 * 2.0, rel=0.05)
-    assert {r["quantity"] for r in mean_field(sw2, sin2, "tanh").rows()} >= {
-        "mean_field_q_star",
-        "mean_field_half_life",
-    }
+    field = mean_field(sw2, sin2, "tanh")
+    blocks = field.row_blocks(layer=0)
+    assert check_row_blocks(blocks) == {"mean_field": 1}
+    assert blocks[0].columns["predicted_half_life"] == field.half_life
 
 
 def test_mean_field_bad_inputs():

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.probes.products import default_windows, product_spectrum
+from tests.support.schema import check_row_blocks
 
 F64 = torch.float64
 
@@ -120,5 +121,6 @@ def test_products_bad_inputs_raise_one_line_errors():
 
 def test_product_rows_are_tidy():
     spec = product_spectrum(torch.ones(4, 1, 2, dtype=F64), 0.5 * torch.eye(2, dtype=F64), k=1)
-    rows = spec.rows()
-    assert len(rows) == 3 and rows[-1]["window"] == 4 and rows[-1]["quantity"] == "ftle"
+    blocks = spec.row_blocks(step=1, layer=0)
+    assert check_row_blocks(blocks) == {"ftle": 3}
+    assert blocks[0].columns["window"].tolist() == spec.windows

@@ -142,7 +142,7 @@ def test_column_types_settle_so_parts_concatenate(tmp_path):
         store.append("hidden", {"step": [1, 2], "mean": [0.0]})
     with pytest.raises(RnnprobeError, match="table name"):
         store.append("../escape", {"step": 1})
-    with pytest.raises(RnnprobeError, match="unknown status"):
+    with pytest.raises(RnnprobeError, match="status must be one of running, done, "):
         store.set_status("finished", step=3)
     assert set(STATUSES) == {"running", "done", "failed", "diverged", "interrupted"}
 

@@ -152,14 +152,14 @@ def test_floss_spec_parses(text, expected):
     ("text", "needle"),
     [
         ("", "k must be an integer"),
-        ("0", "k must be an integer ≥ 1"),
+        ("0", "k must be at least 1, got 0"),
         ("9", "exceeds the hidden size 8"),
         ("2,3", "only the first item"),
         ("2,lr=1", "unknown key 'lr'"),
         ("2,k=3", "k given twice"),
         ("2,weight=-1", "weight must be a finite number ≥ 0"),
         ("2,weight=nan", "weight must be a finite number ≥ 0"),
-        ("2,every=0", "every must be an integer ≥ 1"),
+        ("2,every=0", "every must be at least 1, got 0"),
         ("2,pre=1.5", "pre must be an integer"),
     ],
 )
