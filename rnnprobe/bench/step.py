@@ -22,7 +22,7 @@ import torch
 from rnnprobe.core.models import ElmanRNN, RNNLanguageModel
 from rnnprobe.data.tasks import Batch
 from rnnprobe.training.config import ProbeConfig
-from rnnprobe.training.probing import Instruments
+from rnnprobe.training.probing import Probing
 from rnnprobe.training.step import clip_gradients, probed_capture
 
 Step = Callable[[], None]
@@ -98,26 +98,26 @@ def _training_step(model: RNNLanguageModel, tokens: torch.Tensor, record: bool) 
 
 def _probing_step(model: RNNLanguageModel, tokens: torch.Tensor, probes: ProbeConfig) -> Step:
     """A training step that also fires the probes on their schedules, as training does
-    (:func:`probed_capture`, :meth:`Instruments.record_step`), step counter included."""
+    (:func:`probed_capture`, :meth:`Probing.record_step`), step counter included."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     params = list(model.parameters())
     rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
-    instruments = Instruments(probes, rnn, seed=0)
+    probing = Probing(probes, rnn, seed=0)
     batch = Batch(tokens[:, :-1], tokens[:, 1:])
     counter = iter(range(1, 10**9))
 
     def step() -> None:
         number = next(counter)
-        fired = instruments.firing(number)
+        fired = probing.firing(number)
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
         with probed_capture(model, fired, probes.sub_batch) as cap:
             loss.backward()
         clip_gradients(params, "norm", 1.0)
-        instruments.record_step(number, fired, cap.records_on_device(), [0], batch, True)
+        probing.record_step(number, fired, cap.records_on_device(), [0], batch, True)
         optimizer.step()
         if number % 50 == 0:
-            instruments.rows.drain()
+            probing.rows.drain()
 
     return step
 

@@ -268,14 +268,14 @@ def _check_inputs(path: Path, trainer: Trainer, snapshot: dict[str, Any]) -> Non
 
 def _probe_pass(trainer: Trainer, snapshot: dict[str, Any]) -> ProbePass:
     """Return the step's records with every probe on: one more forward and backward pass of
-    the task loss from the snapshot's state (δ kept), filed by the run's own Instruments."""
+    the task loss from the snapshot's state (δ kept), filed by the run's own Probing."""
     import numpy as np
     import pandas as pd
     import torch
 
     from rnnprobe.core.capture import capture
     from rnnprobe.training.batch import run_batch
-    from rnnprobe.training.probing import Instruments
+    from rnnprobe.training.probing import Probing
 
     batch, segments, h0 = trainer.restore_snapshot(snapshot)
     step, model, rnn = int(snapshot["step"]), trainer.parts.model, trainer.parts.rnn
@@ -287,23 +287,23 @@ def _probe_pass(trainer: Trainer, snapshot: dict[str, Any]) -> ProbePass:
         jacobian_samples=min(16, T * B),
         top_k=min(rnn.hidden_size, 64),
     )
-    instruments = Instruments(probes, rnn, trainer.parts.config.seed)
-    instruments.generator.set_state(snapshot["rng"]["probe"])
+    probing = Probing(probes, rnn, trainer.parts.config.seed)
+    probing.generator.set_state(snapshot["rng"]["probe"])
     model.zero_grad(set_to_none=True)
     with capture(
         model, reach=True, reach_batch=B, keep_adjoints=True, keep_states=True, weight_grads=True
     ) as cap:
         result = run_batch(model, trainer.parts.task, batch, segments, h0)
     records = cap.records_on_device()
-    instruments.record_backward(step, records, result.backward_offsets, batch.lengths)
+    probing.record_backward(step, records, result.backward_offsets, batch.lengths)
     states = [torch.cat(layer) for layer in zip(*(r.states for r in records), strict=True)]
     start = result.backward_offsets[0] if result.backward_offsets else 0  # the states' first t
     overflow = _overflow(states, start)
     if not overflow:  # spectra and QR of non-finite states would fail, not inform
         fired = {"hidden", "spectra", "lyapunov"}
-        instruments.record_states(step, states, fired, batch.lengths)
+        probing.record_states(step, states, fired, batch.lengths)
     tables = {}
-    for table, blocks in instruments.rows.drain().items():
+    for table, blocks in probing.rows.drain().items():
         columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
         tables[table] = pd.DataFrame(columns)
     deltas = [

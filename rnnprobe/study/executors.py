@@ -40,6 +40,7 @@ import torch
 
 from rnnprobe.errors import RnnprobeError, check_choice, check_count
 from rnnprobe.records.index import recorded_status
+from rnnprobe.training import loop
 from rnnprobe.training.config import RunConfig
 
 __all__ = [
@@ -96,10 +97,8 @@ def execute_job(job: RunJob, *, progress: bool = False, threads: int | None = No
         torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        train_run = importlib.import_module(
-            "rnnprobe.training.loop"
-        ).train_run  # looked up per call
-        result = train_run(job.config, Path(job.run_dir), resume=job.resume, progress=progress)
+        run_dir = Path(job.run_dir)
+        result = loop.train_run(job.config, run_dir, resume=job.resume, progress=progress)
         status, steps, message = result.status, result.steps_done, result.message
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted"

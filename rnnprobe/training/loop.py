@@ -1,7 +1,7 @@
 """One training run, end to end: a plain loop, its callback points, its records.
 
 :class:`Trainer` builds the run (:func:`setup.build_run`), then for each step draws a batch,
-runs :func:`step.train_step` with the probes that fire (:class:`probing.Instruments`) and
+runs :func:`step.train_step` with the probes that fire (:class:`probing.Probing`) and
 calls its callbacks at named points: ``on_step_end`` after every step, ``on_eval`` after a
 validation, ``on_flush`` when records move to the host and ``on_checkpoint`` after a
 checkpoint, ``on_end`` once. The progress bar is such a callback; a user's own go to
@@ -45,7 +45,7 @@ from rnnprobe.training.config import RunConfig, config_from_dict
 from rnnprobe.training.evaluation import evaluate
 from rnnprobe.training.flosser import Flosser
 from rnnprobe.training.flossing import FlossSpec
-from rnnprobe.training.probing import Instruments
+from rnnprobe.training.probing import Probing
 from rnnprobe.training.setup import build_run
 from rnnprobe.training.step import RnnCall, StepResult, train_step
 from rnnprobe.training.warning import ExplosionWatch, WarnSpec, save_snapshot
@@ -118,7 +118,7 @@ class Trainer:
         """``records=False`` builds the run without a directory: ``replay_step`` only."""
         self.config, self.progress, self.callbacks = config, progress, list(callbacks)
         self.parts = parts = build_run(config)
-        self.instruments = Instruments(config.probes, parts.rnn, config.seed)
+        self.probing = Probing(config.probes, parts.rnn, config.seed)
         spec = FlossSpec.parse(config.train.floss, config.model.hidden_size)
         self.flosser = Flosser(spec, parts) if spec is not None else None
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
@@ -178,11 +178,11 @@ class Trainer:
                 # token tasks' models have an nn.Embedding; nn.Module's stubs cannot know it
                 else cast(nn.Embedding, self.parts.model.embedding)(first.inputs)
             )
-        self.instruments.record_init(float(x.square().mean()))
+        self.probing.record_init(float(x.square().mean()))
 
     def _flush(self) -> None:
         tables = {}
-        for table, blocks in self.instruments.rows.drain().items():
+        for table, blocks in self.probing.rows.drain().items():
             columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
             if self.watch is not None:  # λ₁ and ‖J_t‖ against their thresholds, no sync either
                 self.watch.observe_probes(table, columns)
@@ -203,7 +203,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "data_rng": parts.data_generator.get_state(),
             "cut_rng": parts.cut_generator.get_state(),
-            "probe_rng": self.instruments.generator.get_state(),
+            "probe_rng": self.probing.generator.get_state(),
             "seconds": self.seconds,
             "tokens": self.tokens,
             "nonfinite_run": self.nonfinite_run,
@@ -237,7 +237,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         parts.data_generator.set_state(state["data_rng"])
         parts.cut_generator.set_state(state["cut_rng"])
-        self.instruments.generator.set_state(state["probe_rng"])
+        self.probing.generator.set_state(state["probe_rng"])
         self.step, self.seconds = checkpoint.step, float(state["seconds"])
         self.tokens, self.nonfinite_run = int(state["tokens"]), int(state["nonfinite_run"])
         h = state["h"]
@@ -295,7 +295,7 @@ class Trainer:
         if self.pre_floss_due:  # a Ctrl-C that cuts it leaves no checkpoint: it reruns
             assert self.flosser is not None
             self.mid_step = True
-            self.flosser.pre_floss(self.instruments.rows)
+            self.flosser.pre_floss(self.probing.rows)
             self.mid_step = self.pre_floss_due = False
         while self.step < cfg.steps:
             if interrupted.is_set():  # Ctrl-C arrived during the last step: stop between steps
@@ -311,7 +311,7 @@ class Trainer:
             if self.diverged:
                 return
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                evaluate(self.parts, self.step, self.instruments.rows)
+                evaluate(self.parts, self.step, self.probing.rows)
                 for callback in self.callbacks:
                     callback.on_eval(self)
             if self.step % self.config.checkpoint_every == 0:
@@ -324,7 +324,7 @@ class Trainer:
 
     def _train_step(self) -> StepResult:
         """Run one optimizer step and file its rows; set ``diverged`` when the run must stop."""
-        cfg, parts, probes = self.config.train, self.parts, self.instruments
+        cfg, parts, probes = self.config.train, self.parts, self.probing
         self.step += 1
         step = self.step
         fired = probes.firing(step, cfg.steps)
@@ -357,7 +357,7 @@ class Trainer:
             h0,
             step=step,
             fired=fired,
-            instruments=probes,
+            probing=probes,
             record_calls=flossing,
             add_gradients=add_gradients,
             is_finite=is_finite,
@@ -425,7 +425,7 @@ class Trainer:
             path = self._snapshot("warning", *snapshot, recorded, message)
             where = path.relative_to(self.records.path)
             message = f"{message}; snapshot {where} (rnnprobe replay)"
-            self.instruments.rows.add("events", step=step, kind="warning", message=message)
+            self.probing.rows.add("events", step=step, kind="warning", message=message)
         if not is_finite and watch.first_nonfinite():
             numbers_text = f"loss {loss_value:.4g}, pre-clip gradient norm {norm_value:.4g}"
             reason = f"the first non-finite step ({numbers_text})"
@@ -459,7 +459,7 @@ class Trainer:
             },
             "h0": None if h0 is None else h0.detach(),
             "segments": [[int(start), int(end)] for start, end in segments],
-            "rng": {**rng, "probe": self.instruments.generator.get_state()},
+            "rng": {**rng, "probe": self.probing.generator.get_state()},
             "recorded": recorded,
             "device": str(parts.device),
             "threads": torch.get_num_threads(),
@@ -480,7 +480,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         parts.data_generator.set_state(rng["data"])
         parts.cut_generator.set_state(rng["cut"])
-        self.instruments.generator.set_state(rng["probe"])
+        self.probing.generator.set_state(rng["probe"])
         if "cuda" in rng and parts.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], parts.device)
         self.step = int(snapshot["step"]) - 1
@@ -498,14 +498,14 @@ class Trainer:
         """Run the step a snapshot holds again, as training ran it; return its ``steps`` row
         (loss, grad_norm_pre_clip, …) and the gradients its update used (after clipping)."""
         self.restore_snapshot(snapshot)
-        self.instruments.rows.drain()  # rows of an earlier replay
+        self.probing.rows.drain()  # rows of an earlier replay
         self._train_step()
         gradients = {
             name: p.grad.detach().clone()
             for name, p in self.parts.model.named_parameters()
             if p.grad is not None
         }
-        steps = self.instruments.rows.drain()["steps"][0]
+        steps = self.probing.rows.drain()["steps"][0]
         return {name: values[0].item() for name, values in steps.items()}, gradients
 
 

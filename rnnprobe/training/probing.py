@@ -1,4 +1,9 @@
-"""The probes a training run fires on their schedules, filed as tidy rows (see store.py).
+"""The probing of a training run: which probes fire at a step, and their rows.
+
+The loop asks :meth:`Probing.firing` before a step (the capture records what the fired probes
+need) and :func:`~rnnprobe.training.step.train_step` calls :meth:`Probing.record_step` after
+its backward passes, before the update. Each probe's result knows its rows (``row_blocks``, the
+store's schema); this class files them.
 
 Adjoint records come from the BPTT capture (every backward pass of the step, each segment's
 time offset added); hidden-state statistics, W_hh and Jacobian spectra and Lyapunov exponents
@@ -33,8 +38,9 @@ from rnnprobe.training.setup import RunParts
 STATE_PROBES = frozenset({"hidden", "spectra", "lyapunov", "products"})  # use layer outputs
 
 
-class Instruments:
-    """Decides which probes fire at a step and turns their results into pending rows."""
+class Probing:
+    """The probing callback of a run: decides which probes fire at a step and files their
+    rows (pending on the device until the next flush); ``generator`` draws their samples."""
 
     def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
         self.config, self.rnn = config, rnn

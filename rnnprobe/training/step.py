@@ -22,7 +22,7 @@ from rnnprobe.core.models import ElmanRNN
 from rnnprobe.data.tasks import Batch
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.training.batch import BatchResult, run_batch
-from rnnprobe.training.probing import STATE_PROBES, Instruments
+from rnnprobe.training.probing import STATE_PROBES, Probing
 from rnnprobe.training.setup import RunParts
 
 __all__ = [
@@ -106,7 +106,7 @@ def train_step(
     *,
     step: int,
     fired: set[str],
-    instruments: Instruments | None = None,
+    probing: Probing | None = None,
     record_calls: bool = False,
     add_gradients: Callable[[BatchResult, list[RnnCall]], None] | None = None,
     is_finite: Callable[[torch.Tensor, BatchResult, torch.Tensor], bool] | None = None,
@@ -116,7 +116,7 @@ def train_step(
     ``add_gradients(result, calls)`` runs after the backward passes, before clipping, with the
     recurrent stack's inputs of every call (:func:`rnn_calls`; empty unless ``record_calls``);
     ``is_finite(finite, result, pre_clip_norm)`` makes the one host sync (default
-    ``bool(finite)``); ``instruments`` files the ``fired`` probes' records of ``step``.
+    ``bool(finite)``); ``probing`` files the ``fired`` probes' records of ``step``.
     """
     cfg = parts.config.train
     parts.optimizer.zero_grad(set_to_none=True)
@@ -133,9 +133,9 @@ def train_step(
     if result.h_n is not None and parts.carries_state:
         finite_tensor = finite_tensor & torch.isfinite(result.h_n).all()
     finite = bool(finite_tensor) if is_finite is None else is_finite(finite_tensor, result, pre)
-    if instruments is not None:
+    if probing is not None:
         records = cap.records_on_device()
-        instruments.record_step(step, fired, records, result.backward_offsets, batch, finite)
+        probing.record_step(step, fired, records, result.backward_offsets, batch, finite)
     if finite:
         parts.optimizer.step()
     tokens = batch.inputs.shape[0] * batch.inputs.shape[1]

@@ -17,7 +17,7 @@ from rnnprobe.probes.hidden_stats import hidden_state_stats, participation_ratio
 from rnnprobe.records.store import load_run
 from rnnprobe.training.config import build_config
 from rnnprobe.training.loop import train_run
-from rnnprobe.training.probing import Instruments
+from rnnprobe.training.probing import Probing
 
 F64 = torch.float64
 
@@ -71,7 +71,7 @@ def test_adjoint_rows_average_only_the_sequences_real_at_each_step():
     real = torch.arange(T)[:, None] < lengths[None, :]
     norms = norms * real  # the backward pass gives exact zeros at padded steps
     layer = LayerRecord(norms, norms / 2, norms / 3, None, None)
-    probes = Instruments(build_config({}).probes, ElmanRNN(3, 5), seed=0)
+    probes = Probing(build_config({}).probes, ElmanRNN(3, 5), seed=0)
     probes.record_backward(7, [BackwardRecord([layer])], [0], lengths)
     (block,) = probes.rows.drain()["adjoints"]
     rows = pd.DataFrame(block)
@@ -83,7 +83,7 @@ def test_adjoint_rows_average_only_the_sequences_real_at_each_step():
 
 def test_a_step_no_sequence_reaches_is_nan_not_zero():
     layer = LayerRecord(*(torch.ones(3, 2, dtype=F64),) * 3, None, None)
-    probes = Instruments(build_config({}).probes, ElmanRNN(3, 5), seed=0)
+    probes = Probing(build_config({}).probes, ElmanRNN(3, 5), seed=0)
     probes.record_backward(1, [BackwardRecord([layer])], [0], torch.tensor([1, 2]))
     (block,) = probes.rows.drain()["adjoints"]
     assert list(block["sequences"]) == [2, 1, 0]
