@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from rnnprobe.data.tasks import Batch, Task, register_task
     from rnnprobe.errors import RecordError, RnnprobeError
     from rnnprobe.records.store import load_run
+    from rnnprobe.training.callbacks import Callback
     from rnnprobe.training.config import RunConfig, build_config
-    from rnnprobe.training.loop import Callback, RunResult, train_run
+    from rnnprobe.training.loop import RunResult, train_run
 
 _EXPORTS = {
     "Capture": "core.capture",
@@ -33,7 +34,7 @@ _EXPORTS = {
     "RNNRegressor": "core.models",
     "load_run": "records.store",
     "train_run": "training.loop",
-    "Callback": "training.loop",
+    "Callback": "training.callbacks",
     "RunResult": "training.loop",
     "RunSummary": "analysis.runs",
     "summarise_run": "analysis.runs",

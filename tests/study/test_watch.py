@@ -22,8 +22,8 @@ from rnnprobe.records.store import RunStore, load_run
 from rnnprobe.study.executors import InProcessExecutor
 from rnnprobe.study.runner import read_index, run_study
 from rnnprobe.study.spec import StudySpec
+from rnnprobe.training.callbacks import PROGRESS_STEPS, RecentSteps
 from rnnprobe.training.config import build_config
-from rnnprobe.training.loop import PROGRESS_STEPS, RecentSteps
 from tests.support.processes import HANG_GUARD, finish, go, wait_for_pause
 from tests.support.runs import TINY_SETTINGS, tiny_spec
 
