@@ -53,7 +53,8 @@ import pandas as pd
 from rnnprobe.analysis.class_scores import ClassScores, class_scores
 from rnnprobe.analysis.levels import level_order
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.store import Run, is_run_dir, load_run
+from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.store import Run, load_run
 from rnnprobe.training.config import flatten
 
 __all__ = [

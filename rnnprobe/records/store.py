@@ -64,15 +64,11 @@ from rnnprobe.records.lock import LOCK_NAME, process_identity
 
 __all__ = [
     "STANDARD_TABLES",
-    "STATUSES",
     "Checkpoint",
     "Run",
     "RunStore",
-    "is_run_dir",
     "load_run",
-    "read_status",
     "read_table",
-    "write_atomic",
 ]
 
 

@@ -35,7 +35,8 @@ from rnnprobe.analysis.runs import (
     summarise_run,
 )
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.store import Run, is_run_dir
+from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.store import Run
 from rnnprobe.report import plots
 from rnnprobe.report.pages import (
     MIN_CURVE_STEPS,
@@ -43,11 +44,11 @@ from rnnprobe.report.pages import (
     TASK_SETTINGS,
     Page,
     Panel,
-    _add_grid,
-    _display,
-    _distinct_steps,
-    _load,
-    _slug,
+    add_grid,
+    display_table,
+    distinct_steps,
+    load_for_report,
+    slug,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def build_comparison(
     The default output is :func:`default_output` under the current directory.
     """
     paths = _checked(paths)
-    runs = [_load(p, SUMMARY_TABLES) for p in paths]
+    runs = [load_for_report(p, SUMMARY_TABLES) for p in paths]
     ids = run_ids(paths)
     analysis = _analyse(runs, ids)
     out = Path(output) if output is not None else default_output(ids)
@@ -86,7 +87,7 @@ def build_comparison(
 
 def default_output(ids: Sequence[str]) -> Path:
     """Return ``compare-<first id>-<n>runs``, relative to the current directory."""
-    return Path(f"compare-{_slug(ids[0])}-{len(ids)}runs")
+    return Path(f"compare-{slug(ids[0])}-{len(ids)}runs")
 
 
 def run_ids(paths: Sequence[Path]) -> list[str]:
@@ -175,7 +176,7 @@ def _page(analysis: StudyAnalysis, paths: Sequence[Path], out: Path) -> Page:
         | {names[k]: s.settings.get(k) for k in keys}
         for s, p in zip(summaries, paths, strict=True)
     ]
-    page.table(_display(pd.DataFrame(rows)))
+    page.table(display_table(pd.DataFrame(rows)))
     shared = _shared_settings(summaries, keys)
     if shared:
         page.text(f"Same in all runs: {shared}.")
@@ -186,7 +187,7 @@ def _page(analysis: StudyAnalysis, paths: Sequence[Path], out: Path) -> Page:
         + [f"{labels[s.run_id]} — {d.headline}" for s, d in headlines]
     )
     page.heading("Summary")
-    page.table(_display(analysis.shown))
+    page.table(display_table(analysis.shown))
     page.heading("Figures")
     palette = plots.run_colours([s.run_id for s in summaries])
     panels, missing = _panels(analysis, palette, labels, shared)
@@ -197,7 +198,7 @@ def _page(analysis: StudyAnalysis, paths: Sequence[Path], out: Path) -> Page:
     )
     caption += f". Not drawn: {'; '.join(missing)}" if missing else ""
     if len(panels) > 1:  # the key alone is no figure
-        _add_grid(page, out, "compare.png", caption, panels, columns=2)
+        add_grid(page, out, "compare.png", caption, panels, columns=2)
     else:
         page.text(f"No records to overlay. Not drawn: {'; '.join(missing)}.")
     page.heading("Runs")
@@ -278,7 +279,7 @@ def _loss_frame(analysis: StudyAnalysis) -> tuple[pd.DataFrame, list[tuple]]:
     for s in analysis.study.runs:
         run = analysis.runs[s.run_id]
         steps, evals = run.table("steps"), run.table("evals")
-        if _distinct_steps(steps, "loss") < 2:
+        if distinct_steps(steps, "loss") < 2:
             lacking.append((s.run_id, "fewer than two steps with a finite loss"))
             continue
         if not s.baseline_loss > 0:
@@ -356,7 +357,7 @@ def _lyapunov_frame(analysis: StudyAnalysis) -> tuple[pd.DataFrame, list[tuple]]
             lacking.append((s.run_id, "no Lyapunov records"))
             continue
         top = lyapunov[(lyapunov["layer"] == lyapunov["layer"].max()) & (lyapunov["index"] == 0)]
-        if _distinct_steps(top, "exponent") < MIN_CURVE_STEPS:
+        if distinct_steps(top, "exponent") < MIN_CURVE_STEPS:
             lacking.append(
                 (s.run_id, f"too few probe steps; λ₁ at init, end {_lyapunov_values(s)}")
             )

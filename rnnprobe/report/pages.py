@@ -34,7 +34,8 @@ from rnnprobe.analysis.class_scores import ClassScores
 from rnnprobe.analysis.diagnosis import StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.analysis.runs import RunSummary
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.store import Run, is_run_dir, load_run
+from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.store import Run, load_run
 from rnnprobe.report import plots
 
 __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
@@ -170,7 +171,7 @@ def build_report(
         raise RnnprobeError(f"output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     if is_run_dir(path):
-        analysis = analyse_run(_load(path))
+        analysis = analyse_run(load_for_report(path))
         page = _run_report(analysis, out)
     else:
         analysis = analysis or _analyse(path)
@@ -201,14 +202,14 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
     page.heading("Diagnosis")
     page.bullets(diagnosis.lines())
     page.heading("Summary")
-    page.table(_display(analysis.shown))
+    page.table(display_table(analysis.shown))
     if summary.last_step is None:
         page.text(f"No records yet (status {summary.status}): no figures.")
         return page
     page.heading("Figures")
     panels, missing = _run_panels(run, summary, full=True)
     caption = f"run {summary.run_id} at steps 1–{summary.steps}" + _missing_text(missing)
-    _add_grid(page, out, "run.png", caption, panels, columns=3)
+    add_grid(page, out, "run.png", caption, panels, columns=3)
     _add_classes(page, out, summary, "confusion.png", full=True)
     return page
 
@@ -239,7 +240,7 @@ def _add_classes(page: Page, out: Path, s: RunSummary, name: str, *, full: bool)
     page.figure(name, png, caption)
     if full:
         table = c.per_class.drop(columns=["class"]).rename(columns={"name": "class"})
-        page.table(_display(table))
+        page.table(display_table(table))
 
 
 def _confusion_png(c: ClassScores, baseline: float) -> bytes:
@@ -284,7 +285,7 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
     page.heading("Diagnosis")
     page.bullets(analysis.diagnosis.lines)
     page.heading("Summary")
-    page.table(_display(analysis.shown))
+    page.table(display_table(analysis.shown))
     page.heading("Study figures")
     _study_figures(page, out, analysis, swept)
     page.heading("Runs")
@@ -306,15 +307,15 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
         page.bullets(diagnosis.lines())
         panels, missing = _run_panels(run, summary, full=False)
         caption = f"run {summary.run_id} ({label}), steps 1–{summary.steps}"
-        _add_grid(
+        add_grid(
             page,
             out,
-            f"run-{_slug(summary.run_id)}.png",
+            f"run-{slug(summary.run_id)}.png",
             caption + _missing_text(missing),
             panels,
             columns=4,
         )
-        _add_classes(page, out, summary, f"confusion-{_slug(summary.run_id)}.png", full=False)
+        _add_classes(page, out, summary, f"confusion-{slug(summary.run_id)}.png", full=False)
     if rest:
         page.text(f"Other runs ({len(rest)}; figures only for representative runs):")
         page.table(pd.DataFrame(rest))
@@ -499,7 +500,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         caption = "measures against the sweep axes, gradient reach per configuration"
         caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
         caption += ("; " + "; ".join(notes)) if notes else ""
-        _add_grid(page, out, "study.png", caption, panels, columns=2)
+        add_grid(page, out, "study.png", caption, panels, columns=2)
 
 
 def _lyapunov_curves(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
@@ -595,7 +596,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
     unit = "MSE" if s.task_kind == "regression" else "nats per target"
     panels: list[Panel] = []
     missing: list[str] = []
-    if _distinct_steps(steps, "loss") >= 2:
+    if distinct_steps(steps, "loss") >= 2:
         panels.append(
             lambda ax: plots.plot_loss(steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax)
         )
@@ -611,14 +612,14 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
             )
     else:
         missing.append(f"loss curves (one finite step: loss {s.final_train_loss:.4g})")
-    if _distinct_steps(steps, "grad_norm_pre_clip") >= 2:
+    if distinct_steps(steps, "grad_norm_pre_clip") >= 2:
         clipping = s.clip != "none"
         panels.append(lambda ax: plots.plot_clipping(steps, clipping=clipping, ax=ax))
     elif len(steps):
         missing.append("gradient norms over training (fewer than two finite steps)")
     adjoints = t("adjoints")
     layers = sorted(int(v) for v in adjoints["layer"].unique()) if "layer" in adjoints else []
-    if _distinct_steps(adjoints, "adjoint_norm") >= 2:
+    if distinct_steps(adjoints, "adjoint_norm") >= 2:
         shown_layers = layers[:4] if full else layers[-1:]
         for layer in shown_layers:
 
@@ -643,11 +644,11 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
         )
     spectra, lyapunov, health = t("spectra"), t("lyapunov"), t("health")
     jac = spectra[spectra["quantity"] == "jacobian_singular"] if "quantity" in spectra else spectra
-    if _distinct_steps(jac) >= 2:
+    if distinct_steps(jac) >= 2:
         panels.append(lambda ax: plots.plot_jacobian_spectra(spectra, ax=ax))
     elif len(jac):
         missing.append("Jacobian spectra over training (one probe step)")
-    if _distinct_steps(lyapunov) >= MIN_CURVE_STEPS:
+    if distinct_steps(lyapunov) >= MIN_CURVE_STEPS:
         panels.append(lambda ax: plots.plot_lyapunov(lyapunov, ax=ax))
     elif len(lyapunov):
         values = ", ".join(
@@ -673,7 +674,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
             )
     if "quantity" in spectra and (spectra["quantity"] == "w_hh_eigenvalue").any():
         panels.append(lambda ax: plots.plot_eigenvalues(spectra, ax=ax))
-    if _distinct_steps(health) >= MIN_CURVE_STEPS:
+    if distinct_steps(health) >= MIN_CURVE_STEPS:
         panels.append(lambda ax: plots.plot_hidden_health(health, ax=ax))
         if full:
             panels.append(lambda ax: plots.plot_participation_ratio(health, ax=ax))
@@ -713,7 +714,7 @@ def _health(s: RunSummary) -> str:
     return ", ".join(parts) or "no finite values"
 
 
-def _distinct_steps(table: pd.DataFrame, column: str | None = None) -> int:
+def distinct_steps(table: pd.DataFrame, column: str | None = None) -> int:
     """Return how many steps of ``table`` have a row (with a finite ``column``)."""
     if "step" not in table or table.empty:
         return 0
@@ -727,9 +728,11 @@ def _missing_text(missing: list[str]) -> str:
     return f". Not drawn: {'; '.join(missing)}" if missing else ""
 
 
-def _add_grid(
+def add_grid(
     page: Page, out: Path, name: str, caption: str, panels: list[Panel], columns: int
 ) -> None:
+    """Draw ``panels`` in a grid of ``columns``, save it as ``out/<name>.png`` and add it to
+    ``page`` with ``caption``."""
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
     size = ((PANEL_INCHES + LEFT_INCHES + LEGEND_INCHES) * columns, 4.2 * rows)
@@ -827,7 +830,7 @@ def _label(summary: RunSummary, axes: list[str]) -> str:
     return ", ".join(parts)
 
 
-def _display(summary: pd.DataFrame) -> pd.DataFrame:
+def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Return the summary with numbers as short text, and without all-empty columns."""
     keep = [c for c in summary.columns if summary[c].notna().any()]
     return summary[keep].map(_cell)
@@ -853,7 +856,8 @@ def _first(df: pd.DataFrame, column: str) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _load(path: Path, tables: tuple[str, ...] | None = None) -> Run:
+def load_for_report(path: Path, tables: tuple[str, ...] | None = None) -> Run:
+    """Return the run at ``path``; records that cannot be read are a one-line error."""
     try:
         return load_run(path, tables)
     except RnnprobeError:
@@ -864,7 +868,8 @@ def _load(path: Path, tables: tuple[str, ...] | None = None) -> Run:
         ) from None
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """Return ``text`` as a file-name-safe name of at most 80 characters."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
 
 

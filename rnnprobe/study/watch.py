@@ -7,7 +7,7 @@ one raw record shown is the gradient norm of the last recorded step (``steps`` t
 
 Conventions: phases are the analysis' init (step 1), training (the probe steps between,
 median) and end (the latest probe step; while a run trains, it moves with it). A run has
-finished when its status (``store.read_status``: a dead writer reads as interrupted) is one
+finished when its status (``records.index.read_status``: a dead writer reads as interrupted) is one
 of ``FINISHED``; a study when every run has.
 """
 

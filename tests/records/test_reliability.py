@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from rnnprobe.cli.main import main
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.index import read_study
+from rnnprobe.records.index import read_status, read_study
 from rnnprobe.records.lock import LOCK_NAME, DirectoryLock, process_identity, writer_alive
-from rnnprobe.records.store import RunStore, load_checkpoint, load_run, read_status
+from rnnprobe.records.store import RunStore, load_checkpoint, load_run
 from rnnprobe.training.config import build_config
 from rnnprobe.training.loop import make_task_from_config, train_run
 from rnnprobe.training.memory import estimate_run

@@ -21,14 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.store import (
-    STANDARD_TABLES,
-    STATUSES,
-    RunStore,
-    is_run_dir,
-    load_run,
-    read_table,
-)
+from rnnprobe.records.index import STATUSES, is_run_dir
+from rnnprobe.records.store import STANDARD_TABLES, RunStore, load_run, read_table
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"model": {"hidden_size": 32, "nonlinearity": "tanh"}, "seed": 0, "lr": 0.1}
