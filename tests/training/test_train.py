@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from rnnprobe.cli.main import main
 from rnnprobe.records.store import load_run
+from rnnprobe.training.callbacks import Callback
 from rnnprobe.training.config import build_config
 from rnnprobe.training.loop import train_run
 from tests.support.processes import finish, start_pausing, wait_for_pause
@@ -249,3 +250,59 @@ def test_init_schemes_set_the_recurrent_spectrum():
     assert torch.allclose(sv, torch.full_like(sv, 1.3), atol=1e-5)
     init_recurrent_weights(rnn, "identity")
     assert torch.equal(rnn.weight_hh_l1, torch.eye(64)) and not rnn.bias_hh_l1.any()
+
+
+class Recorder(Callback):
+    """Writes down every callback point the loop reaches, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_step_end(self, trainer, result) -> None:
+        self.calls.append(("step", trainer.step, result.finite))
+
+    def on_flush(self, trainer, tables) -> None:
+        steps = tables.get("steps", {}).get("step")
+        self.calls.append(("flush", trainer.step, [] if steps is None else steps.tolist()))
+
+    def on_eval(self, trainer) -> None:
+        self.calls.append(("eval", trainer.step))
+
+    def on_checkpoint(self, trainer) -> None:
+        self.calls.append(("checkpoint", trainer.step))
+
+    def on_end(self, trainer, status) -> None:
+        self.calls.append(("end", trainer.step, status))
+
+
+def test_callbacks_see_every_named_point_and_change_no_record(tmp_path):
+    config = tiny(train__steps=12)  # eval every 10, flush every 5, checkpoint every 10
+    recorder = Recorder()
+    train_run(config, tmp_path / "with", progress=False, callbacks=[recorder])
+    train_run(config, tmp_path / "without", progress=False)
+    assert_same_records(tmp_path / "with", tmp_path / "without")
+    calls = recorder.calls
+    assert [c[1] for c in calls if c[0] == "step"] == list(range(1, 13))
+    assert all(c[2] for c in calls if c[0] == "step")
+    assert [c[1] for c in calls if c[0] == "eval"] == [10, 12]
+    assert [c[1] for c in calls if c[0] == "checkpoint"] == [10, 12]
+    flushed = [s for c in calls if c[0] == "flush" for s in c[2]]
+    assert flushed == list(range(1, 13))  # every step's row reaches a callback once
+    assert calls[-1] == ("end", 12, "done")
+    order = [c[0] for c in calls if c[1] == 10]
+    assert order == ["step", "eval", "flush", "checkpoint"]  # a checkpoint flushes first
+
+
+def test_a_callback_that_interrupts_leaves_a_resumable_run(tmp_path):
+    class StopAtSeven(Callback):
+        def on_step_end(self, trainer, result) -> None:
+            if trainer.step == 7:
+                raise KeyboardInterrupt
+
+    config = tiny(train__steps=12)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "run", progress=False, callbacks=[StopAtSeven()])
+    assert load_run(tmp_path / "run").status["status"] == "interrupted"
+    assert train_run(config, tmp_path / "run", resume=True, progress=False).status == "done"
+    train_run(config, tmp_path / "whole", progress=False)
+    assert_same_records(tmp_path / "run", tmp_path / "whole")
