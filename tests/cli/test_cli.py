@@ -154,7 +154,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 def test_readme_documents_every_record_column():
     from pathlib import Path
 
-    from rnnprobe.records.store import STANDARD_TABLES
+    from rnnprobe.records.schema import STANDARD_TABLES
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for table, columns in STANDARD_TABLES.items():

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import STATUSES, is_run_dir
-from rnnprobe.records.store import STANDARD_TABLES, RunStore, load_run, read_table
+from rnnprobe.records.schema import STANDARD_TABLES
+from rnnprobe.records.store import RunStore, load_run, read_table
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"model": {"hidden_size": 32, "nonlinearity": "tanh"}, "seed": 0, "lr": 0.1}

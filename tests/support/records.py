@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from rnnprobe.probes.reach import default_reach_sources
-from rnnprobe.records.store import STANDARD_TABLES, RunStore
+from rnnprobe.records.schema import STANDARD_TABLES
+from rnnprobe.records.store import RunStore
 from rnnprobe.training.config import build_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

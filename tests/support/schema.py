@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rnnprobe.probes._rows import RowBlock
-from rnnprobe.records.store import STANDARD_TABLES
+from rnnprobe.records.schema import STANDARD_TABLES
 
 
 def check_row_blocks(blocks: list[RowBlock]) -> dict[str, int]:

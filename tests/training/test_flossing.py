@@ -15,7 +15,8 @@ from rnnprobe.cli.main import main
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.nonlinearity import derivative
 from rnnprobe.probes.lyapunov import lyapunov_exponents
-from rnnprobe.records.store import STANDARD_TABLES, load_run
+from rnnprobe.records.schema import STANDARD_TABLES
+from rnnprobe.records.store import load_run
 from rnnprobe.training.config import build_config
 from rnnprobe.training.flossing import (
     FlossSpec,
