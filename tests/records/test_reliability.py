@@ -203,12 +203,14 @@ def test_a_held_lock_refuses_a_second_writer_and_a_dead_ones_is_taken_over(tmp_p
         "print('held', flush=True)\n"
         "time.sleep(3600)\n"
     )
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(RnnprobeError, match=f"in use by pid {holder.pid} "):
-        DirectoryLock(tmp_path).acquire()
-    holder.kill()
-    holder.wait(timeout=HANG_GUARD)
-    holder.stdout.close()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RnnprobeError, match=f"in use by pid {holder.pid} "):
+            DirectoryLock(tmp_path).acquire()
+    finally:  # a failed check must not leave the holder sleeping for an hour
+        holder.kill()
+        holder.wait(timeout=HANG_GUARD)
+        holder.stdout.close()
     with DirectoryLock(tmp_path) as lock:  # the kernel dropped the dead holder's lock
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
