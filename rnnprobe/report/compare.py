@@ -7,7 +7,7 @@ run is summarised by :func:`rnnprobe.analysis.runs.summarise_run` and diagnosed 
 :func:`rnnprobe.analysis.diagnosis.study_table` of those summaries, with the settings that differ
 between the runs as its axes. A run is named by its id and those settings (``3f2a9c01de:
 nonlinearity=relu, seq_len=32``), and keeps its colour in every panel
-(:func:`rnnprobe.report.plots.run_colours`).
+(:func:`rnnprobe.report.plots_study.run_colours`).
 
 The figure overlays loss / baseline over training, gradient reach and the adjoint norms over t
 at init (step 1, before any update) and at the end (each run's last probe step), and λ₁ over
@@ -37,7 +37,7 @@ from rnnprobe.analysis.runs import (
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run
-from rnnprobe.report import plots
+from rnnprobe.report import plots_study
 from rnnprobe.report.pages import (
     MIN_CURVE_STEPS,
     SETTINGS,
@@ -189,7 +189,7 @@ def _page(analysis: StudyAnalysis, paths: Sequence[Path], out: Path) -> Page:
     page.heading("Summary")
     page.table(display_table(analysis.shown))
     page.heading("Figures")
-    palette = plots.run_colours([s.run_id for s in summaries])
+    palette = plots_study.run_colours([s.run_id for s in summaries])
     panels, missing = _panels(analysis, palette, labels, shared)
     caption = (
         f"{len(summaries)} runs overlaid, one colour per run in every panel (key at the top "
@@ -231,7 +231,9 @@ def _panels(
     ]  # fmt: skip
     key = pd.DataFrame({"run": list(labels), "label": wrapped})
     note = textwrap.fill(f"same in all runs: {shared}", 58) if shared else None
-    panels: list[Panel] = [lambda ax: plots.plot_run_key(key, palette=palette, note=note, ax=ax)]
+    panels: list[Panel] = [
+        lambda ax: plots_study.plot_run_key(key, palette=palette, note=note, ax=ax)
+    ]
     missing = [f"{', '.join(empty)} (no records yet)"] if empty else []
 
     def add(
@@ -249,12 +251,17 @@ def _panels(
 
     loss, lacking = _loss_frame(analysis)
     legend = {s.run_id: _entry(s.run_id, _ratio_text(s)) for s in summaries}
-    add("loss / baseline", loss, lacking, plots.plot_runs_loss, labels=legend,
+    add("loss / baseline", loss, lacking, plots_study.plot_runs_loss, labels=legend,
         legend_title="final loss / baseline")  # fmt: skip
     layer = "top layer" if any(_layers(s) > 1 for s in summaries) else ""
     for what, frame_of, plot, legend_title in (
-        ("gradient reach", _reach_frame, plots.plot_runs_reach, "fit: decay per step, half-life"),
-        ("‖∂L/∂h_t‖", _adjoint_frame, plots.plot_runs_adjoints, None),
+        (
+            "gradient reach",
+            _reach_frame,
+            plots_study.plot_runs_reach,
+            "fit: decay per step, half-life",
+        ),
+        ("‖∂L/∂h_t‖", _adjoint_frame, plots_study.plot_runs_adjoints, None),
     ):
         init, end = (frame_of(analysis, phase, layer) for phase in ("init", "end"))
         if init[1] and init[1] == end[1]:  # the same runs lack both: name them once
@@ -267,7 +274,7 @@ def _panels(
                 legend_title=legend_title)  # fmt: skip
     lyapunov, lacking = _lyapunov_frame(analysis)
     legend = {s.run_id: _entry(s.run_id, _lyapunov_values(s)) for s in summaries}
-    add("λ₁ over training", lyapunov, lacking, plots.plot_runs_lyapunov, labels=legend,
+    add("λ₁ over training", lyapunov, lacking, plots_study.plot_runs_lyapunov, labels=legend,
         legend_title="λ₁ at init, end")  # fmt: skip
     return panels, missing
 

@@ -33,11 +33,12 @@ Tags (``L`` a layer index, 0 = closest to the input; a series with no value is l
 Why the adjoints are images and a few scalar series, not histograms: the signal of vanishing
 or exploding gradients is how ‖δ_t‖ = ‖∂L/∂h_t‖ changes with the distance from the loss, i.e.
 its *order in t*, over decades. A TensorBoard histogram bins the values over t on a linear
-scale and throws that order away. The heatmap (:func:`rnnprobe.report.plots.plot_adjoint_heatmap`:
-t against training step, log colour) shows the whole profile and how training reshapes it in
-one picture per layer; the scalar series at evenly spread t (first and last included) are what
-TensorBoard can overlay across runs and seeds (switch the chart to a log axis: a geometric
-decay is a constant gap between the t lines).
+scale and throws that order away. The heatmap
+(:func:`rnnprobe.report.plots_gradients.plot_adjoint_heatmap`: t against training step, log
+colour) shows the whole profile and how training reshapes it in one picture per layer; the
+scalar series at evenly spread t (first and last included) are what TensorBoard can overlay
+across runs and seeds (switch the chart to a log axis: a geometric decay is a constant gap
+between the t lines).
 """
 
 from __future__ import annotations
@@ -175,14 +176,14 @@ def adjoint_times(t: Iterable[int], count: int = ADJOINT_TIMES) -> list[int]:
 
 
 def adjoint_heatmap_image(adjoints: pd.DataFrame, layer: int) -> np.ndarray:
-    """Return the layer's adjoint-norm heatmap (``plots.plot_adjoint_heatmap``) as (H, W, 3) uint8.
+    """Return the layer's adjoint-norm heatmap (``plot_adjoint_heatmap``) as (H, W, 3) uint8.
 
     Drawn on a figure of its own with the Agg canvas, so pyplot's state and backend are untouched.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from rnnprobe.report.plots import plot_adjoint_heatmap
+    from rnnprobe.report.plots_gradients import plot_adjoint_heatmap
 
     figure = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(figure)

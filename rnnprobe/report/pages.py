@@ -2,7 +2,7 @@
 
 The report shows what :mod:`rnnprobe.analysis.diagnosis` (on :mod:`rnnprobe.analysis.runs`)
 computed, once: the answer lines first, the statements, the summary table (``summary.csv`` is the
-same table) and figures drawn by the pure functions of :mod:`rnnprobe.report.plots` from the same
+same table) and figures drawn by the pure functions of ``rnnprobe.report.plots_*`` from the same
 loaded records. A panel is drawn only when it has something to show (two probe steps for a curve
 over training, clipping on for a clipping panel); what is left out is named in the caption. Beyond
 ``MAX_RUN_FIGURES`` runs only representative runs get figures. A classifier's run also gets its
@@ -36,7 +36,7 @@ from rnnprobe.analysis.runs import RunSummary
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run, load_run
-from rnnprobe.report import plots
+from rnnprobe.report import plots_classes, plots_gradients, plots_study, plots_training
 
 __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 
@@ -253,8 +253,8 @@ def _confusion_png(c: ClassScores, baseline: float) -> bytes:
     fig = Figure(figsize=size, layout="constrained")
     heat, bars = fig.subplots(1, 2, width_ratios=[side + 1.3, 2.0])
     title = f"confusion at step {c.step} (accuracy {100 * c.accuracy:.1f}%)"
-    plots.plot_confusion(c.normalised, title=title, ax=heat)
-    plots.plot_class_accuracy(
+    plots_classes.plot_confusion(c.normalised, title=title, ax=heat)
+    plots_classes.plot_class_accuracy(
         c.per_class, overall=c.accuracy, baseline=baseline, labels=False, ax=bars
     )
     return _png_bytes(fig)
@@ -377,7 +377,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                     notes.append(f"{title}, {name}: {_lone(frame, x, column, positive)}")
             if kept:
                 panels.append(
-                    lambda ax: plots.plot_measure_vs_axis(
+                    lambda ax: plots_study.plot_measure_vs_axis(
                         frame,
                         x=x,
                         hue=hue,
@@ -450,7 +450,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         )
         if hue is not None and _levels(judged, x, "loss_ratio") >= 2:
             panels.append(
-                lambda ax: plots.plot_phase_diagram(
+                lambda ax: plots_study.plot_phase_diagram(
                     judged,
                     x=x,
                     y=hue,
@@ -465,14 +465,14 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         if _has(mf, "decay_per_step_init") and predictions >= 2:
             # colour by the axis only when it changes the initial weights
             by = x if x.startswith("model.") else None
-            panels.append(lambda ax: plots.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
+            panels.append(lambda ax: plots_gradients.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
         if len(analysis.study.seeds) > 1:
             notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
     curves = _lyapunov_curves(analysis, swept)
     if curves["step"].nunique() >= MIN_CURVE_STEPS:
-        panels.append(lambda ax: plots.plot_lyapunov_over_training(curves, ax=ax))
+        panels.append(lambda ax: plots_study.plot_lyapunov_over_training(curves, ax=ax))
     reach = _study_reach(analysis, [a for a in (x, *others) if a])
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():
@@ -486,7 +486,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 at: str = at,
                 order: dict[str, str] = order,
             ) -> Axes:
-                return plots.plot_gradient_reach(
+                return plots_gradients.plot_gradient_reach(
                     rows,
                     hue="label",
                     labels=order,
@@ -598,11 +598,13 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
     missing: list[str] = []
     if distinct_steps(steps, "loss") >= 2:
         panels.append(
-            lambda ax: plots.plot_loss(steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax)
+            lambda ax: plots_training.plot_loss(
+                steps, evals=t("evals"), baseline=baseline, unit=unit, ax=ax
+            )
         )
         if full:
             panels.append(
-                lambda ax: plots.plot_metric(
+                lambda ax: plots_training.plot_metric(
                     steps,
                     evals=t("evals"),
                     metric=s.metric or "metric",
@@ -614,7 +616,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
         missing.append(f"loss curves (one finite step: loss {s.final_train_loss:.4g})")
     if distinct_steps(steps, "grad_norm_pre_clip") >= 2:
         clipping = s.clip != "none"
-        panels.append(lambda ax: plots.plot_clipping(steps, clipping=clipping, ax=ax))
+        panels.append(lambda ax: plots_training.plot_clipping(steps, clipping=clipping, ax=ax))
     elif len(steps):
         missing.append("gradient norms over training (fewer than two finite steps)")
     adjoints = t("adjoints")
@@ -624,7 +626,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
         for layer in shown_layers:
 
             def heatmap(ax: Axes, layer: int = layer) -> Axes:
-                return plots.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
+                return plots_gradients.plot_adjoint_heatmap(adjoints, layer=layer, ax=ax)
 
             panels.append(heatmap)
     elif len(adjoints):
@@ -633,7 +635,7 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
     if not reach.empty:
         labels = {p: _fit_label(s, p) for p in reach["label"].unique()}
         panels.append(
-            lambda ax: plots.plot_gradient_reach(
+            lambda ax: plots_gradients.plot_gradient_reach(
                 reach,
                 hue="label",
                 labels=labels,
@@ -645,11 +647,11 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
     spectra, lyapunov, health = t("spectra"), t("lyapunov"), t("health")
     jac = spectra[spectra["quantity"] == "jacobian_singular"] if "quantity" in spectra else spectra
     if distinct_steps(jac) >= 2:
-        panels.append(lambda ax: plots.plot_jacobian_spectra(spectra, ax=ax))
+        panels.append(lambda ax: plots_training.plot_jacobian_spectra(spectra, ax=ax))
     elif len(jac):
         missing.append("Jacobian spectra over training (one probe step)")
     if distinct_steps(lyapunov) >= MIN_CURVE_STEPS:
-        panels.append(lambda ax: plots.plot_lyapunov(lyapunov, ax=ax))
+        panels.append(lambda ax: plots_training.plot_lyapunov(lyapunov, ax=ax))
     elif len(lyapunov):
         values = ", ".join(
             f"{p.lyapunov_max:+.3g} at step {p.step}"
@@ -668,16 +670,16 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
         spectrum_steps = [phase_steps[0], phase_steps[-1]] if phase_steps else None
         if full or spectrum_steps:
             panels.append(
-                lambda ax: plots.plot_lyapunov_spectrum(
+                lambda ax: plots_training.plot_lyapunov_spectrum(
                     lyapunov, steps=sorted(set(spectrum_steps or [])) or None, ax=ax
                 )
             )
     if "quantity" in spectra and (spectra["quantity"] == "w_hh_eigenvalue").any():
-        panels.append(lambda ax: plots.plot_eigenvalues(spectra, ax=ax))
+        panels.append(lambda ax: plots_training.plot_eigenvalues(spectra, ax=ax))
     if distinct_steps(health) >= MIN_CURVE_STEPS:
-        panels.append(lambda ax: plots.plot_hidden_health(health, ax=ax))
+        panels.append(lambda ax: plots_training.plot_hidden_health(health, ax=ax))
         if full:
-            panels.append(lambda ax: plots.plot_participation_ratio(health, ax=ax))
+            panels.append(lambda ax: plots_training.plot_participation_ratio(health, ax=ax))
     elif len(health):
         missing.append(f"hidden-unit health over training (too few probe steps; {_health(s)})")
     return panels, missing

@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from rnnprobe.report.plots import _axes, _no_data  # one look for every empty panel
+from rnnprobe.report.plots import ensure_axes, no_data  # one look for every empty panel
 
 __all__ = ["CATEGORY_STYLE", "plot_fixed_point_eigenvalues", "plot_fixed_points_pca"]
 
@@ -44,7 +44,7 @@ def plot_fixed_points_pca(
     ``pc1``, ``pc2``; ``visited``: ``pc1``, ``pc2``; ``explained``: the two components' shares
     of the variance, shown in the axis labels.
     """
-    ax = _axes(ax)
+    ax = ensure_axes(ax)
     drawn = False
     if visited is not None and not visited.empty:
         ax.scatter(
@@ -88,7 +88,7 @@ def plot_fixed_points_pca(
                 label=f"{text}: {len(rows)}",
             )
     if not drawn and not has_points:
-        return _no_data(ax, "fixed points", "PC 2")
+        return no_data(ax, "fixed points", "PC 2")
     ax.set(
         xlabel=_pc_label(1, explained),
         ylabel=_pc_label(2, explained),
@@ -107,10 +107,10 @@ def plot_fixed_point_eigenvalues(eigenvalues: pd.DataFrame, *, ax: Axes | None =
 
     ``eigenvalues``: ``point``, ``category``, ``real``, ``imag``.
     """
-    ax = _axes(ax)
+    ax = ensure_axes(ax)
     needed = {"point", "category", "real", "imag"}
     if eigenvalues.empty or not needed <= set(eigenvalues.columns):
-        return _no_data(ax, "Jacobian eigenvalues at the points", "Im λ")
+        return no_data(ax, "Jacobian eigenvalues at the points", "Im λ")
     circle = np.linspace(0, 2 * np.pi, 256)
     ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1")
     ax.axhline(0, color="0.85", linewidth=0.5, zorder=0)

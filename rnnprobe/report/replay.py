@@ -670,11 +670,11 @@ def _figures(
 
 def _reach_panel(reach: pd.DataFrame | None, layer: int, ax: Axes) -> None:
     """Draw the gradient reach of the step, or say that no loss term reaches back at all."""
-    from rnnprobe.report import plots
+    from rnnprobe.report import plots_gradients
     from rnnprobe.report.plots_replay import note
 
     title = f"gradient reach, layer {layer}, whole batch"
-    plots.plot_gradient_reach(reach, title=title, ax=ax)
+    plots_gradients.plot_gradient_reach(reach, title=title, ax=ax)
     back = reach[reach["distance"] > 0] if reach is not None and not reach.empty else None
     if back is not None and not (back["norm"] > 0).any():
         note(ax, "no loss term reaches an earlier step: ‖∂ℓ_s/∂h_t‖ = 0 for every t < s")
@@ -685,7 +685,7 @@ def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax: Axes) -> None
     as ln(tiny) per step), which would flatten the ones that decide growth."""
     import numpy as np
 
-    from rnnprobe.report import plots
+    from rnnprobe.report import plots_training
     from rnnprobe.report.plots_replay import note
 
     values = np.array([])
@@ -695,7 +695,7 @@ def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax: Axes) -> None
         text = "every λ_i = −inf: φ′ = 0 cuts every direction (saturated tanh or inactive ReLU)"
         note(ax, text, "λ_i (nats per time step)").set_title(f"Lyapunov spectrum, layer {layer}")
         return
-    plots.plot_lyapunov_spectrum(lyapunov, layer=layer, ax=ax)
+    plots_training.plot_lyapunov_spectrum(lyapunov, layer=layer, ax=ax)
     values = values[np.isfinite(values)]
     if len(values) and values.min() < values.max() - 10:
         ax.set_ylim(values.max() - 10, max(values.max(), 0) + 0.5)

@@ -320,9 +320,9 @@ def test_classify_batches_are_training_rows_and_eval_is_the_fixed_validation_spl
 def test_confusion_plots_take_empty_frames_without_raising():
     import matplotlib.pyplot as plt
 
-    from rnnprobe.report import plots
+    from rnnprobe.report import plots_classes
 
-    for draw in (plots.plot_confusion, plots.plot_class_accuracy):
+    for draw in (plots_classes.plot_confusion, plots_classes.plot_class_accuracy):
         ax = draw(pd.DataFrame())
         assert "no data" in ax.texts[0].get_text()
         plt.close(ax.figure)

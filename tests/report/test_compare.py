@@ -24,7 +24,7 @@ from rnnprobe.analysis.runs import SUMMARY_TABLES, summarise_run
 from rnnprobe.cli.report import report
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.store import load_run
-from rnnprobe.report import plots
+from rnnprobe.report import plots_study
 from rnnprobe.report.compare import build_comparison, differing_settings, run_ids, run_label
 from rnnprobe.training.loop import train_run
 from tests.support.records import SCRIPT, check_report, write_run, write_study
@@ -136,7 +136,7 @@ def test_run_ids_are_distinct_when_directory_names_clash(tmp_path):
 
 def test_each_run_keeps_its_colour_in_every_panel_and_legends_hide_no_data():
     """A run missing from a panel does not shift the others' colours; legends sit outside."""
-    palette = plots.run_colours(["a", "b", "c"])
+    palette = plots_study.run_colours(["a", "b", "c"])
     assert len({to_rgb(c) for c in palette.values()}) == 3
     t = np.arange(8.0)
     two = np.repeat(["a", "c"], 8)
@@ -149,10 +149,10 @@ def test_each_run_keeps_its_colour_in_every_panel_and_legends_hide_no_data():
                              "exponent": [-0.1, -0.2, -0.3, 0.1, 0.0, -0.1]})  # fmt: skip
     fig = Figure(figsize=(24, 4))
     axes = fig.subplots(1, 4)
-    plots.plot_runs_adjoints(adjoints, palette=palette, ax=axes[0])
-    plots.plot_runs_reach(reach, palette=palette, ax=axes[1])
-    plots.plot_runs_loss(loss, palette=palette, ax=axes[2])
-    plots.plot_runs_lyapunov(lyapunov, palette=palette, ax=axes[3])
+    plots_study.plot_runs_adjoints(adjoints, palette=palette, ax=axes[0])
+    plots_study.plot_runs_reach(reach, palette=palette, ax=axes[1])
+    plots_study.plot_runs_loss(loss, palette=palette, ax=axes[2])
+    plots_study.plot_runs_lyapunov(lyapunov, palette=palette, ax=axes[3])
     renderer = FigureCanvasAgg(fig).get_renderer()
     for ax in axes:
         drawn = [line for line in ax.get_lines() if line.get_label() in palette]

@@ -15,8 +15,9 @@ import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from rnnprobe.records.store import STANDARD_TABLES, load_run
-from rnnprobe.report import plots
+from rnnprobe.records.schema import STANDARD_TABLES
+from rnnprobe.records.store import load_run
+from rnnprobe.report import plots, plots_gradients, plots_study, plots_training
 from tests.support.records import write_run
 
 
@@ -56,23 +57,25 @@ def _figures(run):
     t = run.table
     reach = t("reach")
     return {
-        "adjoints": lambda ax: plots.plot_adjoint_heatmap(t("adjoints"), layer=1, ax=ax),
-        "reach": lambda ax: plots.plot_gradient_reach(reach[reach["step"] == reach["step"].max()],
-                                                      ax=ax),
-        "jacobian": lambda ax: plots.plot_jacobian_spectra(t("spectra"), ax=ax),
-        "lyapunov": lambda ax: plots.plot_lyapunov(t("lyapunov"), ax=ax),
-        "spectrum": lambda ax: plots.plot_lyapunov_spectrum(t("lyapunov"), ax=ax),
-        "eigenvalues": lambda ax: plots.plot_eigenvalues(t("spectra"), ax=ax),
-        "health": lambda ax: plots.plot_hidden_health(t("health"), ax=ax),
-        "participation": lambda ax: plots.plot_participation_ratio(t("health"), ax=ax),
-        "loss": lambda ax: plots.plot_loss(t("steps"), evals=t("evals"), baseline=2.0, ax=ax),
-        "metric": lambda ax: plots.plot_metric(t("steps"), evals=t("evals"), baseline=0.1,
-                                               metric="accuracy", ax=ax),
-        "clipping": lambda ax: plots.plot_clipping(t("steps"), ax=ax),
-        "phase": lambda ax: plots.plot_phase_diagram(SUMMARY, x="model.init_gain",
-                                                     y="task.seq_len", ax=ax),
-        "decay": lambda ax: plots.plot_decay_vs_mean_field(SUMMARY, hue="model.init_gain", ax=ax),
-        "versus": lambda ax: plots.plot_measure_vs_axis(
+        "adjoints": lambda ax: plots_gradients.plot_adjoint_heatmap(t("adjoints"), layer=1, ax=ax),
+        "reach": lambda ax: plots_gradients.plot_gradient_reach(
+            reach[reach["step"] == reach["step"].max()], ax=ax),
+        "jacobian": lambda ax: plots_training.plot_jacobian_spectra(t("spectra"), ax=ax),
+        "lyapunov": lambda ax: plots_training.plot_lyapunov(t("lyapunov"), ax=ax),
+        "spectrum": lambda ax: plots_training.plot_lyapunov_spectrum(t("lyapunov"), ax=ax),
+        "eigenvalues": lambda ax: plots_training.plot_eigenvalues(t("spectra"), ax=ax),
+        "health": lambda ax: plots_training.plot_hidden_health(t("health"), ax=ax),
+        "participation": lambda ax: plots_training.plot_participation_ratio(t("health"), ax=ax),
+        "loss": lambda ax: plots_training.plot_loss(t("steps"), evals=t("evals"), baseline=2.0,
+                                                    ax=ax),
+        "metric": lambda ax: plots_training.plot_metric(t("steps"), evals=t("evals"), baseline=0.1,
+                                                        metric="accuracy", ax=ax),
+        "clipping": lambda ax: plots_training.plot_clipping(t("steps"), ax=ax),
+        "phase": lambda ax: plots_study.plot_phase_diagram(SUMMARY, x="model.init_gain",
+                                                           y="task.seq_len", ax=ax),
+        "decay": lambda ax: plots_gradients.plot_decay_vs_mean_field(SUMMARY,
+                                                                     hue="model.init_gain", ax=ax),
+        "versus": lambda ax: plots_study.plot_measure_vs_axis(
             SUMMARY, x="model.init_gain", series={"init": "decay_per_step_init"},
             title="decay", ylabel="factor per step", ax=ax),
     }  # fmt: skip
@@ -97,9 +100,9 @@ def test_figure_draws_labelled_axes_from_records(run, name):
 def test_figure_with_empty_tables_says_no_data(tmp_path, name):
     empty = load_run(write_run(tmp_path / "r", tables=()))
     figures = _figures(empty)
-    figures["phase"] = lambda ax: plots.plot_phase_diagram(SUMMARY.iloc[0:0], x="a", ax=ax)
-    figures["decay"] = lambda ax: plots.plot_decay_vs_mean_field(pd.DataFrame(), ax=ax)
-    figures["versus"] = lambda ax: plots.plot_measure_vs_axis(
+    figures["phase"] = lambda ax: plots_study.plot_phase_diagram(SUMMARY.iloc[0:0], x="a", ax=ax)
+    figures["decay"] = lambda ax: plots_gradients.plot_decay_vs_mean_field(pd.DataFrame(), ax=ax)
+    figures["versus"] = lambda ax: plots_study.plot_measure_vs_axis(
         pd.DataFrame(), x="a", series={"v": "v"}, title="t", ylabel="y", ax=ax)  # fmt: skip
     ax = figures[name](_ax())
     assert "no data" in _texts(ax)
@@ -113,15 +116,16 @@ def test_all_nan_values_say_no_data(run, table):
         if column not in ("step", "layer", "t", "index", "quantity", "source", "distance"):
             frame[column] = np.nan
     draw = {
-        "adjoints": plots.plot_adjoint_heatmap, "reach": plots.plot_gradient_reach,
-        "spectra": plots.plot_jacobian_spectra, "lyapunov": plots.plot_lyapunov,
-        "health": plots.plot_participation_ratio, "steps": plots.plot_clipping,
+        "adjoints": plots_gradients.plot_adjoint_heatmap,
+        "reach": plots_gradients.plot_gradient_reach,
+        "spectra": plots_training.plot_jacobian_spectra, "lyapunov": plots_training.plot_lyapunov,
+        "health": plots_training.plot_participation_ratio, "steps": plots_training.plot_clipping,
     }[table]  # fmt: skip
     assert "no data" in _texts(draw(frame, ax=_ax()))
 
 
 def test_adjoint_heatmap_uses_log_colours_and_at_most_max_steps(run):
-    ax = plots.plot_adjoint_heatmap(run.table("adjoints"), max_steps=20, ax=_ax())
+    ax = plots_gradients.plot_adjoint_heatmap(run.table("adjoints"), max_steps=20, ax=_ax())
     mesh = ax.collections[0]
     assert isinstance(mesh.norm, LogNorm)
     assert mesh.get_array().shape[1] == 20  # 60 recorded steps thinned to 20 columns
@@ -130,7 +134,7 @@ def test_adjoint_heatmap_uses_log_colours_and_at_most_max_steps(run):
 
 def test_gradient_reach_is_normalised_log_one_line_per_source(run):
     reach = run.table("reach")
-    ax = plots.plot_gradient_reach(reach[reach["step"] == reach["step"].max()], ax=_ax())
+    ax = plots_gradients.plot_gradient_reach(reach[reach["step"] == reach["step"].max()], ax=_ax())
     assert ax.get_yscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "s = 0" and labels[-1] == "s = 11"
@@ -143,8 +147,9 @@ def test_reach_one_line_per_configuration_label_with_given_legend_text():
         for g, r in ((2.0, 1.3), (0.5, 0.5))
         for d in range(10)
     ]
-    ax = plots.plot_gradient_reach(pd.DataFrame(rows), labels={"gain 0.5": "gain 0.5: ×0.5"},
-                                   ax=_ax())  # fmt: skip
+    ax = plots_gradients.plot_gradient_reach(pd.DataFrame(rows),
+                                             labels={"gain 0.5": "gain 0.5: ×0.5"},
+                                             ax=_ax())  # fmt: skip
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["gain 0.5: ×0.5", "gain 2.0"]  # numeric order, given text where known
     slope = np.diff(np.log(ax.lines[0].get_ydata()))
@@ -153,9 +158,9 @@ def test_reach_one_line_per_configuration_label_with_given_legend_text():
 
 def test_measure_against_an_axis_averages_seeds_with_error_bars():
     series = {"init": "decay_per_step_init"}
-    ax = plots.plot_measure_vs_axis(SUMMARY, x="model.init_gain", series=series,
-                                    reference=("predicted_decay", "√χ"), hline=(1.0, "no decay"),
-                                    ax=_ax())  # fmt: skip
+    ax = plots_study.plot_measure_vs_axis(SUMMARY, x="model.init_gain", series=series,
+                                          reference=("predicted_decay", "√χ"),
+                                          hline=(1.0, "no decay"), ax=_ax())  # fmt: skip
     means = ax.lines[0].get_ydata()
     assert np.allclose(means, [0.5, 0.98, 1.3])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -163,13 +168,13 @@ def test_measure_against_an_axis_averages_seeds_with_error_bars():
 
 
 def test_jacobian_spectra_mark_sigma_one_on_log_axis(run):
-    ax = plots.plot_jacobian_spectra(run.table("spectra"), ax=_ax())
+    ax = plots_training.plot_jacobian_spectra(run.table("spectra"), ax=_ax())
     assert ax.get_yscale() == "log"
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.lines)
 
 
 def test_eigenvalues_draw_unit_circle_init_and_end(run):
-    ax = plots.plot_eigenvalues(run.table("spectra"), ax=_ax())
+    ax = plots_training.plot_eigenvalues(run.table("spectra"), ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "|λ| = 1" and labels[1] == "init (step 0)" and "end" in labels[2]
     circle = ax.lines[0]
@@ -177,49 +182,49 @@ def test_eigenvalues_draw_unit_circle_init_and_end(run):
 
 
 def test_loss_draws_baseline_line(run):
-    ax = plots.plot_loss(run.table("steps"), baseline=2.0, ax=_ax())
+    ax = plots_training.plot_loss(run.table("steps"), baseline=2.0, ax=_ax())
     assert any(list(line.get_ydata()) == [2.0, 2.0] for line in ax.lines)
     assert "nats" in ax.get_ylabel()
 
 
 def test_without_clipping_the_panel_shows_only_the_norm(run):
-    ax = plots.plot_clipping(run.table("steps"), clipping=False, ax=_ax())
+    ax = plots_training.plot_clipping(run.table("steps"), clipping=False, ax=_ax())
     assert "clipping off" in ax.get_title() and len(ax.lines) == 1 and ax.get_legend() is None
 
 
 def test_loss_phase_diagram_diverges_from_one():
-    ax = plots.plot_phase_diagram(SUMMARY, x="model.init_gain", y="task.seq_len", center=1.0,
-                                  ax=_ax())  # fmt: skip
+    ax = plots_study.plot_phase_diagram(SUMMARY, x="model.init_gain", y="task.seq_len", center=1.0,
+                                        ax=_ax())  # fmt: skip
     norm = ax.collections[0].norm
     assert norm.vcenter == 1.0 and norm.vmin <= 0.3 and norm.vmax >= 2.0
 
 
 def test_clipping_has_log_norms_and_clip_rate_axis(run):
-    ax = plots.plot_clipping(run.table("steps"), ax=_ax())
+    ax = plots_training.plot_clipping(run.table("steps"), ax=_ax())
     assert ax.get_yscale() == "log"  # gradient norms span ~2 decades
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[:2] == ["before clip", "after clip"] and "clip rate" in labels[2]
 
 
 def test_phase_diagram_marks_infinite_half_life():
-    ax = plots.plot_phase_diagram(SUMMARY, x="model.init_gain", y="task.seq_len",
-                                  value="half_life", log=True, ax=_ax())  # fmt: skip
+    ax = plots_study.plot_phase_diagram(SUMMARY, x="model.init_gain", y="task.seq_len",
+                                        value="half_life", log=True, ax=_ax())  # fmt: skip
     assert "∞" in _texts(ax)
     assert ax.get_xlabel() == "model.init_gain" and ax.get_ylabel() == "task.seq_len"
 
 
 def test_phase_diagram_with_one_axis_is_one_row():
-    ax = plots.plot_phase_diagram(SUMMARY, x="model.init_gain", ax=_ax())
+    ax = plots_study.plot_phase_diagram(SUMMARY, x="model.init_gain", ax=_ax())
     assert ax.collections[0].get_array().size == 3
 
 
 def test_decay_scatter_has_identity_line():
-    ax = plots.plot_decay_vs_mean_field(SUMMARY, ax=_ax())
+    ax = plots_gradients.plot_decay_vs_mean_field(SUMMARY, ax=_ax())
     assert "y = x" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_plot_without_ax_makes_its_own_figure(run):
-    ax = plots.plot_lyapunov(run.table("lyapunov"))
+    ax = plots_training.plot_lyapunov(run.table("lyapunov"))
     try:
         assert ax.figure is not None
     finally:
@@ -235,5 +240,9 @@ def test_thin_steps_keeps_first_and_last():
 def test_empty_standard_tables_never_raise():
     for columns in STANDARD_TABLES.values():
         frame = pd.DataFrame(columns=list(columns))
-        for draw in (plots.plot_adjoint_heatmap, plots.plot_hidden_health, plots.plot_loss):
+        for draw in (
+            plots_gradients.plot_adjoint_heatmap,
+            plots_training.plot_hidden_health,
+            plots_training.plot_loss,
+        ):
             draw(frame, ax=_ax())

@@ -1,0 +1,188 @@
+"""Figures of the backward pass: how ‖∂L/∂h_t‖ decays with the distance it travels back in time.
+
+The adjoint-norm heatmap over time step and training step, gradient reach (each source's adjoint
+against distance s − t, divided by its own norm at distance 0) and the init-phase measured decay
+per step against the mean-field prediction √χ. Pure functions ``plot_x(df, *, ax=None) -> Axes``
+over a run's ``adjoints`` and ``reach`` tables or a study summary; helpers from
+:mod:`rnnprobe.report.plots`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+
+from rnnprobe.report.plots import (
+    distinct_colours,
+    ensure_axes,
+    finite_rows,
+    legend_outside,
+    log_axis,
+    no_data,
+    sorted_levels,
+    thin_steps,
+)
+
+__all__ = ["plot_adjoint_heatmap", "plot_decay_vs_mean_field", "plot_gradient_reach"]
+
+
+def plot_adjoint_heatmap(
+    df: pd.DataFrame,
+    *,
+    layer: int | None = None,
+    value: str = "adjoint_norm",
+    max_steps: int = 200,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return a heatmap of ‖∂L/∂h_t‖ over time step t (y) and training step (x), log colours."""
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "layer", "t", value], positive=value)
+    if data.empty:
+        return no_data(ax, "adjoint norms", "adjoint norm ‖∂L/∂h_t‖")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    data = data[data["step"].isin(thin_steps(data["step"], max_steps))]
+    if data.empty:
+        return no_data(ax, f"adjoint norms of layer {layer}", "adjoint norm ‖∂L/∂h_t‖")
+    grid = data.pivot_table(index="t", columns="step", values=value, aggfunc="mean")
+    z = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    lo, hi = float(z.min()), float(z.max())
+    if hi <= lo:
+        lo, hi = lo / 2, hi * 2
+    mesh = ax.pcolormesh(
+        _edges(grid.columns.to_numpy(dtype=float)),
+        _edges(grid.index.to_numpy(dtype=float)),
+        z,
+        norm=LogNorm(vmin=lo, vmax=hi),
+        cmap="viridis",
+        shading="flat",
+    )
+    ax.figure.colorbar(mesh, ax=ax, label="‖∂L/∂h_t‖ (batch mean)")
+    ax.set(xlabel="training step", ylabel="time step t", title=f"adjoint norm, layer {layer}")
+    return ax
+
+
+def plot_gradient_reach(
+    df: pd.DataFrame,
+    *,
+    hue: str | None = None,
+    labels: dict | None = None,
+    title: str = "gradient reach",
+    legend_title: str | None = None,
+    max_lines: int = 12,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one line per ``hue``.
+
+    Each source is divided by its own norm at distance 0, so lines start at 1 and their slope
+    is the decay per step: bold, the longest source (geometric mean over repeats such as
+    seeds), faint, each shorter source. ``labels`` maps a hue value to its legend text (e.g.
+    the fitted rate); ``hue`` defaults to ``"label"`` when the frame has it, else ``"source"``.
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["distance", "norm"], positive="norm")
+    hue = hue or ("label" if "label" in data.columns else "source")
+    if data.empty or hue not in data.columns:
+        return no_data(ax, title, "‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖")
+    keys = [c for c in ("label", "run_id", "step", "layer", "source") if c in data.columns]
+    start = data[data["distance"] == 0].groupby(keys)["norm"].first()
+    data = data.join(start.rename("start"), on=keys)
+    data = data[np.isfinite(data["start"]) & (data["start"] > 0)]
+    data = data.assign(relative=data["norm"] / data["start"])
+    groups = [(name, g) for name, g in data.groupby(hue, sort=False)]
+    order = [k for k in (labels or {}) if k in dict(groups)]  # the caller's order first
+    order += [k for k in sorted_levels(pd.Index([n for n, _ in groups])) if k not in order]
+    groups = sorted(groups, key=lambda item: order.index(item[0]))
+    if len(groups) > max_lines:
+        keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))
+        groups = [groups[i] for i in keep]
+    colours = distinct_colours(len(groups))
+    for colour, (name, group) in zip(colours, groups, strict=True):
+        # Bold: the longest source (it reaches every distance), geometric mean over repeats;
+        # faint: the other sources, one line each. Averaging sources of different lengths
+        # would jump wherever one of them ends.
+        longest = None  # the source whose curve spans the most distances (truncation cuts some)
+        if "source" in group and hue != "source":
+            spans = group.groupby("source")["distance"].max()
+            longest = spans[spans == spans.max()].index.max()
+        bold = group if longest is None else group[group["source"] == longest]
+        line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
+        text = (labels or {}).get(name, _label(hue, name))
+        ax.plot(line.index, line.to_numpy(), color=colour, marker=".", ms=3, label=text)
+        if longest is not None:
+            others = group[group["source"] != longest]
+            for _, one in others.groupby([k for k in keys if k != "label"], sort=False):
+                one = one.sort_values("distance")
+                ax.plot(one["distance"], one["relative"], color=colour, lw=0.6, alpha=0.3)
+    log_axis(ax, "y")
+    ax.set(
+        xlabel="distance s − t (time steps back)",
+        ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
+        title=title,
+    )
+    legend_outside(ax, title=legend_title)
+    return ax
+
+
+def plot_decay_vs_mean_field(
+    df: pd.DataFrame,
+    *,
+    measured: str = "decay_per_step_init",
+    predicted: str = "predicted_decay",
+    hue: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return init-phase measured decay per step against the mean-field √χ, y = x dashed."""
+    ax = ensure_axes(ax)
+    data = finite_rows(df, [measured, predicted], positive=measured)
+    data = data[data[predicted] > 0] if not data.empty else data
+    if data.empty:
+        return no_data(ax, "measured vs predicted decay", "measured decay per step")
+    hue = hue if hue and hue in data.columns else None
+    levels = sorted_levels(pd.Index(data[hue].unique())) if hue else [None]
+    colours = distinct_colours(len(levels))
+    for colour, level in zip(colours, levels, strict=True):
+        rows = data if hue is None else data[data[hue] == level]
+        ax.scatter(
+            rows[predicted],
+            rows[measured],
+            s=28,
+            color=colour,
+            alpha=0.85,
+            label=None if hue is None else str(level),
+        )
+    both = np.concatenate([data[measured].to_numpy(float), data[predicted].to_numpy(float)])
+    lo, hi = float(both.min()) * 0.95, float(both.max()) * 1.05
+    ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1, label="y = x")
+    if hi / lo > 10:
+        log_axis(ax, "x")
+        log_axis(ax, "y")
+    ax.set(
+        xlabel="mean-field prediction √χ (factor per time step)",
+        ylabel="measured decay at init (factor per step)",
+        title="gradient decay at init: measured vs mean field",
+    )
+    legend_outside(ax, title=hue.rpartition(".")[2] if hue else None)
+    return ax
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Return cell edges halfway between sorted ``centres`` (±0.5 at a lone or outer cell)."""
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    middle = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate(
+        [
+            [centres[0] - (middle[0] - centres[0])],
+            middle,
+            [centres[-1] + (centres[-1] - middle[-1])],
+        ]
+    )
+
+
+def _label(hue: str, name: object) -> str:
+    if hue == "source":
+        return f"s = {int(name)}" if isinstance(name, int | float | np.number) else f"s = {name}"
+    return str(name)

@@ -1,0 +1,497 @@
+"""Figures of a study and of a comparison: measures over the sweep axes, runs overlaid.
+
+A study's figures take its summary (one row per run, a column per sweep axis and measure): a
+heatmap over two sweep axes (the phase diagram), measures against one axis (mean ± sd over
+seeds) and λ₁ over training per configuration. The comparison's figures
+(:mod:`rnnprobe.report.compare`) overlay a few runs, one colour and dash pattern per run, the
+same in every panel (:func:`run_colours`), with the key in a panel of its own. Pure functions
+``plot_x(df, *, ax=None) -> Axes``; helpers from :mod:`rnnprobe.report.plots`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+
+from rnnprobe.report.plots import (
+    NOTE_COLOR,
+    distinct_colours,
+    ensure_axes,
+    finite_rows,
+    legend_outside,
+    log_axis,
+    log_if_spans,
+    no_data,
+    sorted_levels,
+    step_scale,
+)
+
+__all__ = [
+    "plot_lyapunov_over_training",
+    "plot_measure_vs_axis",
+    "plot_phase_diagram",
+    "plot_run_key",
+    "plot_runs_adjoints",
+    "plot_runs_loss",
+    "plot_runs_lyapunov",
+    "plot_runs_reach",
+    "run_colours",
+]
+
+
+def plot_phase_diagram(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    y: str | None = None,
+    value: str = "loss_ratio",
+    label: str | None = None,
+    log: bool = False,
+    center: float | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return a heatmap of ``value`` (mean over repeats, e.g. seeds) over two sweep axes.
+
+    With ``center`` the colour scale diverges from it (e.g. loss/baseline centred at 1: blue
+    beats the baseline, red is worse); ∞ cells are marked.
+    """
+    ax = ensure_axes(ax)
+    label = label or value
+    needed = [c for c in (x, y, value) if c]
+    if df.empty or any(c not in df.columns for c in needed):
+        return no_data(ax, f"{label} over {x}" + (f" × {y}" if y else ""), y or "")
+    data = df[needed].copy()
+    data[value] = pd.to_numeric(data[value], errors="coerce")
+    data = data[data[value].notna()]
+    if log:
+        data = data[data[value] > 0]
+    if data.empty:
+        return no_data(ax, label, y or "")
+    if y is None:
+        data = data.assign(_row="")
+    rows = y or "_row"
+    grid = data.pivot_table(index=rows, columns=x, values=value, aggfunc="mean")
+    grid = grid.loc[sorted_levels(grid.index), sorted_levels(grid.columns)]
+    values = grid.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    annot = np.vectorize(_cell_text)(values)
+    if finite.size == 0:  # every cell ±∞: colour them alike, the text says which
+        colour_values, lo, hi = np.where(np.isnan(values), np.nan, 1.0), 0.5, 2.0
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
+        colour_values = np.clip(np.where(np.isnan(values), np.nan, values), lo, hi)
+    if hi <= lo:
+        lo, hi = (lo / 2, hi * 2) if log else (lo - 1, hi + 1)
+    norm = LogNorm(vmin=lo, vmax=hi) if log else Normalize(vmin=lo, vmax=hi)
+    cmap = "cividis"
+    if center is not None:  # e.g. 0 … 1 … ≥ 2 for loss/baseline: blue beats it, red is worse
+        low, high = min(lo, 0.0, center - 1e-6), max(hi, 2 * center, center + 1e-6)
+        norm, cmap = TwoSlopeNorm(center, vmin=low, vmax=high), "RdBu_r"
+    sns.heatmap(
+        pd.DataFrame(colour_values, index=grid.index, columns=grid.columns),
+        annot=annot,
+        fmt="",
+        cmap=cmap,
+        norm=norm,
+        cbar_kws={"label": label},
+        ax=ax,
+        annot_kws={"fontsize": "small"},
+    )
+    ax.set(xlabel=x, ylabel=y or "", title=label)
+    return ax
+
+
+def plot_lyapunov_over_training(
+    df: pd.DataFrame, *, hue: str = "configuration", title: str = "", ax: Axes | None = None
+) -> Axes:
+    """Return λ₁ against the training step: one colour per ``hue`` level, its seed mean bold and
+    each run faint.
+
+    ``df`` has ``run``, ``step``, ``exponent`` (λ₁ of the top layer) and ``hue``. Negative steps
+    are pre-flossing updates (``--floss …,pre=P``): the first point of such a run, at −P, is its
+    network before any update.
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "exponent"])
+    title = title or "largest Lyapunov exponent λ₁ over training"
+    if data.empty or hue not in data:
+        return no_data(ax, title, "λ₁ (nats per step)")
+    levels = list(pd.unique(data[hue].astype(str)))  # the caller's order (the study's grid)
+    for level, colour in zip(levels, distinct_colours(len(levels)), strict=True):
+        rows = data[data[hue].astype(str) == level]
+        for _, run in rows.groupby("run"):
+            ax.plot(run["step"], run["exponent"], color=colour, lw=0.6, alpha=0.35)
+        mean = rows.groupby("step")["exponent"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color=colour, lw=1.8, label=level)
+    ax.axhline(0.0, color="0.3", linestyle=":", lw=1, label="λ₁ = 0")
+    xlabel = "training step"
+    if (data["step"] < 0).any():
+        ax.axvline(0.5, color="0.6", lw=0.8)
+        xlabel += " (< 0: pre-flossing updates)"
+    ax.set(xlabel=xlabel, ylabel="λ₁ (nats per step)", title=title)
+    legend_outside(ax, title=hue)
+    return ax
+
+
+def plot_measure_vs_axis(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    series: dict[str, str],
+    hue: str | None = None,
+    reference: tuple[str, str] | None = None,
+    hline: tuple[float, str] | None = None,
+    log: bool = False,
+    ylabel: str = "",
+    title: str = "",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return summary columns against a sweep axis: mean ± sd over seeds, seeds as dots.
+
+    ``series`` maps a legend name to a column (a line style each, e.g. init solid and end
+    dashed); ``hue`` colours one line per value of a second axis; ``reference`` is a
+    (column, name) drawn in black (e.g. the mean-field √χ); ``hline`` a (value, name) rule.
+    """
+    ax = ensure_axes(ax)
+    columns = [c for c in series.values() if c in df.columns]
+    if df.empty or x not in df.columns or not columns:
+        return no_data(ax, title, ylabel)
+    styles = ["-", "--", ":", "-."]
+    levels = sorted_levels(pd.Index(df[hue].astype(str).unique())) if hue else ["all"]
+    colours = distinct_colours(len(levels))
+    xs = pd.to_numeric(df[x], errors="coerce")
+    categorical = xs.isna().any()
+    order = sorted_levels(pd.Index(df[x].astype(str).unique()))
+    position = (lambda v: order.index(str(v))) if categorical else float
+    drawn = 0
+    for number, ((name, column), style) in enumerate(zip(series.items(), styles, strict=False)):
+        if column not in df.columns:
+            continue
+        if hue is None:  # one line per series: a colour each, as well as a style
+            colours = [distinct_colours(len(series))[number]]
+        for colour, level in zip(colours, levels, strict=True):
+            rows = df if hue is None else df[df[hue].astype(str) == level]
+            values = pd.to_numeric(rows[column], errors="coerce")
+            keep = np.isfinite(values.to_numpy(float)) & (
+                values.to_numpy(float) > 0 if log else True
+            )
+            rows, values = rows[keep], values[keep]
+            if rows.empty:
+                continue
+            px = np.array([position(v) for v in rows[x]])
+            stats = pd.DataFrame({"x": px, "y": values.to_numpy(float)}).groupby("x")["y"]
+            mean, sd = stats.mean(), stats.std().fillna(0.0)
+            label = name if hue is None else f"{name}, {level}"
+            if len(series) == 1 and hue is not None:
+                label = level
+            ax.errorbar(
+                mean.index,
+                mean.to_numpy(),
+                yerr=sd.to_numpy(),
+                color=colour,
+                linestyle=style,
+                marker="o",
+                ms=4,
+                capsize=2,
+                label=label,
+            )
+            ax.scatter(px, values, color=colour, s=8, alpha=0.35)
+            drawn += 1
+    if reference is not None and reference[0] in df.columns:  # one per hue level, dotted
+        for colour, level in zip(colours, levels, strict=True):
+            rows = df if hue is None else df[df[hue].astype(str) == level]
+            ref_y = pd.to_numeric(rows[reference[0]], errors="coerce")
+            ref = pd.DataFrame({"x": [position(v) for v in rows[x]], "y": ref_y}).dropna()
+            if ref.empty:
+                continue
+            line = ref.groupby("x")["y"].mean()
+            label = reference[1] if hue is None else f"{reference[1]}, {level}"
+            ax.plot(
+                line.index,
+                line.to_numpy(),
+                color="black" if hue is None else colour,
+                lw=1,
+                linestyle=":",
+                marker="x",
+                ms=6,
+                label=label,
+            )
+    if not drawn:
+        return no_data(ax, title, ylabel)
+    if hline is not None:
+        ax.axhline(hline[0], color="0.4", linestyle=":", lw=1, label=hline[1])
+    if log:
+        log_axis(ax, "y")
+    if categorical:
+        ax.set_xticks(range(len(order)), order)
+    ax.set(xlabel=x, ylabel=ylabel, title=title)
+    legend_outside(ax, title=hue.rpartition(".")[2] if hue else None)
+    return ax
+
+
+def _cell_text(value: float) -> str:
+    if np.isnan(value):
+        return ""
+    if np.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.3g}"
+
+
+# -- several runs overlaid: one colour per run, the same in every panel ----------------------
+
+
+def run_colours(runs: Sequence[str]) -> dict[str, tuple]:
+    """Return one colour per run, distinct, in order: pass it to every panel of a comparison."""
+    runs = list(dict.fromkeys(runs))
+    return dict(zip(runs, distinct_colours(len(runs)), strict=True))
+
+
+def plot_run_key(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    note: str | None = None,
+    title: str = "runs",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return an axes that holds only the key: each run's colour beside its ``label``.
+
+    ``df`` has ``run`` and ``label`` columns, one row per run in the order of the key; ``note``
+    (e.g. the settings all runs share) is written in grey under the last run.
+    """
+    ax = ensure_axes(ax)
+    if df.empty or not {"run", "label"} <= set(df.columns):
+        return no_data(ax, title, "")
+    palette = palette or run_colours(df["run"])
+    handles = [
+        plt.Line2D([], [], **_run_line(palette, run), lw=2.5, marker="o", ms=5, label=label)
+        for run, label in zip(df["run"], df["label"], strict=True)
+    ]
+    if note:  # an entry without a line: the note sits right under the runs, aligned with them
+        handles.append(plt.Line2D([], [], lw=0, label=note))
+    ax.set_axis_off()
+    key = ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(0.0, 1.0),
+        frameon=False,
+        fontsize="small",
+        title_fontsize="medium",
+        alignment="left",
+        labelspacing=0.8,
+        handlelength=3.5,
+    )
+    if note:
+        key.get_texts()[-1].set_color(NOTE_COLOR)
+    return ax
+
+
+def plot_runs_loss(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return loss / baseline over training, one colour per run, the baseline (1) dashed.
+
+    ``df`` is tidy: ``run``, ``step``, ``loss_ratio`` and ``kind`` (``batch`` rows are drawn
+    as a rolling mean over 2 % of a run's steps, ``validation`` rows as dots, a ``diverged``
+    row's step as a vertical line in the run's colour).
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "loss_ratio"])
+    if data.empty or not {"run", "kind"} <= set(data.columns):
+        return no_data(ax, "loss / baseline", "loss / baseline loss")
+    palette = palette or run_colours(data["run"])
+    diverged = finite_rows(df, ["step"])
+    diverged = diverged[diverged["kind"] == "diverged"] if "kind" in diverged else diverged
+    for run, step in zip(diverged.get("run", []), diverged.get("step", []), strict=True):
+        ax.axvline(step, color=palette[run], linestyle=":", lw=1.5)
+    smoothed = False
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].sort_values("step")
+        batch, held = rows[rows["kind"] == "batch"], rows[rows["kind"] == "validation"]
+        text: str | None = (labels or {}).get(run, str(run))
+        if len(batch):
+            window = max(1, len(batch) // 50)
+            smoothed |= window > 1
+            smooth = batch["loss_ratio"].rolling(window, min_periods=1).mean()
+            ax.plot(batch["step"], smooth, **_run_line(palette, run), lw=1.5, label=text)
+            text = None  # one legend entry per run
+        if len(held):
+            ax.plot(held["step"], held["loss_ratio"], color=palette[run], ls="none", marker="o",
+                    ms=5, mec="white", mew=0.6, label=text)  # fmt: skip
+    ax.axhline(1.0, color="0.3", linestyle="--", lw=1)
+    log_if_spans(ax, np.append(data["loss_ratio"].to_numpy(float), 1.0))
+    kinds = set(data["kind"])
+    batch_text = "batch (smoothed)" if smoothed else "batch"
+    styles = [
+        *([plt.Line2D([], [], color="0.4", lw=1.5, label=batch_text)] if "batch" in kinds else []),
+        *([plt.Line2D([], [], color="0.4", ls="none", marker="o", label="validation")]
+          if "validation" in kinds else []),
+        plt.Line2D([], [], color="0.3", ls="--", lw=1, label="baseline (= 1)"),
+        *([plt.Line2D([], [], color="0.4", ls=":", lw=1.5, label="diverged (non-finite)")]
+          if len(diverged) else []),
+    ]  # fmt: skip
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    _legend_with(ax, styles, title=legend_title)
+    ax.set(xlabel="training step", ylabel="loss / baseline loss", title="loss / baseline")
+    return ax
+
+
+def plot_runs_reach(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    title: str = "gradient reach",
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one colour per run.
+
+    ``df`` has ``run``, ``source``, ``distance`` and ``norm`` (one step of each run). Each
+    source is divided by its own norm at distance 0: bold, each run's longest source; faint,
+    its shorter sources. The slope is the decay per step.
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["source", "distance", "norm"], positive="norm")
+    if data.empty or "run" not in data.columns:
+        return no_data(ax, title, "‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run]
+        start = rows[rows["distance"] == 0].groupby("source")["norm"].first()
+        rows = rows.join(start.rename("start"), on="source").dropna(subset=["start"])
+        rows = rows.assign(relative=rows["norm"] / rows["start"]).sort_values("distance")
+        if rows.empty:
+            continue
+        longest = rows.groupby("source")["distance"].max().idxmax()
+        for source, one in rows.groupby("source"):
+            bold = source == longest
+            ax.plot(
+                one["distance"],
+                one["relative"],
+                **_run_line(palette, run),
+                lw=1.8 if bold else 0.6,
+                alpha=1.0 if bold else 0.35,
+                marker="." if bold else None,
+                ms=4,
+                label=(labels or {}).get(run, str(run)) if bold else None,
+            )
+    log_axis(ax, "y")
+    ax.set(
+        xlabel="distance s − t (time steps back)",
+        ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
+        title=title,
+    )
+    styles = [
+        plt.Line2D([], [], color="0.3", lw=1.8, marker=".", label="longest source s"),
+        plt.Line2D([], [], color="0.3", lw=0.6, alpha=0.35, label="shorter sources"),
+    ]
+    _legend_with(ax, styles, title=legend_title)
+    return ax
+
+
+def plot_runs_adjoints(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    title: str = "adjoint norm over t",
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return ‖∂L/∂h_t‖ (batch mean, log) over time step t, one line per run.
+
+    ``df`` has ``run``, ``t`` and ``adjoint_norm`` (one step and layer of each run).
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["t", "adjoint_norm"], positive="adjoint_norm")
+    if data.empty or "run" not in data.columns:
+        return no_data(ax, title, "‖∂L/∂h_t‖")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].groupby("t")["adjoint_norm"].mean()
+        ax.plot(rows.index, rows.to_numpy(), **_run_line(palette, run), lw=1.5, marker=".", ms=4,
+                label=(labels or {}).get(run, str(run)))  # fmt: skip
+    log_axis(ax, "y")
+    ax.set(xlabel="time step t", ylabel="‖∂L/∂h_t‖ (batch mean)", title=title)
+    _legend_with(ax, [], title=legend_title)
+    return ax
+
+
+def plot_runs_lyapunov(
+    df: pd.DataFrame,
+    *,
+    palette: dict[str, tuple] | None = None,
+    labels: dict[str, str] | None = None,
+    legend_title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the largest Lyapunov exponent λ₁ over training, one line per run, 0 dashed.
+
+    ``df`` has ``run``, ``step`` and ``exponent`` (λ₁ of one layer of each run).
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "exponent"])
+    if data.empty or "run" not in data.columns:
+        return no_data(ax, "largest Lyapunov exponent", "λ₁ (nats per time step)")
+    palette = palette or run_colours(data["run"])
+    for run in _runs_in(data, palette):
+        rows = data[data["run"] == run].groupby("step")["exponent"].mean()
+        ax.plot(rows.index, rows.to_numpy(), **_run_line(palette, run), lw=1.5, marker="o", ms=4,
+                label=(labels or {}).get(run, str(run)))  # fmt: skip
+    ax.axhline(0.0, color="0.3", linestyle="--", lw=1)
+    step_scale(ax, data["step"])
+    if ax.get_xscale() == "linear":
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    styles = [plt.Line2D([], [], color="0.3", ls="--", lw=1, label="λ₁ = 0 (edge of chaos)")]
+    _legend_with(ax, styles, title=legend_title)
+    ax.set(
+        xlabel="training step",
+        ylabel="λ₁ (nats per time step)",
+        title="largest Lyapunov exponent λ₁",
+    )
+    return ax
+
+
+def _run_line(palette: dict[str, tuple], run: str) -> dict:
+    """Return the run's colour and dash pattern: runs with equal curves (e.g. the same initial
+    network) still show each other through the gaps."""
+    order = list(palette).index(run)
+    return {"color": palette[run], "linestyle": _RUN_DASHES[order % len(_RUN_DASHES)]}
+
+
+_RUN_DASHES = ("-", (0, (5, 2)), (0, (1.5, 1.5)), (0, (5, 2, 1.5, 2)))
+
+
+def _runs_in(data: pd.DataFrame, palette: dict[str, tuple]) -> list:
+    """Return the runs of ``data`` in the palette's order (a run missing from it raises)."""
+    present = set(data["run"])
+    missing = present - set(palette)
+    if missing:
+        raise KeyError(f"no colour for run(s) {sorted(missing, key=str)}")
+    return [run for run in palette if run in present]
+
+
+def _legend_with(ax: Axes, styles: list, title: str | None = None) -> None:
+    """Put the runs' legend right of the axes at the top, the line ``styles``' at the bottom."""
+    options = {"fontsize": "x-small", "borderaxespad": 0, "frameon": False, "handlelength": 3}
+    handles, texts = ax.get_legend_handles_labels()
+    if handles:
+        runs = ax.legend(handles, texts, title=title, title_fontsize="x-small", loc="upper left",
+                         bbox_to_anchor=(1.02, 1), **options)  # fmt: skip
+        if styles:  # a second ax.legend replaces the first: keep it as an artist
+            ax.add_artist(runs)
+    if styles:
+        ax.legend(handles=styles, loc="lower left", bbox_to_anchor=(1.02, 0), **options)

@@ -1,0 +1,356 @@
+"""Figures of one run over training: loss, metric, gradient norms and clipping, dynamics, health.
+
+Training and validation loss and the task metric against the baseline, the global gradient norm
+with clipping, the one-step Jacobian's singular values and W_hh's eigenvalues at a few steps,
+the largest Lyapunov exponent λ₁ over training and the Lyapunov spectrum, and the hidden units'
+health (saturated, inactive, dead) and participation ratio. Pure functions ``plot_x(df, *,
+ax=None) -> Axes`` over one run's ``steps``, ``evals``, ``spectra``, ``lyapunov`` and ``health``
+tables; helpers from :mod:`rnnprobe.report.plots`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+
+from rnnprobe.report.plots import (
+    PALETTE,
+    ensure_axes,
+    finite_rows,
+    log_axis,
+    log_if_spans,
+    no_data,
+    step_scale,
+    thin_steps,
+)
+
+__all__ = [
+    "plot_clipping",
+    "plot_eigenvalues",
+    "plot_hidden_health",
+    "plot_jacobian_spectra",
+    "plot_loss",
+    "plot_lyapunov",
+    "plot_lyapunov_spectrum",
+    "plot_metric",
+    "plot_participation_ratio",
+]
+
+
+def plot_jacobian_spectra(
+    df: pd.DataFrame, *, layer: int | None = None, max_steps: int = 8, ax: Axes | None = None
+) -> Axes:
+    """Return box plots of the one-step Jacobian singular values at a few training steps."""
+    ax = ensure_axes(ax)
+    data = finite_rows(_quantity(df, "jacobian_singular"), ["step", "layer", "value"], "value")
+    if data.empty:
+        return no_data(ax, "Jacobian spectra", "singular value σ of J_t")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[(data["layer"] == layer) & data["step"].isin(thin_steps(data["step"], max_steps))]
+    if data.empty:
+        return no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
+    steps = sorted(data["step"].unique())
+    # matplotlib's own boxplot: seaborn 0.13's passes the deprecated `vert` on matplotlib ≥ 3.11
+    boxes = ax.boxplot(
+        [data.loc[data["step"] == s, "value"].to_numpy() for s in steps],
+        positions=range(len(steps)),
+        widths=0.6,
+        patch_artist=True,
+        flierprops={"markersize": 2},
+        medianprops={"color": "0.1"},
+    )
+    for box in boxes["boxes"]:
+        box.set_facecolor(sns.color_palette(PALETTE)[0])
+    ax.set_xticks(range(len(steps)), [str(int(s)) for s in steps])
+    log_axis(ax, "y")
+    ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
+    ax.legend(fontsize="small", loc="best")
+    ax.set(
+        xlabel="training step",
+        ylabel="singular value σ of J_t",
+        title=f"spectrum of J_t = diag(φ′) W_hh, layer {layer}",
+    )
+    return ax
+
+
+def _lines_per_layer(data: pd.DataFrame, y: str, ax: Axes, marker: str | None = None) -> None:
+    """Draw ``y`` against training step, one colour-blind-safe line per layer."""
+    data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
+    sns.lineplot(
+        data=data, x="step", y=y, hue="layer", palette=PALETTE, marker=marker, errorbar=None, ax=ax
+    )
+
+
+def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return the largest Lyapunov exponent λ₁ over training, one line per layer, 0 marked."""
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "layer", "index", "exponent"])
+    data = data[data["index"] == 0] if not data.empty else data
+    if data.empty:
+        return no_data(ax, "Lyapunov exponents", "λ₁ (nats per time step)")
+    _lines_per_layer(data, "exponent", ax, marker="o")
+    ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
+    step_scale(ax, data["step"])
+    ax.set(
+        xlabel="training step",
+        ylabel="λ₁ (nats per time step)",
+        title="largest Lyapunov exponent",
+    )
+    return ax
+
+
+def plot_lyapunov_spectrum(
+    df: pd.DataFrame,
+    *,
+    steps: Sequence[int] | None = None,
+    layer: int | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the Lyapunov spectrum (exponent by rank) at ``steps`` (default first, mid, last)."""
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "layer", "index", "exponent"])
+    if data.empty:
+        return no_data(ax, "Lyapunov spectrum", "exponent λ_i (nats per time step)")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    steps = list(steps) if steps is not None else list(thin_steps(data["step"], 3))
+    data = data[data["step"].isin(steps)]
+    if data.empty:
+        return no_data(ax, f"Lyapunov spectrum of layer {layer}", "exponent λ_i")
+    order = [f"step {int(s)}" for s in sorted(data["step"].unique())]
+    data = data.assign(when=[f"step {int(s)}" for s in data["step"]])
+    sns.lineplot(
+        data=data,
+        x="index",
+        y="exponent",
+        hue="when",
+        hue_order=order,
+        palette=PALETTE,
+        marker="o",
+        errorbar=None,
+        ax=ax,
+    )
+    ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
+    ax.legend(title=None, fontsize="small")
+    ax.set(
+        xlabel="rank i (0 = largest)",
+        ylabel="λ_i (nats per time step)",
+        title=f"Lyapunov spectrum, layer {layer}",
+    )
+    return ax
+
+
+def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | None = None) -> Axes:
+    """Return W_hh's eigenvalues in the complex plane at the first and last step, unit circle."""
+    ax = ensure_axes(ax)
+    data = finite_rows(_quantity(df, "w_hh_eigenvalue"), ["step", "layer", "value", "imag"])
+    if data.empty:
+        return no_data(ax, "W_hh eigenvalues", "Im λ")
+    layer = int(data["layer"].min()) if layer is None else layer
+    data = data[data["layer"] == layer]
+    if data.empty:
+        return no_data(ax, f"W_hh eigenvalues of layer {layer}", "Im λ")
+    first, last = data["step"].min(), data["step"].max()
+    circle = np.linspace(0, 2 * np.pi, 256)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1")
+    colours = sns.color_palette(PALETTE, 2)
+    marks = [(first, "init" if first == 0 else "first", colours[0], "o")]
+    if last != first and last > 1:  # step 1 records the weights before any update
+        marks.append((last, "end", colours[1], "x"))
+    for step, name, colour, marker in marks:
+        rows = data[data["step"] == step]
+        ax.scatter(
+            rows["value"],
+            rows["imag"],
+            s=12,
+            color=colour,
+            marker=marker,
+            label=f"{name} (step {int(step)})",
+            alpha=0.8,
+        )
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.axhline(0, color="0.8", linewidth=0.5, zorder=0)
+    ax.axvline(0, color="0.8", linewidth=0.5, zorder=0)
+    ax.legend(fontsize="small", loc="upper right")
+    ax.set(xlabel="Re λ", ylabel="Im λ", title=f"W_hh eigenvalues, layer {layer}")
+    return ax
+
+
+def plot_hidden_health(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return saturated (tanh), inactive and dead (ReLU) unit fractions over training."""
+    ax = ensure_axes(ax)
+    columns = [c for c in ("saturation", "inactive", "dead_fraction") if c in df.columns]
+    data = finite_rows(df, ["step", "layer"])
+    if data.empty or not columns:
+        return no_data(ax, "hidden-state health", "fraction of units")
+    long = data.melt(id_vars=["step", "layer"], value_vars=columns, var_name="quantity")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    long = long[np.isfinite(long["value"])]
+    if long.empty:
+        return no_data(ax, "hidden-state health", "fraction of units")
+    long["quantity"] = long["quantity"].str.replace("_", " ")
+    long["layer"] = [f"layer {int(v)}" for v in long["layer"]]
+    many = long["layer"].nunique() > 1
+    sns.lineplot(
+        data=long,
+        x="step",
+        y="value",
+        hue="quantity",
+        style="layer" if many else None,
+        palette=PALETTE,
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="small", title=None)
+    ax.set(xlabel="training step", ylabel="fraction of units", title="hidden-unit health")
+    return ax
+
+
+def plot_participation_ratio(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Return the participation ratio (effective dimensionality of h) over training per layer."""
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "layer", "participation_ratio"])
+    if data.empty:
+        return no_data(ax, "participation ratio", "participation ratio (dimensions)")
+    _lines_per_layer(data, "participation_ratio", ax)
+    ax.set(
+        xlabel="training step",
+        ylabel="participation ratio (dimensions)",
+        title="hidden-state dimensionality",
+    )
+    return ax
+
+
+def plot_loss(
+    df: pd.DataFrame,
+    *,
+    evals: pd.DataFrame | None = None,
+    baseline: float | None = None,
+    unit: str = "nats per target",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return training loss (raw and smoothed), validation loss and the baseline as a line."""
+    return _curve(df, "loss", evals=evals, baseline=baseline, ylabel=f"loss ({unit})", ax=ax)
+
+
+def plot_metric(
+    df: pd.DataFrame,
+    *,
+    evals: pd.DataFrame | None = None,
+    baseline: float | None = None,
+    metric: str = "metric",
+    ax: Axes | None = None,
+) -> Axes:
+    """Return the task metric over training (batch and validation) with the baseline's metric."""
+    return _curve(df, "metric", evals=evals, baseline=baseline, ylabel=metric, ax=ax)
+
+
+def plot_clipping(
+    df: pd.DataFrame, *, clipping: bool = True, window: int = 50, ax: Axes | None = None
+) -> Axes:
+    """Return the global gradient norm over training (log when it spans decades).
+
+    With ``clipping``, also the post-clip norm and, on a right axis, the rolling clip rate.
+    """
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", "grad_norm_pre_clip"], positive="grad_norm_pre_clip")
+    if data.empty:
+        return no_data(ax, "gradient norms", "global gradient norm")
+    data = data.sort_values("step")
+    colours = sns.color_palette(PALETTE, 3)
+    label = "before clip" if clipping else "‖∇θ L‖"
+    ax.plot(data["step"], data["grad_norm_pre_clip"], color=colours[0], lw=1, label=label)
+    log_if_spans(ax, data["grad_norm_pre_clip"].to_numpy(float))
+    if not clipping:
+        ax.set(
+            xlabel="training step",
+            ylabel="global gradient norm ‖∇θ L‖",
+            title="gradient norm (clipping off)",
+        )
+        return ax
+    if "grad_norm_post_clip" in data.columns:
+        post = pd.to_numeric(data["grad_norm_post_clip"], errors="coerce")
+        ax.plot(data["step"], post, color=colours[1], lw=1, linestyle="--", label="after clip")
+    handles, labels = ax.get_legend_handles_labels()
+    if "clipped" in data.columns:
+        rate = data["clipped"].astype(float).rolling(max(1, window), min_periods=1).mean()
+        right = ax.twinx()
+        right.plot(
+            data["step"], rate, color=colours[2], lw=1.5, label=f"clip rate ({window} steps)"
+        )
+        right.set_ylim(-0.02, 1.02)
+        right.set_ylabel("fraction of steps clipped")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(
+        handles,
+        labels,
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.15, 1),
+        borderaxespad=0,
+    )
+    ax.set(xlabel="training step", ylabel="global gradient norm ‖∇θ L‖", title="gradient clipping")
+    return ax
+
+
+def _curve(
+    df: pd.DataFrame,
+    column: str,
+    *,
+    evals: pd.DataFrame | None,
+    baseline: float | None,
+    ylabel: str,
+    ax: Axes | None,
+) -> Axes:
+    ax = ensure_axes(ax)
+    data = finite_rows(df, ["step", column]).sort_values("step") if not df.empty else df
+    bad = _nonfinite_steps(df, column)
+    held = finite_rows(evals, ["step", column]) if evals is not None else pd.DataFrame()
+    if data.empty and held.empty:
+        return no_data(ax, column, ylabel)
+    colours = sns.color_palette(PALETTE, 3)
+    values = []
+    if not data.empty:
+        window = max(1, len(data) // 50)
+        smooth = data[column].rolling(window, min_periods=1).mean()
+        faint = 0.3 if window > 1 else 1.0
+        ax.plot(data["step"], data[column], color=colours[0], alpha=faint, lw=0.8, label="batch")
+        if window > 1:
+            ax.plot(
+                data["step"], smooth, color=colours[0], lw=1.5, label=f"batch, mean of {window}"
+            )
+        values.append(data[column].to_numpy(float))
+    if not held.empty:
+        ax.plot(held["step"], held[column], color=colours[1], marker="o", ms=4, label="validation")
+        values.append(held[column].to_numpy(float))
+    if baseline is not None and math.isfinite(baseline):
+        ax.axhline(baseline, color=colours[2], linestyle="--", lw=1.2, label="baseline")
+        values.append(np.array([baseline]))
+    if len(bad):
+        ax.axvline(bad[0], color="0.3", linestyle=":", lw=1.2, label=f"first non-finite {column}")
+    log_if_spans(ax, np.concatenate(values))
+    ax.legend(fontsize="small", loc="best")
+    ax.set(xlabel="training step", ylabel=ylabel, title=column)
+    return ax
+
+
+def _nonfinite_steps(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Return the sorted steps whose ``column`` is NaN or ±inf (e.g. a diverging loss)."""
+    if df.empty or not {"step", column} <= set(df.columns):
+        return np.array([])
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
+    steps = pd.to_numeric(df["step"], errors="coerce").to_numpy(float)
+    return np.sort(steps[~np.isfinite(values) & np.isfinite(steps)])
+
+
+def _quantity(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    if df.empty or "quantity" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["quantity"] == name]
