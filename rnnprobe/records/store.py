@@ -9,7 +9,7 @@ A run directory holds::
     tables/<table>/part-000000.parquet  tidy rows, one part per flush, read in sequence order
     checkpoints/step-<step>.pt          the last ``keep_checkpoints`` training states
     snapshots/<step>-<kind>.pt          the states of the first warning and the first non-finite
-                                        step, for ``rnnprobe replay`` (written by replay.py)
+                                        step, for ``rnnprobe replay`` (training/warning.py)
 
 Every file appears by ``os.replace`` of a fsynced temporary in the same directory, so a kill -9
 loses at most the rows appended since the last :meth:`RunStore.flush` and never leaves a

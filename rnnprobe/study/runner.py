@@ -3,7 +3,7 @@
 The output directory OUT holds ``study.json`` (the index: name, fixed settings, axes and, per
 run, its id, axis values, status and error) and ``runs/<id>/``, one run directory per grid
 point with ``id = RunConfig.run_id()``. One study process at a time writes OUT: it holds
-``OUT/.rnnprobe.lock`` (see ``lock.py``), and a second one stops at once naming the first.
+``OUT/.rnnprobe.lock`` (see ``records/lock.py``), and a second one stops at once naming the first.
 Readers take a run's status from its own ``status.json`` wherever the index says ``running``,
 so a study killed mid-run never reads as running.
 
@@ -138,7 +138,7 @@ def run_study(
 
 
 def check_memory(points: Iterable[GridPoint]) -> None:
-    """Refuse the grid when one of its runs cannot fit in memory (see ``memory.py``).
+    """Refuse the grid when one of its runs cannot fit in memory (see ``training/memory.py``).
 
     Tasks that cannot be built (a missing corpus) are left to fail as runs, with the others.
     """

@@ -426,7 +426,7 @@ def validate(config: RunConfig) -> None:
 
     parsers = {"train.bptt": Truncation.parse, **dict.fromkeys(SCHEDULES, Schedule.parse)}
     parsers["train.floss"] = lambda text: FlossSpec.parse(text, config.model.hidden_size)
-    parsers["train.warn"] = WarnSpec.parse  # replay.py: parsing loads no torch
+    parsers["train.warn"] = WarnSpec.parse  # warning.py: parsing loads no torch
     for key, parse in parsers.items():
         try:
             parse(flat[key])

@@ -5,7 +5,7 @@ Index letters: ``t`` time (T steps), ``b`` batch (B), ``h`` hidden (H), ``k`` di
 Row vectors, time-major. One layer with inputs x_t (B, I) and initial state h_0 (B, H) runs
 
     a_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh,    h_t = φ(a_t),    t = 1 … T,
-    J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh          (φ'(a_t) read off h_t: cell.py).
+    J_t = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh          (φ'(a_t) read off h_t: nonlinearity.py).
 
 From a fixed orthonormal frame Q_0 (H, K) the frame is pushed through the Jacobians and
 re-orthonormalised by a thin QR every ``qr_every`` steps (and at the last step):

@@ -69,7 +69,7 @@ class RunResult:
 
 
 def make_task_from_config(config: RunConfig) -> Task:
-    """Return the task a run's config names, built by its registered factory (tasks.py)."""
+    """Return the task a run's config names, built by its registered factory (data/tasks.py)."""
     return task_from_config(config)
 
 
