@@ -3,11 +3,13 @@
 The names below are imported on first use: the command line starts without loading torch.
 """
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from rnnprobe._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from rnnprobe.analysis.diagnosis import analyse_run, analyse_study
     from rnnprobe.analysis.runs import RunSummary, summarise_run
     from rnnprobe.core.capture import Capture, capture
     from rnnprobe.core.instrument import Instrumented, instrument
@@ -17,7 +19,13 @@ if TYPE_CHECKING:
     from rnnprobe.records.store import load_run
     from rnnprobe.training.callbacks import Callback
     from rnnprobe.training.config import RunConfig, build_config
-    from rnnprobe.training.loop import RunResult, train_run
+    from rnnprobe.training.loop import RunResult, Trainer, train_run
+    from rnnprobe.training.step import StepResult
+
+try:
+    __version__ = version("rnnprobe")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "Capture": "core.capture",
@@ -37,6 +45,10 @@ _EXPORTS = {
     "Callback": "training.callbacks",
     "RunResult": "training.loop",
     "RunSummary": "analysis.runs",
+    "analyse_run": "analysis.diagnosis",
+    "analyse_study": "analysis.diagnosis",
+    "Trainer": "training.loop",
+    "StepResult": "training.step",
     "summarise_run": "analysis.runs",
     "Batch": "data.tasks",
     "Task": "data.tasks",
@@ -56,7 +68,12 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "RunSummary",
+    "StepResult",
     "Task",
+    "Trainer",
+    "__version__",
+    "analyse_run",
+    "analyse_study",
     "build_config",
     "capture",
     "instrument",

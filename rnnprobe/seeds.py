@@ -1,8 +1,9 @@
 """A run's one seed, and the seed of each generator derived from it.
 
-Every random draw of a run comes from a generator seeded here: ``seed`` itself seeds the
-weights (``torch.manual_seed``) and the training batches; each other generator gets
-``seed + OFFSETS[name]`` modulo 2⁶⁴, so the streams differ and a checkpoint can restore each.
+``seed`` itself seeds the weights (``torch.manual_seed``) and the training batches; each other
+generator gets ``seed + OFFSETS[name]`` modulo 2⁶⁴, so the streams differ and a checkpoint can
+restore each. One draw is not a run's: the Lyapunov probe starts its QR from a frame seeded by
+the step number, the same for every run seed at that step.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ __all__ = ["OFFSETS", "SEED_LIMIT", "derived_seed"]
 SEED_LIMIT = 2**64  # torch's generators take seeds in [0, 2⁶⁴)
 
 OFFSETS = {
-    "probes": 1,  # sub-batches and directions the probes draw
+    "probes": 1,  # the Jacobians the spectra probe samples
     "cuts": 2,  # random BPTT truncation points
     "evals": 3,  # the validation batches
     "split": 4,  # the train/validation split of a labelled text folder

@@ -2,6 +2,6 @@
 and source), a study's summaries, and the diagnosis that classifies them. Computes from
 tables only, never from a live model.
 
-May import: ``rnnprobe.errors``, ``records``, ``training.config`` (a run's settings), and the
-layers below those.
+May import: ``records``, ``training.config`` and ``training.flossing`` (a run's settings and
+how to read them), and the layers below those.
 """

@@ -85,7 +85,7 @@ def report_error(error: Exception) -> int:
     With ``RNNPROBE_TRACEBACK`` set, an exception other than ``RnnprobeError`` is raised
     again instead, to show its traceback.
     """
-    if os.environ.get("RNNPROBE_TRACEBACK") and not isinstance(error, RnnprobeError):
+    if os.environ.get("RNNPROBE_TRACEBACK", "0") != "0" and not isinstance(error, RnnprobeError):
         raise error
     line, code = describe(error)
     click.echo(f"rnnprobe: error: {line}", err=True)

@@ -1,7 +1,7 @@
 """The ``rnnprobe replay`` command: one snapshotted training step, recomputed and explained.
 
 Register with ``main.add_command(replay)``; ``python -m rnnprobe.cli.replay`` runs it alone.
-The library work is in ``rnnprobe/training/warning.py``; torch, pandas and matplotlib load inside
+The library work is in ``rnnprobe/report/replay.py``; torch, pandas and matplotlib load inside
 the command only.
 """
 

@@ -543,7 +543,7 @@ def register_task(name: str, factory: TaskFactory, *, replace: bool = False) -> 
     ``factory`` gets the run's whole :class:`~rnnprobe.training.config.RunConfig` (``config.task.
     seq_len``, ``config.seed``, …) and returns a task whose ``name`` is ``name`` and whose
     ``kind`` is one of ``KINDS``; its model and loss follow from the kind. After this,
-    ``build_config``, ``train_run``, ``make_task_from_config`` and studies accept the name;
+    ``build_config``, ``train_run``, :func:`task_from_config` and studies accept the name;
     reports read only the records, so they need nothing. Register at import time of your
     module (the top level of your script): study workers (``--jobs N``) are spawned processes
     that import it again. CLI flags take their choices when the CLI is imported, so

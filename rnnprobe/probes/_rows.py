@@ -1,7 +1,7 @@
 """How a probe hands its results to the records: blocks of rows, one table each.
 
 A probe's result knows its rows (``row_blocks``); the training run files them unchanged, and
-``rnnprobe.records.store.STANDARD_TABLES`` documents every table's columns. Values may stay
+``rnnprobe.records.schema.STANDARD_TABLES`` documents every table's columns. Values may stay
 tensors on the device: they move to the host with the next flush.
 """
 

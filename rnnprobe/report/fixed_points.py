@@ -64,10 +64,11 @@ def analyse_run(
     import torch
 
     from rnnprobe.core.models import ElmanRNN
+    from rnnprobe.data.tasks import task_from_config
     from rnnprobe.probes import fixed_points as fpm
     from rnnprobe.records.store import RunStore
     from rnnprobe.seeds import derived_seed
-    from rnnprobe.training.loop import make_task_from_config, resume_config
+    from rnnprobe.training.loop import resume_config
     from rnnprobe.training.setup import build_model
 
     config = resume_config(run)  # a one-line error when RUN is not a run directory
@@ -78,7 +79,7 @@ def analyse_run(
     checkpoint = RunStore(Path(run)).load_latest_checkpoint()
     if checkpoint is None:
         raise RnnprobeError(f"{run} has no checkpoint yet; fixed points need its trained weights")
-    task = make_task_from_config(config)
+    task = task_from_config(config)
     if isinstance(held, int):
         if task.input_kind != "tokens" or task.vocab_size is None:
             raise RnnprobeError(f"--input {held}: task {task.name} takes features, not token ids")

@@ -7,7 +7,7 @@ Axes`` per figure: :mod:`~rnnprobe.report.plots_training` (one run over training
 :mod:`~rnnprobe.report.plots_study` (a study's sweep axes, and several runs overlaid), and
 :mod:`~rnnprobe.report.plots_dynamics` and :mod:`~rnnprobe.report.plots_replay`.
 
-Each figure takes tidy DataFrames shaped like the store's tables (``rnnprobe.records.store.
+Each figure takes tidy DataFrames shaped like the store's tables (``rnnprobe.records.schema.
 STANDARD_TABLES``) or a study summary, draws on ``ax`` (a new figure when None) and returns it.
 None of them touches a live model, reads a file or raises on missing data: an empty table, or
 one without the needed columns or finite values, gives a panel saying "no data" instead

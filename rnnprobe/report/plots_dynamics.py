@@ -2,7 +2,7 @@
 
 Pure functions ``plot_x(df, *, ax=None) -> Axes`` over the tidy tables that ``rnnprobe
 fixed-points`` writes (``points``, ``eigenvalues``, ``trajectories``, ``visited``; columns in
-:mod:`rnnprobe.cli.fixed_points`). They never touch a model or a file, and an empty table gives
+:mod:`rnnprobe.report.fixed_points`). They never touch a model or a file, and an empty table gives
 a panel saying "no data". A point's ``category`` (stable, saddle, source, slow) picks both its
 colour (seaborn's colour-blind-safe palette) and its marker, so the classes read in grey too.
 """

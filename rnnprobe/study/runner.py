@@ -143,7 +143,7 @@ def check_memory(points: Iterable[GridPoint]) -> None:
     Tasks that cannot be built (a missing corpus) are left to fail as runs, with the others.
     """
     from rnnprobe.core.device import resolve_device
-    from rnnprobe.training.loop import make_task_from_config
+    from rnnprobe.data.tasks import task_from_config
     from rnnprobe.training.memory import check_fits, estimate_run
 
     tasks: dict = {}
@@ -151,7 +151,7 @@ def check_memory(points: Iterable[GridPoint]) -> None:
         config = point.config
         try:
             if config.task not in tasks:
-                tasks[config.task] = make_task_from_config(config)
+                tasks[config.task] = task_from_config(config)
             device = resolve_device(config.device)
         except RnnprobeError:
             continue

@@ -1,6 +1,6 @@
-"""One training run: its config, the plain loop (build, then for each step: batch, forward,
-backward, clip, update), its callbacks (evaluation, flush, checkpoint, progress) and the
-probing that fires on schedules; gradient flossing and the explosion early warning.
+"""One training run: its config, the set-up, the step, the plain loop with its named callback
+points (step end, flush, evaluation, checkpoint, end; the progress bar is one callback), the
+probing that fires on schedules, gradient flossing and the explosion early warning.
 
-May import: ``rnnprobe.errors``, ``nonlinearity``, ``probes``, ``data``, ``core``, ``records``.
+May import: ``records``, ``core``, ``data``, ``probes`` and every layer below them.
 """

@@ -43,7 +43,7 @@ class Callback:
         """After a checkpoint was written (or refused: non-finite state)."""
 
     def on_end(self, trainer: Trainer, status: str) -> None:
-        """Once, as the run stops: done, diverged or interrupted."""
+        """Once, as the run stops: done, diverged, interrupted or failed (then it raises)."""
 
 
 class ProgressBar(Callback):

@@ -128,7 +128,7 @@ class TrainConfig:
             "warmup (time steps not counted, 0), batch (sequences used, 0 = all)"
         },
     )
-    # Explosion early warning (rnnprobe/training/warning.py); parsed by replay.WarnSpec.parse.
+    # Explosion early warning (rnnprobe/training/warning.py); parsed by warning.WarnSpec.parse.
     warn: str = field(
         default="on",
         metadata={

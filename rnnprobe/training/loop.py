@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnprobe.data.tasks import Batch, Task, task_from_config
+from rnnprobe.data.tasks import Batch
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir, read_status
 from rnnprobe.records.lock import DirectoryLock
@@ -51,7 +51,6 @@ from rnnprobe.training.warning import ExplosionWatch, WarnSpec, save_snapshot
 __all__ = [
     "RunResult",
     "Trainer",
-    "make_task_from_config",
     "resume_config",
     "tokens_per_second",
     "train_run",
@@ -60,17 +59,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunResult:
-    """How a run ended: ``status`` done | diverged | failed | interrupted, and where."""
+    """How a run ended: ``status`` done or diverged (Ctrl-C and failures raise), and where."""
 
     status: str
     run_dir: Path
     steps_done: int
     message: str
-
-
-def make_task_from_config(config: RunConfig) -> Task:
-    """Return the task a run's config names, built by its registered factory (data/tasks.py)."""
-    return task_from_config(config)
 
 
 class Trainer:
@@ -117,7 +111,7 @@ class Trainer:
             self.batches = islice(self.batches, self.step, None)  # the streams' position
 
     @property
-    def records(self) -> RunStore:
+    def run_store(self) -> RunStore:
         """The run's store (a replay has none)."""
         assert self.store is not None, "a replay writes no records"
         return self.store
@@ -125,7 +119,7 @@ class Trainer:
     # -- records -------------------------------------------------------------------------
     def _record_start(self) -> None:
         task, first = self.parts.task, self.parts.eval_batches[0]
-        self.records.append(
+        self.run_store.append(
             "task",
             {
                 "name": task.name,
@@ -140,7 +134,7 @@ class Trainer:
         )
         classes = task.class_rows()
         if classes is not None:
-            self.records.append("classes", classes)
+            self.run_store.append("classes", classes)
         first = first.to(self.parts.device)
         with torch.no_grad():
             x = (
@@ -157,16 +151,16 @@ class Trainer:
             columns = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
             if self.watch is not None:  # λ₁ and ‖J_t‖ against their thresholds, no sync either
                 self.watch.observe_probes(table, columns)
-            self.records.append(table, columns)
+            self.run_store.append(table, columns)
             tables[table] = columns
-        self.records.flush()
+        self.run_store.flush()
         for callback in self.callbacks:
             callback.on_flush(self, tables)
 
     def _checkpoint(self) -> bool:
         """Flush and save a checkpoint; refuse (return False) if any state is not finite."""
         self._flush()
-        self.records.set_status("running", self.step)
+        self.run_store.set_status("running", self.step)
         parts = self.parts
         state = {
             "model": parts.model.state_dict(),
@@ -186,10 +180,10 @@ class Trainer:
             state["vocab"] = list(parts.task.corpus.vocab.tokens)
         saved = _all_finite(state)
         if saved:
-            self.records.save_checkpoint(state, self.step)
+            self.run_store.save_checkpoint(state, self.step)
         else:  # an update overflowed: keep the last good checkpoint
             message = "weights or optimizer state not finite"
-            self.records.append(
+            self.run_store.append(
                 "events", {"step": self.step, "kind": "nonfinite", "message": message}
             )
         for callback in self.callbacks:
@@ -197,9 +191,9 @@ class Trainer:
         return saved
 
     def _restore(self) -> None:
-        checkpoint, parts = self.records.checkpoint, self.parts
+        checkpoint, parts = self.run_store.checkpoint, self.parts
         if checkpoint is None:  # killed before its first checkpoint: start over
-            self.records.append("events", {"step": 0, "kind": "resumed", "message": "from start"})
+            self.run_store.append("events", {"step": 0, "kind": "resumed", "message": "from start"})
             self._record_start()
             return
         state = checkpoint.state
@@ -215,11 +209,11 @@ class Trainer:
         self.h = h.to(parts.device, parts.dtype) if h.numel() else None
         if self.watch is not None:  # absent from checkpoints of runs without the watch
             self.watch.load_state(state.get("warn"))
-        for reason in self.records.recovered:
-            self.records.append(
+        for reason in self.run_store.recovered:
+            self.run_store.append(
                 "events", {"step": self.step, "kind": "recovered", "message": f"skipped {reason}"}
             )
-        self.records.append(
+        self.run_store.append(
             "events",
             {"step": self.step, "kind": "resumed", "message": f"from checkpoint {self.step}"},
         )
@@ -227,7 +221,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise)."""
-        cfg, store = self.config.train, self.records
+        cfg, store = self.config.train, self.run_store
         store.set_status("running", self.step)
         if self.progress:  # name the directory now, not only when the run ends
             where = store.path
@@ -244,6 +238,9 @@ class Trainer:
                 self._flush()
             store.set_status("interrupted", self.step)
             self._end("interrupted")
+            raise
+        except Exception:  # train_run records the failure; the callbacks still hear the end
+            self._end("failed")
             raise
         if not self._checkpoint():
             self.diverged = True
@@ -276,7 +273,7 @@ class Trainer:
             result = self._train_step()
             self.mid_step = False
             self.seconds += time.perf_counter() - start
-            self.records.heartbeat()
+            self.run_store.heartbeat()
             for callback in self.callbacks:
                 callback.on_step_end(self, result)
             if self.diverged:
@@ -291,7 +288,7 @@ class Trainer:
                     return
             elif self.step % self.config.flush_every == 0:
                 self._flush()
-                self.records.set_status("running", self.step)
+                self.run_store.set_status("running", self.step)
 
     def _train_step(self) -> StepResult:
         """Run one optimizer step and file its rows; set ``diverged`` when the run must stop."""
@@ -394,7 +391,7 @@ class Trainer:
         message = watch.observe(step, is_finite, loss_value, norm_value)
         if message is not None:
             path = self._snapshot("warning", *snapshot, recorded, message)
-            where = path.relative_to(self.records.path)
+            where = path.relative_to(self.run_store.path)
             message = f"{message}; snapshot {where} (rnnprobe replay)"
             self.probing.rows.add("events", step=step, kind="warning", message=message)
         if not is_finite and watch.first_nonfinite():
@@ -437,7 +434,7 @@ class Trainer:
         }
         if hasattr(parts.task, "corpus"):
             record["vocab"] = list(parts.task.corpus.vocab.tokens)
-        return save_snapshot(self.records.path, record)
+        return save_snapshot(self.run_store.path, record)
 
     def restore_snapshot(
         self, snapshot: dict[str, Any]

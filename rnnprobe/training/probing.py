@@ -3,12 +3,13 @@
 The loop asks :meth:`Probing.firing` before a step (the capture records what the fired probes
 need) and :func:`~rnnprobe.training.step.train_step` calls :meth:`Probing.record_step` after
 its backward passes, before the update. Each probe's result knows its rows (``row_blocks``, the
-store's schema); this class files them.
+schema in ``records.schema``); this class files them.
 
 Adjoint records come from the BPTT capture (every backward pass of the step, each segment's
-time offset added); hidden-state statistics, W_hh and Jacobian spectra and Lyapunov exponents
-run on the captured layer outputs of the whole batch (segments joined), the last three on a
-sub-batch. All values stay on the device until ``PendingRows.drain``.
+time offset added). Hidden-state statistics run on the captured layer outputs of the whole
+batch (segments joined); Jacobian spectra, Lyapunov exponents and finite-time exponents
+(``products``) on a sub-batch of them; W_hh's spectrum on the weights. All values stay on the
+device until ``PendingRows.drain``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ STATE_PROBES = frozenset({"hidden", "spectra", "lyapunov", "products"})  # use l
 
 
 class Probing:
-    """The probing callback of a run: decides which probes fire at a step and files their
-    rows (pending on the device until the next flush); ``generator`` draws their samples."""
+    """A run's probing: decides which probes fire at a step and files their rows (pending on
+    the device until the next flush); ``generator`` draws their samples."""
 
     def __init__(self, config: ProbeConfig, rnn: ElmanRNN, seed: int) -> None:
         self.config, self.rnn = config, rnn

@@ -1,4 +1,4 @@
-"""One optimizer step, as training and the benchmarks run it.
+"""One optimizer step, as training runs it (the benchmarks share its capture and clipping).
 
 :func:`train_step` zeroes the gradients, runs the batch's forward and (truncated) backward
 passes under the capture the fired probes ask for, lets the run add to the gradients (the

@@ -26,7 +26,7 @@ only tensors and plain data (``torch.load(weights_only=True)`` reads it), keys
 the task made it (``inputs``, ``targets``, ``lengths`` or None, ``continues``), the RNG states
 it started from (``torch``, ``data``, ``cut``, ``probe``; ``cuda`` on a GPU), the carried state
 ``h0`` (L, B, H) or None, the BPTT ``segments`` [[start, end], …], the run's ``config``, the
-``loss`` and ``grad_norm_pre_clip`` it recorded, its ``device`` and torch thread count.
+``recorded`` loss and ``grad_norm_pre_clip``, its ``device`` and torch thread count.
 
 Parsing ``--warn`` and the watch need no torch (the CLI refuses a bad value before loading it);
 torch is imported inside the functions that use it. The replay of a snapshot is

@@ -19,7 +19,7 @@ from rnnprobe.cli.main import main
 from rnnprobe.data import names, tasks
 from rnnprobe.data.classify import ClassifyTask
 from rnnprobe.data.corpus import corpus_from_text, preprocess_text
-from rnnprobe.data.tasks import Batch, Task, register_task
+from rnnprobe.data.tasks import Batch, Task, register_task, task_from_config
 from rnnprobe.data.textdata import read_labelled, stratified_split
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.store import load_run
@@ -27,7 +27,7 @@ from rnnprobe.report.pages import build_report
 from rnnprobe.study.spec import expand, spec_from_dict
 from rnnprobe.training import config as config_module
 from rnnprobe.training.config import build_config
-from rnnprobe.training.loop import make_task_from_config, train_run
+from rnnprobe.training.loop import train_run
 
 # Synthetic "languages": each draws syllables from its own inventory and ends in one of its
 # own suffixes, so a name's letters (above all its ending) give its class away.
@@ -221,8 +221,8 @@ def test_letters_space_with_lowercase_keeps_27_symbols():
 def test_lm_config_applies_the_corpus_filters(tmp_path):
     (tmp_path / "t.txt").write_text("Hello, World! " * 200)
     settings = {"task.name": "lm", "task.corpus": str(tmp_path / "t.txt"), "task.seq_len": 8}
-    plain = make_task_from_config(build_config(settings))
-    filtered = make_task_from_config(
+    plain = task_from_config(build_config(settings))
+    filtered = task_from_config(
         build_config({**settings, "task.lowercase": True, "task.charset": "letters-space"})
     )
     assert set(filtered.corpus.vocab.tokens[2:]) == set("helowrd ")
@@ -296,10 +296,10 @@ def test_registering_checks_the_name_the_factory_and_its_task(registry):
         register_task("parity", lambda config: ParityTask())
     register_task("odd", lambda config: ParityTask())
     with pytest.raises(RnnprobeError, match="named 'parity'"):
-        make_task_from_config(build_config({"task.name": "odd"}))
+        task_from_config(build_config({"task.name": "odd"}))
     register_task("odd", lambda config: "not a task", replace=True)
     with pytest.raises(RnnprobeError, match="not a rnnprobe Task"):
-        make_task_from_config(build_config({"task.name": "odd"}))
+        task_from_config(build_config({"task.name": "odd"}))
 
 
 def test_classify_batches_are_training_rows_and_eval_is_the_fixed_validation_split(tmp_path):

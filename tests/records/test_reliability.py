@@ -20,12 +20,13 @@ import torch
 from click.testing import CliRunner
 
 from rnnprobe.cli.main import main
+from rnnprobe.data.tasks import task_from_config
 from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.records.index import read_status, read_study
 from rnnprobe.records.lock import LOCK_NAME, DirectoryLock, process_identity, writer_alive
 from rnnprobe.records.store import RunStore, load_checkpoint, load_run
 from rnnprobe.training.config import build_config
-from rnnprobe.training.loop import make_task_from_config, train_run
+from rnnprobe.training.loop import train_run
 from rnnprobe.training.memory import estimate_run
 from rnnprobe.training.setup import build_model
 
@@ -175,7 +176,7 @@ def test_every_checkpoint_tensor_is_finite_after_non_finite_steps(tmp_path):
 
 def test_memory_estimate_counts_the_models_parameters_exactly():
     config = build_config({**TINY, "model.layers": 2, "model.hidden_size": 24})
-    task = make_task_from_config(config)
+    task = task_from_config(config)
     model = build_model(task, config.model)
     count = sum(p.numel() for p in model.parameters())
     assert estimate_run(config, task).parameters == 4 * 4 * count  # 4 copies of float32
