@@ -53,6 +53,7 @@ summary.json, fixed_points.png and README.md under RUN/fixed_points/layer<L>-<in
 )
 @click.option("--seed", default=0, show_default=True, help="Seeds the choice of starts.")
 @click.option(
+    "-o",
     "--out",
     type=click.Path(path_type=Path),
     default=None,

@@ -154,7 +154,10 @@ def bench(
 )
 @setting_options(multiple=False)
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Run directory [default: runs/train/<run id>]."
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Run directory [default: runs/train/<run id>].",
 )
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this dir.")
 @click.option(

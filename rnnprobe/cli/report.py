@@ -28,7 +28,9 @@ __all__ = ["report"]
 )
 @click.option(
     "-o",
-    "--output",
+    "--out",
+    "--output",  # its first name, kept for scripts that use it
+    "output",
     type=click.Path(path_type=Path),
     default=None,
     help="Report directory [default: RUN/report for a run, STUDY/report for a study, "

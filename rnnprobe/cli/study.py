@@ -52,6 +52,7 @@ Columns of the summary (and OUT/summary.csv): README.md, "Reading a diagnosis".
     help="Fix a setting by dotted key, e.g. train.steps=200 (repeatable).",
 )
 @click.option(
+    "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
