@@ -36,6 +36,7 @@ __all__ = [
     "read_study",
     "recorded_status",
     "write_atomic",
+    "write_atomic_with",
     "write_index",
 ]
 
@@ -103,10 +104,10 @@ def read_config_file(path: Path) -> dict:
 
 def write_atomic(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` through a fsynced temporary and ``os.replace``."""
-    atomic_write(target, lambda f: f.write(data))
+    write_atomic_with(target, lambda f: f.write(data))
 
 
-def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic_with(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary beside ``target``, fsync it, then rename it over."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{TMP_MARK}")
     try:

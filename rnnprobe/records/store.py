@@ -54,11 +54,11 @@ from rnnprobe.records.index import (
     HEARTBEAT_SECONDS,
     STATUSES,
     TMP_MARK,
-    atomic_write,
     is_run_dir,
     read_config_file,
     read_status,
     write_atomic,
+    write_atomic_with,
 )
 from rnnprobe.records.lock import LOCK_NAME, process_identity
 from rnnprobe.records.schema import STANDARD_TABLES
@@ -283,7 +283,7 @@ class RunStore:
             directory = self.path / "tables" / table
             directory.mkdir(parents=True, exist_ok=True)
             seq = self._next_part.get(table, 0)
-            atomic_write(directory / _part(seq), partial(pq.write_table, data))
+            write_atomic_with(directory / _part(seq), partial(pq.write_table, data))
             self._next_part[table] = seq + 1
             pieces.clear()
 
@@ -298,7 +298,7 @@ class RunStore:
         directory.mkdir(exist_ok=True)
         record = {"step": int(step), "state": state, "table_parts": dict(self._next_part)}
         target = directory / f"step-{int(step)}.pt"
-        atomic_write(target, lambda f: torch.save(record, f))
+        write_atomic_with(target, lambda f: torch.save(record, f))
         for old in list(_checkpoint_files(directory).values())[: -self.keep_checkpoints]:
             old.unlink()
         return target
