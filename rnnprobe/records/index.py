@@ -1,12 +1,14 @@
-"""The small JSON records: a run's ``status.json`` and a study's index ``study.json``.
+"""The small JSON records (a run's ``status.json`` and ``config.json``, a study's index
+``study.json``) and the atomic write every file of a run or study goes through.
 
 Readers never trust a ``running`` status blindly: :func:`read_status` reports a run whose
 writer has died (on this host) as ``interrupted``, and one whose heartbeat on another host is
 older than ``STALE_SECONDS`` as ``stale``. ``study.json`` lists a study's name, fixed settings,
 axes and, per run, its id, axis values, status and error; a reader takes a run's status from
 the run's own ``status.json`` wherever the index says ``running`` (:func:`read_study`), so a
-study killed mid-run never reads as running. Every file here is written by :func:`write_atomic`
-(a fsynced temporary, then ``os.replace``). This module loads no torch, pandas or pyarrow.
+study killed mid-run never reads as running. :func:`write_atomic` and :func:`write_atomic_with`
+write through a fsynced temporary and ``os.replace`` (the store's parts and checkpoints too).
+This module loads no torch, pandas or pyarrow, so status and index reads stay cheap.
 """
 
 from __future__ import annotations
