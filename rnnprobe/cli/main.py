@@ -199,6 +199,8 @@ def train(
     else:
         assert config is not None  # built above
         run_dir = out or f"runs/train/{config.run_id()}"
+    if progress:  # name the directory now, not only when the run ends
+        click.echo(f"run {run_dir}; after Ctrl-C: rnnprobe train --resume {run_dir}", err=True)
     try:
         result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
     except KeyboardInterrupt:

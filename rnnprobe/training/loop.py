@@ -17,7 +17,6 @@ of the weights.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -223,9 +222,7 @@ class Trainer:
         """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise)."""
         cfg, store = self.config.train, self.run_store
         store.set_status("running", self.step)
-        if self.progress:  # name the directory now, not only when the run ends
-            where = store.path
-            print(f"run {where}; after Ctrl-C: rnnprobe train --resume {where}", file=sys.stderr)
+        if self.progress:
             self.callbacks.append(ProgressBar(cfg.steps, self.step, clipping=cfg.clip != "none"))
         status, message = "done", ""
         try:
