@@ -188,6 +188,7 @@ def train(
     import torch
 
     from rnnprobe.report.terminal import format_run_summary
+    from rnnprobe.training.callbacks import ResumeHint
     from rnnprobe.training.loop import resume_config, train_run
 
     threads = threads if threads is not None else default_threads(started, snapshot())
@@ -199,10 +200,11 @@ def train(
     else:
         assert config is not None  # built above
         run_dir = out or f"runs/train/{config.run_id()}"
-    if progress:  # name the directory now, not only when the run ends
-        click.echo(f"run {run_dir}; after Ctrl-C: rnnprobe train --resume {run_dir}", err=True)
+    hint = [ResumeHint()] if progress else []  # names the directory once the run has started
     try:
-        result = train_run(config, run_dir, resume=resume_dir is not None, progress=progress)
+        result = train_run(
+            config, run_dir, resume=resume_dir is not None, progress=progress, callbacks=hint
+        )
     except KeyboardInterrupt:
         if Path(run_dir, "config.json").exists():
             click.echo(

@@ -1,13 +1,14 @@
 """The loop's callback points, and the progress bar that is one of them.
 
-A :class:`Callback` sees the run at named points (after a step, a flush, a validation, a
-checkpoint, and once at the end); records it sees are on the host already, so no point adds a
-host sync. ``train_run(..., callbacks=[...])`` adds a user's own.
+A :class:`Callback` sees the run at named points (once at the start, after a step, a flush,
+a validation, a checkpoint, and once at the end); records it sees are on the host already, so
+no point adds a host sync. ``train_run(..., callbacks=[...])`` adds a user's own.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from rnnprobe.training.loop import Trainer
     from rnnprobe.training.step import StepResult
 
-__all__ = ["Callback", "Columns", "ProgressBar", "RecentSteps"]
+__all__ = ["Callback", "Columns", "ProgressBar", "RecentSteps", "ResumeHint"]
 
 PROGRESS_STEPS = 50  # the bar's loss and clip rate are over this many recent recorded steps
 Columns = dict[str, np.ndarray]
@@ -29,6 +30,9 @@ class Callback:
 
     Records a callback sees are on the host already: none of these points adds a host sync.
     """
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Once the run has started (its directory and lock are held), before the first step."""
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         """After every optimizer step (``result.finite``: whether the update went through)."""
@@ -44,6 +48,15 @@ class Callback:
 
     def on_end(self, trainer: Trainer, status: str) -> None:
         """Once, as the run stops: done, diverged, interrupted or failed (then it raises)."""
+
+
+class ResumeHint(Callback):
+    """Print, as the run starts, where it is and the command that continues it after Ctrl-C."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Name the run directory on stderr."""
+        where = trainer.run_store.path
+        print(f"run {where}; after Ctrl-C: rnnprobe train --resume {where}", file=sys.stderr)
 
 
 class ProgressBar(Callback):

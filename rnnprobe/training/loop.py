@@ -2,9 +2,9 @@
 
 :class:`Trainer` builds the run (:func:`setup.build_run`), then for each step draws a batch,
 runs :func:`step.train_step` with the probes that fire (:class:`probing.Probing`) and
-calls its callbacks at named points: ``on_step_end`` after every step, ``on_eval`` after a
-validation, ``on_flush`` when records move to the host and ``on_checkpoint`` after a
-checkpoint, ``on_end`` once. The progress bar is such a callback; a user's own go to
+calls its callbacks at named points: ``on_start`` once, ``on_step_end`` after every step,
+``on_eval`` after a validation, ``on_flush`` when records move to the host, ``on_checkpoint``
+after a checkpoint and ``on_end`` once. The progress bar is such a callback; a user's own go to
 ``train_run(..., callbacks=[...])``.
 
 Records go to the run directory through ``records.store.RunStore``: values stay on the device
@@ -222,7 +222,9 @@ class Trainer:
         """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise)."""
         cfg, store = self.config.train, self.run_store
         store.set_status("running", self.step)
-        if self.progress:
+        for callback in self.callbacks:
+            callback.on_start(self)
+        if self.progress:  # after the others' start: a line they print comes before the bar
             self.callbacks.append(ProgressBar(cfg.steps, self.step, clipping=cfg.clip != "none"))
         status, message = "done", ""
         try:

@@ -258,6 +258,9 @@ class Recorder(Callback):
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
+    def on_start(self, trainer) -> None:
+        self.calls.append(("start", trainer.step))
+
     def on_step_end(self, trainer, result) -> None:
         self.calls.append(("step", trainer.step, result.finite))
 
@@ -282,6 +285,7 @@ def test_callbacks_see_every_named_point_and_change_no_record(tmp_path):
     train_run(config, tmp_path / "without", progress=False)
     assert_same_records(tmp_path / "with", tmp_path / "without")
     calls = recorder.calls
+    assert calls[0] == ("start", 0)
     assert [c[1] for c in calls if c[0] == "step"] == list(range(1, 13))
     assert all(c[2] for c in calls if c[0] == "step")
     assert [c[1] for c in calls if c[0] == "eval"] == [10, 12]
