@@ -14,11 +14,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from rnnprobe.report.plots import ensure_axes, no_data  # one look for every empty panel
+from rnnprobe.report.plots import PALETTE, ensure_axes, no_data  # one look for empty panels
 
 __all__ = ["CATEGORY_STYLE", "plot_fixed_point_eigenvalues", "plot_fixed_points_pca"]
 
-_PALETTE = sns.color_palette("colorblind", 10)
+_PALETTE = sns.color_palette(PALETTE, 10)
 # category -> (legend text, colour, marker); the order is the legend's
 CATEGORY_STYLE: dict[str, tuple[str, tuple, str]] = {
     "stable": ("stable fixed point", _PALETTE[0], "o"),
@@ -143,7 +143,10 @@ def _pc_label(k: int, explained: tuple[float, float] | None) -> str:
 
 
 def _legend_outside(ax: Axes) -> None:
-    """Put the legend to the right of the axes, where it cannot hide data."""
+    """Put the legend to the right of the axes, where it cannot hide data.
+
+    Not :func:`~rnnprobe.report.plots.legend_outside`: "small" type, not "x-small", and every
+    entry's marker one size, the large point markers and the small eigenvalue dots alike."""
     if not ax.get_legend_handles_labels()[0]:
         return
     legend = ax.legend(

@@ -1,14 +1,18 @@
 r"""Figures of one replayed training step: pure functions ``plot_x(df, *, ax=None) -> Axes``.
 
-They take the tidy tables of a replay (shaped like the store's ``adjoints``, ``spectra`` and
-``steps``/``events`` tables, or the per-unit frames of :mod:`rnnprobe.report.replay`), draw on
-``ax`` (a new figure when None) and return it; missing or non-finite data gives a panel that says
-so. Conventions as in :mod:`rnnprobe.core.capture`: δ_t = ∂L/∂h_t, g_t = φ'(a_t) ⊙ δ_t, step t's
-share of ∇W_hh is ‖g_tᵀ h_{t−1}‖_F, J_t = diag(φ'(a_t)) W_hh.
+They take the tidy tables of a replay (shaped like the store's ``adjoints``, ``reach``,
+``spectra``, ``lyapunov`` and ``steps``/``events`` tables, or the per-unit frames of
+:mod:`rnnprobe.report.replay`), draw on ``ax`` (a new figure when None) and return it; missing or
+non-finite data gives a panel that says so. :func:`plot_panel_grid` lays such panels out on one
+figure of the report, :func:`figure_png` turns it into PNG bytes. Conventions as in
+:mod:`rnnprobe.core.capture`: δ_t = ∂L/∂h_t, g_t = φ'(a_t) ⊙ δ_t, step t's share of ∇W_hh is
+‖g_tᵀ h_{t−1}‖_F, J_t = diag(φ'(a_t)) W_hh.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import textwrap
 from collections.abc import Callable, Sequence
 
@@ -22,18 +26,26 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from numpy.typing import ArrayLike
 
+from rnnprobe.report import plots_gradients, plots_training
+from rnnprobe.report.plots import PALETTE
+
 __all__ = [
+    "Panel",
+    "figure_png",
     "note",
+    "plot_panel_grid",
     "plot_run_until",
     "plot_state_norms",
     "plot_step_adjoints",
     "plot_step_jacobian_spectrum",
+    "plot_step_lyapunov",
+    "plot_step_reach",
     "plot_unit_adjoints",
     "plot_unit_gradients",
     "plot_weight_grad_shares",
 ]
 
-PALETTE = "colorblind"
+Panel = Callable[[Axes], object]  # draws one panel of a figure on the axes it is given
 
 
 def plot_step_adjoints(
@@ -318,12 +330,93 @@ def plot_run_until(
     return ax
 
 
+def plot_step_reach(reach: pd.DataFrame | None, *, layer: int = 0, ax: Axes | None = None) -> Axes:
+    """Return the gradient reach of the step, ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against s − t, or a
+    note that no loss term reaches back at all (``reach``: this layer's rows of the table)."""
+    ax = _axes(ax)
+    title = f"gradient reach, layer {layer}, whole batch"
+    ax = plots_gradients.plot_gradient_reach(reach, title=title, ax=ax)
+    back = reach[reach["distance"] > 0] if reach is not None and not reach.empty else None
+    if back is not None and not (back["norm"] > 0).any():
+        note(ax, "no loss term reaches an earlier step: ‖∂ℓ_s/∂h_t‖ = 0 for every t < s")
+    return ax
+
+
+def plot_step_lyapunov(
+    lyapunov: pd.DataFrame | None, *, layer: int = 0, ax: Axes | None = None
+) -> Axes:
+    """Return the Lyapunov spectrum of ``layer``, cut off at λ₁ − 10: exponents far below λ₁
+    (dead ReLU directions read as ln(tiny) per step) would flatten the ones that decide
+    growth. All −inf gives a note instead."""
+    ax = _axes(ax)
+    values = np.array([])
+    if lyapunov is not None and not lyapunov.empty:
+        values = lyapunov[lyapunov["layer"] == layer]["exponent"].to_numpy(float)
+    if len(values) and (values == -np.inf).all():
+        text = "every λ_i = −inf: φ′ = 0 cuts every direction (saturated tanh or inactive ReLU)"
+        note(ax, text, "λ_i (nats per time step)").set_title(f"Lyapunov spectrum, layer {layer}")
+        return ax
+    plots_training.plot_lyapunov_spectrum(lyapunov, layer=layer, ax=ax)
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() < values.max() - 10:
+        ax.set_ylim(values.max() - 10, max(values.max(), 0) + 0.5)
+        ax.set_title(ax.get_title() + " (down to λ₁ − 10)")
+    return ax
+
+
+# an axes' width and height, the room left of it for tick labels and right of it for its
+# legend or colour bar (inches): fixed margins, since a layout engine doubles the drawing time
+PANEL_INCHES, HEIGHT_INCHES, LEFT_INCHES, RIGHT_INCHES = 4.4, 3.2, 1.1, 2.3
+DPI = 80  # of the report's PNGs
+
+
+def plot_panel_grid(panels: Sequence[Panel], *, columns: int) -> Figure:
+    """Return a figure of ``panels`` drawn on a grid ``columns`` wide, row by row; a panel that
+    fails says why instead, and the cells left over stay blank."""
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    width = (PANEL_INCHES + LEFT_INCHES + RIGHT_INCHES) * columns
+    height = (HEIGHT_INCHES + 1.1) * rows
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=LEFT_INCHES / width,
+        right=1 - RIGHT_INCHES / width,
+        bottom=0.6 / height,
+        top=1 - 0.45 / height,
+        wspace=(LEFT_INCHES + RIGHT_INCHES) / PANEL_INCHES,
+        hspace=1.1 / HEIGHT_INCHES,
+    )
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, draw in zip(axes, panels, strict=False):
+        try:
+            draw(ax)
+        except Exception as error:  # a report must still come out; the panel names the failure
+            ax.clear()
+            ax.text(0.5, 0.5, f"could not draw:\n{type(error).__name__}: {error}"[:200],
+                    ha="center", va="center", transform=ax.transAxes, wrap=True)  # fmt: skip
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """Return ``fig`` as PNG bytes at the report's DPI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+# -- helpers: each draws differently from its namesake in rnnprobe.report.plots (see there) ---
 def _axes(ax: Axes | None) -> Axes:
+    # not plots.ensure_axes: a figure outside pyplot (nothing to close), 6 × 4 in, not 6.4 × 4.2
     return Figure(figsize=(6, 4)).add_subplot() if ax is None else ax
 
 
 def _finite(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Return the rows of ``df`` with every numeric column of ``columns`` finite."""
+    """Return the rows of ``df`` with every numeric column of ``columns`` finite.
+
+    Not :func:`~rnnprobe.report.plots.finite_rows`: that one casts every column to float (a
+    text column such as ``quantity`` turns NaN and drops every row; ``layer`` 0 reads 0.0)."""
     if df is None or df.empty or not set(columns) <= set(df.columns):
         return pd.DataFrame(columns=columns)
     keep = np.ones(len(df), dtype=bool)
@@ -335,7 +428,9 @@ def _finite(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def _log_if_positive(ax: Axes, values: np.ndarray) -> None:
     """Use a log y axis when the finite positive values span more than a decade (zeros are
-    then left out of the line)."""
+    then left out of the line).
+
+    Not :func:`~rnnprobe.report.plots.log_if_spans` (1.5 decades, no zero allowed, no limits)."""
     values = values[np.isfinite(values) & (values > 0)]
     if len(values) and values.max() > 10 * values.min():
         ax.set_yscale("log")
@@ -368,7 +463,10 @@ def _scaled_label(scale: Callable[[ArrayLike], ArrayLike], label: str) -> str:
 
 def _plain_ticks(axis: Axis) -> None:
     """Label a log axis 1e-05, 0.01, 1, 100, 1e+08: plain text (mathtext parsing costs seconds
-    per report), minor ticks unlabelled."""
+    per report), minor ticks unlabelled.
+
+    Not :func:`~rnnprobe.report.plots.log_axis`, which labels minor ticks 2 and 5 on a short
+    axis and writes every tick ``{:g}``."""
     axis.set_major_formatter(FuncFormatter(_tick))
     axis.set_minor_formatter(NullFormatter())
 
@@ -378,6 +476,7 @@ def _tick(value: float, _: object = None) -> str:
 
 
 def _legend_outside(ax: Axes) -> None:
+    # not plots.legend_outside: framed, in "small" type (that one: no frame, "x-small")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
@@ -400,4 +499,5 @@ def _missing(ax: Axes, df: pd.DataFrame | None, column: str, what: str, ylabel: 
 
 
 def _no_data(ax: Axes, what: str, ylabel: str) -> Axes:
+    # not plots.no_data: the boxed note of every other empty panel here, no title
     return note(ax, f"no data: {what}", ylabel)

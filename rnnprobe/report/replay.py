@@ -9,13 +9,13 @@ Jacobian spectra, Lyapunov exponents) feeds a report of where the gradient came 
 time steps t (‖δ_t‖, ‖g_tᵀ h_{t−1}‖_F with g_t = φ'(a_t) ⊙ δ_t) and which hidden units (rows
 of ∇W_hh, |δ_t,i|).
 
-Snapshots are written by :mod:`rnnprobe.training.warning`; torch, pandas and matplotlib
-are imported inside the functions that use them.
+Snapshots are written by :mod:`rnnprobe.training.warning`, the report's figures drawn by
+:mod:`rnnprobe.report.plots_replay`; torch, pandas and matplotlib are imported inside the
+functions that use them.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,14 +27,11 @@ from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.training.warning import load_snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import pandas as pd
     import torch
     from matplotlib.axes import Axes
 
-    Panel = Callable[[Axes], object]  # draws one panel of a figure on the axes it is given
-
+    from rnnprobe.report.plots_replay import Panel
     from rnnprobe.training.config import RunConfig
     from rnnprobe.training.loop import Trainer
 
@@ -407,6 +404,7 @@ def _write_report(
     """Write README.md, index.html and the PNG figures of the replay; return the PNG names."""
     import pandas as pd
 
+    from rnnprobe.report import plots_replay as pr
     from rnnprobe.report.pages import SETTINGS, Page
 
     page = Page(f"Replay of step {result.step} ({result.kind}) — {result.snapshot.name}")
@@ -415,7 +413,7 @@ def _write_report(
     page.heading("Where the gradient came from")
     page.bullets(_findings(probe, snapshot))
     for name, caption, panels, columns in _figures(result, snapshot, probe, run_dir):
-        png = _png(panels, columns)
+        png = pr.figure_png(pr.plot_panel_grid(panels, columns=columns))
         (result.out / name).write_bytes(png)
         page.figure(name, png, caption)
     page.heading("Checks")
@@ -616,13 +614,13 @@ def _figures(
         one = reach[reach["layer"] == layer] if reach is not None else None
 
         def reach_panel(ax: Axes, one: pd.DataFrame | None = one, layer: int = layer) -> None:
-            _reach_panel(one, layer, ax)
+            pr.plot_step_reach(one, layer=layer, ax=ax)
 
         def jacobian_panel(ax: Axes, layer: int = layer) -> None:
             pr.plot_step_jacobian_spectrum(spectra, layer=layer, ax=ax)
 
         def lyapunov_panel(ax: Axes, layer: int = layer) -> None:
-            _lyapunov_panel(lyapunov, layer, ax)
+            pr.plot_step_lyapunov(lyapunov, layer=layer, ax=ax)
 
         panels += [reach_panel, jacobian_panel, lyapunov_panel]
     yield (
@@ -666,74 +664,3 @@ def _figures(
                 ],
                 2,
             )
-
-
-def _reach_panel(reach: pd.DataFrame | None, layer: int, ax: Axes) -> None:
-    """Draw the gradient reach of the step, or say that no loss term reaches back at all."""
-    from rnnprobe.report import plots_gradients
-    from rnnprobe.report.plots_replay import note
-
-    title = f"gradient reach, layer {layer}, whole batch"
-    plots_gradients.plot_gradient_reach(reach, title=title, ax=ax)
-    back = reach[reach["distance"] > 0] if reach is not None and not reach.empty else None
-    if back is not None and not (back["norm"] > 0).any():
-        note(ax, "no loss term reaches an earlier step: ‖∂ℓ_s/∂h_t‖ = 0 for every t < s")
-
-
-def _lyapunov_panel(lyapunov: pd.DataFrame | None, layer: int, ax: Axes) -> None:
-    """Draw the Lyapunov spectrum; cut off exponents far below λ₁ (dead ReLU directions read
-    as ln(tiny) per step), which would flatten the ones that decide growth."""
-    import numpy as np
-
-    from rnnprobe.report import plots_training
-    from rnnprobe.report.plots_replay import note
-
-    values = np.array([])
-    if lyapunov is not None and not lyapunov.empty:
-        values = lyapunov[lyapunov["layer"] == layer]["exponent"].to_numpy(float)
-    if len(values) and (values == -np.inf).all():
-        text = "every λ_i = −inf: φ′ = 0 cuts every direction (saturated tanh or inactive ReLU)"
-        note(ax, text, "λ_i (nats per time step)").set_title(f"Lyapunov spectrum, layer {layer}")
-        return
-    plots_training.plot_lyapunov_spectrum(lyapunov, layer=layer, ax=ax)
-    values = values[np.isfinite(values)]
-    if len(values) and values.min() < values.max() - 10:
-        ax.set_ylim(values.max() - 10, max(values.max(), 0) + 0.5)
-        ax.set_title(ax.get_title() + " (down to λ₁ − 10)")
-
-
-# an axes' width and height, the room left of it for tick labels and right of it for its
-# legend or colour bar (inches): fixed margins, since a layout engine doubles the drawing time
-PANEL_INCHES, HEIGHT_INCHES, LEFT_INCHES, RIGHT_INCHES = 4.4, 3.2, 1.1, 2.3
-
-
-def _png(panels: list[Panel], columns: int) -> bytes:
-    """Return the PNG of the panels drawn on a grid; a panel that fails says why instead."""
-    from matplotlib.figure import Figure
-
-    columns = min(columns, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    width = (PANEL_INCHES + LEFT_INCHES + RIGHT_INCHES) * columns
-    height = (HEIGHT_INCHES + 1.1) * rows
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=LEFT_INCHES / width,
-        right=1 - RIGHT_INCHES / width,
-        bottom=0.6 / height,
-        top=1 - 0.45 / height,
-        wspace=(LEFT_INCHES + RIGHT_INCHES) / PANEL_INCHES,
-        hspace=1.1 / HEIGHT_INCHES,
-    )
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, draw in zip(axes, panels, strict=False):
-        try:
-            draw(ax)
-        except Exception as error:  # a report must still come out; the panel names the failure
-            ax.clear()
-            ax.text(0.5, 0.5, f"could not draw:\n{type(error).__name__}: {error}"[:200],
-                    ha="center", va="center", transform=ax.transAxes, wrap=True)  # fmt: skip
-    for ax in axes[len(panels) :]:
-        ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()
