@@ -36,11 +36,17 @@ def activate_(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     return a.tanh_() if nonlinearity == "tanh" else a.relu_()
 
 
-def derivative_from_output(h: torch.Tensor, nonlinearity: str) -> torch.Tensor:
-    """Return φ'(a) computed from h = φ(a), same shape as ``h``."""
+def derivative_from_output(
+    h: torch.Tensor, nonlinearity: str, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return φ'(a) computed from h = φ(a), same shape as ``h`` (written into ``out`` if given)."""
+    import torch
+
     if nonlinearity == "tanh":
-        return h.mul(h).neg_().add_(1.0)  # one buffer, no temporaries
-    return (h > 0).to(h.dtype)
+        return torch.mul(h, h, out=out).neg_().add_(1.0)  # one buffer, no temporaries
+    if out is None:
+        return (h > 0).to(h.dtype)
+    return out.copy_(h > 0)
 
 
 def activation(nonlinearity: str) -> Callable[[torch.Tensor], torch.Tensor]:

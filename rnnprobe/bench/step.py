@@ -2,8 +2,10 @@
 
 Both models share the same sizes and weights; their steps (forward, loss, backward, clip,
 optimizer step) run interleaved in one process, so machine noise hits both alike, and the
-median of the per-pair time ratios is reported. Peak memory of one step is measured per
-model: CUDA's allocator statistics on a GPU, the resident set of a fresh process on a CPU.
+median of the per-pair time ratios is reported. Beside them runs the GEMM floor: only the
+matrix products such a step cannot avoid, into preallocated buffers. Peak memory of one step
+is measured per model: CUDA's allocator statistics on a GPU, the resident set of a fresh
+process on a CPU.
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """One sequence length's medians: step times (ms), peak memory (MB), their ratios."""
+    """One sequence length's medians: step times (ms), peak memory (MB), their ratios to
+    ``nn.RNN``'s (the floor's too)."""
 
     seq_len: int
     elman_ms: float
     torch_ms: float
+    floor_ms: float
     time_ratio: float
+    floor_ratio: float
     elman_peak_mb: float
     torch_peak_mb: float
     memory_ratio: float
@@ -92,6 +97,46 @@ def _training_step(model: RNNLanguageModel, tokens: torch.Tensor, record: bool) 
             loss.backward()
         clip_gradients(params, "norm", 1.0)
         optimizer.step()
+
+    return step
+
+
+def _gemm_floor_step(config: BenchConfig, device: torch.device) -> Step:
+    """The matrix products of an LM training step, and nothing else, into preallocated buffers.
+
+    Forward: each layer's input projection (one GEMM over all T·B rows) and T recurrent
+    products (B, H)·(H, H); the head. Backward: the head's two GEMMs; per layer T - 1
+    recurrent products, ∇W_hh, ∇W_ih and the gradient of its input (the embedding's too).
+    """
+    T, B, H = config.seq_len, config.batch_size, config.hidden_size
+    E, V, L = config.embedding_dim, config.vocab_size, config.num_layers
+    new = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
+    sizes = [E] + [H] * (L - 1)  # each layer's input size
+    x, w_ih = [new(T * B, i) for i in sizes], [new(H, i) for i in sizes]
+    w_hh, projected = new(H, H), new(T, B, H)
+    states, grad_h = new(T * B, H), new(T, B, H)
+    w_out, logits, grad_w_out = new(V, H), new(T * B, V), new(V, H)
+    grad_w_hh, grad_w_ih, grad_x = (
+        new(H, H),
+        [new(H, i) for i in sizes],
+        [new(T * B, i) for i in sizes],
+    )
+
+    def step() -> None:
+        for layer in range(L):
+            torch.mm(x[layer], w_ih[layer].t(), out=projected.view(T * B, H))
+            for t in range(1, T):
+                projected[t].addmm_(projected[t - 1], w_hh.t())
+        torch.mm(states, w_out.t(), out=logits)
+        torch.mm(logits, w_out, out=grad_h.view(T * B, H))
+        torch.mm(logits.t(), states, out=grad_w_out)
+        for layer in reversed(range(L)):
+            for t in range(T - 1, 0, -1):
+                grad_h[t - 1].addmm_(grad_h[t], w_hh)
+            g = grad_h.view(T * B, H)
+            torch.mm(g.t(), states, out=grad_w_hh)
+            torch.mm(g.t(), x[layer], out=grad_w_ih[layer])
+            torch.mm(g, w_ih[layer], out=grad_x[layer])
 
     return step
 
@@ -323,23 +368,29 @@ def run_bench(config: BenchConfig, device: torch.device) -> BenchResult:
     )
     elman_step = _training_step(elman, tokens, config.record)
     torch_step = _training_step(reference, tokens, record=False)
+    floor_step = _gemm_floor_step(config, device)
+    steps = (elman_step, torch_step, floor_step)
     for _ in range(config.warmup):
-        elman_step()
-        torch_step()
-    elman_times, torch_times = [], []
-    for i in range(config.repeats):
-        pair = (elman_step, torch_step) if i % 2 == 0 else (torch_step, elman_step)
-        times = {id(step): _timed(step, device) for step in pair}
+        for step in steps:
+            step()
+    elman_times, torch_times, floor_times = [], [], []
+    for i in range(config.repeats):  # the order rotates: drifts hit all three alike
+        order = steps[i % 3 :] + steps[: i % 3]
+        times = {id(step): _timed(step, device) for step in order}
         elman_times.append(times[id(elman_step)])
         torch_times.append(times[id(torch_step)])
+        floor_times.append(times[id(floor_step)])
     ratio = statistics.median(e / t for e, t in zip(elman_times, torch_times, strict=True))
+    floor = statistics.median(f / t for f, t in zip(floor_times, torch_times, strict=True))
     elman_peak = _peak_bytes(config, "elman", elman_step, device)
     torch_peak = _peak_bytes(config, "torch", torch_step, device)
     return BenchResult(
         seq_len=config.seq_len,
         elman_ms=1e3 * statistics.median(elman_times),
         torch_ms=1e3 * statistics.median(torch_times),
+        floor_ms=1e3 * statistics.median(floor_times),
         time_ratio=ratio,
+        floor_ratio=floor,
         elman_peak_mb=elman_peak / 2**20,
         torch_peak_mb=torch_peak / 2**20,
         memory_ratio=elman_peak / max(torch_peak, 1),
@@ -347,10 +398,11 @@ def run_bench(config: BenchConfig, device: torch.device) -> BenchResult:
 
 
 def format_result(result: BenchResult) -> str:
-    """Return one line: the step times, their median ratio and the peak-memory ratio."""
+    """Return one line: the step times, their median ratios to nn.RNN's, the peak-memory ratio."""
     return (
         f"T={result.seq_len:<5d} step: rnnprobe {result.elman_ms:8.2f} ms  nn.RNN "
-        f"{result.torch_ms:8.2f} ms  ratio {result.time_ratio:.2f}   peak memory: "
+        f"{result.torch_ms:8.2f} ms  GEMM floor {result.floor_ms:8.2f} ms  ratio to nn.RNN: "
+        f"rnnprobe {result.time_ratio:.2f}, floor {result.floor_ratio:.2f}   peak memory: "
         f"rnnprobe {result.elman_peak_mb:7.1f} MB  nn.RNN {result.torch_peak_mb:7.1f} MB  "
         f"ratio {result.memory_ratio:.2f}"
     )

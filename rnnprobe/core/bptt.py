@@ -65,7 +65,6 @@ class BackwardRecorder(Protocol):
         self,
         layer: int,
         adjoints: LayerAdjoints,
-        direct: torch.Tensor,
         g: torch.Tensor,
         h0: torch.Tensor,
         outputs: torch.Tensor,
@@ -74,7 +73,7 @@ class BackwardRecorder(Protocol):
         direction: int,
         previous: torch.Tensor | None,
     ) -> None:
-        """Receive one layer's (and direction's) adjoints, ε, g, h0, outputs and inputs."""
+        """Receive one layer's (and direction's) adjoints, g, h0, outputs and inputs."""
 
     def on_stack_end(self) -> None:
         """End the backward pass begun by the last ``on_stack_backward``."""
@@ -217,7 +216,9 @@ def scan_(
 ) -> torch.Tensor:
     """Run one direction in place over an unpadded batch: ``a`` (T, B, H) holds the input part
     of a_t on entry and h_t on exit; return it."""
-    w_hh_t = w_hh.t()
+    # h W_hhᵀ against a contiguous copy of W_hhᵀ: the small GEMMs run a quarter faster on CPU
+    # than against the transposed view, and the copy costs one of them.
+    w_hh_t = w_hh.t().contiguous()
     steps = a.unbind(0)
     h = h0
     for a_t in reversed(steps) if schedule.reverse else steps:
@@ -261,10 +262,12 @@ class LayerAdjoints:
 
     adjoint_norm: torch.Tensor  # ‖δ_t‖
     recurrent_norm: torch.Tensor  # ‖δ_t − ε_t‖, the part through the next state (h_n at the end)
+    direct_norm: torch.Tensor  # ‖ε_t‖
     delta: torch.Tensor | None  # (T, B, H)
 
 
-RECORD_BLOCK = 16  # steps of δ buffered before their norms are taken in one go
+RECORD_BLOCK = 16  # at most this many steps of δ held at once: ε is copied in, norms taken,
+BLOCK_BYTES = 2**19  # per block, of at most this many bytes (at least one step)
 
 
 def _span(visits: tuple[int, ...], start: int, block: int) -> tuple[int, int]:
@@ -276,46 +279,63 @@ def _span(visits: tuple[int, ...], start: int, block: int) -> tuple[int, int]:
 def backward_layer(
     grad_out: torch.Tensor,
     grad_hn: torch.Tensor,
-    g: torch.Tensor,
+    h: torch.Tensor,
     w_hh: torch.Tensor,
+    nonlinearity: str,
     schedule: Schedule,
+    g: torch.Tensor,
     record: bool = False,
     keep_delta: bool = False,
 ) -> LayerAdjoints | None:
-    """Overwrite g (T, B, H), φ'(a_t) on entry, by g_t = φ'(a_t) ⊙ δ_t; return the adjoints
-    if ``record``. The batch is unpadded.
+    """Write g_t = φ'(a_t) ⊙ δ_t into ``g`` (T, B, H); return the adjoints if ``record``. The
+    batch is unpadded.
 
-    ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n.
-    Recording writes δ_t into a buffer of ``RECORD_BLOCK`` steps (all T if δ is kept) and
-    takes the norms of a whole block at once: no extra op per step, little extra memory.
+    ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n, ``h``
+    (T, B, H) the outputs. ``g`` may be ``grad_out`` itself (a buffer the caller owns and no
+    longer needs, unless δ is kept): each block of ε is read before it is overwritten.
+    δ lives in a buffer of ``RECORD_BLOCK`` steps or ``BLOCK_BYTES`` (all T if δ is kept):
+    each block starts as a copy of its ε, then each step adds g_{t+1} W_hh in place, so a step
+    costs one GEMM and one multiply and allocates nothing. Recording takes the norms of a whole
+    block at once.
     """
-    T, B, H = g.shape
+    T, B, H = h.shape
+    overwrite = g.data_ptr() == grad_out.data_ptr()
+    if overwrite and keep_delta:
+        raise ValueError("a kept δ needs all of ε: g must not overwrite grad_out")
     visits = schedule.times[::-1]  # the order this pass visits the steps
-    if not record:
-        d_t = grad_out[visits[0]] + grad_hn
-        for i, t in enumerate(visits):
-            g_t = g[t].mul_(d_t)
-            if i + 1 < T:
-                d_t = torch.addmm(grad_out[visits[i + 1]], g_t, w_hh)
-        return None
-
-    block = T if keep_delta else min(RECORD_BLOCK, T)
-    buffer = g.new_empty(block, B, H)
-    adjoints = LayerAdjoints(g.new_empty(T, B), g.new_empty(T, B), buffer if keep_delta else None)
-    lo, hi = _span(visits, 0, block)  # the buffer holds δ_t for t in [lo, hi), at t - lo
-    d_t = torch.add(grad_out[visits[0]], grad_hn, out=buffer[visits[0] - lo])
-    for i, t in enumerate(visits):
-        g_t = g[t].mul_(d_t)
-        if (i + 1) % block == 0 or i + 1 == T:  # a full block: its norms, then reuse the buffer
-            deltas = buffer[: hi - lo]
+    step_bytes = max(1, B * H * h.element_size())  # B = 0: an empty batch
+    block = T if keep_delta else max(1, min(RECORD_BLOCK, T, BLOCK_BYTES // step_bytes))
+    buffer = h.new_empty(block, B, H)
+    direct = h.new_empty(block, B, H) if record and overwrite else None  # ε of a block
+    adjoints = None
+    if record:
+        adjoint, recurrent, direct_norm = h.new_empty(3, T, B).unbind(0)
+        adjoints = LayerAdjoints(adjoint, recurrent, direct_norm, buffer if keep_delta else None)
+    gs, slots = g.unbind(0), buffer.unbind(0)
+    g_t = grad_hn
+    for start in range(0, T, block):
+        lo, hi = _span(visits, start, block)
+        deltas, eps = buffer[: hi - lo], grad_out[lo:hi]
+        deltas.copy_(eps)  # slot t - lo holds step t's δ, so far its ε
+        if adjoints is not None:
+            torch.linalg.vector_norm(eps, dim=-1, out=adjoints.direct_norm[lo:hi])
+            if direct is not None:
+                eps = direct[: hi - lo].copy_(eps)
+        derivative_from_output(h[lo:hi], nonlinearity, out=g[lo:hi])  # over ε if overwriting
+        if start == 0:
+            slots[visits[0] - lo].add_(grad_hn)
+        else:  # the step visited before this block, through its next state
+            slots[visits[start] - lo].addmm_(g_t, w_hh)
+        stop = min(start + block, T)
+        for i in range(start, stop):
+            t = visits[i]
+            g_t = gs[t].mul_(slots[t - lo])
+            if i + 1 < stop:
+                slots[visits[i + 1] - lo].addmm_(g_t, w_hh)
+        if adjoints is not None:
             torch.linalg.vector_norm(deltas, dim=-1, out=adjoints.adjoint_norm[lo:hi])
-            recurrent = deltas - grad_out[lo:hi] if keep_delta else deltas.sub_(grad_out[lo:hi])
+            recurrent = deltas - eps if keep_delta else deltas.sub_(eps)
             torch.linalg.vector_norm(recurrent, dim=-1, out=adjoints.recurrent_norm[lo:hi])
-            if i + 1 < T:
-                lo, hi = _span(visits, i + 1, block)
-        if i + 1 < T:
-            s = visits[i + 1]
-            d_t = torch.addmm(grad_out[s], g_t, w_hh, out=buffer[s - lo])
     return adjoints
 
 
@@ -365,18 +385,29 @@ def adjoints_from(delta: torch.Tensor, direct: torch.Tensor, keep_delta: bool) -
     return LayerAdjoints(
         torch.linalg.vector_norm(delta, dim=-1),
         torch.linalg.vector_norm(delta - direct, dim=-1),
+        torch.linalg.vector_norm(direct, dim=-1),
         delta if keep_delta else None,
     )
 
 
 def recurrent_weight_grad(
-    g: torch.Tensor, h: torch.Tensor, h0: torch.Tensor, previous: torch.Tensor | None
+    g: torch.Tensor,
+    h: torch.Tensor,
+    h0: torch.Tensor,
+    previous: torch.Tensor | None,
+    in_place: bool = False,
 ) -> torch.Tensor:
-    """Return ∇W_hh = Σ_t g_tᵀ h_prev(t) (H, H); ``previous`` None means h_prev(t) = h_{t-1}."""
+    """Return ∇W_hh = Σ_t g_tᵀ h_prev(t) (H, H); ``previous`` None means h_prev(t) = h_{t-1}.
+
+    ``in_place``: add the steps after the first into step 0's product (one (H, H) buffer, not
+    two; the same sums in the same order), which a ``torch.func`` transform cannot trace.
+    """
     H = g.shape[-1]
-    if previous is None:  # one GEMM over steps 1..T-1, plus step 0 against h0
-        return torch.addmm(g[0].t() @ h0, g[1:].reshape(-1, H).t(), h[:-1].reshape(-1, H))
-    return g.reshape(-1, H).t() @ previous.reshape(-1, H)
+    if previous is not None:
+        return g.reshape(-1, H).t() @ previous.reshape(-1, H)
+    first = g[0].t() @ h0  # step 0 against h0, then one GEMM over steps 1..T-1
+    rest = g[1:].reshape(-1, H).t(), h[:-1].reshape(-1, H)
+    return first.addmm_(*rest) if in_place else torch.addmm(first, *rest)
 
 
 def stack_forward(
@@ -469,7 +500,7 @@ def stack_backward(
         grad_in = _layer_backward(
             layer, grad_out, grad_hn, layer_input, outputs[layer], h0, spec, weights,
             grad_weights, grad_h0, in_place=in_place, recorder=recorder, keep=keep,
-            needs_input=layer > 0 or needs_x,
+            needs_input=layer > 0 or needs_x, owns_grad_out=layer < L - 1,
         )  # fmt: skip
         if layer == 0:
             grad_x = grad_in
@@ -486,13 +517,17 @@ def _layer_backward(
     out: torch.Tensor, h0: torch.Tensor, spec: StackSpec, weights: Sequence[torch.Tensor],
     grad_weights: list[torch.Tensor | None], grad_h0: list[torch.Tensor | None], *,
     in_place: bool, recorder: BackwardRecorder | None, keep: bool, needs_input: bool,
+    owns_grad_out: bool,
 ) -> torch.Tensor | None:  # fmt: skip
     """Run one layer's BPTT (every direction); fill its entries of ``grad_weights`` and
     ``grad_h0``; return ∂L/∂(layer input) (T, B, I) if ``needs_input``. Its buffers are freed
-    on return, before the layer below allocates its own."""
+    on return, before the layer below allocates its own; ``owns_grad_out``: ``grad_out`` may
+    be overwritten."""
     D, params = spec.directions, spec.layer_params(weights, layer)
     per_direction = 4 if spec.bias else 2
-    g = derivative_from_output(out, spec.nonlinearity) if in_place else None
+    g = None
+    if in_place:  # g over ε where the stack owns ε (from the layer above) and δ is not kept
+        g = grad_out if owns_grad_out and not keep else torch.empty_like(out)
     parts = []
     for d, (_, w_hh, _, _) in enumerate(params):
         i, schedule = layer * D + d, spec.schedules[d]
@@ -501,21 +536,24 @@ def _layer_backward(
         if g is not None:  # in place
             g_d = direction_of(g, d, D)
             adjoints = backward_layer(
-                direct, grad_hn[i], g_d, w_hh, schedule, recorder is not None, keep
-            )
+                direct, grad_hn[i], h, w_hh, spec.nonlinearity, schedule, g_d,
+                recorder is not None, keep,
+            )  # fmt: skip
         else:
             g_d, delta = bptt(direct, grad_hn[i], h, w_hh, spec.nonlinearity, schedule)
             parts.append(g_d)
             adjoints = adjoints_from(delta, direct, keep) if recorder is not None else None
         previous = previous_states(h, h0[i], spec.lengths) if schedule.reverse else None
         if recorder is not None and adjoints is not None:
-            seen = [t.detach() for t in (direct, g_d, h0[i], h, layer_input)]  # records only
+            seen = [t.detach() for t in (g_d, h0[i], h, layer_input)]  # records only
             recorder.on_layer_backward(
                 layer, adjoints, *seen, direction=d,
                 previous=None if previous is None else previous.detach(),
             )  # fmt: skip
         grad_h0[i] = at_first_visit(g_d, schedule, spec.lengths) @ w_hh
-        grad_weights[i * per_direction + 1] = recurrent_weight_grad(g_d, h, h0[i], previous)
+        grad_weights[i * per_direction + 1] = recurrent_weight_grad(
+            g_d, h, h0[i], previous, in_place
+        )
     if g is None:  # out of place: every direction's g, from ``bptt``
         g = parts[0] if D == 1 else torch.cat(parts, -1)
     T, B, DH = g.shape

@@ -165,7 +165,6 @@ class Capture:
         self,
         layer: int,
         adjoints: LayerAdjoints,
-        direct: torch.Tensor,
         g: torch.Tensor,
         h0: torch.Tensor,
         outputs: torch.Tensor,
@@ -194,7 +193,7 @@ class Capture:
         self._layers.append(
             LayerRecord(
                 adjoint_norm=self._in_order(adjoints.adjoint_norm),
-                direct_norm=self._in_order(direct.norm(dim=-1)),
+                direct_norm=self._in_order(adjoints.direct_norm),
                 recurrent_norm=self._in_order(adjoints.recurrent_norm),
                 grad_w_hh_norm=grad_w_hh_norm,
                 grad_w_ih_norm=grad_w_ih_norm,

@@ -110,6 +110,7 @@ def test_recorded_adjoints_match_retain_grad_on_unrolled_loop(case):
     ref_h_n = torch.stack([layer[-1] for layer in states])
     linear_loss(time_major(ref_out, case["batch_first"]), ref_h_n, weights).backward()
 
+    model.zero_grad()  # the unrolled loop shares the model's parameters
     with capture(model, keep_adjoints=True) as cap:
         out, h_n = model(x, h0)
         linear_loss(out, h_n, weights).backward()
@@ -118,20 +119,45 @@ def test_recorded_adjoints_match_retain_grad_on_unrolled_loop(case):
         expected = torch.stack([h.grad for h in states[layer]])
         assert close(layer_record.delta, expected, 1e-10)
         assert close(layer_record.adjoint_norm, expected.norm(dim=-1), 1e-10)
-    # Without δ kept, the norms come from a small buffer of blocks; they must be the same.
+    # Without δ kept, the norms come from a small buffer of blocks, and the layers below the
+    # top write g over their ε: the records and the gradients must be the same.
+    kept_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     with capture(model) as cap:
         out, h_n = model(x, h0)
         linear_loss(out, h_n, weights).backward()
     for blocked, kept in zip(cap.records()[0].layers, record.layers, strict=True):
         assert blocked.delta is None
-        assert close(blocked.adjoint_norm, kept.adjoint_norm, 1e-12)
-        assert close(blocked.recurrent_norm, kept.recurrent_norm, 1e-12)
+        for name in ("adjoint_norm", "recurrent_norm", "direct_norm"):
+            assert close(getattr(blocked, name), getattr(kept, name), 1e-12), name
+    for p, kept_grad in zip(model.parameters(), kept_grads, strict=True):
+        assert close(p.grad, kept_grad, 1e-12)
     # The top layer's direct part is the loss's own gradient at each output.
     direct_top = time_major(weights[0], case["batch_first"])
     assert close(record.layers[-1].direct_norm, direct_top.norm(dim=-1), 1e-12)
     recurrent = record.layers[-1].delta - direct_top
     assert close(record.layers[-1].recurrent_norm, recurrent.norm(dim=-1), 1e-10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_blocks_of_one_step_give_the_same_records_and_gradients(monkeypatch, bidirectional):
+    torch.manual_seed(0)
+    model = ElmanRNN(3, 4, num_layers=3, bidirectional=bidirectional).double()
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    results = []
+    for block_bytes in (2**19, 1):  # 5 steps a block (the fixture), then 1 step a block
+        monkeypatch.setattr("rnnprobe.core.bptt.BLOCK_BYTES", block_bytes)
+        model.zero_grad()
+        with capture(model) as cap:
+            out, _ = model(x)
+            out.pow(2).sum().backward()
+        results.append((cap.records()[0].layers, [p.grad.clone() for p in model.parameters()]))
+    (layers, grads), (one_step_layers, one_step_grads) = results
+    for record, one_step in zip(layers, one_step_layers, strict=True):
+        for name in ("adjoint_norm", "recurrent_norm", "direct_norm"):
+            assert torch.equal(getattr(record, name), getattr(one_step, name)), name
+    for grad, one_step_grad in zip(grads, one_step_grads, strict=True):
+        assert torch.equal(grad, one_step_grad)
 
 
 @given(rnn_cases())
