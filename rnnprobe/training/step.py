@@ -85,16 +85,24 @@ def clip_gradients(
     return pre, torch.nn.utils.clip_grad_norm_(params, math.inf, foreach=True)
 
 
+BACKWARD_PROBES = frozenset({"adjoints", "reach", "weight_grads"}) | STATE_PROBES
+
+
 @contextmanager
 def probed_capture(model: torch.nn.Module, fired: set[str], sub_batch: int) -> Iterator[Capture]:
-    """Yield the capture of a step's backward passes, recording what the ``fired`` probes use."""
-    with capture(
+    """Yield the capture of a step's backward passes, recording what the ``fired`` probes use
+    (nothing, and no cost, when none of them reads the backward pass)."""
+    cap = capture(
         model,
         reach="reach" in fired,
         reach_batch=sub_batch,
         keep_states=bool(fired & STATE_PROBES),
         weight_grads="weight_grads" in fired,
-    ) as cap:
+    )
+    if not fired & BACKWARD_PROBES:
+        yield cap  # never entered: it records nothing
+        return
+    with cap:
         yield cap
 
 

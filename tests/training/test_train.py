@@ -310,3 +310,20 @@ def test_a_callback_that_interrupts_leaves_a_resumable_run(tmp_path):
     assert train_run(config, tmp_path / "run", resume=True, progress=False).status == "done"
     train_run(config, tmp_path / "whole", progress=False)
     assert_same_records(tmp_path / "run", tmp_path / "whole")
+
+
+def test_a_step_whose_probes_read_no_backward_pass_installs_no_recorder():
+    from rnnprobe.core.models import RNNLanguageModel
+    from rnnprobe.training.step import probed_capture
+
+    model = RNNLanguageModel(12, 4, 6)
+    seen = []
+    model.rnn.register_full_backward_pre_hook(
+        lambda *_: seen.append(model.rnn.recorder_slot.recorder)
+    )
+    tokens = torch.randint(1, 12, (2, 5))
+    for fired in (set(), {"truncation"}, {"adjoints"}, {"weight_grads"}, {"hidden"}):
+        with probed_capture(model, fired, 1) as cap:
+            model.next_token_loss(tokens)[0].backward()
+        assert (seen.pop() is not None) == bool(fired - {"truncation"}), fired
+        assert len(cap.records_on_device()) == (1 if fired - {"truncation"} else 0)
