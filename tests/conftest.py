@@ -1,4 +1,5 @@
-"""Hypothesis profiles (HYPOTHESIS_PROFILE=dev|ci|intense), and one torch thread everywhere.
+"""Hypothesis profiles (HYPOTHESIS_PROFILE=dev|ci|intense), one torch thread everywhere, and
+Triton's interpreter on a machine without a GPU.
 
 One torch thread in this process and in every process a test starts (they inherit
 OMP_NUM_THREADS): the tests' tiny tensors gain nothing from more, on busy cores a team of
@@ -14,6 +15,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():  # the fused kernels' tests run them on CPU tensors
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile(
     "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]

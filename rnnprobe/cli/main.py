@@ -125,10 +125,14 @@ def bench(
         repeats=repeats,
         record=not no_record,
     )
+    from rnnprobe.core import fused
+
+    scans = "fused (Triton)" if fused.wanted(torch.empty(0, device=chosen)) else "eager"
     click.echo(
         f"device {chosen}, {torch.get_num_threads()} threads; vocab {vocab_size}, embedding "
         f"{embedding_dim}, hidden {hidden_size}, {layers} layers, batch {batch_size}, "
-        f"{nonlinearity}, {'recording adjoints' if not no_record else 'no capture'}"
+        f"{nonlinearity}, {'recording adjoints' if not no_record else 'no capture'}; "
+        f"{scans} scans"
     )
     for seq_len in seq_lens:
         config = replace(base, seq_len=seq_len)

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rnnprobe.core import fused
 from rnnprobe.nonlinearity import activate_, activation, derivative, derivative_from_output
 
 # One direction's (w_ih, w_hh, b_ih, b_hh); the biases are None in a stack without them.
@@ -216,6 +217,8 @@ def scan_(
 ) -> torch.Tensor:
     """Run one direction in place over an unpadded batch: ``a`` (T, B, H) holds the input part
     of a_t on entry and h_t on exit; return it."""
+    if fused.wanted(a):  # the whole loop in one kernel launch
+        return fused.scan_forward_(a, h0, w_hh, nonlinearity, schedule.reverse)
     # h W_hhᵀ against a contiguous copy of W_hhᵀ: the small GEMMs run a quarter faster on CPU
     # than against the transposed view, and the copy costs one of them.
     w_hh_t = w_hh.t().contiguous()
@@ -302,6 +305,13 @@ def backward_layer(
     overwrite = g.data_ptr() == grad_out.data_ptr()
     if overwrite and keep_delta:
         raise ValueError("a kept δ needs all of ε: g must not overwrite grad_out")
+    if fused.wanted(g):  # the whole loop, records included, in one kernel launch
+        args = (grad_out, grad_hn, h, w_hh, nonlinearity, schedule.reverse, g)
+        fused_records = fused.scan_backward(*args, record, keep_delta)
+        if fused_records is None:
+            return None
+        (adjoint, recurrent, direct_norm), delta = fused_records[0].unbind(0), fused_records[1]
+        return LayerAdjoints(adjoint, recurrent, direct_norm, delta)
     visits = schedule.times[::-1]  # the order this pass visits the steps
     step_bytes = max(1, B * H * h.element_size())  # B = 0: an empty batch
     block = T if keep_delta else max(1, min(RECORD_BLOCK, T, BLOCK_BYTES // step_bytes))
