@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,9 +24,11 @@ import torch
 
 from rnnprobe.core.models import ElmanRNN, RNNLanguageModel
 from rnnprobe.data.tasks import Batch
+from rnnprobe.training.callbacks import Callback
 from rnnprobe.training.config import ProbeConfig
+from rnnprobe.training.loop import Trainer
 from rnnprobe.training.probing import Probing
-from rnnprobe.training.step import clip_gradients, probed_capture
+from rnnprobe.training.step import StepResult, clip_gradients, probed_capture
 
 Step = Callable[[], None]
 
@@ -258,12 +261,14 @@ def _interleaved_medians(
 def run_train_throughput(device_name: str, steps: int = 300) -> str:
     """Return a line: tokens/s of ``rnnprobe train`` with the default probes vs probes off.
 
-    Both runs (same config and seed, a character LM on the built-in corpus) run in this
-    process as 6 pairs in alternating order; the median of the pairs' ratios is reported.
+    Both runs (same config and seed, a character LM on the built-in corpus) train at once in
+    this process, taking turns step by step (:class:`_Turns`), so the machine's drifts hit
+    both alike. A run's tokens/s counts its own steps' time (its probes included, the flushes
+    of records to disk not).
     """
     import tempfile
 
-    from rnnprobe.training.config import build_config
+    from rnnprobe.training.config import PROBES, build_config
     from rnnprobe.training.loop import tokens_per_second, train_run
 
     base = {
@@ -275,34 +280,65 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
         "train.eval_every": steps,
         "device": device_name,
     }
-    off = dict.fromkeys(
-        (
-            "probes.adjoints",
-            "probes.hidden",
-            "probes.spectra",
-            "probes.lyapunov",
-            "probes.reach",
-            "probes.products",
-        ),
-        "never",
-    )
-    ratios: list[float] = []
-    rates: dict[str, list[float]] = {"probes": [], "off": []}
+    off = {f"probes.{name}": "never" for name in PROBES}
+    configs = {"probes": build_config(base), "off": build_config({**base, **off})}
+    turns = {name: _Turns() for name in configs}
+    turns["probes"].partner, turns["off"].partner = turns["off"], turns["probes"]
+    turns["probes"].turn.set()  # the probed run steps first
+    errors: list[BaseException] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for pair in range(6):  # alternate which runs first: drifts hit both alike
-            order = ("probes", "off") if pair % 2 == 0 else ("off", "probes")
-            for name in order:
-                config = build_config({**base, **(off if name == "off" else {})})
-                run_dir = f"{tmp}/{pair}-{name}"
-                train_run(config, run_dir, progress=False)
-                rates[name].append(tokens_per_second(run_dir))
-            ratios.append(rates["probes"][-1] / rates["off"][-1])
+
+        def train(name: str) -> None:
+            try:
+                train_run(configs[name], f"{tmp}/{name}", progress=False, callbacks=[turns[name]])
+            except BaseException as error:  # re-raised below, in the caller's thread
+                errors.append(error)
+                turns[name].on_end(None, "failed")  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=train, args=(name,)) for name in configs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        rates = {name: tokens_per_second(f"{tmp}/{name}") for name in configs}
     return (
-        f"train throughput ({steps} steps, lm, hidden 256, T=64): default probes "
-        f"{statistics.median(rates['probes']):,.0f} tokens/s, probes off "
-        f"{statistics.median(rates['off']):,.0f} tokens/s; ratio median "
-        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f}, 6 pairs)"
+        f"train throughput ({steps} steps each, taking turns; lm, hidden 256, T=64): default "
+        f"probes {rates['probes']:,.0f} tokens/s, probes off {rates['off']:,.0f} tokens/s; "
+        f"ratio {rates['probes'] / rates['off']:.3f}"
     )
+
+
+class _Turns(Callback):
+    """Two runs in two threads take turns: after each of its steps a run hands the turn to its
+    partner and waits for it back, so exactly one of them works at a time (its flushes too),
+    until one ends."""
+
+    def __init__(self) -> None:
+        self.turn, self.ended = threading.Event(), False
+        self.partner: _Turns | None = None
+
+    def _wait(self) -> None:
+        self.turn.wait()
+        self.turn.clear()
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Wait for the first turn."""
+        self._wait()
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        """Hand the turn over and wait for it back, unless the partner has ended."""
+        assert self.partner is not None
+        if not self.partner.ended:
+            self.partner.turn.set()
+            self._wait()
+
+    def on_end(self, trainer: Trainer, status: str) -> None:
+        """Leave the partner the turn for good."""
+        assert self.partner is not None
+        self.ended = True
+        self.partner.turn.set()
 
 
 def _timed(step: Callable[[], None], device: torch.device) -> float:

@@ -207,3 +207,20 @@ def test_help_version_and_usage_errors_start_without_torch_or_pandas():
     codes, heavy = done.stderr.splitlines()[-1].rsplit("] ", 1)
     assert codes == "[" + ", ".join(["0"] * 11 + ["2"] * 8), done.stderr
     assert heavy == "[]", done.stderr
+
+
+def test_bench_prints_each_step_time_and_its_ratios_with_the_gemm_floor():
+    tiny = "--seq-len 6 --hidden-size 16 --layers 2 --batch-size 3 --vocab-size 12"
+    result = invoke(f"bench {tiny} --embedding-dim 4 --repeats 3 --threads 1".split())
+    assert result.exit_code == 0, result.output
+    header, line = result.output.strip().splitlines()
+    assert header.endswith("recording adjoints; eager scans")
+    pattern = (
+        r"T=6 +step: rnnprobe +([\d.]+) ms +nn\.RNN +([\d.]+) ms +GEMM floor +([\d.]+) ms +"
+        r"ratio to nn\.RNN: rnnprobe ([\d.]+), floor ([\d.]+) +peak memory: rnnprobe +([\d.]+) MB"
+        r" +nn\.RNN +([\d.]+) MB +ratio ([\d.]+)"
+    )
+    match = re.fullmatch(pattern, line)
+    assert match, line
+    elman, reference, floor, ratio, floor_ratio = map(float, match.groups()[:5])
+    assert min(elman, reference, floor) > 0 and ratio > 0 and floor_ratio > 0
