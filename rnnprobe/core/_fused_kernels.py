@@ -1,6 +1,7 @@
 """The Triton kernels of :mod:`rnnprobe.core.fused` (see there), imported on first use:
 ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined. Pointer arguments are in
-capitals, Triton's convention."""
+capitals, Triton's convention. Every masked load reads 0 where masked: padding columns and
+rows must add nothing to a product or a norm."""
 
 import triton
 import triton.language as tl
@@ -16,6 +17,26 @@ def phi(x, RELU: tl.constexpr):
 
 
 @triton.jit
+def tile_of(X, row_stride, rows, cols, B, H):
+    """Return X[rows, cols] (rows ``row_stride`` apart), 0 outside the B × H block."""
+    mask = (rows < B)[:, None] & (cols < H)[None, :]
+    return tl.load(X + rows[:, None] * row_stride + cols[None, :], mask, other=0.0)
+
+
+@triton.jit
+def times_matrix(acc, X, row_stride, rows, M, cols, B, H, BLOCK_K: tl.constexpr):
+    """Return acc + X[rows, :] M[:, cols] for X (B, H) and M (H, H) row-major, over K-blocks."""
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tile_of(X, row_stride, rows, k, B, H)
+        m = tile_of(M, H, k, cols, H, H)
+        acc += tl.dot(x, m, input_precision="ieee")
+    return acc
+
+
+# Strides stay runtime values: one equal to 1 would become a constant, and the two branches
+# that pick the previous state would then disagree in type.
+@triton.jit(do_not_specialize=["stride_at", "stride_ab", "stride_h0"])
 def forward_kernel(
     A, W_T, H0, T, B, H, stride_at, stride_ab, stride_h0,
     RELU: tl.constexpr, REVERSE: tl.constexpr,
@@ -23,32 +44,21 @@ def forward_kernel(
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok = rows < B
-    tile = row_ok[:, None] & (cols < H)[None, :]
+    tile = (rows < B)[:, None] & (cols < H)[None, :]
     for i in range(T):
         t = T - 1 - i if REVERSE else i
-        acc = tl.load(A + t * stride_at + rows[:, None] * stride_ab + cols[None, :], tile)
-        for k0 in range(0, H, BLOCK_K):
-            k = k0 + ks
-            w = tl.load(
-                W_T + k[:, None] * H + cols[None, :], (k < H)[:, None] & (cols < H)[None, :]
-            )
-            hk = (rows[:, None] < B) & (k < H)[None, :]
-            if i == 0:
-                h_prev = tl.load(H0 + rows[:, None] * stride_h0 + k[None, :], hk, other=0.0)
-            else:
-                p = t + 1 if REVERSE else t - 1
-                previous = A + p * stride_at + rows[:, None] * stride_ab + k[None, :]
-                h_prev = tl.load(previous, hk, other=0.0)
-            acc += tl.dot(h_prev, w, input_precision="ieee")
-        tl.store(
-            A + t * stride_at + rows[:, None] * stride_ab + cols[None, :], phi(acc, RELU), tile
-        )
+        a_t = A + t * stride_at
+        if i == 0:  # the first step visited reads h0
+            previous, previous_stride = H0, stride_h0
+        else:
+            previous, previous_stride = a_t + (stride_at if REVERSE else -stride_at), stride_ab
+        acc = tile_of(a_t, stride_ab, rows, cols, B, H)
+        acc = times_matrix(acc, previous, previous_stride, rows, W_T, cols, B, H, BLOCK_K)
+        tl.store(a_t + rows[:, None] * stride_ab + cols[None, :], phi(acc, RELU), tile)
         tl.debug_barrier()  # this step's h is written before the next step reads it
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_eb", "stride_gt", "stride_gb", "stride_hn"])
 def backward_kernel(
     EPS, GRAD_HN, OUT, W, G, NORMS, DELTA, T, B, H,
     stride_et, stride_eb, stride_ot, stride_ob, stride_gt, stride_gb, stride_hn,
@@ -57,37 +67,27 @@ def backward_kernel(
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok = rows < B
-    tile = row_ok[:, None] & (cols < H)[None, :]
+    tile = (rows < B)[:, None] & (cols < H)[None, :]
     for i in range(T):
         t = i if REVERSE else T - 1 - i  # the backward pass visits the steps in reverse
-        eps = tl.load(EPS + t * stride_et + rows[:, None] * stride_eb + cols[None, :], tile)
-        if i == 0:
-            r = tl.load(GRAD_HN + rows[:, None] * stride_hn + cols[None, :], tile)
-        else:
-            n = t - 1 if REVERSE else t + 1  # the step visited before: t's next state
+        g_t = G + t * stride_gt
+        eps = tile_of(EPS + t * stride_et, stride_eb, rows, cols, B, H)
+        if i == 0:  # through h_n
+            r = tile_of(GRAD_HN, stride_hn, rows, cols, B, H)
+        else:  # through the next state: g of the step visited before, times W_hh
+            g_next = g_t + (-stride_gt if REVERSE else stride_gt)
             r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                k = k0 + ks
-                gk = row_ok[:, None] & (k < H)[None, :]
-                g_next = tl.load(
-                    G + n * stride_gt + rows[:, None] * stride_gb + k[None, :], gk, other=0.0
-                )
-                w = tl.load(
-                    W + k[:, None] * H + cols[None, :], (k < H)[:, None] & (cols < H)[None, :]
-                )
-                r += tl.dot(g_next, w, input_precision="ieee")
+            r = times_matrix(r, g_next, stride_gb, rows, W, cols, B, H, BLOCK_K)
         delta = eps + r
-        h = tl.load(OUT + t * stride_ot + rows[:, None] * stride_ob + cols[None, :], tile)
+        h = tile_of(OUT + t * stride_ot, stride_ob, rows, cols, B, H)
         d = tl.where(h > 0, 1.0, 0.0) if RELU else 1.0 - h * h  # φ'(a_t) from h_t
         tl.debug_barrier()  # ε_t is read before g_t overwrites it (G may be EPS)
-        tl.store(G + t * stride_gt + rows[:, None] * stride_gb + cols[None, :], d * delta, tile)
+        tl.store(g_t + rows[:, None] * stride_gb + cols[None, :], d * delta, tile)
         if RECORD:
-            base = NORMS + t * B + rows
-            tl.store(base, tl.sqrt(tl.sum(delta * delta, 1)), row_ok)
-            tl.store(base + T * B, tl.sqrt(tl.sum(r * r, 1)), row_ok)
-            tl.store(base + 2 * T * B, tl.sqrt(tl.sum(eps * eps, 1)), row_ok)
+            norms = NORMS + t * B + rows
+            tl.store(norms, tl.sqrt(tl.sum(delta * delta, 1)), rows < B)
+            tl.store(norms + T * B, tl.sqrt(tl.sum(r * r, 1)), rows < B)
+            tl.store(norms + 2 * T * B, tl.sqrt(tl.sum(eps * eps, 1)), rows < B)
         if KEEP:
             tl.store(DELTA + (t * B + rows[:, None]) * H + cols[None, :], delta, tile)
         tl.debug_barrier()  # g_t is written before the next step reads it
