@@ -66,7 +66,11 @@ def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sizes(H: int) -> dict[str, int]:
-    return {"BLOCK_B": BLOCK_B, "BLOCK_H": max(16, 1 << (H - 1).bit_length()), "BLOCK_K": BLOCK_K}
+    """Return the launch's block sizes for H units: whole rows, and more warps for wider ones
+    (a program holds a few BLOCK_B × BLOCK_H tiles in registers)."""
+    block_h = max(16, 1 << (H - 1).bit_length())
+    warps = max(4, min(16, block_h // 64))
+    return {"BLOCK_B": BLOCK_B, "BLOCK_H": block_h, "BLOCK_K": BLOCK_K, "num_warps": warps}
 
 
 def _grid(B: int) -> tuple[int]:

@@ -27,11 +27,21 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-5, atol=ATOL)
 
 
-@pytest.mark.parametrize("T, B, H", [(1, 1, 5), (6, 3, 16), (5, 17, 33)])
+SHAPES = [(1, 1, 5), (6, 3, 16), (5, 17, 33)]
+if DEVICE == "cuda":  # compiled kernels at the benchmark's sizes (the interpreter is slow)
+    SHAPES += [(64, 32, 256), (16, 32, 1024)]
+
+
+@pytest.mark.parametrize("T, B, H", SHAPES)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_scans_equal_the_eager_ones(T, B, H, nonlinearity, reverse):
     torch.manual_seed(T * 100 + B * 10 + H)
+    rtol = 1e-5 if H < 256 else 1e-4  # sums of H float32 products in another order
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a, b, rtol=rtol, atol=ATOL)
+
     schedule = bptt.make_schedule(T, reverse)
     # a direction's view of a (T, B, 2H) buffer: rows strided, as in a bidirectional layer
     a = torch.randn(T, B, 2 * H, device=DEVICE)[..., H:]
