@@ -174,7 +174,8 @@ SCHEDULED_PROBES = ("weight_grads", "hidden", "spectra", "lyapunov", "reach", "p
 
 
 def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 200) -> str:
-    """Return lines: the default probe schedule's cost, then each probe's cost per firing.
+    """Return lines: the default probe schedule's cost (and the adjoint records' own), then
+    each probe's cost per firing.
 
     Scheduled probes fire on few steps, so the first line compares sums over a stretch of
     ``steps`` steps (interleaved with ``torch.nn.RNN`` steps), not medians that would hide
@@ -197,17 +198,22 @@ def run_probe_overhead(config: BenchConfig, device: torch.device, steps: int = 2
         model.load_state_dict(elman.state_dict())
         return _probing_step(model, tokens, probes)
 
+    unrecorded, _ = _make_models(config, device)
+    unrecorded.load_state_dict(elman.state_dict())
     variants = {
         "nn.RNN": _training_step(reference, tokens, record=False),
+        "unrecorded": _training_step(unrecorded, tokens, record=False),
         "adjoints": _training_step(elman, tokens, record=True),
         "default probes": probed_step(ProbeConfig()),
     }
     totals = _interleaved_totals(variants, steps, config.warmup, device)
     core = totals["adjoints"] / totals["nn.RNN"]
     probes = totals["default probes"] / totals["nn.RNN"]
+    recording = totals["adjoints"] / totals["unrecorded"] - 1
     lines = [
         f"T={config.seq_len:<5d} {steps} steps vs nn.RNN: adjoints only {core:.2f}, default "
-        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio"
+        f"probes {probes:.2f}; probe overhead {probes / core:.3f}× the instrumented ratio; "
+        f"recording every adjoint: {100 * recording:.1f} % of an unrecorded step"
     ]
     # schedules named at run time: mypy cannot match the keys to ProbeConfig's str fields
     alone: dict[str, Any] = dict.fromkeys(SCHEDULED_PROBES, "never")
