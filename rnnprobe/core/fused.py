@@ -115,8 +115,9 @@ def scan_backward(
     if g.data_ptr() != grad_out.data_ptr():  # (g over ε: ε is the caller's own buffer)
         grad_out = _rows_contiguous(grad_out)  # e.g. the gradient of a sum, expanded
     h, grad_hn = _rows_contiguous(h), _rows_contiguous(grad_hn)
-    norms = h.new_empty(3, T, B) if record else h.new_empty(0)
-    delta = h.new_empty(T, B, H) if record and keep_delta else h.new_empty(0)
+    unused = h.new_empty(1)  # a real pointer for an output the kernel does not write
+    norms = h.new_empty(3, T, B) if record else unused
+    delta = h.new_empty(T, B, H) if record and keep_delta else unused
     if T > 0 and B > 0:
         kernels(h).backward_kernel[_grid(B)](
             grad_out, grad_hn, h, w_hh.contiguous(), g, norms, delta, T, B, H,
