@@ -121,6 +121,7 @@ class StackSpec:
     lengths: tuple[int, ...] | None = None  # per row of a packed batch (sorted), else None
     masks: int = 0  # dropout masks passed after the weights: L - 1 in training, else 0
     order: torch.Tensor | None = None  # a packed batch's unsorted_indices, for the recorder
+    zero_h0: bool = False  # h0 is zeros (no hx given): the fast path skips products with it
 
     @property
     def directions(self) -> int:
@@ -214,9 +215,11 @@ def scan_(
     w_hh: torch.Tensor,
     nonlinearity: str,
     schedule: Schedule,
+    zero_h0: bool = False,
 ) -> torch.Tensor:
     """Run one direction in place over an unpadded batch: ``a`` (T, B, H) holds the input part
-    of a_t on entry and h_t on exit; return it."""
+    of a_t on entry and h_t on exit; return it. ``zero_h0``: h0 is zeros, so the first step
+    adds no product (adding exact zeros changes no bit)."""
     if fused.wanted(a):  # the whole loop in one kernel launch
         return fused.scan_forward_(a, h0, w_hh, nonlinearity, schedule.reverse)
     # h W_hhᵀ against a contiguous copy of W_hhᵀ: the small GEMMs run a quarter faster on CPU
@@ -224,8 +227,9 @@ def scan_(
     w_hh_t = w_hh.t().contiguous()
     steps = a.unbind(0)
     h = h0
-    for a_t in reversed(steps) if schedule.reverse else steps:
-        a_t.addmm_(h, w_hh_t)
+    for i, a_t in enumerate(reversed(steps) if schedule.reverse else steps):
+        if i or not zero_h0:
+            a_t.addmm_(h, w_hh_t)
         h = activate_(a_t, nonlinearity)
     return a
 
@@ -406,17 +410,22 @@ def recurrent_weight_grad(
     h0: torch.Tensor,
     previous: torch.Tensor | None,
     in_place: bool = False,
+    zero_h0: bool = False,
 ) -> torch.Tensor:
     """Return ∇W_hh = Σ_t g_tᵀ h_prev(t) (H, H); ``previous`` None means h_prev(t) = h_{t-1}.
 
     ``in_place``: add the steps after the first into step 0's product (one (H, H) buffer, not
     two; the same sums in the same order), which a ``torch.func`` transform cannot trace.
+    ``zero_h0``: h0 is zeros, so step 0 adds nothing (the sums start from exact zeros either
+    way: the same bits).
     """
     H = g.shape[-1]
     if previous is not None:
         return g.reshape(-1, H).t() @ previous.reshape(-1, H)
-    first = g[0].t() @ h0  # step 0 against h0, then one GEMM over steps 1..T-1
     rest = g[1:].reshape(-1, H).t(), h[:-1].reshape(-1, H)
+    if zero_h0:
+        return torch.mm(*rest)
+    first = g[0].t() @ h0  # step 0 against h0, then one GEMM over steps 1..T-1
     return first.addmm_(*rest) if in_place else torch.addmm(first, *rest)
 
 
@@ -433,16 +442,17 @@ def stack_forward(
     In place (the fast path) unless ``functional`` or the batch is padded.
     """
     D, in_place = spec.directions, not functional and spec.lengths is None
+    nl = spec.nonlinearity
     outputs: list[torch.Tensor] = []
     layer_input = x
     for layer in range(spec.num_layers):
         params = spec.layer_params(weights, layer)
         a = project(layer_input, params)
         scanned = [
-            (scan_ if in_place else scan)(
-                direction_of(a, d, D), h0[layer * D + d], p[1], spec.nonlinearity, spec.schedules[d]
-            )
-            for d, p in enumerate(params)
+            scan_(direction_of(a, d, D), h0[layer * D + d], p[1], nl, schedule, spec.zero_h0)
+            if in_place
+            else scan(direction_of(a, d, D), h0[layer * D + d], p[1], nl, schedule)
+            for d, (p, schedule) in enumerate(zip(params, spec.schedules, strict=True))
         ]
         if in_place:
             out = a
@@ -510,7 +520,7 @@ def stack_backward(
         grad_in = _layer_backward(
             layer, grad_out, grad_hn, layer_input, outputs[layer], h0, spec, weights,
             grad_weights, grad_h0, in_place=in_place, recorder=recorder, keep=keep,
-            needs_input=layer > 0 or needs_x, owns_grad_out=layer < L - 1,
+            needs_input=layer > 0 or needs_x, owns_grad_out=layer < L - 1, needs_h0=needs_h0,
         )  # fmt: skip
         if layer == 0:
             grad_x = grad_in
@@ -527,12 +537,12 @@ def _layer_backward(
     out: torch.Tensor, h0: torch.Tensor, spec: StackSpec, weights: Sequence[torch.Tensor],
     grad_weights: list[torch.Tensor | None], grad_h0: list[torch.Tensor | None], *,
     in_place: bool, recorder: BackwardRecorder | None, keep: bool, needs_input: bool,
-    owns_grad_out: bool,
+    owns_grad_out: bool, needs_h0: bool,
 ) -> torch.Tensor | None:  # fmt: skip
     """Run one layer's BPTT (every direction); fill its entries of ``grad_weights`` and
-    ``grad_h0``; return ∂L/∂(layer input) (T, B, I) if ``needs_input``. Its buffers are freed
-    on return, before the layer below allocates its own; ``owns_grad_out``: ``grad_out`` may
-    be overwritten."""
+    ``grad_h0`` (if ``needs_h0``); return ∂L/∂(layer input) (T, B, I) if ``needs_input``.
+    Its buffers are freed on return, before the layer below allocates its own;
+    ``owns_grad_out``: ``grad_out`` may be overwritten."""
     D, params = spec.directions, spec.layer_params(weights, layer)
     per_direction = 4 if spec.bias else 2
     g = None
@@ -560,9 +570,10 @@ def _layer_backward(
                 layer, adjoints, *seen, direction=d,
                 previous=None if previous is None else previous.detach(),
             )  # fmt: skip
-        grad_h0[i] = at_first_visit(g_d, schedule, spec.lengths) @ w_hh
+        if needs_h0:
+            grad_h0[i] = at_first_visit(g_d, schedule, spec.lengths) @ w_hh
         grad_weights[i * per_direction + 1] = recurrent_weight_grad(
-            g_d, h, h0[i], previous, in_place
+            g_d, h, h0[i], previous, in_place, spec.zero_h0
         )
     if g is None:  # out of place: every direction's g, from ``bptt``
         g = parts[0] if D == 1 else torch.cat(parts, -1)

@@ -186,11 +186,12 @@ class ElmanRNN(nn.RNNBase):
             x = input.transpose(0, 1) if self.batch_first else input
         self._check_input(x, 3)
         T, B, _ = x.shape  # time, batch, input size
+        zero_h0 = hx is None
         hx = self._initial_state(x, B) if hx is None else hx
         self._check_hidden(hx, x, B)
         if T == 0:
             raise RNNShapeError("Expected sequence length to be larger than 0 in RNN")
-        output, h_n = self._run(x, hx)
+        output, h_n = self._run(x, hx, zero_h0=zero_h0)
         if not batched:
             return output.squeeze(1), h_n.squeeze(1)
         return (output.transpose(0, 1) if self.batch_first else output), h_n
@@ -255,8 +256,10 @@ class ElmanRNN(nn.RNNBase):
         hx: torch.Tensor,
         layout: PackedLayout | None = None,
         order: torch.Tensor | None = None,
+        zero_h0: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (output (T, B, D·H), h_n (L·D, B, H)) for time-major x (T, B, I)."""
+        """Return (output (T, B, D·H), h_n (L·D, B, H)) for time-major x (T, B, I);
+        ``zero_h0``: hx is the zero state made here (no product with it is needed)."""
         weights = list(self._weights())
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):  # compute in autocast's dtype, as nn.RNN
@@ -267,8 +270,8 @@ class ElmanRNN(nn.RNNBase):
 
             x, hx, weights = to_autocast(x), to_autocast(hx), [to_autocast(w) for w in weights]
             with torch.autocast(device_type, enabled=False):
-                return self._apply_stack(x, hx, weights, layout, order)
-        return self._apply_stack(x, hx, weights, layout, order)
+                return self._apply_stack(x, hx, weights, layout, order, zero_h0)
+        return self._apply_stack(x, hx, weights, layout, order, zero_h0)
 
     def _apply_stack(
         self,
@@ -277,6 +280,7 @@ class ElmanRNN(nn.RNNBase):
         weights: list[torch.Tensor],
         layout: PackedLayout | None,
         order: torch.Tensor | None,
+        zero_h0: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (output (T, B, D·H), h_n (L·D, B, H)) from the instrumented BPTT function."""
         T = x.shape[0]
@@ -291,6 +295,7 @@ class ElmanRNN(nn.RNNBase):
             None if layout is None else layout.lengths,
             len(masks),
             order,
+            zero_h0,
         )
         output, h_n, *_ = ElmanStackFunction.apply(
             x.contiguous(), hx.contiguous(), self.recorder_slot, spec, *weights, *masks

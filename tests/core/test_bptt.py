@@ -139,6 +139,29 @@ def test_recorded_adjoints_match_retain_grad_on_unrolled_loop(case):
     assert close(record.layers[-1].recurrent_norm, recurrent.norm(dim=-1), 1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_no_hx_skips_the_products_with_h0_and_changes_no_bit(dtype, bidirectional):
+    torch.manual_seed(0)
+    model = ElmanRNN(3, 8, num_layers=2, bidirectional=bidirectional).to(dtype)
+    x = torch.randn(6, 4, 3, dtype=dtype)
+    zeros = torch.zeros(4 if bidirectional else 2, 4, 8, dtype=dtype)
+    results = []
+    for hx in (None, zeros):  # None: zero_h0, the products with h0 skipped
+        model.zero_grad()
+        with capture(model) as cap:
+            out, h_n = model(x, hx)
+            (out.sin().sum() + h_n.sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((out, h_n, grads, cap.records()[0].layers))
+    (out, h_n, grads, layers), (z_out, z_h_n, z_grads, z_layers) = results
+    assert torch.equal(out, z_out) and torch.equal(h_n, z_h_n)
+    assert all(torch.equal(a, b) for a, b in zip(grads, z_grads, strict=True))
+    for layer, z_layer in zip(layers, z_layers, strict=True):
+        for name in ("adjoint_norm", "recurrent_norm", "direct_norm", "grad_w_hh_norm"):
+            assert torch.equal(getattr(layer, name), getattr(z_layer, name)), name
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_blocks_of_one_step_give_the_same_records_and_gradients(monkeypatch, bidirectional):
     torch.manual_seed(0)
