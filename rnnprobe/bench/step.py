@@ -25,7 +25,7 @@ import torch
 from rnnprobe.core.models import ElmanRNN, RNNLanguageModel
 from rnnprobe.data.tasks import Batch
 from rnnprobe.training.callbacks import Callback
-from rnnprobe.training.config import ProbeConfig
+from rnnprobe.training.config import ProbeConfig, RunConfig
 from rnnprobe.training.loop import Trainer
 from rnnprobe.training.probing import Probing
 from rnnprobe.training.step import StepResult, clip_gradients, probed_capture
@@ -264,18 +264,16 @@ def _interleaved_medians(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def run_train_throughput(device_name: str, steps: int = 300) -> str:
+def run_train_throughput(device_name: str, steps: int = 300, rounds: int = 3) -> str:
     """Return a line: tokens/s of ``rnnprobe train`` with the default probes vs probes off.
 
-    Both runs (same config and seed, a character LM on the built-in corpus) train at once in
-    this process, taking turns step by step (:class:`_Turns`), so the machine's drifts hit
-    both alike. A run's tokens/s counts its own steps' time (its probes included, the flushes
-    of records to disk not).
+    In each round both runs (same config and seed, a character LM on the built-in corpus)
+    train at once in this process, taking turns step by step (:class:`_Turns`), so the
+    machine's drifts hit both alike; a run's tokens/s counts its own steps' time (its probes
+    included, the flushes of records to disk not). The probes' cost sits in a few heavy steps
+    that a burst of noise can hit alone, hence several rounds and their median.
     """
-    import tempfile
-
     from rnnprobe.training.config import PROBES, build_config
-    from rnnprobe.training.loop import tokens_per_second, train_run
 
     base = {
         "task.name": "lm",
@@ -288,9 +286,27 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
     }
     off = {f"probes.{name}": "never" for name in PROBES}
     configs = {"probes": build_config(base), "off": build_config({**base, **off})}
+    results = [_train_taking_turns(configs) for _ in range(rounds)]
+    ratios = sorted(r["probes"] / r["off"] for r in results)
+    median = statistics.median(ratios)
+    return (
+        f"train throughput ({steps} steps, the two runs taking turns; lm, hidden 256, T=64): "
+        f"default probes {statistics.median(r['probes'] for r in results):,.0f} tokens/s, "
+        f"probes off {statistics.median(r['off'] for r in results):,.0f} tokens/s; ratio "
+        f"median {median:.3f} ({', '.join(f'{r:.3f}' for r in ratios)}: {rounds} rounds)"
+    )
+
+
+def _train_taking_turns(configs: dict[str, RunConfig]) -> dict[str, float]:
+    """Train the two runs of ``configs`` at once, taking turns; return each one's tokens/s."""
+    import tempfile
+
+    from rnnprobe.training.loop import tokens_per_second, train_run
+
+    first, second = configs
     turns = {name: _Turns() for name in configs}
-    turns["probes"].partner, turns["off"].partner = turns["off"], turns["probes"]
-    turns["probes"].turn.set()  # the probed run steps first
+    turns[first].partner, turns[second].partner = turns[second], turns[first]
+    turns[first].turn.set()
     errors: list[BaseException] = []
     with tempfile.TemporaryDirectory() as tmp:
 
@@ -308,12 +324,7 @@ def run_train_throughput(device_name: str, steps: int = 300) -> str:
             thread.join()
         if errors:
             raise errors[0]
-        rates = {name: tokens_per_second(f"{tmp}/{name}") for name in configs}
-    return (
-        f"train throughput ({steps} steps each, taking turns; lm, hidden 256, T=64): default "
-        f"probes {rates['probes']:,.0f} tokens/s, probes off {rates['off']:,.0f} tokens/s; "
-        f"ratio {rates['probes'] / rates['off']:.3f}"
-    )
+        return {name: tokens_per_second(f"{tmp}/{name}") for name in configs}
 
 
 class _Turns(Callback):
