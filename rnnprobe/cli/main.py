@@ -52,9 +52,10 @@ def main() -> None:
     type=click.Choice(["core", "probes", "train", "all", "busy"]),
     default="core",
     show_default=True,
-    help="core: one step vs nn.RNN; probes: the default probe schedule over 200 steps; "
-    "train: rnnprobe train's tokens/s with probes on and off; all: those three; busy: the "
-    "README copy example beside one CPU-bound process per core, default threads vs --threads.",
+    help="core: one step vs nn.RNN and the GEMM floor; probes: the default probe schedule "
+    "over 200 steps, and each probe's cost per firing; train: rnnprobe train's tokens/s with "
+    "probes on and off (two runs taking turns, 3 rounds); all: those three; busy: the README "
+    "copy example beside one CPU-bound process per core, default threads vs --threads.",
 )
 @setting_option("device", default="auto")
 def bench(
