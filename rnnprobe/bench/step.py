@@ -26,6 +26,8 @@ from rnnprobe.core.models import ElmanRNN, RNNLanguageModel
 from rnnprobe.data.tasks import Batch
 from rnnprobe.training.callbacks import Callback
 from rnnprobe.training.config import ProbeConfig, RunConfig
+from rnnprobe.training.graphs import StepGraph
+from rnnprobe.training.graphs import wanted as graphs_wanted
 from rnnprobe.training.loop import Trainer
 from rnnprobe.training.probing import Probing
 from rnnprobe.training.step import StepResult, clip_gradients, probed_capture
@@ -88,17 +90,29 @@ def _make_models(
     return elman, reference
 
 
-def _training_step(model: RNNLanguageModel, tokens: torch.Tensor, record: bool) -> Step:
-    """A training step of a character LM; ``record``: capture the adjoints (probes off)."""
+def _training_step(
+    model: RNNLanguageModel, tokens: torch.Tensor, record: bool, graphed: bool = False
+) -> Step:
+    """A training step of a character LM; ``record``: capture the adjoints (probes off);
+    ``graphed``: replay its passes as a CUDA graph (the first step runs them eagerly)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     params = list(model.parameters())
 
-    def step() -> None:
+    def passes() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss, _ = model.next_token_loss(tokens)
         with probed_capture(model, {"adjoints"}, 1) if record else nullcontext():
             loss.backward()
-        clip_gradients(params, "norm", 1.0)
+        return clip_gradients(params, "norm", 1.0)[0]
+
+    graph = StepGraph(passes, params) if graphed else None
+    steps = iter(range(10**9))
+
+    def step() -> None:
+        if graph is not None and next(steps) > 0:
+            graph()
+        else:
+            passes()
         optimizer.step()
 
     return step
@@ -419,7 +433,8 @@ def run_bench(config: BenchConfig, device: torch.device) -> BenchResult:
     tokens = torch.randint(
         1, config.vocab_size, (config.batch_size, config.seq_len + 1), device=device
     )
-    elman_step = _training_step(elman, tokens, config.record)
+    graphed = graphs_wanted() and device.type == "cuda"
+    elman_step = _training_step(elman, tokens, config.record, graphed)
     torch_step = _training_step(reference, tokens, record=False)
     floor_step = _gemm_floor_step(config, device)
     steps = (elman_step, torch_step, floor_step)
@@ -435,6 +450,9 @@ def run_bench(config: BenchConfig, device: torch.device) -> BenchResult:
         floor_times.append(times[id(floor_step)])
     ratio = statistics.median(e / t for e, t in zip(elman_times, torch_times, strict=True))
     floor = statistics.median(f / t for f, t in zip(floor_times, torch_times, strict=True))
+    if graphed:  # the step that captures allocates the graph's memory, which replays reuse
+        elman_step = _training_step(elman, tokens, config.record, graphed)
+        elman_step()
     elman_peak = _peak_bytes(config, "elman", elman_step, device)
     torch_peak = _peak_bytes(config, "torch", torch_step, device)
     return BenchResult(

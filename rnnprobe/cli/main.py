@@ -127,13 +127,17 @@ def bench(
         record=not no_record,
     )
     from rnnprobe.core import fused
+    from rnnprobe.training import graphs
 
     scans = "fused (Triton)" if fused.wanted(torch.empty(0, device=chosen)) else "eager"
+    replay = (
+        ", passes replayed as a CUDA graph" if graphs.wanted() and chosen.type == "cuda" else ""
+    )
     click.echo(
         f"device {chosen}, {torch.get_num_threads()} threads; vocab {vocab_size}, embedding "
         f"{embedding_dim}, hidden {hidden_size}, {layers} layers, batch {batch_size}, "
         f"{nonlinearity}, {'recording adjoints' if not no_record else 'no capture'}; "
-        f"{scans} scans"
+        f"{scans} scans{replay}"
     )
     for seq_len in seq_lens:
         config = replace(base, seq_len=seq_len)

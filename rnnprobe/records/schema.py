@@ -151,8 +151,8 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     },
     "events": {
         "step": "optimizer step (int)",
-        "kind": "nonfinite, diverged, resumed, recovered, interrupted, probe_failed or warning "
-        "(str)",
+        "kind": "nonfinite, diverged, resumed, recovered, interrupted, probe_failed, graph_failed "
+        "or warning (str)",
         "message": "one human-readable line (str)",
     },
 }

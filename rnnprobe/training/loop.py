@@ -42,6 +42,8 @@ from rnnprobe.training.config import RunConfig, config_from_dict
 from rnnprobe.training.evaluation import evaluate
 from rnnprobe.training.flosser import Flosser
 from rnnprobe.training.flossing import FlossSpec
+from rnnprobe.training.graphs import StepGraphs
+from rnnprobe.training.graphs import wanted as graphs_wanted
 from rnnprobe.training.probing import Probing
 from rnnprobe.training.setup import build_run
 from rnnprobe.training.step import RnnCall, StepResult, train_step
@@ -85,6 +87,9 @@ class Trainer:
         self.probing = Probing(config.probes, parts.rnn, config.seed)
         spec = FlossSpec.parse(config.train.floss, config.model.hidden_size)
         self.flosser = Flosser(spec, parts) if spec is not None else None
+        self.graphs: StepGraphs | None = None
+        if graphs_wanted() and StepGraphs.usable(parts):
+            self.graphs = StepGraphs(parts, on_failure=self._graph_failed)
         self.step, self.seconds, self.tokens, self.nonfinite_run = 0, 0.0, 0, 0
         self.h: torch.Tensor | None = None
         self.diverged = self.mid_step = False
@@ -114,6 +119,9 @@ class Trainer:
         """The run's store (a replay has none)."""
         assert self.store is not None, "a replay writes no records"
         return self.store
+
+    def _graph_failed(self, message: str) -> None:
+        self.probing.rows.add("events", step=self.step, kind="graph_failed", message=message)
 
     # -- records -------------------------------------------------------------------------
     def _record_start(self) -> None:
@@ -317,6 +325,7 @@ class Trainer:
             assert rng is not None  # taken whenever the watch is on
             return self._watch_step(finite, result.loss, pre, (raw, segments, h0, rng))
 
+        extra_pass = flossing or ("truncation" in fired and parts.truncation.mode != "full")
         result = train_step(
             parts,
             batch,
@@ -326,8 +335,9 @@ class Trainer:
             fired=fired,
             probing=probes,
             record_calls=flossing,
-            add_gradients=add_gradients,
+            add_gradients=add_gradients if extra_pass else None,
             is_finite=is_finite,
+            graphs=self.graphs,
         )
         self.tokens += result.tokens
         # A state that went non-finite is never carried on (nor checkpointed): start afresh.

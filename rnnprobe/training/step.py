@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnprobe.core.capture import Capture, capture
+from rnnprobe.core.capture import BackwardRecord, Capture, capture
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.data.tasks import Batch
 from rnnprobe.errors import RnnprobeError
@@ -25,10 +25,15 @@ from rnnprobe.training.batch import BatchResult, run_batch
 from rnnprobe.training.probing import STATE_PROBES, Probing
 from rnnprobe.training.setup import RunParts
 
+if TYPE_CHECKING:
+    from rnnprobe.training.graphs import StepGraphs
+
 __all__ = [
+    "Pass",
     "RnnCall",
     "StepResult",
     "clip_gradients",
+    "forward_backward",
     "probed_capture",
     "rnn_calls",
     "train_step",
@@ -106,6 +111,49 @@ def probed_capture(model: torch.nn.Module, fired: set[str], sub_batch: int) -> I
         yield cap
 
 
+@dataclass
+class Pass:
+    """A step's forward and backward passes, before the update: the batch's result, the
+    gradient norms around clipping, the finite flag (0-d bool, on the device) and the records
+    of the capture (empty unless a fired probe reads the backward pass)."""
+
+    batch: BatchResult
+    pre_clip: torch.Tensor
+    post_clip: torch.Tensor
+    finite: torch.Tensor
+    records: list[BackwardRecord]
+
+
+def forward_backward(
+    parts: RunParts,
+    batch: Batch,
+    segments: list[tuple[int, int]],
+    h0: torch.Tensor | None,
+    fired: set[str],
+    *,
+    record_calls: bool = False,
+    add_gradients: Callable[[BatchResult, list[RnnCall]], None] | None = None,
+) -> Pass:
+    """Zero the gradients, run the batch's passes under the capture ``fired`` asks for, let
+    ``add_gradients`` add to them, clip, and flag whether loss and gradients are finite: all on
+    the device, without a host sync (a CUDA graph replays exactly this; ``graphs.py``)."""
+    cfg = parts.config.train
+    parts.optimizer.zero_grad(set_to_none=True)
+    sub_batch = parts.config.probes.sub_batch
+    with (
+        probed_capture(parts.model, fired, sub_batch) as cap,
+        rnn_calls(parts.rnn, record_calls) as calls,
+    ):
+        result = run_batch(parts.model, parts.task, batch, segments, h0)
+    if add_gradients is not None:
+        add_gradients(result, calls)
+    pre, post = clip_gradients(parts.params, cfg.clip, cfg.clip_value)
+    finite = torch.isfinite(result.loss) & torch.isfinite(pre)
+    if result.h_n is not None and parts.carries_state:
+        finite = finite & torch.isfinite(result.h_n).all()
+    return Pass(result, pre, post, finite, list(cap.records_on_device()))
+
+
 def train_step(
     parts: RunParts,
     batch: Batch,
@@ -118,33 +166,35 @@ def train_step(
     record_calls: bool = False,
     add_gradients: Callable[[BatchResult, list[RnnCall]], None] | None = None,
     is_finite: Callable[[torch.Tensor, BatchResult, torch.Tensor], bool] | None = None,
+    graphs: StepGraphs | None = None,
 ) -> StepResult:
     """Run one optimizer step on ``batch`` (on the device) cut into ``segments``.
 
     ``add_gradients(result, calls)`` runs after the backward passes, before clipping, with the
     recurrent stack's inputs of every call (:func:`rnn_calls`; empty unless ``record_calls``);
     ``is_finite(finite, result, pre_clip_norm)`` makes the one host sync (default
-    ``bool(finite)``); ``probing`` files the ``fired`` probes' records of ``step``.
+    ``bool(finite)``); ``probing`` files the ``fired`` probes' records of ``step``. With
+    ``graphs`` (and neither ``add_gradients`` nor ``record_calls``), a step whose work a CUDA
+    graph holds replays it instead of running its passes eagerly.
     """
-    cfg = parts.config.train
-    parts.optimizer.zero_grad(set_to_none=True)
-    sub_batch = parts.config.probes.sub_batch
-    with (
-        probed_capture(parts.model, fired, sub_batch) as cap,
-        rnn_calls(parts.rnn, record_calls) as calls,
-    ):
-        result = run_batch(parts.model, parts.task, batch, segments, h0)
-    if add_gradients is not None:
-        add_gradients(result, calls)
-    pre, post = clip_gradients(parts.params, cfg.clip, cfg.clip_value)
-    finite_tensor = torch.isfinite(result.loss) & torch.isfinite(pre)
-    if result.h_n is not None and parts.carries_state:
-        finite_tensor = finite_tensor & torch.isfinite(result.h_n).all()
-    finite = bool(finite_tensor) if is_finite is None else is_finite(finite_tensor, result, pre)
+    done = None
+    if graphs is not None and add_gradients is None and not record_calls:
+        done = graphs.run(batch, segments, h0, fired)
+    if done is None:
+        done = forward_backward(
+            parts,
+            batch,
+            segments,
+            h0,
+            fired,
+            record_calls=record_calls,
+            add_gradients=add_gradients,
+        )
+    result, pre = done.batch, done.pre_clip
+    finite = bool(done.finite) if is_finite is None else is_finite(done.finite, result, pre)
     if probing is not None:
-        records = cap.records_on_device()
-        probing.record_step(step, fired, records, result.backward_offsets, batch, finite)
+        probing.record_step(step, fired, done.records, result.backward_offsets, batch, finite)
     if finite:
         parts.optimizer.step()
     tokens = batch.inputs.shape[0] * batch.inputs.shape[1]
-    return StepResult(result, pre, post, finite, tokens)
+    return StepResult(result, pre, done.post_clip, finite, tokens)
