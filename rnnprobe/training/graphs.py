@@ -64,6 +64,23 @@ def tensors_of(tree: Any) -> Iterator[torch.Tensor]:
     yield from found
 
 
+def clone_tree(tree: Tree) -> Tree:
+    """Return ``tree`` with every tensor cloned, in one copy per dtype and device (a replay's
+    outputs are a dozen small tensors: one launch each would cost more than the copy)."""
+    tensors = list(tensors_of(tree))
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        groups.setdefault((tensor.dtype, tensor.device), []).append(i)
+    clones: list[torch.Tensor] = list(tensors)
+    for members in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in members])
+        parts = flat.split([tensors[i].numel() for i in members])
+        for i, part in zip(members, parts, strict=True):
+            clones[i] = part.view(tensors[i].shape)
+    order = iter(clones)
+    return map_tensors(tree, lambda _: next(order))
+
+
 class StepGraph:
     """A body of kernels captured at its first call and replayed at the next ones.
 
@@ -89,7 +106,7 @@ class StepGraph:
             self._replay()
         for param, grad in zip(self.params, self.grads, strict=True):
             param.grad = grad
-        return map_tensors(self.outputs, torch.Tensor.clone)
+        return clone_tree(self.outputs)
 
     def _capture(self) -> None:
         for param in self.params:

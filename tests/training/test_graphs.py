@@ -7,9 +7,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from rnnprobe.core.capture import BackwardRecord, LayerRecord
 from rnnprobe.data.tasks import Batch
 from rnnprobe.training.callbacks import Callback
-from rnnprobe.training.graphs import MAX_GRAPHS, StepGraphs, canonical_capture
+from rnnprobe.training.graphs import (
+    MAX_GRAPHS,
+    StepGraphs,
+    canonical_capture,
+    clone_tree,
+    tensors_of,
+)
 from rnnprobe.training.loop import Trainer, train_run
 from rnnprobe.training.setup import build_run
 from rnnprobe.training.step import forward_backward
@@ -82,6 +89,24 @@ def test_steps_that_add_to_the_gradients_or_pad_stay_eager(tmp_path):
     assert not graphs.graphs and not graphs.seen
     assert graphs.run(batch, [(0, T)], None, {"adjoints"}) is None  # the first: eager
     assert graphs.run(batch, [(0, T)], None, {"adjoints"}) is not None  # captured
+
+
+def test_a_cloned_tree_holds_equal_tensors_in_new_memory():
+    record = BackwardRecord(
+        [LayerRecord(torch.rand(3, 2), torch.rand(3, 2), torch.rand(3, 2), None, torch.rand(3))],
+        reach=torch.rand(1, 2, 3, 2).transpose(0, 2),  # not contiguous
+        reach_sources=[2],
+        states=[torch.rand(3, 2, 4)],
+    )
+    tree = ([record], torch.tensor(True), torch.tensor(2.5, dtype=torch.float64), 7)
+    cloned = clone_tree(tree)
+    originals, copies = list(tensors_of(tree)), list(tensors_of(cloned))
+    assert len(originals) == len(copies) == 8 and cloned[3] == 7
+    for original, copy in zip(originals, copies, strict=True):
+        assert copy.dtype == original.dtype and torch.equal(copy, original)
+        original.zero_() if original.dtype != torch.bool else original.logical_not_()
+        assert not torch.equal(copy, original)  # its own memory
+    assert cloned[0][0].reach_sources == [2] and cloned[0][0].layers[0].grad_w_hh_norm is None
 
 
 def test_kinds_share_a_graph_by_what_their_capture_records_and_are_bounded():
