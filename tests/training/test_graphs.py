@@ -18,8 +18,9 @@ from rnnprobe.training.graphs import (
     tensors_of,
 )
 from rnnprobe.training.loop import Trainer, train_run
+from rnnprobe.training.probing import Probing
 from rnnprobe.training.setup import build_run
-from rnnprobe.training.step import forward_backward
+from rnnprobe.training.step import forward_backward, train_step
 from tests.support.runs import tiny
 from tests.training.test_train import assert_same_records
 
@@ -145,6 +146,19 @@ def test_the_captured_passes_never_read_the_device_on_the_host(settings):
                 done = forward_backward(parts, batch, whole, start, fired)
             assert mode.reads == [], (fired, mode.reads)
             assert bool(done.finite)  # outside the mode: the step's one host read
+
+
+def test_an_eager_step_reads_the_device_once_the_finite_guard(monkeypatch):
+    parts = build_run(tiny(task__name="copy", probes__weight_grads="always"))
+    # Adam reads its step counters, which torch keeps on the host on every device
+    monkeypatch.setattr(parts.optimizer, "step", lambda: None)
+    probing = Probing(parts.config.probes, parts.rnn, seed=0)
+    batch = parts.on_device(next(parts.task.batches(8, parts.data_generator)))
+    whole = [(0, batch.inputs.shape[1])]
+    for fired in (set(), {"adjoints", "weight_grads", "reach"}):
+        with HostReads() as mode:
+            train_step(parts, batch, whole, None, step=2, fired=fired, probing=probing)
+        assert mode.reads == ["_local_scalar_dense.default"], fired
 
 
 def test_the_counter_sees_a_host_read_inside_the_hand_backward(monkeypatch):
