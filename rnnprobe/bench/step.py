@@ -15,6 +15,7 @@ import os
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -109,8 +110,15 @@ def _training_step(
     steps = iter(range(10**9))
 
     def step() -> None:
+        nonlocal graph
         if graph is not None and next(steps) > 0:
-            graph()
+            try:
+                graph()
+            except RuntimeError as error:  # as training does: eager from then on
+                message = f"CUDA graph capture failed, eager steps from here: {error}"
+                warnings.warn(message, stacklevel=2)
+                graph = None
+                passes()
         else:
             passes()
         optimizer.step()

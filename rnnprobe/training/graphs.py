@@ -12,13 +12,16 @@ over the whole sequence, the same capture (which records the fired probes read),
 state or none. Runs with dropout stay eager (a replay would draw other masks than an eager step),
 and so do steps that add to the gradients (truncation bias, flossing). A kind runs eagerly the
 first time (lazy initialisation), is captured the second and replayed after that; at most
-``MAX_GRAPHS`` kinds are captured (each holds its own memory), the first to come twice. A
-capture that fails (an op that waits on the host, say) leaves its kind eager and is reported
-once through ``on_failure``.
+``MAX_GRAPHS`` kinds are captured, the first to come twice; they share one memory pool (they
+never replay at once, and each replay writes all it reads). The warm-up before a capture
+refuses host syncs; a capture that fails all the same turns graphs off for the rest of the run
+(a failed capture can leave CUDA's allocator unusable for another) and is reported once
+through ``on_failure``.
 
 A replay writes the graph's own outputs and gradient buffers (written, not accumulated): the
 caller gets clones of the outputs, and the parameters get the graph's gradients back before
-the update. ``simulate=True`` runs the same bookkeeping without CUDA — each replay reruns the
+the update. ``simulate=True`` runs the same bookkeeping without CUDA — the capture refuses the
+ops that read a value on the host, as CUDA's sync check does, and each replay reruns the
 passes eagerly and copies their results into the captured tensors — so the CPU tests check it.
 """
 
@@ -26,10 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rnnprobe.data.tasks import Batch
 from rnnprobe.training.probing import STATE_PROBES
@@ -37,6 +43,8 @@ from rnnprobe.training.setup import RunParts
 from rnnprobe.training.step import BACKWARD_PROBES, Pass, forward_backward
 
 MAX_GRAPHS = 4
+# the ops that read a tensor's values on the host: on a GPU each one waits for the device
+HOST_READS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"})
 Tree = TypeVar("Tree")
 
 
@@ -65,13 +73,15 @@ def tensors_of(tree: Any) -> Iterator[torch.Tensor]:
 
 
 def clone_tree(tree: Tree) -> Tree:
-    """Return ``tree`` with every tensor cloned, in one copy per dtype and device (a replay's
-    outputs are a dozen small tensors: one launch each would cost more than the copy)."""
+    """Return ``tree`` with every tensor cloned: its 0-d tensors (loss, metric, norms, flags)
+    in one copy per dtype and device, the others one by one, so a kept scalar never holds a
+    record's memory."""
     tensors = list(tensors_of(tree))
     groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
     for i, tensor in enumerate(tensors):
-        groups.setdefault((tensor.dtype, tensor.device), []).append(i)
-    clones: list[torch.Tensor] = list(tensors)
+        if tensor.dim() == 0:
+            groups.setdefault((tensor.dtype, tensor.device), []).append(i)
+    clones: list[torch.Tensor] = [t if t.dim() == 0 else t.clone() for t in tensors]
     for members in groups.values():
         flat = torch.cat([tensors[i].reshape(-1) for i in members])
         parts = flat.split([tensors[i].numel() for i in members])
@@ -81,17 +91,53 @@ def clone_tree(tree: Tree) -> Tree:
     return map_tensors(tree, lambda _: next(order))
 
 
+class HostReadError(RuntimeError):
+    """An op read a device value on the host where a CUDA graph will be captured."""
+
+
+class _RefuseHostReads(TorchDispatchMode):
+    """Raise on every op that reads a tensor's values on the host (CUDA's sync check, on CPU)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func.__name__.split(".")[0] in HOST_READS:
+            raise HostReadError(f"{func.__name__} reads a device value on the host")
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def refusing_host_syncs(simulate: bool) -> Iterator[None]:
+    """Make an op that waits on the device raise: CUDA's sync debug mode, or on CPU (``simulate``)
+    a dispatch mode that refuses the ops reading a value on the host."""
+    if simulate:
+        with _RefuseHostReads():
+            yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():  # "a prototype feature"
+        warnings.simplefilter("ignore", UserWarning)
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 class StepGraph:
     """A body of kernels captured at its first call and replayed at the next ones.
 
     ``body()`` reads only tensors whose memory stays put (the caller refills them before each
-    call) and returns a tree of tensors; ``params`` get their gradients from it.
+    call) and returns a tree of tensors; ``params`` get their gradients from it. ``pool``: the
+    memory pool of another graph to share (graphs that never replay at once can).
     """
 
     def __init__(
-        self, body: Callable[[], Tree], params: Sequence[torch.Tensor], simulate: bool = False
+        self,
+        body: Callable[[], Tree],
+        params: Sequence[torch.Tensor],
+        simulate: bool = False,
+        pool: Any = None,
     ) -> None:
-        self.body, self.params, self.simulate = body, list(params), simulate
+        self.body, self.params, self.simulate, self.pool = body, list(params), simulate, pool
         self.calls = 0
         self.graph: Any = None  # torch.cuda.CUDAGraph once captured
         self.outputs: Any = None
@@ -109,23 +155,31 @@ class StepGraph:
         return clone_tree(self.outputs)
 
     def _capture(self) -> None:
+        """Warm up with host syncs refused (a body that syncs fails here, before a capture
+        starts and can leave CUDA's allocator mid-capture), then capture on the same stream."""
         for param in self.params:
             param.grad = None  # the captured backward allocates them in the graph's memory
         if self.simulate:
-            self.outputs = self.body()
-        else:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # a warm-up on a side stream, as torch asks
-                self.body()
-            torch.cuda.current_stream().wait_stream(side)
+            with refusing_host_syncs(simulate=True):
+                self.outputs = self.body()
+            self.grads = [param.grad for param in self.params]
+            return
+        current = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(current)
+        try:
+            with torch.cuda.stream(side), refusing_host_syncs(simulate=False):
+                self.body()  # the warm-up torch asks for, on the capture's stream
             for param in self.params:
                 param.grad = None
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
                 self.outputs = self.body()
-            graph.replay()  # the capture only recorded the kernels: run them for this step
-            self.graph = graph
+        finally:
+            torch.cuda.set_stream(current)  # a failed capture can leave its stream current
+        current.wait_stream(side)
+        graph.replay()  # the capture only recorded the kernels: run them for this step
+        self.graph = graph
         self.grads = [param.grad for param in self.params]
 
     def _replay(self) -> None:
@@ -156,6 +210,7 @@ class StepGraphs:
     ) -> None:
         self.parts, self.on_failure, self.simulate = parts, on_failure, simulate
         self.seen: set[Kind] = set()  # kinds run once, eagerly
+        self.failed = False  # a capture failed: every step runs eagerly from then on
         self.graphs: dict[Kind, StepGraph | None] = {}  # None: this kind runs eagerly
         self.inputs: dict[Kind, tuple[Batch, torch.Tensor | None]] = {}
 
@@ -176,7 +231,7 @@ class StepGraphs:
     ) -> Pass | None:
         """Return the step's passes from its kind's graph, or None: run them eagerly."""
         T = batch.inputs.shape[1]
-        if batch.lengths is not None or list(segments) != [(0, T)]:
+        if self.failed or batch.lengths is not None or list(segments) != [(0, T)]:
             return None
         capture = canonical_capture(fired)
         kind = (
@@ -202,10 +257,13 @@ class StepGraphs:
             static_h0.copy_(h0)
         try:
             done: Pass = graph()
-        except RuntimeError as error:  # a capture the kernels refuse (CUDA's errors too)
-            self.graphs[kind] = None
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no reason"
-            self.on_failure(f"CUDA graph capture failed, steps of this kind run eagerly: {reason}")
+        except RuntimeError as error:  # a body that syncs, or a capture CUDA refuses
+            self.failed = True
+            self.graphs.clear()
+            self.inputs.clear()
+            cause = error.__context__ if isinstance(error.__context__, Exception) else error
+            reason = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+            self.on_failure(f"CUDA graph capture failed, every step runs eagerly: {reason}")
             return None
         return done
 
@@ -220,7 +278,8 @@ class StepGraphs:
         def body() -> Pass:
             return forward_backward(self.parts, static_batch, [(0, T)], static_h0, capture)
 
-        return StepGraph(body, self.parts.params, self.simulate)
+        pools = [g.graph.pool() for g in self.graphs.values() if g is not None and g.graph]
+        return StepGraph(body, self.parts.params, self.simulate, pools[0] if pools else None)
 
 
 def canonical_capture(fired: set[str]) -> set[str]:

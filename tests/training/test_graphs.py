@@ -3,14 +3,17 @@ what a graph captures, and on a GPU the real capture against eager steps."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rnnprobe.core.capture import BackwardRecord, LayerRecord
 from rnnprobe.data.tasks import Batch
+from rnnprobe.records.store import load_run
 from rnnprobe.training.callbacks import Callback
 from rnnprobe.training.graphs import (
+    HOST_READS,
     MAX_GRAPHS,
     StepGraphs,
     canonical_capture,
@@ -23,9 +26,6 @@ from rnnprobe.training.setup import build_run
 from rnnprobe.training.step import forward_backward, train_step
 from tests.support.runs import tiny
 from tests.training.test_train import assert_same_records
-
-# ops that read a device tensor on the host: each one waits for the GPU and breaks a capture
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
 
 
 class HostReads(TorchDispatchMode):
@@ -163,6 +163,16 @@ def test_an_eager_step_reads_the_device_once_the_finite_guard(monkeypatch):
 
 def test_the_counter_sees_a_host_read_inside_the_hand_backward(monkeypatch):
     """The check above could pass by not seeing into the custom backward: make it read."""
+    plant_host_read(monkeypatch)
+    parts = build_run(tiny(task__name="copy"))
+    batch = parts.on_device(next(parts.task.batches(8, parts.data_generator)))
+    with HostReads() as mode:
+        forward_backward(parts, batch, [(0, batch.inputs.shape[1])], None, {"adjoints"})
+    assert mode.reads
+
+
+def plant_host_read(monkeypatch):
+    """Make the hand backward read a value on the host (it changes no result)."""
     import rnnprobe.core.bptt as bptt
 
     original = bptt.backward_layer
@@ -172,11 +182,35 @@ def test_the_counter_sees_a_host_read_inside_the_hand_backward(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(bptt, "backward_layer", reading)
-    parts = build_run(tiny(task__name="copy"))
-    batch = parts.on_device(next(parts.task.batches(8, parts.data_generator)))
-    with HostReads() as mode:
-        forward_backward(parts, batch, [(0, batch.inputs.shape[1])], None, {"adjoints"})
-    assert mode.reads
+
+
+def test_a_body_that_syncs_turns_graphs_off_once_and_the_run_stays_exact(tmp_path, monkeypatch):
+    plant_host_read(monkeypatch)
+    config = tiny(task__name="copy", train__steps=12)
+    train_run(config, tmp_path / "eager", progress=False)
+    simulated = SimulatedGraphs()
+    train_run(config, tmp_path / "graphs", progress=False, callbacks=[simulated])
+    assert simulated.graphs is not None and simulated.graphs.failed
+    assert not simulated.graphs.graphs
+    events = load_run(tmp_path / "graphs").table("events")
+    failed = events[events["kind"] == "graph_failed"]
+    assert len(failed) == 1 and "_local_scalar_dense" in failed["message"].iloc[0]
+    eager = load_run(tmp_path / "eager").tables
+    for name, table in load_run(tmp_path / "graphs").tables.items():
+        if name not in ("events", "steps"):
+            pd.testing.assert_frame_equal(table, eager[name], check_exact=True, obj=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_failed_cuda_capture_leaves_the_run_eager_on_its_stream(tmp_path, monkeypatch):
+    plant_host_read(monkeypatch)
+    monkeypatch.setenv("RNNPROBE_GRAPHS", "1")
+    config = tiny(device="cuda", task__name="copy", train__steps=12)
+    train_run(config, tmp_path / "run", progress=False)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    events = load_run(tmp_path / "run").table("events")
+    assert (events["kind"] == "graph_failed").sum() == 1
+    assert load_run(tmp_path / "run").status["status"] == "done"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
