@@ -3,6 +3,8 @@ what a graph captures, and on a GPU the real capture against eager steps."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import pytest
 import torch
@@ -229,3 +231,104 @@ def test_cuda_graphs_replay_the_eager_records(tmp_path, monkeypatch):
     graphs = seen[0]
     assert graphs is not None and any(g is not None and g.graph for g in graphs.graphs.values())
     assert_same_records(tmp_path / "eager", tmp_path / "graphs")
+
+
+class FakeCuda:
+    """Stand-ins for the torch.cuda calls a capture makes: they log, keep a current stream,
+    and run the captured body eagerly, so the CUDA path's own logic runs on CPU."""
+
+    def __init__(self, monkeypatch, fail_in_capture: bool = False) -> None:
+        self.log: list[str] = []
+        self.current, self.sync_mode, self.fail = "default", 0, fail_in_capture
+        fake = self
+
+        class Stream:
+            def __init__(self, name: str = "side") -> None:
+                self.name = name
+
+            def wait_stream(self, other) -> None:
+                fake.log.append(f"{self.name} waits {other.name}")
+
+        class Graph:
+            def pool(self):
+                return "pool"
+
+            def replay(self) -> None:
+                fake.log.append("replay")
+
+        @contextlib.contextmanager
+        def stream(s):
+            before, fake.current = fake.current, s.name
+            try:
+                yield
+            finally:
+                fake.current = before
+
+        @contextlib.contextmanager
+        def graph(g, pool=None, stream=None):
+            fake.log.append(f"capture on {stream.name}, pool {pool}, mode {fake.sync_mode}")
+            fake.current = stream.name
+            yield  # a failing body leaves the capture's stream current, as CUDA may
+            if fake.fail:
+                raise RuntimeError("operation failed due to a previous error during capture")
+            fake.current = "default"
+
+        def set_sync_debug_mode(mode) -> None:
+            fake.sync_mode = mode
+            fake.log.append(f"sync mode {mode}")
+
+        def set_stream(s) -> None:
+            fake.current = s.name
+
+        for name, value in {
+            "Stream": Stream,
+            "CUDAGraph": Graph,
+            "stream": stream,
+            "graph": graph,
+            "current_stream": lambda: Stream(fake.current),
+            "set_stream": set_stream,
+            "get_sync_debug_mode": lambda: fake.sync_mode,
+            "set_sync_debug_mode": set_sync_debug_mode,
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def test_the_cuda_capture_path_warms_up_strictly_then_captures_on_its_stream(monkeypatch):
+    fake = FakeCuda(monkeypatch)
+    parts = build_run(tiny(task__name="copy"))
+    graphs = StepGraphs(parts)  # the CUDA path, not simulate
+    batch = parts.on_device(next(parts.task.batches(8, parts.data_generator)))
+    whole = [(0, batch.inputs.shape[1])]
+    eager = forward_backward(parts, batch, whole, None, {"adjoints"})
+    assert graphs.run(batch, whole, None, {"adjoints"}) is None  # first of its kind: eager
+    captured = graphs.run(batch, whole, None, {"adjoints"})
+    assert fake.log == [
+        "side waits default",
+        "sync mode error",  # the warm-up refuses host syncs
+        "sync mode 0",
+        "capture on side, pool None, mode 0",
+        "default waits side",
+        "replay",
+    ]
+    assert fake.current == "default"
+    assert captured is not None and torch.equal(captured.batch.loss, eager.batch.loss)
+    grads = [p.grad for p in parts.params]
+    assert all(g is not None for g in grads)
+    graphs.run(batch, whole, None, {"adjoints"})
+    assert fake.log[-1] == "replay" and [p.grad for p in parts.params] == grads
+    graphs.run(batch, whole, None, {"reach"})  # another kind: first eager, then captured
+    graphs.run(batch, whole, None, {"reach"})
+    assert "capture on side, pool pool, mode 0" in fake.log  # into the first graph's pool
+
+
+def test_a_failed_cuda_capture_restores_the_stream_and_turns_graphs_off(monkeypatch):
+    fake = FakeCuda(monkeypatch, fail_in_capture=True)
+    parts = build_run(tiny(task__name="copy"))
+    failures: list[str] = []
+    graphs = StepGraphs(parts, on_failure=failures.append)
+    batch = parts.on_device(next(parts.task.batches(8, parts.data_generator)))
+    whole = [(0, batch.inputs.shape[1])]
+    for _ in range(3):
+        assert graphs.run(batch, whole, None, {"adjoints"}) is None
+    assert fake.current == "default" and graphs.failed and not graphs.graphs
+    assert len(failures) == 1 and "previous error during capture" in failures[0]
