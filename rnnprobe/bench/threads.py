@@ -46,7 +46,8 @@ def run_busy_threads(*, steps: int = 150, load: int | None = None, rounds: int =
     for n in range(1, cores + 1):
         variants[f"--threads {n}"] = ([f"--threads={n}"], clean)
     # what rnnprobe did before choosing: torch's default, a spinning thread per core
-    variants["torch's default"] = ([f"--threads={cores}"], {**clean, "OMP_WAIT_POLICY": "ACTIVE"})
+    spin = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "INFINITY"}  # what the CLI leaves be
+    variants["torch's default"] = ([f"--threads={cores}"], {**clean, **spin})
     args = [*COPY_EXAMPLE.split(), f"--steps={steps}"]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
     times: dict[str, list[float]] = {name: [] for name in variants}
