@@ -85,9 +85,14 @@ def backward_kernel(
         tl.store(g_t + rows[:, None] * stride_gb + cols[None, :], d * delta, tile)
         if RECORD:
             norms = NORMS + t * B + rows
-            tl.store(norms, tl.sqrt(tl.sum(delta * delta, 1)), rows < B)
-            tl.store(norms + T * B, tl.sqrt(tl.sum(r * r, 1)), rows < B)
-            tl.store(norms + 2 * T * B, tl.sqrt(tl.sum(eps * eps, 1)), rows < B)
+            # squares summed in float64: in float32 they underflow once |δ| < 1e-19
+            delta64, r64, eps64 = delta.to(tl.float64), r.to(tl.float64), eps.to(tl.float64)
+            norm = tl.sqrt(tl.sum(delta64 * delta64, 1)).to(tl.float32)
+            tl.store(norms, norm, rows < B)
+            norm = tl.sqrt(tl.sum(r64 * r64, 1)).to(tl.float32)
+            tl.store(norms + T * B, norm, rows < B)
+            norm = tl.sqrt(tl.sum(eps64 * eps64, 1)).to(tl.float32)
+            tl.store(norms + 2 * T * B, norm, rows < B)
         if KEEP:
             tl.store(DELTA + (t * B + rows[:, None]) * H + cols[None, :], delta, tile)
         tl.debug_barrier()  # g_t is written before the next step reads it

@@ -32,10 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from rnnprobe.core import fused
 from rnnprobe.nonlinearity import activate_, activation, derivative, derivative_from_output
+from rnnprobe.probes.norms import first_norm, mend, record_norm, unsafe
 
 # One direction's (w_ih, w_hh, b_ih, b_hh); the biases are None in a stack without them.
 LayerParams = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
@@ -321,10 +323,13 @@ def backward_layer(
     block = T if keep_delta else max(1, min(RECORD_BLOCK, T, BLOCK_BYTES // step_bytes))
     buffer = h.new_empty(block, B, H)
     direct = h.new_empty(block, B, H) if record and overwrite else None  # ε of a block
-    adjoints = None
+    adjoints, norms = None, h.new_empty(3 if record else 0, T, B)  # ‖δ‖, ‖δ − ε‖, ‖ε‖
     if record:
-        adjoint, recurrent, direct_norm = h.new_empty(3, T, B).unbind(0)
+        adjoint, recurrent, direct_norm = norms.unbind(0)
         adjoints = LayerAdjoints(adjoint, recurrent, direct_norm, buffer if keep_delta else None)
+    narrow = record and not h.is_cuda and h.dtype == torch.float32  # norms to check
+    # through h_n at the first step visited: often exactly zero, a ‖δ − ε‖ of 0 that is right
+    hn_zero = narrow and not grad_hn.detach().numpy().any()
     gs, slots = g.unbind(0), buffer.unbind(0)
     g_t = grad_hn
     for start in range(0, T, block):
@@ -332,7 +337,7 @@ def backward_layer(
         deltas, eps = buffer[: hi - lo], grad_out[lo:hi]
         deltas.copy_(eps)  # slot t - lo holds step t's δ, so far its ε
         if adjoints is not None:
-            torch.linalg.vector_norm(eps, dim=-1, out=adjoints.direct_norm[lo:hi])
+            first_norm(eps, out=adjoints.direct_norm[lo:hi])
             if direct is not None:
                 eps = direct[: hi - lo].copy_(eps)
         derivative_from_output(h[lo:hi], nonlinearity, out=g[lo:hi])  # over ε if overwriting
@@ -347,10 +352,40 @@ def backward_layer(
             if i + 1 < stop:
                 slots[visits[i + 1] - lo].addmm_(g_t, w_hh)
         if adjoints is not None:
-            torch.linalg.vector_norm(deltas, dim=-1, out=adjoints.adjoint_norm[lo:hi])
+            first_norm(deltas, out=adjoints.adjoint_norm[lo:hi])
             recurrent = deltas - eps if keep_delta else deltas.sub_(eps)
-            torch.linalg.vector_norm(recurrent, dim=-1, out=adjoints.recurrent_norm[lo:hi])
+            first_norm(recurrent, out=adjoints.recurrent_norm[lo:hi])
+            if narrow:  # tiny or huge norms: sum again in float64
+                first = visits[0] - lo if start == 0 and hn_zero else None
+                delta = deltas if keep_delta else None
+                _mend_block(norms[:, lo:hi], eps, recurrent, delta, first)
     return adjoints
+
+
+def _mend_block(
+    norms: torch.Tensor,
+    eps: torch.Tensor,
+    recurrent: torch.Tensor,
+    delta: torch.Tensor | None,
+    zero_row: int | None,
+) -> None:
+    """Sum again in float64 the block's norms (3, n, B) outside the safe range (CPU float32):
+    ‖δ‖ from δ if kept, else from ε + (δ − ε); ``zero_row``: the step whose ‖δ − ε‖ is an
+    exact zero (through a zero h_n gradient)."""
+    mask = unsafe(norms)  # (3, n, B)
+    if zero_row is not None:
+        mask[1, zero_row] = False
+    if not mask.any():  # the common case: one look at (3, n, B) values
+        return
+    e, r = eps.detach().numpy(), recurrent.detach().numpy()
+    d = None if delta is None else delta.detach().numpy()
+
+    def deltas(rows: np.ndarray) -> np.ndarray:
+        return d[rows] if d is not None else e[rows].astype(np.float64) + r[rows]
+
+    mend(norms[0], deltas, mask=mask[0])
+    mend(norms[1], lambda rows: r[rows], mask=mask[1])
+    mend(norms[2], lambda rows: e[rows], mask=mask[2])
 
 
 def bptt(
@@ -397,9 +432,9 @@ def adjoints_from(delta: torch.Tensor, direct: torch.Tensor, keep_delta: bool) -
     """Return a recorder's view of δ (T, B, H) and ε: the norms, δ itself if kept (detached)."""
     delta, direct = delta.detach(), direct.detach()
     return LayerAdjoints(
-        torch.linalg.vector_norm(delta, dim=-1),
-        torch.linalg.vector_norm(delta - direct, dim=-1),
-        torch.linalg.vector_norm(direct, dim=-1),
+        record_norm(delta),
+        record_norm(delta - direct),
+        record_norm(direct),
         delta if keep_delta else None,
     )
 

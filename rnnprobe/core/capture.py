@@ -27,12 +27,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from rnnprobe.core.bptt import LayerAdjoints, RecorderSlot
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.errors import RnnprobeError, check_count
+from rnnprobe.probes.norms import mend, needs_mending
 from rnnprobe.probes.reach import default_reach_sources, gradient_reach
 
 
@@ -73,6 +75,32 @@ def _outer_norms(gram_g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
     forming T outer-product matrices.
     """
     return (gram_g * gram_p).sum(dim=(1, 2)).clamp_min_(0).sqrt_()
+
+
+def _weight_grad_norms(
+    g: torch.Tensor,
+    previous: torch.Tensor | None,
+    h0: torch.Tensor,
+    outputs: torch.Tensor,
+    inputs: torch.Tensor,
+    *,
+    wide: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ‖g_tᵀ h_prev(t)‖_F and ‖g_tᵀ x_t‖_F per step (T,) in ``g``'s dtype; ``wide``:
+    the Gram products in float64 (in float32 the product of two small gradients underflows)."""
+    given = g.dtype
+    if wide:
+        g, h0, outputs, inputs = (t.double() for t in (g, h0, outputs, inputs))
+        previous = None if previous is None else previous.double()
+    gram_g = _gram(g)
+    if previous is not None:
+        gram_prev = _gram(previous)
+    else:
+        gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
+        torch.mm(h0, h0.t(), out=gram_prev[0])
+        torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
+    hh, ih = _outer_norms(gram_g, gram_prev), _outer_norms(gram_g, _gram(inputs))
+    return hh.to(given), ih.to(given)
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -181,15 +209,17 @@ class Capture:
         grad_w_hh_norm: torch.Tensor | None = None
         grad_w_ih_norm: torch.Tensor | None = None
         if self.weight_grads:  # three (T, B, B) Gram products: the one costly record
-            gram_g = _gram(g)
-            if previous is not None:
-                gram_prev = _gram(previous)
-            else:
-                gram_prev = torch.empty_like(gram_g)  # h_{t-1} h_{t-1}ᵀ
-                torch.mm(h0, h0.t(), out=gram_prev[0])
-                torch.bmm(outputs[:-1], outputs[:-1].transpose(1, 2), out=gram_prev[1:])
-            grad_w_hh_norm = _outer_norms(gram_g, gram_prev)
-            grad_w_ih_norm = _outer_norms(gram_g, _gram(inputs))
+            tensors = (g, previous, h0, outputs, inputs)
+            grad_w_hh_norm, grad_w_ih_norm = _weight_grad_norms(*tensors, wide=g.is_cuda)
+            if needs_mending(grad_w_hh_norm) or needs_mending(grad_w_ih_norm):
+                # products of small gradients underflow in float32 (``probes.norms``): the
+                # steps outside the safe range again in float64; step 0 from a zero h0 is 0
+                wide = [n.numpy() for n in _weight_grad_norms(*tensors, wide=True)]
+                keep = np.zeros(g.shape[0], dtype=bool)
+                zero_h0 = previous is None and not h0.detach().numpy().any()
+                keep[0] = zero_h0 and grad_w_hh_norm.detach().numpy()[0] == 0.0
+                mend(grad_w_hh_norm, lambda mask: wide[0][mask, None], keep)
+                mend(grad_w_ih_norm, lambda mask: wide[1][mask, None])
         self._layers.append(
             LayerRecord(
                 adjoint_norm=self._in_order(adjoints.adjoint_norm),

@@ -19,6 +19,7 @@ import torch
 from rnnprobe.errors import RnnprobeError, check_count
 from rnnprobe.nonlinearity import derivative_from_output
 from rnnprobe.probes._rows import Column, RowBlock
+from rnnprobe.probes.norms import record_norm
 
 
 def default_reach_sources(seq_len: int, count: int = 5) -> list[int]:
@@ -63,7 +64,7 @@ def gradient_reach(
             adjoint[t] = a_t
             g_t = g[t].mul_(a_t)
             a_t = g_t @ w_hh
-        norms.append(adjoint.norm(dim=-1).transpose(0, 1))  # (S, T, B)
+        norms.append(record_norm(adjoint).transpose(0, 1))  # (S, T, B)
         if layer > 0:
             from_above = g @ w_ih
     return torch.stack(norms[::-1])

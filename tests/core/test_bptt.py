@@ -686,3 +686,46 @@ def test_autocast_computes_in_the_autocast_dtype_like_torch_rnn():
     assert x.grad.dtype == torch.float32 and model.weight_hh_l0.grad.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a float64 model stays float64, as nn.RNN
         assert model.double()(x.double().detach())[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["", "delta kept"])
+@pytest.mark.parametrize("scale", [2.0**-100, 2.0**100], ids=["tiny", "huge"])
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_records_of_tiny_or_huge_gradients_neither_underflow_nor_overflow(
+    monkeypatch, fused, scale, keep
+):
+    """Scaling the loss by 2^±100 scales every float32 adjoint by exactly that (they stay
+    normal numbers, ~1e-33 or ~1e27): every record must scale too, to float32 rounding. Norms
+    whose squares were summed in float32 read 0 for the tiny ones and inf for the huge ones."""
+    monkeypatch.setenv("RNNPROBE_FUSED", fused)
+    torch.manual_seed(0)
+    model = ElmanRNN(3, 16, num_layers=2)
+    x = torch.randn(6, 5, 3)
+    weights = torch.randn(6, 5, 16)
+    records = []
+    for factor in (1.0, scale):
+        options = dict(reach=True, reach_batch=2, weight_grads=True, keep_adjoints=keep)
+        with capture(model, **options) as cap:
+            out, _ = model(x)
+            ((out * weights).sum() * factor).backward()
+        records.append(cap.records()[0])
+    plain, scaled = records
+    assert plain.reach is not None and scaled.reach is not None
+    torch.testing.assert_close(scaled.reach, plain.reach * scale, rtol=1e-5, atol=0)
+    names = ("adjoint_norm", "direct_norm", "recurrent_norm", "grad_w_hh_norm", "grad_w_ih_norm")
+    for one, other in zip(plain.layers, scaled.layers, strict=True):
+        for name in names:
+            value = getattr(one, name)
+            assert (value > 0).float().mean() > 0.8  # (the last step gets nothing through h_n)
+            expected = value * scale
+            torch.testing.assert_close(getattr(other, name), expected, rtol=1e-5, atol=0)
+
+
+def test_a_record_norm_is_right_across_float32s_range():
+    from rnnprobe.probes.norms import record_norm
+
+    rows = torch.tensor([1e-30, 1e-20, 1e-5, 1.0, 1e10, 1e25, 0.0]).repeat_interleave(256)
+    x = rows.view(7, 256) * torch.linspace(0.5, 1.5, 256)
+    expected = torch.linalg.vector_norm(x.double(), dim=-1).float()
+    torch.testing.assert_close(record_norm(x), expected, rtol=1e-6, atol=0)
+    assert torch.linalg.vector_norm(x, dim=-1)[0] == 0  # what a float32 norm reads
