@@ -327,7 +327,7 @@ def backward_layer(
     if record:
         adjoint, recurrent, direct_norm = norms.unbind(0)
         adjoints = LayerAdjoints(adjoint, recurrent, direct_norm, buffer if keep_delta else None)
-    narrow = record and not h.is_cuda and h.dtype == torch.float32  # norms to check
+    narrow = record and h.device.type == "cpu" and h.dtype == torch.float32  # norms to check
     # through h_n at the first step visited: often exactly zero, a ‖δ − ε‖ of 0 that is right
     hn_zero = narrow and not grad_hn.detach().numpy().any()
     gs, slots = g.unbind(0), buffer.unbind(0)

@@ -34,7 +34,7 @@ from torch import nn
 from rnnprobe.core.bptt import LayerAdjoints, RecorderSlot
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.errors import RnnprobeError, check_count
-from rnnprobe.probes.norms import mend, needs_mending
+from rnnprobe.probes.norms import mend, unsafe
 from rnnprobe.probes.reach import default_reach_sources, gradient_reach
 
 
@@ -75,6 +75,40 @@ def _outer_norms(gram_g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
     forming T outer-product matrices.
     """
     return (gram_g * gram_p).sum(dim=(1, 2)).clamp_min_(0).sqrt_()
+
+
+def _mend_weight_grad_norms(
+    hh: torch.Tensor,
+    ih: torch.Tensor,
+    g: torch.Tensor,
+    previous: torch.Tensor | None,
+    h0: torch.Tensor,
+    outputs: torch.Tensor,
+    inputs: torch.Tensor,
+) -> None:
+    """Redo in float64 the CPU float32 weight-gradient norms (T,) that float32 products may
+    have lost (``probes.norms``): values outside the safe range, and every step whose g has a
+    sample with ‖g_b‖² below 2⁻⁹⁰, whose squares may underflow even when the product with a
+    large input lands in range. Exact zeros from an all-zero factor are right as they are."""
+    g_np = g.detach().numpy()
+
+    def factor(t: int) -> np.ndarray:  # h_prev(t)
+        if previous is not None:
+            return previous[t].detach().numpy()
+        return (h0 if t == 0 else outputs[t - 1]).detach().numpy()
+
+    squares = np.einsum("tbh,tbh->tb", g_np, g_np)  # float32, as the Grams saw them
+    small = ((squares > 0) & (squares < 2.0**-90)).any(axis=1)
+    masks = [unsafe(hh) | small, unsafe(ih) | small]
+    x_np = inputs.detach().numpy()
+    for mask, values, other in ((masks[0], hh, factor), (masks[1], ih, lambda t: x_np[t])):
+        for t in np.flatnonzero(mask & (values.detach().numpy() == 0)):
+            if not g_np[t].any() or not other(int(t)).any():  # a zero factor: exactly 0
+                mask[t] = False
+    if masks[0].any() or masks[1].any():
+        wide = [n.numpy() for n in _weight_grad_norms(g, previous, h0, outputs, inputs, wide=True)]
+        mend(hh, lambda rows: wide[0][rows, None], mask=masks[0])
+        mend(ih, lambda rows: wide[1][rows, None], mask=masks[1])
 
 
 def _weight_grad_norms(
@@ -210,16 +244,10 @@ class Capture:
         grad_w_ih_norm: torch.Tensor | None = None
         if self.weight_grads:  # three (T, B, B) Gram products: the one costly record
             tensors = (g, previous, h0, outputs, inputs)
-            grad_w_hh_norm, grad_w_ih_norm = _weight_grad_norms(*tensors, wide=g.is_cuda)
-            if needs_mending(grad_w_hh_norm) or needs_mending(grad_w_ih_norm):
-                # products of small gradients underflow in float32 (``probes.norms``): the
-                # steps outside the safe range again in float64; step 0 from a zero h0 is 0
-                wide = [n.numpy() for n in _weight_grad_norms(*tensors, wide=True)]
-                keep = np.zeros(g.shape[0], dtype=bool)
-                zero_h0 = previous is None and not h0.detach().numpy().any()
-                keep[0] = zero_h0 and grad_w_hh_norm.detach().numpy()[0] == 0.0
-                mend(grad_w_hh_norm, lambda mask: wide[0][mask, None], keep)
-                mend(grad_w_ih_norm, lambda mask: wide[1][mask, None])
+            wide = g.device.type == "cuda"
+            grad_w_hh_norm, grad_w_ih_norm = _weight_grad_norms(*tensors, wide=wide)
+            if g.device.type == "cpu" and g.dtype == torch.float32:
+                _mend_weight_grad_norms(grad_w_hh_norm, grad_w_ih_norm, *tensors)
         self._layers.append(
             LayerRecord(
                 adjoint_norm=self._in_order(adjoints.adjoint_norm),

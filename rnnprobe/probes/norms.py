@@ -23,7 +23,7 @@ SAFE = (2.0**-45, 2.0**40)  # a float32 norm in this range lost nothing to its s
 def first_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Return ‖x‖₂ over the last dim in ``x``'s dtype (into ``out``): summed in float64 on a
     GPU, final; in ``x``'s dtype on a CPU, to be checked with :func:`needs_mending`."""
-    if x.is_cuda:
+    if x.device.type == "cuda":
         wide = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
         return wide.to(x.dtype) if out is None else out.copy_(wide)
     return torch.linalg.vector_norm(x, dim=-1, out=out)
@@ -31,7 +31,7 @@ def first_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor
 
 def needs_mending(norms: torch.Tensor) -> bool:
     """Return whether CPU float32 ``norms`` hold a value outside ``SAFE`` (or NaN)."""
-    if norms.is_cuda or norms.dtype != torch.float32 or norms.numel() == 0:
+    if norms.device.type != "cpu" or norms.dtype != torch.float32 or norms.numel() == 0:
         return False
     values = norms.detach().numpy()
     return not (values.min() >= SAFE[0] and values.max() <= SAFE[1])
@@ -60,8 +60,12 @@ def mend(
     if keep is not None:
         mask &= ~keep
     if mask.any():
-        rows = np.asarray(vectors(mask), dtype=np.float64)
-        values[mask] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        rows = vectors(mask)
+        nonzero = rows.any(axis=-1)  # an all-zero vector's norm is 0 as it stands
+        wide = np.asarray(rows[nonzero], dtype=np.float64)
+        redone = np.zeros(len(rows), dtype=values.dtype)
+        redone[nonzero] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+        values[mask] = redone
 
 
 def record_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

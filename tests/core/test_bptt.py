@@ -729,3 +729,21 @@ def test_a_record_norm_is_right_across_float32s_range():
     expected = torch.linalg.vector_norm(x.double(), dim=-1).float()
     torch.testing.assert_close(record_norm(x), expected, rtol=1e-6, atol=0)
     assert torch.linalg.vector_norm(x, dim=-1)[0] == 0  # what a float32 norm reads
+
+
+@pytest.mark.parametrize("size", [1e-21, 3e-23, 1e-23])
+def test_weight_gradient_norms_of_tiny_gradients_times_huge_inputs_are_right(size):
+    """‖g_tᵀ x_t‖_F of a tiny g and a huge x can land in the safe range while g's own squares
+    underflowed in the float32 Gram: the check looks at g's squares too."""
+    from rnnprobe.core.capture import _mend_weight_grad_norms, _weight_grad_norms
+
+    torch.manual_seed(0)
+    g, x = torch.randn(3, 4, 16) * size, torch.randn(3, 4, 8) * 1e8
+    h, h0 = torch.randn(3, 4, 16).tanh(), torch.zeros(4, 16)
+    hh, ih = _weight_grad_norms(g, None, h0, h, x, wide=False)
+    _mend_weight_grad_norms(hh, ih, g, None, h0, h, x)
+    exact = torch.stack(
+        [torch.linalg.matrix_norm(g[t].double().T @ x[t].double()) for t in range(3)]
+    )
+    torch.testing.assert_close(ih.double(), exact, rtol=1e-6, atol=0)
+    assert hh[0] == 0  # from the zero h0: exact as it stands
