@@ -275,8 +275,17 @@ class LayerAdjoints:
     delta: torch.Tensor | None  # (T, B, H)
 
 
-RECORD_BLOCK = 16  # at most this many steps of δ held at once: ε is copied in, norms taken,
-BLOCK_BYTES = 2**19  # per block, of at most this many bytes (at least one step)
+RECORD_BLOCK = 1024  # at most this many steps of δ held at once: ε is copied in, norms taken,
+BLOCK_BYTES = 2**21  # per block, of at most this many bytes (at least one step)
+MIN_BLOCK = 16  # steps a block may hold even where that exceeds half the layer's steps
+
+
+def block_steps(T: int, step_bytes: int) -> int:
+    """Return the steps of δ a layer's backward pass holds at once: at most half its T steps
+    (at least ``MIN_BLOCK``), so the block and its ε copy add at most one (T, B, H) buffer to
+    the step's peak memory, and at most ``BLOCK_BYTES``. Fewer, larger blocks cost fewer ops:
+    each block takes its norms and checks their range once."""
+    return max(1, min(RECORD_BLOCK, T, max(T // 2, MIN_BLOCK), BLOCK_BYTES // step_bytes))
 
 
 def _span(visits: tuple[int, ...], start: int, block: int) -> tuple[int, int]:
@@ -302,7 +311,7 @@ def backward_layer(
     ``grad_out`` (T, B, H) is the direct part ε, ``grad_hn`` (B, H) the gradient of h_n, ``h``
     (T, B, H) the outputs. ``g`` may be ``grad_out`` itself (a buffer the caller owns and no
     longer needs, unless δ is kept): each block of ε is read before it is overwritten.
-    δ lives in a buffer of ``RECORD_BLOCK`` steps or ``BLOCK_BYTES`` (all T if δ is kept):
+    δ lives in a buffer of :func:`block_steps` steps (all T if δ is kept):
     each block starts as a copy of its ε, then each step adds g_{t+1} W_hh in place, so a step
     costs one GEMM and one multiply and allocates nothing. Recording takes the norms of a whole
     block at once.
@@ -320,7 +329,7 @@ def backward_layer(
         return LayerAdjoints(adjoint, recurrent, direct_norm, delta)
     visits = schedule.times[::-1]  # the order this pass visits the steps
     step_bytes = max(1, B * H * h.element_size())  # B = 0: an empty batch
-    block = T if keep_delta else max(1, min(RECORD_BLOCK, T, BLOCK_BYTES // step_bytes))
+    block = T if keep_delta else block_steps(T, step_bytes)
     buffer = h.new_empty(block, B, H)
     direct = h.new_empty(block, B, H) if record and overwrite else None  # ε of a block
     adjoints, norms = None, h.new_empty(3 if record else 0, T, B)  # ‖δ‖, ‖δ − ε‖, ‖ε‖

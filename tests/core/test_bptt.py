@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rnnprobe import ElmanRNN, RnnprobeError
-from rnnprobe.core.bptt import ElmanStackFunction, StackSpec, make_schedule
+from rnnprobe.core.bptt import ElmanStackFunction, StackSpec, block_steps, make_schedule
 from rnnprobe.core.capture import capture
 from tests.support.reference import unrolled_rnn
 
@@ -160,6 +160,18 @@ def test_no_hx_skips_the_products_with_h0_and_changes_no_bit(dtype, bidirectiona
     for layer, z_layer in zip(layers, z_layers, strict=True):
         for name in ("adjoint_norm", "recurrent_norm", "direct_norm", "grad_w_hh_norm"):
             assert torch.equal(getattr(layer, name), getattr(z_layer, name)), name
+
+
+@pytest.mark.parametrize(
+    ("T", "H", "steps"),
+    [(8, 256, 8), (32, 256, 16), (64, 256, 32), (128, 256, 64), (512, 256, 64), (128, 1024, 16)],
+)
+def test_record_blocks_hold_at_most_half_the_steps_and_two_mib(monkeypatch, T, H, steps):
+    # Half the steps (16 at least): δ and its ε copy add at most one (T, B, H) buffer; 2 MiB
+    # at most. B = 32, float32: a step is 128·H bytes.
+    monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 1024)  # the fixture's 5 undone
+    assert block_steps(T, 32 * H * 4) == steps
+    assert block_steps(T, 2**22) == 1  # a step above the budget: one step a block
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
