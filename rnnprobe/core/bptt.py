@@ -635,7 +635,29 @@ def _layer_backward(
     if not needs_input:
         return None
     w_ih = params[0][0] if D == 1 else torch.cat([p[0] for p in params])
-    return (g2 @ w_ih).view(T, B, w_ih.shape[1])
+    I = w_ih.shape[1]  # D·H above layer 0
+    if in_place and I == DH:  # g is ours and dead from here: its memory takes the result
+        return input_grad_over(g2, w_ih).view(T, B, I)
+    return (g2 @ w_ih).view(T, B, I)
+
+
+def input_grad_over(g2: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
+    """Return g2 @ w_ih (N, D·H) written over ``g2`` (N, D·H), which it destroys.
+
+    Chunks of rows of at most ``BLOCK_BYTES`` go through a small buffer, so the step's peak
+    holds one (T, B, H) gradient less (one chunk: the plain product, nothing to save).
+    """
+    N, DH = g2.shape
+    if tuple(w_ih.shape) != (DH, DH):
+        raise ValueError(f"w_ih must be ({DH}, {DH}) to write over g, got {tuple(w_ih.shape)}")
+    rows = max(1, min(N, BLOCK_BYTES // max(1, DH * g2.element_size())))
+    if rows == N:
+        return g2 @ w_ih
+    buffer = g2.new_empty(rows, DH)
+    for start in range(0, N, rows):
+        stop = min(start + rows, N)
+        g2[start:stop].copy_(torch.mm(g2[start:stop], w_ih, out=buffer[: stop - start]))
+    return g2
 
 
 def _under_functorch(*tensors: torch.Tensor) -> bool:

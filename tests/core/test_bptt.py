@@ -8,7 +8,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rnnprobe import ElmanRNN, RnnprobeError
-from rnnprobe.core.bptt import ElmanStackFunction, StackSpec, block_steps, make_schedule
+from rnnprobe.core.bptt import (
+    ElmanStackFunction,
+    StackSpec,
+    block_steps,
+    input_grad_over,
+    make_schedule,
+)
 from rnnprobe.core.capture import capture
 from tests.support.reference import unrolled_rnn
 
@@ -93,8 +99,10 @@ def test_forward_and_all_gradients_match_torch_rnn(case):
 
 @pytest.fixture(autouse=True)
 def small_record_blocks(monkeypatch):
-    """Blocks of 5 steps make the buffered norm path cross many block boundaries."""
+    """Blocks of at most 5 steps make the buffered norm path cross many block boundaries, and
+    256-byte chunks make input gradients overwrite g in many chunks."""
     monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 5)
+    monkeypatch.setattr("rnnprobe.core.bptt.BLOCK_BYTES", 2**8)
 
 
 @given(rnn_cases())
@@ -169,9 +177,25 @@ def test_no_hx_skips_the_products_with_h0_and_changes_no_bit(dtype, bidirectiona
 def test_record_blocks_hold_at_most_half_the_steps_and_two_mib(monkeypatch, T, H, steps):
     # Half the steps (16 at least): δ and its ε copy add at most one (T, B, H) buffer; 2 MiB
     # at most. B = 32, float32: a step is 128·H bytes.
-    monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 1024)  # the fixture's 5 undone
+    monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 1024)  # the fixture's undone
+    monkeypatch.setattr("rnnprobe.core.bptt.BLOCK_BYTES", 2**21)
     assert block_steps(T, 32 * H * 4) == steps
     assert block_steps(T, 2**22) == 1  # a step above the budget: one step a block
+
+
+@pytest.mark.parametrize(("N", "H"), [(7, 4), (1, 3), (40, 6), (9, 1)])
+@pytest.mark.parametrize("chunk_bytes", [1, 8 * 4 * 3, 2**20])
+def test_input_gradient_written_over_g_equals_the_product(monkeypatch, N, H, chunk_bytes):
+    monkeypatch.setattr("rnnprobe.core.bptt.BLOCK_BYTES", chunk_bytes)
+    g2 = torch.randn(N, H, dtype=torch.float64)
+    w_ih = torch.randn(H, H, dtype=torch.float64)
+    expected = g2 @ w_ih
+    got = input_grad_over(g2, w_ih)
+    assert close(got, expected, 1e-14)
+    if max(1, chunk_bytes // (H * 8)) < N:  # several chunks: the result lives in g's memory
+        assert got.data_ptr() == g2.data_ptr()
+    with pytest.raises(ValueError, match="to write over g"):
+        input_grad_over(g2, torch.randn(H, H + 1, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
