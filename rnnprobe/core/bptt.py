@@ -276,16 +276,17 @@ class LayerAdjoints:
 
 
 RECORD_BLOCK = 1024  # at most this many steps of δ held at once: ε is copied in, norms taken,
-BLOCK_BYTES = 2**21  # per block, of at most this many bytes (at least one step)
-MIN_BLOCK = 16  # steps a block may hold even where that exceeds half the layer's steps
+BLOCK_BYTES = 2**21  # per buffer, of at most this many bytes (at least one step)
+MIN_BLOCK = 16  # steps a block may hold even where that exceeds T / its buffers
 
 
-def block_steps(T: int, step_bytes: int) -> int:
-    """Return the steps of δ a layer's backward pass holds at once: at most half its T steps
-    (at least ``MIN_BLOCK``), so the block and its ε copy add at most one (T, B, H) buffer to
-    the step's peak memory, and at most ``BLOCK_BYTES``. Fewer, larger blocks cost fewer ops:
-    each block takes its norms and checks their range once."""
-    return max(1, min(RECORD_BLOCK, T, max(T // 2, MIN_BLOCK), BLOCK_BYTES // step_bytes))
+def block_steps(T: int, step_bytes: int, buffers: int = 2) -> int:
+    """Return the steps of δ a layer's backward pass holds at once in each of its ``buffers``
+    (δ, and ε's copy where g overwrites ε): together at most T steps (``MIN_BLOCK`` each at
+    least), so they add at most one (T, B, H) buffer to the step's peak memory, and at most
+    ``BLOCK_BYTES`` each. Fewer, larger blocks cost fewer ops: each block takes its norms and
+    checks their range once."""
+    return max(1, min(RECORD_BLOCK, T, max(T // buffers, MIN_BLOCK), BLOCK_BYTES // step_bytes))
 
 
 def _span(visits: tuple[int, ...], start: int, block: int) -> tuple[int, int]:
@@ -329,7 +330,7 @@ def backward_layer(
         return LayerAdjoints(adjoint, recurrent, direct_norm, delta)
     visits = schedule.times[::-1]  # the order this pass visits the steps
     step_bytes = max(1, B * H * h.element_size())  # B = 0: an empty batch
-    block = T if keep_delta else block_steps(T, step_bytes)
+    block = T if keep_delta else block_steps(T, step_bytes, 2 if record and overwrite else 1)
     buffer = h.new_empty(block, B, H)
     direct = h.new_empty(block, B, H) if record and overwrite else None  # ε of a block
     adjoints, norms = None, h.new_empty(3 if record else 0, T, B)  # ‖δ‖, ‖δ − ε‖, ‖ε‖

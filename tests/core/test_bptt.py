@@ -175,11 +175,12 @@ def test_no_hx_skips_the_products_with_h0_and_changes_no_bit(dtype, bidirectiona
     [(8, 256, 8), (32, 256, 16), (64, 256, 32), (128, 256, 64), (512, 256, 64), (128, 1024, 16)],
 )
 def test_record_blocks_hold_at_most_half_the_steps_and_two_mib(monkeypatch, T, H, steps):
-    # Half the steps (16 at least): δ and its ε copy add at most one (T, B, H) buffer; 2 MiB
-    # at most. B = 32, float32: a step is 128·H bytes.
+    # δ and its ε copy hold half the steps each (16 at least), δ alone all T: they add at most
+    # one (T, B, H) buffer; 2 MiB at most each. B = 32, float32: a step is 128·H bytes.
     monkeypatch.setattr("rnnprobe.core.bptt.RECORD_BLOCK", 1024)  # the fixture's undone
     monkeypatch.setattr("rnnprobe.core.bptt.BLOCK_BYTES", 2**21)
-    assert block_steps(T, 32 * H * 4) == steps
+    assert block_steps(T, 32 * H * 4) == steps  # δ and ε's copy
+    assert block_steps(T, 32 * H * 4, buffers=1) == min(T, 2**21 // (32 * H * 4))  # δ alone
     assert block_steps(T, 2**22) == 1  # a step above the budget: one step a block
 
 
