@@ -15,14 +15,17 @@ Conventions, stated once:
 * *Decay per step* r at a phase step: least squares of ``ln ‖∂ℓ_s/∂h_t‖`` on the distance
   ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
   ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
-  the source's largest norm: a contribution below it is lost when summed in that precision).
+  the source's largest norm: a contribution below it is lost when summed in that precision)
+  and at least its smallest normal number (a subnormal keeps a few bits, or reads 0 in a run
+  that flushes them: ``train.flush_denormals``).
   At least ``MIN_FIT_POINTS`` distances are needed. A curve of two regimes is "not
   exponential" and has no rate: the slopes of its two halves (split at the median distance)
   have opposite signs and differ by more than ``BEND`` per step (a U), or one half's slope is
   further than ``BEND`` and ``KINK`` × |slope| from the whole fit's (a jump, a bend). R² is
   reported; scatter alone does not reject a fit. Without reach rows, r is the geometric mean
   over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part
-  of δ_t is δ_{t+1} J_{t+1}), source ``adjoints``. Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
+  of δ_t is δ_{t+1} J_{t+1}; both norms normal numbers), source ``adjoints``. Half-life
+  ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
   −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
   never averaged into a number.
@@ -80,6 +83,8 @@ FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
 FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
+# the smallest normal number: a norm below it is a subnormal, rounded to a few bits (or 0)
+NORMAL_MIN = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(float).tiny)}
 # what the analysis reads; plots read more (spectra, hidden, weights, ftle)
 SUMMARY_TABLES: tuple[str, ...] = ("task", "steps", "evals", "adjoints", "reach", "lyapunov")
 SUMMARY_TABLES += ("health", "mean_field", "events", "classes", "confusion", "truncation")
@@ -286,10 +291,11 @@ def fit_decay(
     rows = _rows_at(reach, step, layer)
     if not rows.empty and {"distance", "norm"} <= set(rows.columns):
         at = int(rows["step"].iloc[0])
-        return _fit(rows["distance"], rows["norm"], rows.get("source"), at, NOISE_EPS[dtype])
+        floor = NOISE_EPS[dtype], NORMAL_MIN[dtype]
+        return _fit(rows["distance"], rows["norm"], rows.get("source"), at, *floor)
     rows = _rows_at(adjoints, step, layer)
     if not rows.empty and {"t", "adjoint_norm", "recurrent_norm"} <= set(rows.columns):
-        return _ratio(rows)
+        return _ratio(rows, NORMAL_MIN[dtype])
     return DecayFit()
 
 
@@ -305,7 +311,12 @@ def _rows_at(table: pd.DataFrame | None, step: int | None, layer: int | None) ->
 
 
 def _fit(
-    distance: pd.Series, norm: pd.Series, groups: pd.Series | None, step: int, eps: float
+    distance: pd.Series,
+    norm: pd.Series,
+    groups: pd.Series | None,
+    step: int,
+    eps: float,
+    normal_min: float,
 ) -> DecayFit:
     x = pd.to_numeric(distance, errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(norm, errors="coerce").to_numpy(dtype=float)
@@ -315,7 +326,7 @@ def _fit(
     _, g = np.unique(g, return_inverse=True)
     peak = np.zeros(g.max() + 1 if len(g) else 0)
     np.maximum.at(peak, g, y)
-    keep = (x >= 1) & (y > eps * peak[g])  # across ≥ 1 Jacobian, above the noise floor
+    keep = (x >= 1) & (y > eps * peak[g]) & (y >= normal_min)  # across ≥ 1 J_t, not noise
     x, y, g = x[keep], np.log(y[keep]), g[keep]
     base = DecayFit(source="reach", step=step, n=len(x))
     if len(np.unique(x)) < MIN_FIT_POINTS:
@@ -365,12 +376,14 @@ def _slope(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float, f
     return slope, (1.0 - residual / total if total > 0 else 1.0), rms
 
 
-def _ratio(rows: pd.DataFrame) -> DecayFit:
-    """Return the geometric-mean one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ over t."""
+def _ratio(rows: pd.DataFrame, normal_min: float) -> DecayFit:
+    """Return the geometric-mean one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ over the t whose two
+    norms are normal numbers (at least ``normal_min``)."""
     top = rows.sort_values("t")
     ahead = pd.to_numeric(top["adjoint_norm"], errors="coerce").to_numpy(float)[1:]
     carried = pd.to_numeric(top["recurrent_norm"], errors="coerce").to_numpy(float)[:-1]
-    keep = np.isfinite(ahead) & np.isfinite(carried) & (ahead > 0) & (carried > 0)
+    keep = np.isfinite(ahead) & np.isfinite(carried) & (ahead >= normal_min)
+    keep &= carried >= normal_min
     step = int(top["step"].iloc[0])
     if keep.sum() < MIN_FIT_POINTS - 1:
         return DecayFit(source="adjoints", step=step, n=int(keep.sum()), shape="too few points")

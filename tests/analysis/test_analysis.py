@@ -106,6 +106,26 @@ def test_without_reach_the_adjoint_one_step_factor_stands_in():
     assert fit.rate_per_step == pytest.approx(r)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_decay_ignores_subnormal_norms_which_keep_a_few_bits(dtype):
+    # 0.5 per step down from 1e-33: in float32 the subnormals are rounded to its grid of
+    # 2^-149, so their one-step ratios drift from 0.5 to 1. A float64 run keeps them exact.
+    tiny, grid = float(np.finfo(np.float32).tiny), 2.0**-149
+    exact = 1e-33 * 0.5 ** np.arange(40)  # by distance from the loss
+    rounded = np.where(exact < tiny, np.maximum(np.round(exact / grid), 1) * grid, exact)
+    norms = rounded if dtype == "float32" else exact
+    assert fit_decay(curve(list(norms)), dtype=dtype).rate_per_step == pytest.approx(0.5)
+    # A loss at the last step only: δ_t − ε_t = δ_t before it, and 0 there (through h_n).
+    adjoint = norms[::-1]  # by step t, the last the largest
+    adjoints = pd.DataFrame({"step": 1, "layer": 0, "t": np.arange(len(norms)),
+                             "adjoint_norm": adjoint,
+                             "recurrent_norm": np.append(adjoint[:-1], 0.0)})  # fmt: skip
+    fit = fit_decay(pd.DataFrame(), adjoints, dtype=dtype)
+    assert fit.rate_per_step == pytest.approx(0.5)
+    normal = adjoint >= (tiny if dtype == "float32" else 0)
+    assert fit.n == int((normal[:-1] & normal[1:]).sum())
+
+
 def test_fit_without_usable_points_is_no_data():
     assert fit_decay(pd.DataFrame()).shape == "no data"
     zeros = curve([0.0] * 8)
