@@ -125,6 +125,7 @@ def replay_snapshot(path: str | Path, out: str | Path | None = None) -> Replay:
     ``out`` defaults to ``<snapshot without .pt>-replay`` beside the snapshot. The replay runs
     on the snapshot's device (the CPU when that is not available here) and thread count.
     """
+    from rnnprobe.core.denormals import flush_denormals
     from rnnprobe.training.flossing import FlossSpec
     from rnnprobe.training.loop import Trainer
 
@@ -139,9 +140,10 @@ def replay_snapshot(path: str | Path, out: str | Path | None = None) -> Replay:
     with _thread_count(snapshot, config):
         trainer = Trainer(config, None, resume=False, progress=False, records=False)
         _check_inputs(path, trainer, snapshot)
-        first, first_grads = trainer.replay_step(snapshot)
-        second, second_grads = trainer.replay_step(snapshot)
-        probe = _probe_pass(trainer, snapshot)
+        with flush_denormals(config.train.flush_denormals, trainer.parts.device):
+            first, first_grads = trainer.replay_step(snapshot)
+            second, second_grads = trainer.replay_step(snapshot)
+            probe = _probe_pass(trainer, snapshot)
     checks = [
         _same_float("loss: replay 1 vs replay 2", first["loss"], second["loss"]),
         _same_gradients("gradients: replay 1 vs replay 2", first_grads, second_grads),

@@ -143,6 +143,14 @@ class TrainConfig:
         },
     )
     # -- end explosion early warning
+    flush_denormals: bool = field(
+        default=False,
+        metadata={
+            "help": "CPU: read and write subnormal floats (below 1.2e-38 in float32) as 0, on "
+            "every thread: steps whose adjoints vanish that far run several times faster, and "
+            "record 0 there (rnnprobe/core/denormals.py)"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ FIELDS: dict[str, dataclasses.Field] = _leaf_fields()
 LATER_KEYS = frozenset(
     f"task.{name}"
     for name in ("data", "text_column", "label_column", "valid_fraction", "lowercase", "charset")
-) | {"train.floss", "probes.truncation", "train.warn"}
+) | {"train.floss", "probes.truncation", "train.warn", "train.flush_denormals"}
 
 
 _FLAG_NAMES = {"task.name": "task", "probes.warmup": "lyapunov-warmup"}

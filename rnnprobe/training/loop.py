@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnprobe.core.denormals import flush_denormals
 from rnnprobe.data.tasks import Batch
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir, read_status
@@ -236,7 +237,10 @@ class Trainer:
             self.callbacks.append(ProgressBar(cfg.steps, self.step, clipping=cfg.clip != "none"))
         status, message = "done", ""
         try:
-            with _interrupts_between_steps() as interrupted:
+            with (
+                flush_denormals(cfg.flush_denormals, self.parts.device),
+                _interrupts_between_steps() as interrupted,
+            ):
                 self._loop(interrupted)
         except KeyboardInterrupt:
             if not self.mid_step:  # a second Ctrl-C that cut a step keeps the last checkpoint
