@@ -49,16 +49,18 @@ def set_flush_denormal(on: bool) -> None:
 
 @contextmanager
 def flush_denormals(on: bool, device: torch.device) -> Iterator[None]:
-    """Flush subnormals to zero on the CPU threads in the block if ``on`` and ``device`` is the
-    CPU; restore the mode found on entry after it (a GPU's arithmetic is not changed)."""
-    if device.type != "cpu" or on == flushing():
+    """Flush subnormals to zero on the CPU threads in the block if ``on`` (keep them if not)
+    when ``device`` is the CPU; afterwards, every thread takes the calling thread's mode found
+    on entry (a GPU's arithmetic is not changed)."""
+    if device.type != "cpu" or not (on or flushing()):  # IEEE asked and found: nothing to do
         yield
         return
+    found = flushing()
     set_flush_denormal(on)
     try:
         yield
     finally:
-        set_flush_denormal(not on)
+        set_flush_denormal(found)
 
 
 @cache

@@ -49,6 +49,16 @@ def test_without_the_openmp_region_the_workers_keep_theirs_and_it_says_so(two_th
         set_flush_denormal(True)
 
 
+def test_a_mode_the_calling_thread_alone_had_reaches_every_worker(two_threads):
+    subnormal_products(2)
+    torch.set_flush_denormal(True)  # torch's own call: the calling thread only
+    assert not all(bool((p == 0).all()) for p in subnormal_products(2))  # the workers keep IEEE
+    with flush_denormals(True, CPU):
+        assert all(bool((p == 0).all()) for p in subnormal_products(2))
+    assert flushing()  # the mode found on entry, now on every thread
+    assert all(bool((p == 0).all()) for p in subnormal_products(2))
+
+
 def test_a_gpu_run_leaves_the_cpu_mode_alone():
     with flush_denormals(True, torch.device("cuda")):
         assert not flushing()
