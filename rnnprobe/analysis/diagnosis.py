@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from rnnprobe.analysis.runs import (
+    NORMAL_MIN,
     PHASES,
     DecayFit,
     PhaseMeasures,
@@ -270,7 +271,22 @@ def _notes(s: RunSummary) -> list[str]:
         out.append(f"{s.clip} clipping acted on {s.clip_rate:.1%} of the steps")
     if math.isfinite(s.grad_growth):
         out.append(f"gradient norm, last 10 % of steps over the first 10 %: ×{s.grad_growth:.3g}")
+    subnormals = subnormal_note(s)
+    if subnormals:
+        out.append(subnormals)
     return out
+
+
+def subnormal_note(s: RunSummary) -> str | None:
+    """Return a note on the run's subnormal adjoint norms, if it has any and kept them."""
+    if not s.subnormal_share > 0 or s.settings.get("train.flush_denormals"):
+        return None
+    return (
+        f"{s.subnormal_share:.1%} of the recorded adjoint norms are subnormal numbers (below "
+        f"{NORMAL_MIN[str(s.settings.get('dtype', 'float32'))]:.2g}; decay fits leave them out): "
+        "on a CPU the steps through them run several times slower, and --flush-denormals true "
+        "reads them as 0"
+    )
 
 
 def _decay_text(d: DecayFit, T: float) -> str:

@@ -180,6 +180,9 @@ class RunSummary:
     phases: dict[str, PhaseMeasures] = field(default_factory=dict)
     seconds: float = NAN
     classes: ClassScores | None = None  # per-class results at the last evaluation
+    # share of the recorded adjoint norms (batch means, every layer and step) that are
+    # subnormals of the run's dtype: 0 < norm < its smallest normal number (NaN: no adjoints)
+    subnormal_share: float = NAN
 
     @property
     def balanced_accuracy(self) -> float:
@@ -461,6 +464,7 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
         phases=_phases(run, str(settings.get("dtype", "float32"))),
         seconds=_last(steps, "seconds"),
         classes=class_scores(run.table("confusion"), run.table("classes")),
+        subnormal_share=_subnormal_share(run.table("adjoints"), settings.get("dtype", "float32")),
     )
 
 
@@ -624,6 +628,14 @@ def _clipping(steps: pd.DataFrame, clip: str, threshold: object) -> tuple[float,
     if clip == "norm" and len(pre) and isinstance(threshold, int | float) and threshold > 0:
         burst = float(pre.max() / threshold)
     return rate, burst
+
+
+def _subnormal_share(adjoints: pd.DataFrame, dtype: str) -> float:
+    """Return the share of ``adjoint_norm`` values in (0, the dtype's smallest normal)."""
+    if "adjoint_norm" not in adjoints or adjoints.empty or dtype not in NORMAL_MIN:
+        return NAN
+    norms = pd.to_numeric(adjoints["adjoint_norm"], errors="coerce").to_numpy(float)
+    return float(np.mean((norms > 0) & (norms < NORMAL_MIN[dtype])))
 
 
 def _growth(steps: pd.DataFrame) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rnnprobe.analysis.diagnosis import analyse_run
+from rnnprobe.analysis.diagnosis import analyse_run, subnormal_note
 from rnnprobe.analysis.runs import RunSummary
 from rnnprobe.records.store import load_run
 
@@ -18,6 +18,9 @@ def format_run_summary(run_dir: str | Path) -> str:
     lines += diagnosis.lines()[: 2 + len(diagnosis.phases)]  # headline, outcome, phases
     if summary.metric and math.isfinite(summary.final_metric):
         lines.insert(3, _metric_line(summary))
+    subnormals = subnormal_note(summary)  # the one note that changes how to run it next time
+    if subnormals:
+        lines.append(subnormals[0].upper() + subnormals[1:] + ".")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from rnnprobe.analysis.diagnosis import (
 )
 from rnnprobe.analysis.runs import StudySummary, summarise_run
 from rnnprobe.records.store import load_run
+from rnnprobe.report.terminal import format_run_summary
 from tests.support.records import write_run
 
 
@@ -210,3 +211,27 @@ def test_a_study_measured_at_init_only_says_nothing_about_the_end(tmp_path):
     assert "at the end" not in answer and "no decay" not in answer
     assert set(a.table["outcome"]) == {"untrained"} and a.table["regime_end"].isna().all()
     assert "λ₁ at init crosses 0 between model.init_gain = 0.5" in answer
+
+
+@pytest.mark.parametrize(
+    "seq_len, settings, noted",
+    [
+        (200, {}, True),  # 0.5^126 … 0.5^149: float32 subnormals
+        (200, {"train.flush_denormals": True}, False),  # asked for: nothing to suggest
+        (200, {"dtype": "float64"}, False),  # float64's start below 2.2e-308
+        (40, {}, False),  # 0.5^39 ≈ 1.8e-12: normal numbers
+    ],
+)
+def test_subnormal_adjoints_are_noted_with_what_flushes_them(tmp_path, seq_len, settings, noted):
+    tables = ("task", "steps", "adjoints", "health")
+    d = diagnose(tmp_path, decay=0.5, seq_len=seq_len, tables=tables, settings=settings)
+    note = [line for line in d.lines() if "subnormal" in line]
+    assert bool(note) == noted
+    if noted:
+        share = d.summary.subnormal_share
+        assert 0 < share < 1 and note == [
+            f"{share:.1%} of the recorded adjoint norms are subnormal numbers (below 1.2e-38; "
+            "decay fits leave them out): on a CPU the steps through them run several times "
+            "slower, and --flush-denormals true reads them as 0"
+        ]
+        assert "--flush-denormals true" in format_run_summary(tmp_path / "r")
