@@ -228,7 +228,14 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise)."""
+        """Train to ``train.steps``; return how the run ended (Ctrl-C: checkpoint, re-raise).
+
+        The CPU threads' subnormal mode is the run's from before it starts (a refusal leaves
+        the run's status as it was) until after its last records are written."""
+        with flush_denormals(self.config.train.flush_denormals, self.parts.device):
+            return self._run()
+
+    def _run(self) -> RunResult:
         cfg, store = self.config.train, self.run_store
         store.set_status("running", self.step)
         for callback in self.callbacks:
@@ -237,10 +244,7 @@ class Trainer:
             self.callbacks.append(ProgressBar(cfg.steps, self.step, clipping=cfg.clip != "none"))
         status, message = "done", ""
         try:
-            with (
-                flush_denormals(cfg.flush_denormals, self.parts.device),
-                _interrupts_between_steps() as interrupted,
-            ):
+            with _interrupts_between_steps() as interrupted:
                 self._loop(interrupted)
         except KeyboardInterrupt:
             if not self.mid_step:  # a second Ctrl-C that cut a step keeps the last checkpoint

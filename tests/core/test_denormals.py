@@ -45,8 +45,40 @@ def test_the_mode_reaches_every_worker_thread_and_goes_back(two_threads):
 def test_without_the_openmp_region_the_workers_keep_theirs_and_it_says_so(two_threads, monkeypatch):
     subnormal_products(2)
     monkeypatch.setattr(denormals, "_gomp_parallel", lambda: None)
-    with pytest.raises(RnnprobeError, match="worker threads; use --threads 1"):
-        set_flush_denormal(True)
+    with (
+        pytest.raises(RnnprobeError, match="worker threads; use --threads 1"),
+        flush_denormals(True, CPU),
+    ):
+        pass
+    assert not flushing()  # put back: a later IEEE run is not refused
+    assert all(bool((p > 0).all()) for p in subnormal_products(2))
+    with flush_denormals(False, CPU):
+        assert not flushing()
+
+
+def test_workers_follow_the_thread_count_changed_inside_the_block(two_threads, monkeypatch):
+    subnormal_products(2)
+    with flush_denormals(True, CPU):  # entered with 2, lowered to 1 inside
+        torch.set_num_threads(1)
+        assert flushing()
+    torch.set_num_threads(2)
+    assert all(bool((p > 0).all()) for p in subnormal_products(2))
+    torch.set_num_threads(1)
+    with flush_denormals(True, CPU):  # entered with 1, raised to 2 inside
+        torch.set_num_threads(2)
+        assert all(bool((p == 0).all()) for p in subnormal_products(2))
+    assert all(bool((p > 0).all()) for p in subnormal_products(2))
+
+
+def test_a_restore_that_fails_warns_and_keeps_what_the_block_raised(two_threads, monkeypatch):
+    subnormal_products(2)
+    with (
+        pytest.warns(UserWarning, match="subnormal mode not restored"),
+        pytest.raises(KeyboardInterrupt),
+        flush_denormals(True, CPU),
+    ):
+        monkeypatch.setattr(denormals, "_gomp_parallel", lambda: None)
+        raise KeyboardInterrupt
 
 
 def test_a_mode_the_calling_thread_alone_had_reaches_every_worker(two_threads):
