@@ -59,11 +59,14 @@ def flush_denormals(on: bool, device: torch.device) -> Iterator[None]:
     """Flush subnormals to zero on the CPU threads in the block if ``on`` (keep them if not)
     when ``device`` is the CPU; afterwards, every thread takes the calling thread's mode found
     on entry (a GPU's arithmetic is not changed). A failed restore warns: the block's work was
-    done in the mode asked. Every core's worker is set, in case the block raises the count."""
-    threads = max(torch.get_num_threads(), usable_cores())
-    if device.type != "cpu" or (not on and not flushing() and _all_threads(False, threads)):
-        yield  # IEEE asked, and every thread has it
+    done in the mode asked."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or (
+        not on and not flushing() and (threads == 1 or _all_threads(False, threads))
+    ):
+        yield  # IEEE asked, and torch's threads have it: a default run costs a check or two
         return
+    threads = max(threads, usable_cores())  # every core's worker, if the block raises the count
     found = flushing()
     set_flush_denormal(on, threads)
     try:
