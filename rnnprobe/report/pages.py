@@ -369,13 +369,11 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             positive: bool = False,
             **kw: Any,
         ) -> bool:
-            kept = {}
-            for name, column in series.items():
-                if _levels(frame, x, column, positive) >= 2:
-                    kept[name] = column
-                elif _levels(frame, x, column, positive) == 1:
-                    notes.append(f"{title}, {name}: {_lone(frame, x, column, positive)}")
+            kept, frame, lone = lines_to_draw(frame, x, hue, series, positive)
+            notes.extend(f"{title}, {note}" for note in lone)
             if kept:
+                if len(kept) < len(series):  # say which of the series the panel shows
+                    title = f"{title}, {', '.join(kept)}"
                 panels.append(
                     lambda ax: plots_study.plot_measure_vs_axis(
                         frame,
@@ -545,6 +543,39 @@ def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) ->
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
     good = np.isfinite(values) & (values > 0 if positive else True)
     return int(frame.loc[good, x].astype(str).nunique())
+
+
+def lines_to_draw(
+    frame: pd.DataFrame, x: str, hue: str | None, series: dict[str, str], positive: bool
+) -> tuple[dict[str, str], pd.DataFrame, list[str]]:
+    """Return the ``series`` that have a line (two levels of ``x`` with values, for some level
+    of ``hue``), ``frame`` less the values of lines of one point, and a note for each of those
+    ('name, hue level: only x = level has a value (mean)'): a lone point is no line."""
+    kept, frame, notes = {}, frame.copy(), []
+    for name, column in series.items():
+        lines = _line_levels(frame, x, hue, column, positive)
+        lone = [level for level, count in lines.items() if count == 1]
+        if any(count >= 2 for count in lines.values()):
+            kept[name] = column
+        elif lone and _levels(frame, x, column, positive) == 1:
+            lone = [None]  # every value at one level of x: one note for the series
+        for level in lone:
+            rows = frame if level is None else frame[frame[hue].astype(str) == level]
+            which = name if level is None else f"{name}, {level}"
+            notes.append(f"{which}: {_lone(rows, x, column, positive)}")
+            if level is not None:
+                frame.loc[frame[hue].astype(str) == level, column] = np.nan
+    return kept, frame, notes
+
+
+def _line_levels(
+    frame: pd.DataFrame, x: str, hue: str | None, column: str, positive: bool
+) -> dict[str | None, int]:
+    """Return {hue level (None: no hue): how many levels of ``x`` have a value of ``column``}."""
+    if hue is None or hue not in frame:
+        return {None: _levels(frame, x, column, positive)}
+    groups = frame.groupby(frame[hue].astype(str), sort=False)
+    return {str(level): _levels(rows, x, column, positive) for level, rows in groups}
 
 
 def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:

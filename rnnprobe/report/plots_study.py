@@ -104,6 +104,9 @@ def plot_phase_diagram(
         annot_kws={"fontsize": "small"},
     )
     ax.set(xlabel=x, ylabel=y or "", title=label)
+    rows_text = [str(level) for level in grid.index]
+    if max(map(len, rows_text)) > 10:  # "identity, norm": two short lines leave the label room
+        ax.set_yticks(ax.get_yticks(), [t.replace(", ", ",\n") for t in rows_text], rotation=0)
     return ax
 
 

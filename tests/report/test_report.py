@@ -233,3 +233,31 @@ def test_every_number_shown_twice_is_the_same_number(demo, tmp_path):
     effect = next(x for x in answer.splitlines() if "init_gain changes decay per step at" in x)
     for gain, runs in csv.groupby("model.init_gain"):
         assert f" {gain}: {runs['decay_per_step_init'].mean():.3g} ±" in effect
+
+
+def test_lines_of_one_point_are_named_not_drawn():
+    from rnnprobe.report.pages import lines_to_draw
+
+    inf = math.inf
+    frame = pd.DataFrame(
+        {
+            "floss": ["none", "on", "none", "on", "none", "on"],
+            "init": ["default", "default", "identity", "identity", "orthogonal", "orthogonal"],
+            "init_half": [0.1, 0.2, 0.3, inf, inf, inf],  # a line, one point, none
+            "end_half": [inf, 0.5, inf, inf, 0.4, inf],  # one point at each level of floss
+        }
+    )
+    series = {"init": "init_half", "end": "end_half", "gone": "missing"}
+    kept, drawn, notes = lines_to_draw(frame, "floss", "init", series, positive=True)
+    assert kept == {"init": "init_half"}
+    assert drawn["init_half"].tolist()[:2] == [0.1, 0.2]  # the line
+    assert drawn["init_half"][2:4].isna().all()  # identity's lone point, no longer drawn
+    assert frame["init_half"][2] == 0.3  # the caller's frame is left alone
+    assert notes == [
+        "init, identity: only floss = none has a value (0.3)",
+        "end, default: only floss = on has a value (0.5)",
+        "end, orthogonal: only floss = none has a value (0.4)",
+    ]
+    kept, _, notes = lines_to_draw(frame[frame["floss"] == "on"], "floss", None, series, True)
+    assert kept == {} and notes == ["init: only floss = on has a value (0.2)",
+                                    "end: only floss = on has a value (0.5)"]  # fmt: skip
