@@ -19,7 +19,6 @@ import io
 import math
 import os
 import re
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run, load_run
 from rnnprobe.report import plots_classes, plots_gradients, plots_study, plots_training
+from rnnprobe.report.plots import distinct_colours
 
 __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 
@@ -468,14 +468,20 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
-    curves = _lyapunov_curves(analysis, swept)
+    configs = _configurations(analysis, [a for a in (x, *others) if a])
+    curves = _lyapunov_curves(analysis, configs)
     if curves["step"].nunique() >= MIN_CURVE_STEPS:
-        panels.append(lambda ax: plots_study.plot_lyapunov_over_training(curves, ax=ax))
-    reach = _study_reach(analysis, [a for a in (x, *others) if a])
+        panels.append(
+            lambda ax: plots_study.plot_lyapunov_over_training(
+                curves, colours=configs.colours, legend_title=configs.title, ax=ax
+            )
+        )
+    reach = _study_reach(analysis, configs)
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():
             rows = reach[reach["phase"] == phase]
-            order = {label: label for label in pd.unique(rows["label"])}
+            colours = configs.colours if phase == "end" else configs.init_colours
+            order = {label: label for label in colours if label in set(rows["label"])}
 
             def reach_panel(
                 ax: Axes,
@@ -483,11 +489,13 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 phase: str = phase,
                 at: str = at,
                 order: dict[str, str] = order,
+                colours: dict[str, Any] = colours,
             ) -> Axes:
                 return plots_gradients.plot_gradient_reach(
                     rows,
                     hue="label",
                     labels=order,
+                    colours=colours,
                     title=f"gradient reach at {phase} ({at})",
                     legend_title=rows["title"].iloc[0],
                     ax=ax,
@@ -501,11 +509,11 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         add_grid(page, out, "study.png", caption, panels, columns=2)
 
 
-def _lyapunov_curves(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
+def _lyapunov_curves(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFrame:
     """Return λ₁ of each run's top layer by step, labelled by its configuration (the swept
     axes but the seed); a flossed run starts with its floss-table λ₁ at step −P."""
     frames = []
-    for summary in analysis.study.runs:
+    for summary in configs.runs:
         run = analysis.runs.get(summary.run_id)
         if run is None:
             continue
@@ -519,12 +527,51 @@ def _lyapunov_curves(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
             continue
         rows = pd.concat(parts, ignore_index=True)
         rows = rows[(rows["index"] == 0) & (rows["layer"] == rows["layer"].max())]
-        label = _label(summary, [a for a in swept if a != "seed"]) or "all runs"
-        label = textwrap.fill(label, 32)  # legends of long settings stay beside their panel
+        label = configs.label(summary)
         frames.append(rows[["step", "exponent"]].assign(run=summary.run_id, configuration=label))
     if not frames:
         return pd.DataFrame(columns=["step", "exponent", "run", "configuration"])
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Configurations:
+    """A study's configurations (its swept ``axes``, seeds aside) in one order, with one label
+    and one colour each, shared by every panel drawn per configuration: a colour means the
+    same configuration across the study figure. At init, configurations that differ only in
+    training settings start from one network; ``init_colours`` gives each such group the
+    colour of its first configuration."""
+
+    axes: list[str]
+    runs: list[RunSummary]  # numeric levels in numeric order
+    colours: dict[str, Any]
+    init_colours: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        return ", ".join(a.rpartition(".")[2] for a in self.axes) or "configuration"
+
+    def label(self, summary: RunSummary, init: bool = False) -> str:
+        axes = [a for a in self.axes if not (init and _training_only(a))]
+        return ", ".join(str(summary.settings.get(a)) for a in axes) or "all"
+
+
+def _configurations(analysis: StudyAnalysis, axes: list[str]) -> Configurations:
+    """Return the study's configurations over ``axes``, sorted level by level."""
+
+    def level(value: object) -> tuple:
+        number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+        return (0, float(number), "") if np.isfinite(number) else (1, 0.0, str(value))
+
+    axes = [a for a in axes if a != "seed"]
+    runs = sorted(analysis.study.runs, key=lambda s: [level(s.settings.get(a)) for a in axes])
+    configs = Configurations(axes, runs, {}, {})
+    labels = list(dict.fromkeys(configs.label(s) for s in runs))
+    configs.colours.update(zip(labels, distinct_colours(len(labels)), strict=True))
+    for summary in runs:
+        colour = configs.colours[configs.label(summary)]
+        configs.init_colours.setdefault(configs.label(summary, init=True), colour)
+    return configs
 
 
 def _training_only(axis: str) -> bool:
@@ -586,20 +633,14 @@ def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:
     return f"only {x.rpartition('.')[2]} = {level} has a value ({values[good].mean():.3g})"
 
 
-def _study_reach(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
+def _study_reach(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFrame:
     """Return the top layer's reach rows at each run's init and end step, labelled by config.
 
     At init, axes of training settings (``train.*``) are left out of the label: every such
     configuration starts from the same network, so their curves are one curve.
     """
     frames = []
-
-    def level(value: object) -> tuple:
-        number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-        return (0, float(number), "") if np.isfinite(number) else (1, 0.0, str(value))
-
-    ordered = sorted(analysis.study.runs, key=lambda s: [level(s.settings.get(a)) for a in swept])
-    for summary in ordered:  # numeric levels in numeric order
+    for summary in configs.runs:
         run = analysis.runs.get(summary.run_id)
         if run is None or run.table("reach").empty:
             continue
@@ -611,10 +652,11 @@ def _study_reach(analysis: StudyAnalysis, swept: list[str]) -> pd.DataFrame:
                 continue
             if phase == "end" and summary.divergence_step is not None:
                 continue
-            axes = [a for a in swept if not (phase == "init" and _training_only(a))]
-            label = ", ".join(str(summary.settings.get(a)) for a in axes) or "all"
+            init = phase == "init"
+            axes = [a for a in configs.axes if not (init and _training_only(a))]
             rows = top[top["step"] == step]
             title = ", ".join(a.rpartition(".")[2] for a in axes) or "one initial network"
+            label = configs.label(summary, init=init)
             frames.append(rows.assign(phase=phase, label=label, title=title, run_id=summary.run_id))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -69,6 +69,7 @@ def plot_gradient_reach(
     *,
     hue: str | None = None,
     labels: dict | None = None,
+    colours: dict | None = None,
     title: str = "gradient reach",
     legend_title: str | None = None,
     max_lines: int = 12,
@@ -79,7 +80,8 @@ def plot_gradient_reach(
     Each source is divided by its own norm at distance 0, so lines start at 1 and their slope
     is the decay per step: bold, the longest source (geometric mean over repeats such as
     seeds), faint, each shorter source. ``labels`` maps a hue value to its legend text (e.g.
-    the fitted rate); ``hue`` defaults to ``"label"`` when the frame has it, else ``"source"``.
+    the fitted rate), ``colours`` to its colour (else one distinct colour per line); ``hue``
+    defaults to ``"label"`` when the frame has it, else ``"source"``.
     """
     ax = ensure_axes(ax)
     data = finite_rows(df, ["distance", "norm"], positive="norm")
@@ -98,8 +100,9 @@ def plot_gradient_reach(
     if len(groups) > max_lines:
         keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))
         groups = [groups[i] for i in keep]
-    colours = distinct_colours(len(groups))
-    for colour, (name, group) in zip(colours, groups, strict=True):
+    palette = distinct_colours(len(groups))
+    for number, (name, group) in enumerate(groups):
+        colour = (colours or {}).get(name, palette[number])
         # Bold: the longest source (it reaches every distance), geometric mean over repeats;
         # faint: the other sources, one line each. Averaging sources of different lengths
         # would jump wherever one of them ends.

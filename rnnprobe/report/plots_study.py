@@ -111,10 +111,16 @@ def plot_phase_diagram(
 
 
 def plot_lyapunov_over_training(
-    df: pd.DataFrame, *, hue: str = "configuration", title: str = "", ax: Axes | None = None
+    df: pd.DataFrame,
+    *,
+    hue: str = "configuration",
+    colours: dict | None = None,
+    title: str = "",
+    legend_title: str | None = None,
+    ax: Axes | None = None,
 ) -> Axes:
-    """Return λ₁ against the training step: one colour per ``hue`` level, its seed mean bold and
-    each run faint.
+    """Return λ₁ against the training step: one colour per ``hue`` level (``colours`` maps a
+    level to its colour, else one distinct colour each), its seed mean bold and each run faint.
 
     ``df`` has ``run``, ``step``, ``exponent`` (λ₁ of the top layer) and ``hue``. Negative steps
     are pre-flossing updates (``--floss …,pre=P``): the first point of such a run, at −P, is its
@@ -126,7 +132,9 @@ def plot_lyapunov_over_training(
     if data.empty or hue not in data:
         return no_data(ax, title, "λ₁ (nats per step)")
     levels = list(pd.unique(data[hue].astype(str)))  # the caller's order (the study's grid)
-    for level, colour in zip(levels, distinct_colours(len(levels)), strict=True):
+    palette = distinct_colours(len(levels))
+    for level, default in zip(levels, palette, strict=True):
+        colour = (colours or {}).get(level, default)
         rows = data[data[hue].astype(str) == level]
         for _, run in rows.groupby("run"):
             ax.plot(run["step"], run["exponent"], color=colour, lw=0.6, alpha=0.35)
@@ -138,7 +146,7 @@ def plot_lyapunov_over_training(
         ax.axvline(0.5, color="0.6", lw=0.8)
         xlabel += " (< 0: pre-flossing updates)"
     ax.set(xlabel=xlabel, ylabel="λ₁ (nats per step)", title=title)
-    legend_outside(ax, title=hue)
+    legend_outside(ax, title=legend_title or hue)
     return ax
 
 

@@ -261,3 +261,27 @@ def test_lines_of_one_point_are_named_not_drawn():
     kept, _, notes = lines_to_draw(frame[frame["floss"] == "on"], "floss", None, series, True)
     assert kept == {} and notes == ["init: only floss = on has a value (0.2)",
                                     "end: only floss = on has a value (0.5)"]  # fmt: skip
+
+
+def test_a_configuration_keeps_its_colour_in_every_panel():
+    from types import SimpleNamespace
+
+    from rnnprobe.report.pages import _configurations
+
+    runs = [
+        SimpleNamespace(settings={"task.seq_len": t, "train.clip": c, "seed": s})
+        for c in ("none", "norm")
+        for t in (100, 10)
+        for s in (0, 1)
+    ]
+    configs = _configurations(SimpleNamespace(study=SimpleNamespace(runs=runs)),
+                              ["task.seq_len", "train.clip", "seed"])  # fmt: skip
+    assert configs.title == "seq_len, clip"
+    assert list(configs.colours) == ["10, none", "10, norm", "100, none", "100, norm"]
+    assert len({tuple(c) for c in configs.colours.values()}) == 4  # four colours, no repeats
+    # at init the clip setting is not there yet: one curve per seq_len, its first colour
+    assert configs.init_colours == {
+        "10": configs.colours["10, none"],
+        "100": configs.colours["100, none"],
+    }
+    assert [configs.label(r) for r in configs.runs[:2]] == ["10, none", "10, none"]  # seeds
