@@ -470,6 +470,14 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         page.text("No sweep axis with two or more values: no plots against an axis.")
     configs = _configurations(analysis, [a for a in (x, *others) if a])
     curves = _lyapunov_curves(analysis, configs)
+    spans = curves.groupby("configuration")["step"].nunique()
+    short = spans[spans < MIN_CURVE_STEPS]  # a run that diverged at once: no curve to draw
+    if len(short) and len(short) < len(spans):
+        steps = curves[curves["configuration"].isin(short.index)]["step"]
+        at = ", ".join(str(int(v)) for v in sorted(steps.unique()))
+        left = " and ".join(short.index)
+        notes.append(f"λ₁ over training leaves out {configs.title} = {left}: λ₁ at step {at} only")
+        curves = curves[~curves["configuration"].isin(short.index)]
     if curves["step"].nunique() >= MIN_CURVE_STEPS:
         panels.append(
             lambda ax: plots_study.plot_lyapunov_over_training(

@@ -285,3 +285,12 @@ def test_a_configuration_keeps_its_colour_in_every_panel():
         "100": configs.colours["100, none"],
     }
     assert [configs.label(r) for r in configs.runs[:2]] == ["10, none", "10, none"]  # seeds
+
+
+def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path):
+    study = write_study(tmp_path / "s", gains=(0.5, 1.0, 2.0), seq_lens=(8,), steps=30)
+    shutil.rmtree(study / "runs" / "g2.0-T8")  # blows up after its first probes
+    write_run(study / "runs" / "g2.0-T8", decay=1.4, seq_len=8, init_gain=2.0, steps=30,
+              diverge_at=1, status="diverged")  # fmt: skip
+    text = (build_report(study, tmp_path / "out") / "README.md").read_text()
+    assert "λ₁ over training leaves out init_gain = 2.0: λ₁ at step" in text
