@@ -283,11 +283,9 @@ class Trainer:
         while self.step < cfg.steps:
             if interrupted.is_set():  # Ctrl-C arrived during the last step: stop between steps
                 raise KeyboardInterrupt
-            start = time.perf_counter()
             self.mid_step = True
             result = self._train_step()
             self.mid_step = False
-            self.seconds += time.perf_counter() - start
             self.run_store.heartbeat()
             for callback in self.callbacks:
                 callback.on_step_end(self, result)
@@ -306,7 +304,9 @@ class Trainer:
                 self.run_store.set_status("running", self.step)
 
     def _train_step(self) -> StepResult:
-        """Run one optimizer step and file its rows; set ``diverged`` when the run must stop."""
+        """Run one optimizer step and file its rows; set ``diverged`` when the run must stop.
+        Its time (probes included) counts in ``seconds`` and in its own ``steps`` row."""
+        start = time.perf_counter()
         cfg, parts, probes = self.config.train, self.parts, self.probing
         self.step += 1
         step = self.step
@@ -356,6 +356,7 @@ class Trainer:
             self.nonfinite_run += 1
             message = "update skipped" + (", carried state reset" if parts.carries_state else "")
             probes.rows.add("events", step=step, kind="nonfinite", message=message)
+        self.seconds += time.perf_counter() - start
         probes.rows.add(
             "steps",
             step=step,

@@ -327,3 +327,16 @@ def test_a_step_whose_probes_read_no_backward_pass_installs_no_recorder():
             model.next_token_loss(tokens)[0].backward()
         assert (seen.pop() is not None) == bool(fired - {"truncation"}), fired
         assert len(cap.records_on_device()) == (1 if fired - {"truncation"} else 0)
+
+
+def test_a_steps_row_counts_its_own_step(tmp_path):
+    seen = []
+
+    class Clock(Callback):
+        def on_step_end(self, trainer, result) -> None:
+            seen.append(trainer.seconds)
+
+    train_run(tiny(train__steps=4), tmp_path / "r", progress=False, callbacks=[Clock()])
+    steps = load_run(tmp_path / "r").table("steps")
+    assert seen[0] > 0  # step 1 took time: its row does not read 0
+    assert steps["seconds"].tolist() == seen  # step k's row: training time through step k
