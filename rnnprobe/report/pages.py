@@ -355,7 +355,9 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     if len(others) > 1:  # one line per combination of the other axes: nothing averaged away
         hue = ", ".join(a.rpartition(".")[2] for a in others)
         table = table.assign(**{hue: table[others].astype(str).agg(", ".join, axis=1)})
-    init_at, end_at = _steps_of(table, "init_step"), _steps_of(table, "end_step")
+    lasted = table[table["outcome"] != "diverged"]  # a diverged run's end is left out below
+    init_at = _steps_of(table, "init_step")
+    end_at = _steps_of(lasted if len(lasted) else table, "end_step")
     panels: list[Panel] = []
     notes: list[str] = []
     if x is not None:
@@ -465,7 +467,10 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             by = x if x.startswith("model.") else None
             panels.append(lambda ax: plots_gradients.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
         if len(analysis.study.seeds) > 1:
-            notes.append(f"mean ± sd over {len(analysis.study.seeds)} seeds, seeds as dots")
+            notes.append(
+                f"mean ± sd over {len(analysis.study.seeds)} seeds (on a log axis geometric: "
+                "mean ×/÷ sd), seeds as dots"
+            )
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
     configs = _configurations(analysis, [a for a in (x, *others) if a])
@@ -510,6 +515,26 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 )
 
             panels.append(reach_panel)
+    if not reach.empty:
+        notes.append(
+            "gradient reach: bold, from the source step s that reaches furthest back (geometric "
+            "mean over seeds); faint, from the other source steps s, one line each"
+        )
+    if "task.seq_len" in swept and _has(table, "seq_len"):
+        steps = pd.to_numeric(table["seq_len"], errors="coerce")
+        given = pd.to_numeric(table["task.seq_len"], errors="coerce")
+        if not steps.equals(given):  # e.g. copy: the delay plus the pattern and the cue
+            pairs = sorted({(int(g), int(t)) for g, t in zip(given, steps, strict=True)
+                            if np.isfinite(g) and np.isfinite(t)})  # fmt: skip
+            shown = ", ".join(f"{g} → {t}" for g, t in pairs)
+            notes.append(f"T, the steps each sequence runs, is not task.seq_len: {shown}")
+    if "train.bptt" in swept:
+        notes.append(
+            "truncated runs measure decay and reach at init through their truncation window: "
+            "the initial network is the same, its measured gradients are not"
+        )
+    if _has(table, "pre_floss_updates", positive=True):
+        notes.append("init (step 1) of a flossed run: after its pre-flossing updates")
     if panels:
         caption = "measures against the sweep axes, gradient reach per configuration"
         caption += " (seeds averaged)" if len(analysis.study.seeds) > 1 else ""
@@ -637,8 +662,9 @@ def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:
     """Return 'x = level: mean' for the one level that has values (no panel for one point)."""
     values = pd.to_numeric(frame[column], errors="coerce")
     good = np.isfinite(values.to_numpy(float)) & (values.to_numpy(float) > 0 if positive else True)
-    level = frame.loc[good, x].iloc[0]
-    return f"only {x.rpartition('.')[2]} = {level} has a value ({values[good].mean():.3g})"
+    level, kept = frame.loc[good, x].iloc[0], values[good].to_numpy(float)
+    mean = np.exp(np.log(kept).mean()) if positive else kept.mean()  # as the panel would
+    return f"only {x.rpartition('.')[2]} = {level} has a value ({mean:.3g})"
 
 
 def _study_reach(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFrame:

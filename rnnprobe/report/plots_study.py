@@ -165,15 +165,21 @@ def plot_measure_vs_axis(
 ) -> Axes:
     """Return summary columns against a sweep axis: mean ± sd over seeds, seeds as dots.
 
-    ``series`` maps a legend name to a column (a line style each, e.g. init solid and end
-    dashed); ``hue`` colours one line per value of a second axis; ``reference`` is a
-    (column, name) drawn in black (e.g. the mean-field √χ); ``hline`` a (value, name) rule.
+    ``series`` maps a legend name to a column (a line style and marker each, e.g. init solid
+    with circles and end dashed with squares); ``hue`` colours one line per value of a second
+    axis; ``reference`` is a (column, name) drawn in black (e.g. the mean-field √χ); ``hline``
+    a (value, name) rule. On a ``log`` axis the mean is geometric and the bar ×/÷ the geometric
+    sd. A hollow marker averages fewer seeds than the configurations that have all of them
+    (the others not finite, e.g. an infinite half-life, or not positive on a log axis).
     """
     ax = ensure_axes(ax)
     columns = [c for c in series.values() if c in df.columns]
     if df.empty or x not in df.columns or not columns:
         return no_data(ax, title, ylabel)
-    styles = ["-", "--", ":", "-."]
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
+    group = [x] if hue is None else [x, hue]
+    full = int(df.groupby([df[c].astype(str) for c in group]).size().max())  # seeds per point
+    hollow = False
     levels = sorted_levels(pd.Index(df[hue].astype(str).unique())) if hue else ["all"]
     colours = distinct_colours(len(levels))
     xs = pd.to_numeric(df[x], errors="coerce")
@@ -181,7 +187,9 @@ def plot_measure_vs_axis(
     order = sorted_levels(pd.Index(df[x].astype(str).unique()))
     position = (lambda v: order.index(str(v))) if categorical else float
     drawn = 0
-    for number, ((name, column), style) in enumerate(zip(series.items(), styles, strict=False)):
+    for number, ((name, column), style, marker) in enumerate(
+        zip(series.items(), styles, markers, strict=False)
+    ):
         if column not in df.columns:
             continue
         if hue is None:  # one line per series: a colour each, as well as a style
@@ -196,22 +204,33 @@ def plot_measure_vs_axis(
             if rows.empty:
                 continue
             px = np.array([position(v) for v in rows[x]])
-            stats = pd.DataFrame({"x": px, "y": values.to_numpy(float)}).groupby("x")["y"]
+            y = values.to_numpy(float)
+            stats = pd.DataFrame({"x": px, "y": np.log(y) if log else y}).groupby("x")["y"]
             mean, sd = stats.mean(), stats.std().fillna(0.0)
+            if log:  # geometric: the bar spans mean ×/÷ the geometric sd
+                mean, spread = np.exp(mean), np.exp(sd)
+                yerr = np.vstack([mean - mean / spread, mean * spread - mean])
+            else:
+                yerr = sd.to_numpy()
             label = name if hue is None else f"{name}, {level}"
             if len(series) == 1 and hue is not None:
                 label = level
             ax.errorbar(
                 mean.index,
                 mean.to_numpy(),
-                yerr=sd.to_numpy(),
+                yerr=yerr,
                 color=colour,
                 linestyle=style,
-                marker="o",
+                marker=marker,
                 ms=4,
                 capsize=2,
                 label=label,
             )
+            few = (stats.count() < full).to_numpy()
+            if few.any():  # a white face over the point: fewer seeds than the others
+                hollow = True
+                ax.scatter(mean.index[few], mean.to_numpy()[few], marker=marker, s=10,
+                           color="white", zorder=3)  # fmt: skip
             ax.scatter(px, values, color=colour, s=8, alpha=0.35)
             drawn += 1
     if reference is not None and reference[0] in df.columns:  # one per hue level, dotted
@@ -232,11 +251,15 @@ def plot_measure_vs_axis(
                 marker="x",
                 ms=6,
                 label=label,
+                zorder=4,  # the prediction's cross stays visible on the measured point
             )
     if not drawn:
         return no_data(ax, title, ylabel)
     if hline is not None:
         ax.axhline(hline[0], color="0.4", linestyle=":", lw=1, label=hline[1])
+    if hollow:
+        ax.scatter([], [], marker="o", s=12, facecolor="white", edgecolor="0.3",
+                   label="hollow: fewer seeds")  # fmt: skip
     if log:
         log_axis(ax, "y")
     if categorical:

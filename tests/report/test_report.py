@@ -294,3 +294,26 @@ def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path):
               diverge_at=1, status="diverged")  # fmt: skip
     text = (build_report(study, tmp_path / "out") / "README.md").read_text()
     assert "λ₁ over training leaves out init_gain = 2.0: λ₁ at step" in text
+
+
+def test_log_panels_average_geometrically_and_mark_points_with_fewer_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from rnnprobe.report.plots_study import plot_measure_vs_axis
+
+    frame = pd.DataFrame({"x": [1, 1, 2, 2], "seed": [0, 1, 0, 1],
+                          "half": [1.0, 100.0, 4.0, math.inf]})  # fmt: skip
+    ax = Figure().subplots()
+    plot_measure_vs_axis(frame, x="x", series={"init": "half"}, log=True, ax=ax)
+    line = ax.get_lines()[0]
+    assert line.get_ydata().tolist() == pytest.approx([10.0, 4.0])  # not 50.5
+    labels = ax.get_legend_handles_labels()[1]
+    assert "hollow: fewer seeds" in labels  # x = 2 has one finite seed of two
+    ax = Figure().subplots()
+    plot_measure_vs_axis(frame.assign(half=[1.0, 2.0, 3.0, 4.0]), x="x",
+                         series={"init": "half"}, ax=ax)  # fmt: skip
+    assert ax.get_lines()[0].get_ydata().tolist() == pytest.approx([1.5, 3.5])
+    assert "hollow: fewer seeds" not in ax.get_legend_handles_labels()[1]
