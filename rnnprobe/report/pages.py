@@ -208,7 +208,8 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
         return page
     page.heading("Figures")
     panels, missing = _run_panels(run, summary, full=True)
-    caption = f"run {summary.run_id} at steps 1–{summary.steps}" + _missing_text(missing)
+    caption = f"run {summary.run_id} at steps 1–{summary.steps}"
+    caption += _run_notes(run, summary, missing)
     add_grid(page, out, "run.png", caption, panels, columns=3)
     _add_classes(page, out, summary, "confusion.png", full=True)
     return page
@@ -311,7 +312,7 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
             page,
             out,
             f"run-{slug(summary.run_id)}.png",
-            caption + _missing_text(missing),
+            caption + _run_notes(run, summary, missing),
             panels,
             columns=4,
         )
@@ -831,6 +832,22 @@ def distinct_steps(table: pd.DataFrame, column: str | None = None) -> int:
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(float)
         table = table[np.isfinite(values)]
     return int(table["step"].nunique())
+
+
+def _run_notes(run: Run, s: RunSummary, missing: list[str]) -> str:
+    """Return what a run figure's caption adds: how to read it, then what it leaves out."""
+    notes = []
+    if not run.table("reach").empty:
+        notes.append(
+            "gradient reach: bold, from the source step s that reaches furthest back; faint, "
+            "from the other source steps s"
+        )
+    if s.pre_floss_updates:
+        notes.append(
+            f"step 0 is the network before its {s.pre_floss_updates} pre-flossing updates, "
+            "step 1 after them"
+        )
+    return ("; " + "; ".join(notes) if notes else "") + _missing_text(missing)
 
 
 def _missing_text(missing: list[str]) -> str:
