@@ -194,7 +194,11 @@ def plot_measure_vs_axis(
             continue
         if hue is None:  # one line per series: a colour each, as well as a style
             colours = [distinct_colours(len(series))[number]]
-        for colour, level in zip(colours, levels, strict=True):
+        lines = list(zip(colours, levels, strict=True))
+        same = hue is not None and len(levels) > 1 and _same_across(df, x, hue, column)
+        if same:  # e.g. λ₁ at init over a training setting: one line, not k lines on top
+            lines = [("0.3", levels[0])]
+        for colour, level in lines:
             rows = df if hue is None else df[df[hue].astype(str) == level]
             values = pd.to_numeric(rows[column], errors="coerce")
             keep = np.isfinite(values.to_numpy(float)) & (
@@ -215,6 +219,8 @@ def plot_measure_vs_axis(
             label = name if hue is None else f"{name}, {level}"
             if len(series) == 1 and hue is not None:
                 label = level
+            if same:
+                label = f"{name}, every {hue.rpartition('.')[2]}"
             ax.errorbar(
                 mean.index,
                 mean.to_numpy(),
@@ -267,6 +273,15 @@ def plot_measure_vs_axis(
     ax.set(xlabel=x, ylabel=ylabel, title=title)
     legend_outside(ax, title=hue.rpartition(".")[2] if hue else None)
     return ax
+
+
+def _same_across(df: pd.DataFrame, x: str, hue: str, column: str) -> bool:
+    """Return whether every level of ``hue`` has the same values of ``column`` at each ``x``."""
+    values = pd.to_numeric(df[column], errors="coerce").round(12)
+    keyed = pd.DataFrame({"x": df[x].astype(str), "v": values.astype(str)})
+    groups = keyed.groupby(df[hue].astype(str).to_numpy())
+    first, *rest = (sorted(zip(g["x"], g["v"], strict=True)) for _, g in groups)
+    return all(other == first for other in rest)
 
 
 def _cell_text(value: float) -> str:

@@ -317,3 +317,21 @@ def test_log_panels_average_geometrically_and_mark_points_with_fewer_seeds():
                          series={"init": "half"}, ax=ax)  # fmt: skip
     assert ax.get_lines()[0].get_ydata().tolist() == pytest.approx([1.5, 3.5])
     assert "hollow: fewer seeds" not in ax.get_legend_handles_labels()[1]
+
+
+def test_a_series_the_same_for_every_hue_level_is_drawn_once():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from rnnprobe.report.plots_study import plot_measure_vs_axis
+
+    frame = pd.DataFrame({"T": [5, 5, 10, 10], "bptt": ["4", "full", "4", "full"],
+                          "init": [-0.05, -0.05, -0.04, -0.04],  # one network per T
+                          "end": [0.01, 0.03, 0.02, 0.04]})  # fmt: skip
+    ax = Figure().subplots()
+    plot_measure_vs_axis(frame, x="T", hue="bptt", series={"init": "init", "end": "end"}, ax=ax)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "init, every bptt" in labels and "init, 4" not in labels
+    assert {"end, 4", "end, full"} <= set(labels)
