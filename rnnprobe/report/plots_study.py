@@ -278,7 +278,7 @@ def plot_measure_vs_axis(
 def _same_across(df: pd.DataFrame, x: str, hue: str, column: str) -> bool:
     """Return whether every level of ``hue`` has the same values of ``column`` at each ``x``."""
     values = pd.to_numeric(df[column], errors="coerce").round(12)
-    keyed = pd.DataFrame({"x": df[x].astype(str), "v": values.astype(str)})
+    keyed = pd.DataFrame({"x": df[x].map(str), "v": values.map(str)})  # NaN: "nan", sortable
     groups = keyed.groupby(df[hue].astype(str).to_numpy())
     first, *rest = (sorted(zip(g["x"], g["v"], strict=True)) for _, g in groups)
     return all(other == first for other in rest)

@@ -335,3 +335,12 @@ def test_a_series_the_same_for_every_hue_level_is_drawn_once():
     labels = ax.get_legend_handles_labels()[1]
     assert "init, every bptt" in labels and "init, 4" not in labels
     assert {"end, 4", "end, full"} <= set(labels)
+
+
+def test_a_series_with_missing_values_is_compared_across_hue_levels():
+    from rnnprobe.report.plots_study import _same_across
+
+    frame = pd.DataFrame({"x": ["a", "a", "b", "b"], "hue": ["1", "2", "1", "2"],
+                          "v": [0.5, 0.5, math.nan, math.nan]})  # fmt: skip
+    assert _same_across(frame, "x", "hue", "v")
+    assert not _same_across(frame.assign(v=[0.5, 0.5, math.nan, 1.0]), "x", "hue", "v")
