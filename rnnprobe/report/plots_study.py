@@ -194,11 +194,13 @@ def plot_measure_vs_axis(
             continue
         if hue is None:  # one line per series: a colour each, as well as a style
             colours = [distinct_colours(len(series))[number]]
-        lines = list(zip(colours, levels, strict=True))
-        same = hue is not None and len(levels) > 1 and _same_across(df, x, hue, column)
-        if same:  # e.g. λ₁ at init over a training setting: one line, not k lines on top
-            lines = [("0.3", levels[0])]
-        for colour, level in lines:
+        # Levels with the same values (λ₁ at init over a training setting: one network) make
+        # one line, named for all of them, not k lines on top of each other.
+        groups = _alike(df, x, hue, column, levels) if hue is not None else [levels]
+        every = len(groups) == 1 and len(levels) > 1
+        lines = [("0.3" if every else colours[levels.index(g[0])], g) for g in groups]
+        for colour, alike in lines:
+            level = alike[0]
             rows = df if hue is None else df[df[hue].astype(str) == level]
             values = pd.to_numeric(rows[column], errors="coerce")
             keep = np.isfinite(values.to_numpy(float)) & (
@@ -219,8 +221,10 @@ def plot_measure_vs_axis(
             label = name if hue is None else f"{name}, {level}"
             if len(series) == 1 and hue is not None:
                 label = level
-            if same:
+            if every:
                 label = f"{name}, every {hue.rpartition('.')[2]}"
+            elif len(alike) > 1:
+                label = f"{name}, {' = '.join(alike)}"
             ax.errorbar(
                 mean.index,
                 mean.to_numpy(),
@@ -275,13 +279,17 @@ def plot_measure_vs_axis(
     return ax
 
 
-def _same_across(df: pd.DataFrame, x: str, hue: str, column: str) -> bool:
-    """Return whether every level of ``hue`` has the same values of ``column`` at each ``x``."""
+def _alike(df: pd.DataFrame, x: str, hue: str, column: str, levels: list[str]) -> list[list[str]]:
+    """Return ``levels`` of ``hue`` grouped by their values of ``column`` at each ``x`` (equal
+    to 12 decimals): a group of several has the same values, seed by seed."""
     values = pd.to_numeric(df[column], errors="coerce").round(12)
     keyed = pd.DataFrame({"x": df[x].map(str), "v": values.map(str)})  # NaN: "nan", sortable
-    groups = keyed.groupby(df[hue].astype(str).to_numpy())
-    first, *rest = (sorted(zip(g["x"], g["v"], strict=True)) for _, g in groups)
-    return all(other == first for other in rest)
+    hues = df[hue].astype(str).to_numpy()
+    groups: dict[tuple, list[str]] = {}
+    for level in levels:
+        rows = keyed[hues == level]
+        groups.setdefault(tuple(sorted(zip(rows["x"], rows["v"], strict=True))), []).append(level)
+    return list(groups.values())
 
 
 def _cell_text(value: float) -> str:

@@ -338,9 +338,10 @@ def test_a_series_the_same_for_every_hue_level_is_drawn_once():
 
 
 def test_a_series_with_missing_values_is_compared_across_hue_levels():
-    from rnnprobe.report.plots_study import _same_across
+    from rnnprobe.report.plots_study import _alike
 
-    frame = pd.DataFrame({"x": ["a", "a", "b", "b"], "hue": ["1", "2", "1", "2"],
-                          "v": [0.5, 0.5, math.nan, math.nan]})  # fmt: skip
-    assert _same_across(frame, "x", "hue", "v")
-    assert not _same_across(frame.assign(v=[0.5, 0.5, math.nan, 1.0]), "x", "hue", "v")
+    frame = pd.DataFrame({"x": ["a", "a", "a", "b", "b", "b"], "hue": ["1", "2", "3"] * 2,
+                          "v": [0.5, 0.5, 0.7, math.nan, math.nan, math.nan]})  # fmt: skip
+    assert _alike(frame, "x", "hue", "v", ["1", "2", "3"]) == [["1", "2"], ["3"]]
+    frame["v"] = [0.5, 0.5, 0.5, math.nan, 1.0, math.nan]
+    assert _alike(frame, "x", "hue", "v", ["1", "2", "3"]) == [["1", "3"], ["2"]]
