@@ -100,14 +100,14 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "layer": "layer index (int)",
         "quantity": "w_hh_eigenvalue, w_hh_singular or jacobian_singular (str)",
         "sample": "sampled (t, b) Jacobian number; 0 for W_hh (int)",
-        "index": "rank of the value, 0 = largest (int)",
+        "index": "rank, 0 = largest: singular values by size, eigenvalues by modulus (int)",
         "value": "singular value, or the eigenvalue's real part (float)",
         "imag": "the eigenvalue's imaginary part; 0 for singular values (float)",
     },
     "lyapunov": {
         "step": "optimizer step (int)",
         "layer": "layer index (int)",
-        "index": "rank of the exponent, 0 = largest (int)",
+        "index": "QR index of the exponent, not sorted: descending only once converged (int)",
         "exponent": "Lyapunov exponent, natural log per time step, batch mean (float)",
     },
     "truncation": {
@@ -120,7 +120,7 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
     "floss": {
         "step": "optimizer step; −P … −1: the P pre-flossing updates before step 1 (int)",
         "layer": "layer index (int)",
-        "index": "rank of the exponent, 0 = largest (QR order); K rows per layer (int)",
+        "index": "QR index, not sorted: descending only once converged; K rows per layer (int)",
         "exponent": "λ_i measured before the update: ln per time step, batch mean (float)",
         "penalty": "Σ_i λ_i² of the layer, the same on each of its rows (float)",
     },

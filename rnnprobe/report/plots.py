@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import AutoLocator, Formatter, FuncFormatter, LogLocator
 
 from rnnprobe.analysis.levels import level_order
 
@@ -57,10 +57,17 @@ def thin_steps(steps: Sequence[float] | pd.Series, limit: int) -> np.ndarray:
     return unique[np.unique(np.round(np.linspace(0, len(unique) - 1, max(limit, 1))).astype(int))]
 
 
+# seaborn's "colorblind" colours, most distinct first (worst pair over normal, deuteranope and
+# protanope vision in CIELAB): blue, orange, green, sky blue, lilac, tan, grey, vermillion, then
+# yellow and pink, faint on white. Its own order puts orange by vermillion, lilac by pink.
+_DISTINCT_ORDER = (0, 1, 2, 9, 4, 5, 7, 3, 8, 6)
+
+
 def distinct_colours(n: int) -> list:
     """Return ``n`` distinguishable colours: colour-blind-safe up to 10, then a colour ramp."""
     if n <= 10:
-        return sns.color_palette(PALETTE, max(n, 1))[:n]
+        palette = sns.color_palette(PALETTE, 10)
+        return [palette[i] for i in _DISTINCT_ORDER[:n]]
     return sns.color_palette("viridis", n)
 
 
@@ -135,25 +142,47 @@ def log_if_spans(ax: Axes, values: np.ndarray, decades: float = 1.5) -> None:
 
 
 def log_axis(ax: Axes, which: str) -> None:
-    """Log scale with plain tick labels (0.5, 1, 2, 100); minor labels only within a decade."""
+    """Log scale with plain tick labels (0.5, 1, 2, 100), minor ones as the drawn span allows."""
     getattr(ax, f"set_{which}scale")("log")
     axis = ax.yaxis if which == "y" else ax.xaxis
-    lo, hi = sorted(abs(v) for v in (ax.get_ylim() if which == "y" else ax.get_xlim()))
     axis.set_major_formatter(FuncFormatter(_tick))
-    few = lo > 0 and hi / lo < 20
-    axis.set_minor_formatter(FuncFormatter(_tick_2_5) if few else NullFormatter())
+    axis.set_minor_locator(_MinorLogLocator())
+    axis.set_minor_formatter(_MinorLogLabels())
 
 
 def _tick(value: float, _: object) -> str:
     return f"{value:g}"
 
 
-def _tick_2_5(value: float, _: object) -> str:
-    """Label a minor log tick only at 2 and 5 × a power of ten: room between the labels."""
-    if value <= 0:
-        return ""
-    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
-    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
+class _MinorLogLocator(LogLocator):
+    """Minor log ticks at 2…9 × 10^k; linear ones (0.85, 0.9, 0.95) on a span too short to
+    hold three ticks that way."""
+
+    def __init__(self) -> None:
+        super().__init__(subs="auto")
+
+    def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
+        """Return the tick positions for the span ``vmin`` … ``vmax``."""
+        ticks = np.asarray(super().tick_values(vmin, vmax))
+        lo, hi = sorted((vmin, vmax))
+        if lo <= 0:
+            return ticks.tolist()
+        majors = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1
+        if majors + ((ticks >= lo) & (ticks <= hi)).sum() < 3:
+            return AutoLocator().tick_values(lo, hi)
+        return ticks.tolist()
+
+
+class _MinorLogLabels(Formatter):
+    """Label minor log ticks by the span drawn (read when drawing, so later limits count):
+    every one within a decade, 2 and 5 × 10^k up to 2.5 decades, none beyond."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        lo, hi = sorted(abs(v) for v in self.axis.get_view_interval()) if self.axis else (0, 0)
+        if x <= 0 or lo <= 0 or math.log10(hi / lo) > 2.5:
+            return ""
+        mantissa = round(x / 10 ** math.floor(math.log10(x) + 1e-9), 6)
+        return f"{x:g}" if math.log10(hi / lo) <= 1 or mantissa in (2.0, 5.0) else ""
 
 
 def sorted_levels(index: pd.Index) -> list:

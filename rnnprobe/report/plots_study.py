@@ -197,7 +197,7 @@ def plot_measure_vs_axis(
         # Levels with the same values (λ₁ at init over a training setting: one network) make
         # one line, named for all of them, not k lines on top of each other.
         groups = _alike(df, x, hue, column, levels) if hue is not None else [levels]
-        every = len(groups) == 1 and len(levels) > 1
+        every = hue is not None and len(groups) == 1 and len(levels) > 1
         lines = [("0.3" if every else colours[levels.index(g[0])], g) for g in groups]
         for colour, alike in lines:
             level = alike[0]
@@ -221,7 +221,7 @@ def plot_measure_vs_axis(
             label = name if hue is None else f"{name}, {level}"
             if len(series) == 1 and hue is not None:
                 label = level
-            if every:
+            if every and hue is not None:
                 label = f"{name}, every {hue.rpartition('.')[2]}"
             elif len(alike) > 1:
                 label = f"{name}, {' = '.join(alike)}"

@@ -2,7 +2,7 @@
 
 Training and validation loss and the task metric against the baseline, the global gradient norm
 with clipping, the one-step Jacobian's singular values and W_hh's eigenvalues at a few steps,
-the largest Lyapunov exponent λ₁ over training and the Lyapunov spectrum, and the hidden units'
+the Lyapunov exponent λ₁ over training and the spectrum by QR index, and the hidden units'
 health (saturated, inactive, dead) and participation ratio. Pure functions ``plot_x(df, *,
 ax=None) -> Axes`` over one run's ``steps``, ``evals``, ``spectra``, ``lyapunov`` and ``health``
 tables; helpers from :mod:`rnnprobe.report.plots`.
@@ -17,11 +17,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.cbook import boxplot_stats
+from matplotlib.ticker import MaxNLocator
 
 from rnnprobe.report.plots import (
+    NOTE_COLOR,
     PALETTE,
     ensure_axes,
     finite_rows,
+    legend_outside,
     log_axis,
     log_if_spans,
     no_data,
@@ -45,7 +49,11 @@ __all__ = [
 def plot_jacobian_spectra(
     df: pd.DataFrame, *, layer: int | None = None, max_steps: int = 8, ax: Axes | None = None
 ) -> Axes:
-    """Return box plots of the one-step Jacobian singular values at a few training steps."""
+    """Return box plots of the one-step Jacobian singular values at a few training steps.
+
+    Boxes stand at their step on a numeric axis; quartiles and whiskers (1.5 IQR) are taken in
+    decades, and the y axis reaches the lowest whisker, not the outliers: a note counts those
+    below it."""
     ax = ensure_axes(ax)
     data = finite_rows(_quantity(df, "jacobian_singular"), ["step", "layer", "value"], "value")
     if data.empty:
@@ -54,28 +62,67 @@ def plot_jacobian_spectra(
     data = data[(data["layer"] == layer) & data["step"].isin(thin_steps(data["step"], max_steps))]
     if data.empty:
         return no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
-    steps = sorted(data["step"].unique())
-    # matplotlib's own boxplot: seaborn 0.13's passes the deprecated `vert` on matplotlib ≥ 3.11
-    boxes = ax.boxplot(
-        [data.loc[data["step"] == s, "value"].to_numpy() for s in steps],
-        positions=range(len(steps)),
-        widths=0.6,
+    steps = np.sort(data["step"].unique()).astype(float)
+    stats = _log_box_stats([data.loc[data["step"] == s, "value"].to_numpy(float) for s in steps])
+    step_scale(ax, data["step"])  # first: the box widths depend on the scale
+    ax.set_autoscalex_on(True)  # the boxes, not step_scale's left end at 0, set the range
+    ax.bxp(
+        stats,
+        positions=steps,
+        widths=_box_widths(ax, steps),
         patch_artist=True,
+        boxprops={"facecolor": sns.color_palette(PALETTE)[0]},
         flierprops={"markersize": 2},
         medianprops={"color": "0.1"},
+        manage_ticks=False,
     )
-    for box in boxes["boxes"]:
-        box.set_facecolor(sns.color_palette(PALETTE)[0])
-    ax.set_xticks(range(len(steps)), [str(int(s)) for s in steps])
+    if ax.get_xscale() == "linear":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # steps are whole
     log_axis(ax, "y")
+    values = data["value"].to_numpy(float)
+    low = min(min(s["whislo"] for s in stats), 1.0)
+    high = max(values.max(), 1.0)
+    pad = (high / low) ** 0.05
+    ax.set_ylim(low / pad, high * pad)
+    below = values[values < low]
+    if len(below):
+        _side_note(ax, f"{len(below)} of {len(values)} σ below\nthe axis, to {below.min():.3g}")
     ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
-    ax.legend(fontsize="small", loc="best")
+    legend_outside(ax)
     ax.set(
         xlabel="training step",
         ylabel="singular value σ of J_t",
         title=f"spectrum of J_t = diag(φ′) W_hh, layer {layer}",
     )
     return ax
+
+
+def _log_box_stats(groups: list[np.ndarray]) -> list[dict]:
+    """Return box-plot statistics of log₁₀ of each positive group, back in its own units."""
+    stats = boxplot_stats([np.log10(g) for g in groups])
+    for box in stats:
+        for key in ("mean", "med", "q1", "q3", "cilo", "cihi", "whislo", "whishi", "fliers"):
+            box[key] = 10.0 ** np.asarray(box[key])
+    return stats
+
+
+def _box_widths(ax: Axes, steps: np.ndarray) -> np.ndarray:
+    """Return box widths of 0.6 × the gap to the nearest other step (at most the median gap),
+    as drawn on ``ax``'s x scale (linear, or symlog for log-spaced steps)."""
+    if len(steps) < 2:
+        return np.full(len(steps), 0.6)
+    scale = ax.xaxis.get_transform()
+    x = scale.transform(steps)
+    gaps = np.diff(x)
+    near = np.minimum(np.r_[gaps[:1], gaps], np.r_[gaps, gaps[-1:]]).clip(max=np.median(gaps))
+    back = scale.inverted()
+    return back.transform(x + 0.3 * near) - back.transform(x - 0.3 * near)
+
+
+def _side_note(ax: Axes, text: str) -> None:
+    """Write a grey note right of ``ax``, at its foot, clear of the data and of a legend."""
+    ax.text(1.02, 0, text, va="bottom", fontsize="x-small", color=NOTE_COLOR,
+            transform=ax.transAxes)  # fmt: skip
 
 
 def _lines_per_layer(data: pd.DataFrame, y: str, ax: Axes, marker: str | None = None) -> None:
@@ -87,7 +134,8 @@ def _lines_per_layer(data: pd.DataFrame, y: str, ax: Axes, marker: str | None = 
 
 
 def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """Return the largest Lyapunov exponent λ₁ over training, one line per layer, 0 marked."""
+    """Return λ₁ over training, one line per layer, 0 marked: the exponent of QR index 0, the
+    largest once the probe's frame has converged."""
     ax = ensure_axes(ax)
     data = finite_rows(df, ["step", "layer", "index", "exponent"])
     data = data[data["index"] == 0] if not data.empty else data
@@ -99,7 +147,7 @@ def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     ax.set(
         xlabel="training step",
         ylabel="λ₁ (nats per time step)",
-        title="largest Lyapunov exponent",
+        title="Lyapunov exponent λ₁ (QR index 0)",
     )
     return ax
 
@@ -111,7 +159,10 @@ def plot_lyapunov_spectrum(
     layer: int | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return the Lyapunov spectrum (exponent by rank) at ``steps`` (default first, mid, last)."""
+    """Return the Lyapunov exponents by QR index at ``steps`` (default first, mid, last).
+
+    The probe leaves them in QR order, descending only once its frame has converged; exponents
+    of −∞ cannot be drawn, a note counts them."""
     ax = ensure_axes(ax)
     data = finite_rows(df, ["step", "layer", "index", "exponent"])
     if data.empty:
@@ -136,9 +187,13 @@ def plot_lyapunov_spectrum(
         ax=ax,
     )
     ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
-    ax.legend(title=None, fontsize="small")
+    legend_outside(ax)
+    cut = df[(df["layer"] == layer) & df["step"].isin(steps) & (df["exponent"] == -np.inf)]
+    if len(cut):
+        counts = cut.groupby("step").size().items()
+        _side_note(ax, "\n".join(f"step {int(s)}: {n} λ_i = −∞\n(not drawn)" for s, n in counts))
     ax.set(
-        xlabel="rank i (0 = largest)",
+        xlabel="QR index i (descending once converged)",
         ylabel="λ_i (nats per time step)",
         title=f"Lyapunov spectrum, layer {layer}",
     )

@@ -246,3 +246,73 @@ def test_empty_standard_tables_never_raise():
             plots_training.plot_loss,
         ):
             draw(frame, ax=_ax())
+
+
+def _visible_tick_labels(ax) -> list[str]:
+    ax.figure.savefig(io.BytesIO(), format="png", dpi=40)  # sets the tick labels' text
+    axis = ax.yaxis
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+    return [t.label1.get_text() for t in ticks
+            if t.label1.get_text() and lo <= t.get_loc() <= hi]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "limits"), [((0.82, 1.0), None), ((1e-3, 1e3), (0.9, 4.0))])
+def test_log_axis_labels_at_least_three_ticks_of_the_span_drawn(data, limits):
+    ax = _ax()
+    ax.plot([0, 1], data)
+    plots.log_axis(ax, "y")
+    if limits:
+        ax.set_ylim(*limits)  # limits set after log_axis still decide the labels
+    labels = _visible_tick_labels(ax)
+    assert len(labels) >= 3, labels
+
+
+def test_distinct_colours_for_few_lines_are_far_apart_and_stable():
+    for n in range(2, 8):
+        colours = np.array(plots.distinct_colours(n))
+        gaps = [np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1 :]]
+        assert min(gaps) > 0.25, n  # seaborn's own order: orange by vermillion (0.196) at n = 4
+    ten = plots.distinct_colours(10)
+    assert len({tuple(c) for c in ten}) == 10 and ten == plots.distinct_colours(10)
+    assert plots.distinct_colours(3) == ten[:3] and len(plots.distinct_colours(12)) == 12
+
+
+def _jacobian_rows(steps, values_at) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"step": s, "layer": 0, "quantity": "jacobian_singular", "sample": i // 8, "index": i % 8,
+         "value": v, "imag": 0.0}
+        for s in steps for i, v in enumerate(values_at(s))
+    ])  # fmt: skip
+
+
+def test_jacobian_spectra_ignore_an_extreme_outlier_and_say_so():
+    spread = lambda s: np.r_[np.geomspace(0.5, 2, 63), 1e-94 if s == 301 else 1.0]  # noqa: E731
+    ax = plots_training.plot_jacobian_spectra(_jacobian_rows([1, 101, 301, 401], spread), ax=_ax())
+    low, high = ax.get_ylim()
+    assert 1e-3 < low < 0.5 and high > 2  # the boxes fill the axis, not 94 decades
+    assert "1 of 256 σ below" in _texts(ax) and "1e-94" in _texts(ax)
+    medians = sorted(np.mean(line.get_xdata()) for line in ax.lines if line.get_color() == "0.1")
+    assert np.allclose(medians, [1, 101, 301, 401])  # each box at its own step, not 0, 1, 2, 3
+
+
+def _lyapunov_rows(exponents: dict[int, list[float]]) -> pd.DataFrame:
+    rows = [(s, 0, i, e) for s, values in exponents.items() for i, e in enumerate(values)]
+    return pd.DataFrame(rows, columns=["step", "layer", "index", "exponent"])
+
+
+def test_lyapunov_spectrum_is_labelled_by_qr_index_and_notes_minus_infinity():
+    # QR order: index 1 above index 0 at step 800, as in a frame not yet converged
+    rows = _lyapunov_rows({1: [-0.01, -0.02, -np.inf, -np.inf], 800: [-0.0135, -0.0068, -0.2, -1]})
+    ax = plots_training.plot_lyapunov_spectrum(rows, ax=_ax())
+    assert "QR index" in ax.get_xlabel() and "largest" not in ax.get_xlabel()
+    assert "step 1: 2 λ_i = −∞" in _texts(ax) and "not drawn" in _texts(ax)
+    assert "step 800" not in _texts(ax)
+    assert sorted(len(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) > 2) == [4]
+
+
+def test_schema_calls_lyapunov_indices_qr_order_and_singular_values_ranks():
+    for table in ("lyapunov", "floss"):
+        text = STANDARD_TABLES[table]["index"]
+        assert "QR index" in text and "0 = largest" not in text and "not sorted" in text
+    assert "0 = largest" in STANDARD_TABLES["spectra"]["index"]

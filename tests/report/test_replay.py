@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from matplotlib.figure import Figure
 from PIL import Image
 
 from rnnprobe.cli.replay import replay
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.store import RunStore, load_run
+from rnnprobe.report.plots_replay import plot_step_lyapunov
 from rnnprobe.training.config import build_config
 from rnnprobe.training.loop import train_run
 from rnnprobe.training.warning import SNAPSHOT_KEYS, ExplosionWatch, WarnSpec
@@ -255,3 +257,11 @@ def test_a_damaged_or_foreign_snapshot_is_one_line_and_an_exit_status(runs, tmp_
     assert done.exit_code == code, done.output
     assert done.stderr.startswith("rnnprobe: error: ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.output and str(path) in done.stderr
+
+
+def test_the_replay_lyapunov_panel_names_qr_order_and_counts_minus_infinity():
+    rows = pd.DataFrame({"step": 7, "layer": 0, "index": range(4),
+                         "exponent": [-0.3, 0.2, -math.inf, -math.inf]})  # fmt: skip
+    ax = plot_step_lyapunov(rows, ax=Figure().subplots())
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "QR index" in ax.get_xlabel() and "step 7: 2 λ_i = −∞" in texts
