@@ -29,8 +29,9 @@ solving, so it is *learning*), *learning* (< ``BEATS``), *did not learn* (≥ ``
 A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *changes*
 a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
 level means that differ by more than ``EFFECT`` and by more than twice the seeds' spread;
-init-phase decay against √χ where the prediction applies; where λ₁ at init changes sign along a
-numeric axis.
+init-phase decay against √χ where the prediction applies (over distinct initial networks);
+where λ₁ at init changes sign along a numeric axis; end-phase half-lives / T as geometric
+means of the fits below ``REACH_CAP``, with growing, longer or unfitted runs counted apart.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from rnnprobe.analysis.levels import level_order
 from rnnprobe.analysis.runs import (
     NORMAL_MIN,
     PHASES,
@@ -52,6 +54,7 @@ from rnnprobe.analysis.runs import (
     RunSummary,
     StudySummary,
     aggregate,
+    training_only,
 )
 
 if TYPE_CHECKING:
@@ -88,6 +91,8 @@ SOLVED = 0.25
 BEATS = 0.95
 MIN_STEPS = 10
 REACH_CAP = 8.0  # half-life / T beyond which "the gradient reaches across" needs no number
+CAP = f"{REACH_CAP:g} T"
+LOG2_CAP = math.log2(REACH_CAP)
 MIN_RUNS = 4
 MIN_ETA2 = 0.5
 EFFECT = {"loss_ratio": 0.05, "log2_reach_end": 1.0, "decay_per_step_init": 0.02}
@@ -195,12 +200,18 @@ def outcome(s: RunSummary) -> tuple[str, str]:
     if s.last_step is None:
         return "unknown", f"no records yet (status {s.status})"
     if s.divergence_step is not None:
-        return "diverged", f"the run stopped on non-finite values at step {s.divergence_step}"
+        onset = s.first_nonfinite_step
+        return "diverged", (
+            f"the run stopped on non-finite values at step {s.divergence_step}"
+            + (f"; its first non-finite loss or gradient was at step {onset}" if onset else "")
+        )
     which = "validation" if math.isfinite(s.final_valid_loss) else "training"
     ratio = (
         f"final {which} loss {s.final_loss:.4g} = {s.loss_ratio:.3g} × the baseline "
-        f"{s.baseline_loss:.4g} (at the start {s.initial_loss_ratio:.3g} ×)"
+        f"{s.baseline_loss:.4g}"
     )
+    if math.isfinite(s.initial_loss_ratio):
+        ratio += f" (training loss at step 1: {s.initial_loss:.4g} = {s.initial_loss_ratio:.3g} ×)"
     if s.steps < MIN_STEPS:
         return "untrained", (
             f"{s.steps} training step{'s' if s.steps != 1 else ''} (< {MIN_STEPS}): the run "
@@ -225,11 +236,12 @@ def diagnose_run(s: RunSummary) -> RunDiagnosis:
             continue
         regime, reasons = classify_phase(s, name)
         verdicts[name] = PhaseVerdict(name, _steps_text(p), regime, reasons)
-    if "training" not in verdicts and s.first_nonfinite_step is not None:
+    first_bad, end = s.first_nonfinite_step, s.phase("end").step or s.steps + 1
+    if "training" not in verdicts and first_bad is not None and first_bad < end:
         # no probe fires on a non-finite step, but the steps table still says what happened
         verdicts["training"] = PhaseVerdict(
             "training",
-            f"steps {s.first_nonfinite_step}–{s.steps}",
+            f"steps {first_bad}–{end - 1}",
             "exploding",
             [f"{s.nonfinite_steps} steps had a non-finite loss or gradient"],
         )
@@ -330,7 +342,8 @@ def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.Da
     table.insert(len(study.axes) + 2, "outcome", [d.outcome for d in diagnoses])
     for i, name in enumerate(PHASES):
         table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])
-    # log₂ of half-life / T, capped at REACH_CAP: "no decay" counts as long reach; NaN stays NaN
+    # log₂ of half-life / T, capped at REACH_CAP (growing gradients too): for η² only, where a
+    # long reach counts as long; the text never averages a capped value. NaN stays NaN
     reach = pd.to_numeric(table["half_life_over_seq_len_end"], errors="coerce")
     table["log2_reach_end"] = np.log2(reach.mask(reach >= REACH_CAP, REACH_CAP))
     return table
@@ -379,7 +392,7 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     effects, effect_lines = _effects(data, axes, seeds)
     answer = _outcome_answer(data, axes) + _reach_answer(data, axes)
     answer += _truncation_answer(table, axes)
-    answer += _mean_field_lines(table) + _edge_lines(table, axes)
+    answer += _mean_field_lines(table, axes) + _edge_lines(table, axes)
     answer += effect_lines
     if (table["outcome"] == "diverged").any():
         lines.append(
@@ -411,11 +424,12 @@ def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
         ):
             first = cell.iloc[0]
             label = ", ".join(f"{a.rpartition('.')[2]} = {first[a]}" for a in axes) or "every run"
-            steps = pd.to_numeric(cell["divergence_step"]).astype(int)
-            at = f"step {steps.min()}"
-            if steps.max() > steps.min():
-                at = f"steps {steps.min()}–{steps.max()}"
-            by_outcome.setdefault("diverged", []).append(f"{label} ({len(cell)} runs, at {at})")
+            onset = _step_range(cell["first_nonfinite_step"])
+            onset = f"first non-finite loss or gradient at {onset}, " if onset else ""
+            stop = _step_range(cell["divergence_step"])
+            by_outcome.setdefault("diverged", []).append(
+                f"{label} ({len(cell)} runs: {onset}stopped at {stop})"
+            )
     judged = data[~data["outcome"].isin(["untrained", "unknown", "diverged"])]
     groups = aggregate(judged, axes, "loss_ratio")
     if groups.empty and not by_outcome:
@@ -436,31 +450,56 @@ def _outcome_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     return [line]
 
 
+def _step_range(steps: pd.Series) -> str | None:
+    """Return "step a" or "steps a–b" over the finite values of ``steps``, None without any."""
+    values = pd.to_numeric(steps, errors="coerce").dropna().astype(int)
+    if values.empty:
+        return None
+    low, high = values.min(), values.max()
+    return f"step {low}" if low == high else f"steps {low}–{high}"
+
+
 def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Return each configuration's end-phase gradient half-life against T (seeds pooled)."""
     if "log2_reach_end" not in data or not axes:
         return []
     rows = data[data["outcome"] != "diverged"]
-    groups = aggregate(rows, axes, "log2_reach_end")
-    if groups.empty:
-        return []
-    runs = rows.groupby([rows[a].astype(str) for a in axes]).size()
     parts = []
-    for g in groups.to_dict("records"):
-        label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
-        value = 2 ** g["mean"]
-        text = _reach_text(value)
-        total = int(
-            runs[tuple(str(g[a]) for a in axes)] if len(axes) > 1 else runs[str(g[axes[0]])]
-        )
-        if g["n"] < total:  # the other runs' curves were not exponential: no rate to pool
-            text += f" ({g['n']} of {total} runs)"
-        parts.append(f"{label}: {text}")
+    configs = rows[list(axes)].drop_duplicates()
+    for g in configs.iloc[level_order(configs, axes)].to_dict("records"):
+        cell = rows[np.logical_and.reduce([rows[a].astype(str) == str(g[a]) for a in axes])]
+        if cell["log2_reach_end"].notna().any():
+            label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
+            parts.append(f"{label}: {_reach_cell(cell)}")
+    if not parts:
+        return []
     return [
         "Gradient half-life at the end, as a fraction of the T steps the network runs "
-        "(geometric mean over seeds of the exponential fits; below 0.25 T it vanishes within "
-        "the sequence) — " + "; ".join(parts) + "."
+        f"(geometric mean ×/÷ sd over seeds of the fits below {CAP}; runs whose gradient "
+        f"grows, that reach ≥ {CAP} or have no exponential fit are counted, not averaged; "
+        "below 0.25 T it vanishes within the sequence) — " + "; ".join(parts) + "."
     ]
+
+
+def _reach_cell(rows: pd.DataFrame) -> str:
+    """Return the end-phase half-life / T of ``rows``: the geometric mean (×/÷ sd) of the fits
+    below ``REACH_CAP``, and how many runs grow, reach beyond it or have no fit."""
+    rate = pd.to_numeric(rows["decay_per_step_end"], errors="coerce")
+    reach = pd.to_numeric(rows["half_life_over_seq_len_end"], errors="coerce")
+    fitted = (rate < 1) & (reach < REACH_CAP)
+    kinds = {"grows": rate > 1, f"≥ {CAP}": (rate <= 1) & (reach >= REACH_CAP)}
+    kinds["no exponential fit"] = ~(fitted | kinds["grows"] | kinds[f"≥ {CAP}"])
+    parts = []
+    if fitted.any():
+        logs = np.log2(reach[fitted])
+        spread = f" (×/÷ {2 ** logs.std():.2g})" if len(logs) > 1 else ""
+        parts.append(f"{2 ** logs.mean():.2g} T{spread}{_share(len(logs), len(rows))}")
+    parts += [k + _share(int(m.sum()), len(rows)) for k, m in kinds.items() if m.any()]
+    return "; ".join(parts)
+
+
+def _share(count: int, total: int) -> str:
+    return "" if count == total else f" in {count} of {total} runs"
 
 
 def _truncation_answer(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
@@ -486,10 +525,6 @@ def _truncation_answer(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     ]
 
 
-def _reach_text(value: float) -> str:
-    return f"no decay (≥ {REACH_CAP:g} T)" if value >= REACH_CAP * 0.999 else f"{value:.2g} T"
-
-
 def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.DataFrame, list]:
     rows, lines = [], []
     for value, name in QUANTITIES.items():
@@ -511,15 +546,23 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
                 {"axis": axis, "quantity": name, "eta2": eta2, "runs": n, "matters": matters}
             )
             if matters:
-                shown = "; ".join(_level(g, axis, value) for g in groups.to_dict("records"))
-                lines.append(f"{axis} changes {name} (η² = {eta2:.2f}, {n} runs): {shown}.")
+                shown = "; ".join(_level(data, g, axis, value) for g in groups.to_dict("records"))
+                how = _reach_how(data[value]) if value == "log2_reach_end" else ""
+                lines.append(f"{axis} changes {name} (η² = {eta2:.2f}, {n} runs{how}): {shown}.")
     return pd.DataFrame(rows), lines
 
 
-def _level(g: dict, axis: str, value: str) -> str:
+def _reach_how(log2_reach: pd.Series) -> str:
+    """Return how the half-life's η² and level text treat capped values."""
+    capped = f", taking grows and ≥ {CAP} as {CAP}" if (log2_reach >= LOG2_CAP).any() else ""
+    return capped + "; geometric mean ×/÷ sd of the fits below " + CAP
+
+
+def _level(data: pd.DataFrame, g: dict, axis: str, value: str) -> str:
+    if value == "log2_reach_end":
+        rows = data[(data[axis].astype(str) == str(g[axis])) & data[value].notna()]
+        return f"{g[axis]}: {_reach_cell(rows)}"
     spread = f" ± {g['sd']:.2g}" if g["n"] > 1 else ""
-    if value.startswith("log2_"):
-        return f"{g[axis]}: {_reach_text(2 ** g['mean'])} (×/÷ {2 ** g['sd']:.2g})"
     return f"{g[axis]}: {g['mean']:.3g}{spread}"
 
 
@@ -527,24 +570,30 @@ def _spread(g: dict) -> str:
     return f"{g['mean']:+.3f}" + (f" ± {g['sd']:.2g}" if g["n"] > 1 else "")
 
 
-def _mean_field_lines(table: pd.DataFrame) -> list[str]:
+def _mean_field_lines(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Return measured/predicted decay at init over the distinct initial networks: runs that
+    differ only in training settings (:func:`training_only`) share one."""
     if "mean_field_applies" not in table:
         return []
     applies = table[table["mean_field_applies"].astype(bool)]
-    ratio = pd.to_numeric(applies.get("mean_field_ratio", pd.Series(dtype=float)), "coerce")
-    ratio = ratio.dropna()
     if applies.empty:
         if "predicted_decay" in table and pd.to_numeric(table["predicted_decay"]).notna().any():
             return ["Mean-field theory does not apply to these inits (not i.i.d. random weights)."]
         return []
+    applies = applies.assign(ratio=pd.to_numeric(applies["mean_field_ratio"], "coerce"))
+    applies = applies.dropna(subset=["ratio"])
+    network = [a for a in (*axes, "seed") if a in applies and not training_only(a)]
+    ratio = applies.groupby([applies[a].astype(str) for a in network])["ratio"].mean()
     if len(ratio) < 2:
         return []
     close = (ratio - 1).abs() <= 0.05
     verb = "follows" if close.mean() >= 0.8 else "departs from"
+    runs = f", {len(applies)} runs" if len(applies) > len(ratio) else ""
     return [
         f"At init, measured decay per step {verb} the mean-field √χ: measured/predicted "
-        f"{ratio.mean():.3f} ± {ratio.std():.2g} (mean ± sd over {len(ratio)} runs, range "
-        f"{ratio.min():.3g}–{ratio.max():.3g}; {close.mean():.0%} within 5 %)."
+        f"{ratio.mean():.3f} ± {ratio.std():.2g} (mean ± sd over {len(ratio)} initial "
+        f"networks{runs}; range {ratio.min():.3g}–{ratio.max():.3g}; {close.mean():.0%} "
+        "within 5 %)."
     ]
 
 

@@ -9,9 +9,11 @@ Conventions, stated once:
 * *Top layer*: the largest ``layer`` index (the one the loss sees first). Decay, Lyapunov
   exponent, saturation and the mean-field prediction are read for the top layer.
 * *Phases*: every probe fires at step 1 (before the first update: the initial weights) and at
-  the run's final step. ``init`` is a table's step 1 (step 0 for W_hh records), ``end`` its
-  last step when that is later, ``training`` the steps in between (the median over them, the
-  decay over at most ``FIT_STEPS`` of them evenly spread).
+  the run's final step. ``init`` is a table's step 1 (step 0 for W_hh records), ``end`` the
+  run's last probe step (over all its probe tables: a diverged run's probes may stop at
+  different steps, and a table that stopped earlier has no end phase), ``training`` the steps
+  in between (the median over them, the decay over at most ``FIT_STEPS`` of them evenly
+  spread).
 * *Decay per step* r at a phase step: least squares of ``ln ‖∂ℓ_s/∂h_t‖`` on the distance
   ``d = s − t`` over the top layer's reach rows, one intercept per source ``s``, common slope
   ``b``, ``r = e^b``. Points used: ``d ≥ 1`` and norms above the dtype's noise floor (ε ×
@@ -22,16 +24,18 @@ Conventions, stated once:
   exponential" and has no rate: the slopes of its two halves (split at the median distance)
   have opposite signs and differ by more than ``BEND`` per step (a U), or one half's slope is
   further than ``BEND`` and ``KINK`` × |slope| from the whole fit's (a jump, a bend). R² is
-  reported; scatter alone does not reject a fit. Without reach rows, r is the geometric mean
-  over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the recurrent part
-  of δ_t is δ_{t+1} J_{t+1}; both norms normal numbers), source ``adjoints``. Half-life
-  ``ln 2 / −ln r`` steps (∞ when r ≥ 1).
+  reported; scatter alone does not reject a fit. Without reach rows (after init: without a
+  reach probe that ran to the run's last step, as a diverged run's may not), r is the
+  geometric mean over t of the one-step factor ‖δ_t − ε_t‖ / ‖δ_{t+1}‖ of the adjoints (the
+  recurrent part of δ_t is δ_{t+1} J_{t+1}; both norms normal numbers), source ``adjoints``.
+  Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1; its text says "grows" when r > 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
   −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
   never averaged into a number.
 * *Final loss*: the last validation loss if any, else the mean training loss over the last
   10 % of steps (skipped or non-finite steps dropped); ``loss_ratio`` = final loss / the task's
-  memoryless baseline loss.
+  memoryless baseline loss. *Initial loss*: the training loss at step 1 (the initial network
+  on the first batch: the loss panel's first point); NaN when not finite.
 * *Classifiers* (many-to-one classification): ``final_metric`` is the validation accuracy at
   the last evaluation and ``baseline_metric`` the baseline's (classify: the majority class's
   share of the training split); ``classes`` holds the per-class accuracy and the confusion
@@ -72,6 +76,7 @@ __all__ = [
     "phase_steps",
     "study_summary",
     "summarise_run",
+    "training_only",
 ]
 
 PHASES = ("init", "training", "end")
@@ -113,6 +118,13 @@ class DecayFit:
     def ok(self) -> bool:
         """Return whether there is a rate (the fit, or the adjoint ratios): r is finite."""
         return math.isfinite(self.rate_per_step)
+
+    @property
+    def half_life_text(self) -> str:
+        """Return the half-life in steps as text: "grows" when r > 1, "∞" when r = 1."""
+        if self.rate_per_step > 1:
+            return "grows"
+        return "∞" if math.isinf(self.half_life) else f"{self.half_life:.3g}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,7 @@ class RunSummary:
     final_loss: float = NAN
     final_train_loss: float = NAN
     final_valid_loss: float = NAN
-    initial_loss: float = NAN  # mean training loss of the first 10 % of steps
+    initial_loss: float = NAN  # training loss at step 1 (NaN when not finite)
     baseline_loss: float = NAN
     loss_ratio: float = NAN
     initial_loss_ratio: float = NAN
@@ -256,11 +268,27 @@ class StudySummary:
         return pd.DataFrame(rows)
 
 
+def training_only(axis: str) -> bool:
+    """Return whether the setting leaves the initial network (and its reach) unchanged: runs
+    that differ only in such settings start from one network.
+
+    Truncation is not one (the reach is recorded per backward segment), nor is flossing (its
+    pre-flossing updates come before step 1).
+    """
+    return axis.startswith("train.") and axis not in ("train.bptt", "train.floss")
+
+
 # -- phases ---------------------------------------------------------------------------------
 
 
-def phase_steps(table: pd.DataFrame, *, first: int = 1) -> dict[str, tuple[int, ...]]:
-    """Return the steps of ``table`` per phase: init (≤ ``first``), training, end (the last)."""
+def phase_steps(
+    table: pd.DataFrame, *, first: int = 1, last: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Return the steps of ``table`` per phase: init (≤ ``first``), training, end.
+
+    The end is step ``last`` (default: the table's last step); a table without it has no end
+    phase, and its steps after ``first`` are training.
+    """
     if table is None or table.empty or "step" not in table:
         return {}
     steps = np.unique(pd.to_numeric(table["step"], errors="coerce").dropna().astype(int))
@@ -269,10 +297,13 @@ def phase_steps(table: pd.DataFrame, *, first: int = 1) -> dict[str, tuple[int, 
     if len(init):
         out["init"] = (int(init.max()),)
     rest = steps[steps > first]
-    if len(rest):
-        out["end"] = (int(rest.max()),)
-        if len(rest) > 1:
-            out["training"] = tuple(int(s) for s in rest[:-1])
+    if not len(rest):
+        return out
+    end = int(rest.max()) if last is None else last
+    if end in rest:
+        out["end"] = (end,)
+    if (rest < end).any():
+        out["training"] = tuple(int(s) for s in rest[rest < end])
     return out
 
 
@@ -413,9 +444,9 @@ def summarise_run(run: Run, run_id: str | None = None) -> RunSummary:
     status = str(run.status.get("status", "pending"))
     last = int(_last(steps, "step", run.status.get("step", 0)) or 0)
     valid = _last(evals, "loss")
-    train = _tail_mean(steps, "loss", last=True)
+    train = _tail_mean(steps, "loss")
     final = valid if math.isfinite(valid) else train
-    initial = _tail_mean(steps, "loss", last=False)
+    initial = _at_step_one(steps, "loss")
     baseline = _first(task, "baseline_loss")
     seq_len = _first(task, "seq_len")
     if not math.isfinite(seq_len):
@@ -473,14 +504,19 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
     lyapunov, health = _top(run.table("lyapunov")), _top(run.table("health"))
     reach_by = dict(tuple(reach.groupby("step"))) if len(reach) else {}
     adjoints_by = dict(tuple(adjoints.groupby("step"))) if len(adjoints) else {}
-    # per phase the reach fit where the phase has reach rows, else the adjoints' one-step factor
-    reach_steps, adjoint_steps = phase_steps(reach), phase_steps(adjoints)
-    decay_steps = {p: reach_steps.get(p) or adjoint_steps.get(p, ()) for p in PHASES}
-    lyap_steps, health_steps = phase_steps(lyapunov), phase_steps(health)
     truncation = run.table("truncation")
     if "tensor" in truncation:
         truncation = truncation[truncation["tensor"] == "total"]
-    cut_steps, cut_by = phase_steps(truncation), _by_step(truncation)
+    tables = (reach, adjoints, lyapunov, health, truncation)
+    last = max((int(t["step"].max()) for t in tables if "step" in t and len(t)), default=None)
+    reach_steps, adjoint_steps, lyap_steps, health_steps, cut_steps = (
+        phase_steps(t, last=last) for t in tables
+    )
+    # per phase the reach fit where the phase has reach rows, else the adjoints' one-step factor;
+    # after init, only a reach probe that ran to the end (a diverged run's may stop earlier)
+    reach_steps = reach_steps if "end" in reach_steps else {"init": reach_steps.get("init", ())}
+    decay_steps = {p: reach_steps.get(p) or adjoint_steps.get(p, ()) for p in PHASES}
+    cut_by = _by_step(truncation)
     lyap_by = _by_step(lyapunov[lyapunov["index"] == 0] if "index" in lyapunov else lyapunov)
     health_by = _by_step(health)
     out = {}
@@ -593,6 +629,14 @@ def _last(table: pd.DataFrame, column: str, default: float = NAN) -> float:
     return float(values.iloc[-1]) if len(values) else default
 
 
+def _at_step_one(steps: pd.DataFrame, column: str) -> float:
+    """Return ``column`` at step 1 when it is finite, else NaN."""
+    if column not in steps or "step" not in steps:
+        return NAN
+    values = pd.to_numeric(steps.loc[steps["step"] == 1, column], errors="coerce")
+    return float(values.iloc[0]) if len(values) and math.isfinite(values.iloc[0]) else NAN
+
+
 def _text(table: pd.DataFrame, column: str) -> str | None:
     return str(table[column].iloc[0]) if column in table and len(table) else None
 
@@ -604,13 +648,13 @@ def _good_steps(steps: pd.DataFrame) -> pd.DataFrame:
     return steps
 
 
-def _tail_mean(steps: pd.DataFrame, column: str, *, last: bool = True) -> float:
-    """Return the mean of ``column`` over the last (or first) 10 % of steps, finite only."""
+def _tail_mean(steps: pd.DataFrame, column: str) -> float:
+    """Return the mean of ``column`` over the last 10 % of steps, finite only."""
     if column not in steps or steps.empty:
         return NAN
     ordered = steps.sort_values("step")
     count = max(1, math.ceil(FINAL_FRACTION * len(ordered)))
-    part = _good_steps(ordered.iloc[-count:] if last else ordered.iloc[:count])
+    part = _good_steps(ordered.iloc[-count:])
     values = pd.to_numeric(part[column], errors="coerce").to_numpy(dtype=float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else NAN

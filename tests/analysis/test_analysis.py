@@ -11,17 +11,19 @@ import pytest
 
 from rnnprobe.analysis.runs import (
     MIN_FIT_POINTS,
+    DecayFit,
     aggregate,
     fit_decay,
     phase_steps,
     study_summary,
     summarise_run,
 )
-from rnnprobe.records.store import Run
+from rnnprobe.records.store import Run, load_run
 from rnnprobe.study.executors import InProcessExecutor
 from rnnprobe.study.runner import read_index, run_study
 from rnnprobe.study.spec import StudySpec
 from rnnprobe.training.config import build_config
+from tests.support.records import write_run
 
 
 def reach_table(rates: dict[tuple[int, int], float], T: int = 12, sources=(5, 11)) -> pd.DataFrame:
@@ -138,6 +140,29 @@ def test_phases_are_step_one_the_last_step_and_those_between():
     assert phase_steps(pd.DataFrame({"step": [1, 1]})) == {"init": (1,)}
     assert phase_steps(pd.DataFrame({"step": [20, 40]})) == {"end": (40,), "training": (20,)}
     assert phase_steps(pd.DataFrame()) == {}
+    # the run's end is later than the table's last step: that step is training, no end here
+    assert phase_steps(pd.DataFrame({"step": [1, 26, 51]}), last=82) == {
+        "init": (1,),
+        "training": (26, 51),
+    }
+
+
+def test_a_diverged_runs_end_is_its_last_probe_step_and_training_comes_before(tmp_path):
+    # probes at 1, 2, 4, 8, 16 and 30; the reach probe stopped at 16, the adjoints ran to 30
+    run = load_run(write_run(tmp_path / "r", steps=40, diverge_at=30, status="diverged"))
+    reach = run.table("reach")
+    run.tables["reach"] = reach[reach["step"] < 30]
+    s = summarise_run(run)
+    training, end = s.phase("training"), s.phase("end")
+    assert end.steps == (30,) and max(training.steps) < 30
+    assert end.decay.source == training.decay.source == "adjoints"
+    assert s.phase("init").decay.source == "reach"
+
+
+def test_half_life_text_says_grows_when_the_gradient_grows():
+    assert DecayFit(1.2, math.inf).half_life_text == "grows"
+    assert DecayFit(1.0, math.inf).half_life_text == "∞"
+    assert DecayFit(0.5, 1.0).half_life_text == "1"
 
 
 def synthetic_run(tmp_path, init: str = "gaussian") -> Run:
@@ -199,7 +224,7 @@ def test_run_summary_reads_every_quantity_from_the_tables(tmp_path):
     assert s.final_train_loss == pytest.approx(1 / 20)  # last 10 %: 19 (skipped) and 20
     assert s.final_valid_loss == 0.5 and s.final_loss == 0.5 and s.final_metric == 0.7
     assert s.baseline_loss == 1.0 and s.loss_ratio == 0.5
-    assert s.initial_loss_ratio == pytest.approx((1 + 1 / 2) / 2)
+    assert s.initial_loss == 1.0 and s.initial_loss_ratio == 1.0  # step 1's, not a mean
     assert s.seq_len == 30  # T from the task table, not the delay
     init, training, end = (s.phase(p) for p in ("init", "training", "end"))
     assert init.step == 1 and training.steps == (10,) and end.step == 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,7 +16,13 @@ from rnnprobe.analysis.diagnosis import (
     study_table,
     variance_explained,
 )
-from rnnprobe.analysis.runs import StudySummary, summarise_run
+from rnnprobe.analysis.runs import (
+    DecayFit,
+    PhaseMeasures,
+    RunSummary,
+    StudySummary,
+    summarise_run,
+)
 from rnnprobe.records.store import load_run
 from rnnprobe.report.terminal import format_run_summary
 from tests.support.records import write_run
@@ -199,9 +206,84 @@ def test_diverged_configurations_are_named_and_left_out_of_loss_effects(tmp_path
     }
     a = analyse_study(write_study(tmp_path, cells))
     answer = "\n".join(a.diagnosis.answer)
-    assert "diverged: init_gain = 2.0 (2 runs, at step 10)" in answer
+    assert (
+        "diverged: init_gain = 2.0 (2 runs: first non-finite loss or gradient at step 10, "
+        "stopped at step 10)" in answer
+    )
     assert "2.0: " not in answer.partition("changes loss/baseline")[2].split("\n")[0]
     assert "2 diverged run(s) are left out" in "\n".join(a.diagnosis.lines)
+
+
+def test_the_start_loss_is_step_ones_as_the_loss_panel_shows(tmp_path):
+    d = diagnose(tmp_path, decay=0.97)
+    first = d.summary.initial_loss
+    assert first == load_run(tmp_path / "r").table("steps")["loss"].iloc[0]
+    assert f"(training loss at step 1: {first:.4g} = " in d.outcome_reason
+    assert "at the start" not in d.outcome_reason
+
+
+def test_a_diverged_run_names_the_onset_and_the_stop(tmp_path):
+    path = write_run(tmp_path / "r", decay=0.97, diverge_at=20, status="diverged")
+    run = load_run(path)
+    steps = run.table("steps")
+    run.tables["steps"] = steps.assign(loss=steps["loss"].where(steps["step"] < 12))
+    d = diagnose_run(summarise_run(run))
+    assert d.outcome_reason == (
+        "the run stopped on non-finite values at step 20; its first non-finite loss or "
+        "gradient was at step 12"
+    )
+
+
+def summary(run_id, settings, *, rate_end=0.5, rate_init=0.9, steps=100, **fields):
+    """A finished run whose gradient decays by ``rate_*`` per step (T = 10) at init and end."""
+
+    def phase(name, step, rate):
+        half = math.log(2) / -math.log(rate) if rate < 1 else math.inf
+        return PhaseMeasures(name, (step,), DecayFit(rate, half, shape="exponential"))
+
+    phases = {"init": phase("init", 1, rate_init), "end": phase("end", steps, rate_end)}
+    return RunSummary(run_id, settings, "done", steps=steps, seq_len=10.0, final_loss=0.5,
+                      baseline_loss=1.0, loss_ratio=0.5, phases=phases, **fields)  # fmt: skip
+
+
+def study_answer(runs, axes) -> str:
+    seeds = sorted({r.settings["seed"] for r in runs})
+    study = StudySummary("s", "", "", axes, seeds, runs)
+    table = study_table(study, [diagnose_run(r) for r in runs])
+    return "\n".join(diagnose_study(study, table).answer)
+
+
+def test_the_answer_quotes_a_diverged_configurations_onset_not_only_its_stop():
+    runs = [summary(f"n{k}", {"train.clip": "none", "seed": k}, divergence_step=21,
+                    first_nonfinite_step=2, nonfinite_steps=20) for k in range(3)]  # fmt: skip
+    runs += [summary(f"c{k}", {"train.clip": "norm", "seed": k}) for k in range(3)]
+    answer = study_answer(runs, ["train.clip"])
+    assert (
+        "clip = none (3 runs: first non-finite loss or gradient at step 2, stopped at step 21)"
+        in answer
+    )
+
+
+def test_grown_or_capped_half_lives_are_counted_never_averaged():
+    # level x: three gradients grow (half-life ∞, capped at 8 T for η²), one halves in 0.74 T
+    rates = {"x": [1.01, 1.01, 1.01, 0.9102], "y": [0.5] * 4}
+    runs = [summary(f"{a}{k}", {"a": a, "seed": k}, rate_end=r)
+            for a, level in rates.items() for k, r in enumerate(level)]  # fmt: skip
+    answer = study_answer(runs, ["a"])
+    assert "a = x: 0.74 T in 1 of 4 runs; grows in 3 of 4 runs" in answer
+    assert "a changes the half-life / T at the end" in answer
+    assert "x: 0.74 T in 1 of 4 runs; grows in 3 of 4 runs; y: 0.1 T (×/÷ 1)." in answer
+    capped = 2 ** np.mean([3, 3, 3, np.log2(math.log(2) / -math.log(0.9102) / 10)])
+    assert f"{capped:.2g} T" not in answer and "no decay" not in answer
+
+
+def test_mean_field_counts_initial_networks_not_runs():
+    # train.clip leaves the initial network unchanged; model.init_gain does not
+    runs = [summary(f"{g}{c}{k}", {"model.init_gain": g, "train.clip": c, "seed": k},
+                    predicted_decay=0.9 * (1 + 0.01 * k), mean_field_applies=True)
+            for g in (1.0, 2.0) for c in ("none", "norm", "value") for k in (0, 1)]  # fmt: skip
+    answer = study_answer(runs, ["model.init_gain", "train.clip"])
+    assert "(mean ± sd over 4 initial networks, 12 runs; " in answer
 
 
 def test_a_study_measured_at_init_only_says_nothing_about_the_end(tmp_path):
