@@ -421,8 +421,7 @@ def _fit_text(s: RunSummary, phase: str) -> str:
     d = s.phase(phase).decay
     if not d.ok:
         return d.shape
-    half = "∞" if np.isinf(d.half_life) else f"{d.half_life:.3g}"
-    return f"×{d.rate_per_step:.3g}, t½ {half}"
+    return f"×{d.rate_per_step:.3g}, t½ {d.half_life_text}"
 
 
 def _ratio_text(s: RunSummary) -> str:

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from rnnprobe.analysis.class_scores import ClassScores
 from rnnprobe.analysis.diagnosis import StudyAnalysis, analyse_run, analyse_study
-from rnnprobe.analysis.runs import RunSummary
+from rnnprobe.analysis.runs import RunSummary, training_only
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run, load_run
@@ -586,7 +586,7 @@ class Configurations:
         return ", ".join(a.rpartition(".")[2] for a in self.axes) or "configuration"
 
     def label(self, summary: RunSummary, init: bool = False) -> str:
-        axes = [a for a in self.axes if not (init and _training_only(a))]
+        axes = [a for a in self.axes if not (init and training_only(a))]
         return ", ".join(str(summary.settings.get(a)) for a in axes) or "all"
 
 
@@ -606,15 +606,6 @@ def _configurations(analysis: StudyAnalysis, axes: list[str]) -> Configurations:
         colour = configs.colours[configs.label(summary)]
         configs.init_colours.setdefault(configs.label(summary, init=True), colour)
     return configs
-
-
-def _training_only(axis: str) -> bool:
-    """Return whether the setting leaves the initial network and its reach unchanged.
-
-    Truncation is not one: the reach is recorded per backward segment; nor is flossing, whose
-    pre-flossing updates come before step 1.
-    """
-    return axis.startswith("train.") and axis not in ("train.bptt", "train.floss")
 
 
 def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) -> int:
@@ -688,7 +679,7 @@ def _study_reach(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFra
             if phase == "end" and summary.divergence_step is not None:
                 continue
             init = phase == "init"
-            axes = [a for a in configs.axes if not (init and _training_only(a))]
+            axes = [a for a in configs.axes if not (init and training_only(a))]
             rows = top[top["step"] == step]
             title = ", ".join(a.rpartition(".")[2] for a in axes) or "one initial network"
             label = configs.label(summary, init=init)
@@ -810,8 +801,7 @@ def _run_reach(run: Run, s: RunSummary) -> pd.DataFrame:
 def _fit_label(s: RunSummary, label: str) -> str:
     d = s.phase(label.partition(" ")[0]).decay
     if d.ok:
-        half = "∞" if math.isinf(d.half_life) else f"{d.half_life:.3g}"
-        return f"{label}: ×{d.rate_per_step:.3g}, t½ {half}"
+        return f"{label}: ×{d.rate_per_step:.3g}, t½ {d.half_life_text}"
     return f"{label}: {d.shape}"
 
 
@@ -957,9 +947,17 @@ def _label(summary: RunSummary, axes: list[str]) -> str:
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Return the summary with numbers as short text, and without all-empty columns."""
+    """Return the summary with numbers as short text, and without all-empty columns; a
+    half-life whose gradient grows (decay per step > 1) reads "grows", not ∞."""
     keep = [c for c in summary.columns if summary[c].notna().any()]
-    return summary[keep].map(_cell)
+    shown = summary[keep].map(_cell)
+    for column in keep:
+        phase = re.fullmatch(r"half_life(?:_over_seq_len)?_(\w+)", column)
+        decay = f"decay_per_step_{phase.group(1)}" if phase else None
+        if decay in summary:
+            grows = pd.to_numeric(summary[decay], errors="coerce") > 1
+            shown.loc[grows, column] = "grows"
+    return shown
 
 
 def _cell(value: object) -> str:

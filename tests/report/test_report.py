@@ -345,3 +345,14 @@ def test_a_series_with_missing_values_is_compared_across_hue_levels():
     assert _alike(frame, "x", "hue", "v", ["1", "2", "3"]) == [["1", "2"], ["3"]]
     frame["v"] = [0.5, 0.5, 0.5, math.nan, 1.0, math.nan]
     assert _alike(frame, "x", "hue", "v", ["1", "2", "3"]) == [["1", "3"], ["2"]]
+
+
+def test_the_summary_table_says_a_growing_gradient_grows():
+    from rnnprobe.report.pages import display_table
+
+    summary = pd.DataFrame({"decay_per_step_end": [0.5, 1.5, 1.0],
+                            "half_life_end": [1.0, math.inf, math.inf],
+                            "half_life_over_seq_len_end": [0.1, math.inf, math.inf]})  # fmt: skip
+    shown = display_table(summary)
+    assert shown["half_life_end"].tolist() == ["1", "grows", "∞"]
+    assert shown["half_life_over_seq_len_end"].tolist() == ["0.1", "grows", "∞"]
