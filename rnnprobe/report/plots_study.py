@@ -239,8 +239,16 @@ def plot_measure_vs_axis(
             few = (stats.count() < full).to_numpy()
             if few.any():  # a white face over the point: fewer seeds than the others
                 hollow = True
-                ax.scatter(mean.index[few], mean.to_numpy()[few], marker=marker, s=10,
-                           color="white", zorder=3)  # fmt: skip
+                ax.scatter(
+                    mean.index[few],
+                    mean.to_numpy()[few],
+                    marker=marker,
+                    s=22,
+                    facecolor="white",
+                    edgecolor=colour,
+                    linewidth=1.2,
+                    zorder=3,
+                )
             ax.scatter(px, values, color=colour, s=8, alpha=0.35)
             drawn += 1
     if reference is not None and reference[0] in df.columns:  # one per hue level, dotted
