@@ -433,7 +433,10 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             np.isinf(pd.to_numeric(ended[c], errors="coerce")).any() for c in halves.values()
         ]
         if drawn and any(infinite):
-            notes.append("an infinite half-life (no decay) is left off the log axis")
+            notes.append(
+                "an infinite half-life (the gradient does not decay, or grows) is left off the "
+                "log axis"
+            )
         lyap = {k: c.replace("decay_per_step", "lyapunov_max") for k, c in phases.items()}
         measure(
             ended, lyap, "largest Lyapunov exponent λ₁", "λ₁ (nats per step)", hline=(0.0, "λ₁ = 0")
@@ -587,7 +590,7 @@ class Configurations:
 
     def label(self, summary: RunSummary, init: bool = False) -> str:
         axes = [a for a in self.axes if not (init and training_only(a))]
-        return ", ".join(str(summary.settings.get(a)) for a in axes) or "all"
+        return ", ".join(str(summary.settings.get(a)) for a in axes) or "every setting"
 
 
 def _configurations(analysis: StudyAnalysis, axes: list[str]) -> Configurations:
@@ -630,13 +633,15 @@ def lines_to_draw(
         if any(count >= 2 for count in lines.values()):
             kept[name] = column
         elif lone and _levels(frame, x, column, positive) == 1:
-            lone = [None]  # every value at one level of x: one note for the series
-        for level in lone:
-            rows = frame if level is None else frame[frame[hue].astype(str) == level]
-            which = name if level is None else f"{name}, {level}"
+            # every value at one level of x: one note, naming the hue levels unless all
+            which = name if len(lone) == len(lines) else f"{name}, {' and '.join(map(str, lone))}"
+            rows = frame if hue is None else frame[frame[hue].astype(str).isin(lone)]
             notes.append(f"{which}: {_lone(rows, x, column, positive)}")
-            if level is not None:
-                frame.loc[frame[hue].astype(str) == level, column] = np.nan
+            lone = []
+        for level in lone:
+            rows = frame[frame[hue].astype(str) == level]
+            notes.append(f"{name}, {level}: {_lone(rows, x, column, positive)}")
+            frame.loc[frame[hue].astype(str) == level, column] = np.nan
     return kept, frame, notes
 
 
@@ -656,7 +661,9 @@ def _lone(frame: pd.DataFrame, x: str, column: str, positive: bool) -> str:
     good = np.isfinite(values.to_numpy(float)) & (values.to_numpy(float) > 0 if positive else True)
     level, kept = frame.loc[good, x].iloc[0], values[good].to_numpy(float)
     mean = np.exp(np.log(kept).mean()) if positive else kept.mean()  # as the panel would
-    return f"only {x.rpartition('.')[2]} = {level} has a value ({mean:.3g})"
+    runs = int((frame[x].astype(str) == str(level)).sum())
+    count = f", {len(kept)} of {runs} runs" if len(kept) < runs else ""
+    return f"only {x.rpartition('.')[2]} = {level} has a value ({mean:.3g}{count})"
 
 
 def _study_reach(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFrame:
@@ -681,7 +688,8 @@ def _study_reach(analysis: StudyAnalysis, configs: Configurations) -> pd.DataFra
             init = phase == "init"
             axes = [a for a in configs.axes if not (init and training_only(a))]
             rows = top[top["step"] == step]
-            title = ", ".join(a.rpartition(".")[2] for a in axes) or "one initial network"
+            one = "one initial network" + (" per seed" if len(analysis.study.seeds) > 1 else "")
+            title = ", ".join(a.rpartition(".")[2] for a in axes) or one
             label = configs.label(summary, init=init)
             frames.append(rows.assign(phase=phase, label=label, title=title, run_id=summary.run_id))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -712,7 +720,8 @@ def _run_panels(run: Run, s: RunSummary, *, full: bool) -> tuple[list[Panel], li
                 )
             )
     else:
-        missing.append(f"loss curves (one finite step: loss {s.final_train_loss:.4g})")
+        finite = s.initial_loss if math.isfinite(s.initial_loss) else s.final_train_loss
+        missing.append(f"loss curves (one finite step: loss {finite:.4g})")
     if distinct_steps(steps, "grad_norm_pre_clip") >= 2:
         clipping = s.clip != "none"
         panels.append(lambda ax: plots_training.plot_clipping(steps, clipping=clipping, ax=ax))

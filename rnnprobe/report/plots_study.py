@@ -277,7 +277,7 @@ def plot_measure_vs_axis(
         ax.axhline(hline[0], color="0.4", linestyle=":", lw=1, label=hline[1])
     if hollow:
         ax.scatter([], [], marker="o", s=12, facecolor="white", edgecolor="0.3",
-                   label="hollow: fewer seeds")  # fmt: skip
+                   label="hollow marker: fewer seeds")  # fmt: skip
     if log:
         log_axis(ax, "y")
     if categorical:

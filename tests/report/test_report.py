@@ -259,8 +259,11 @@ def test_lines_of_one_point_are_named_not_drawn():
         "end, orthogonal: only floss = none has a value (0.4)",
     ]
     kept, _, notes = lines_to_draw(frame[frame["floss"] == "on"], "floss", None, series, True)
-    assert kept == {} and notes == ["init: only floss = on has a value (0.2)",
-                                    "end: only floss = on has a value (0.5)"]  # fmt: skip
+    assert kept == {}
+    assert notes == [
+        "init: only floss = on has a value (0.2, 1 of 3 runs)",
+        "end: only floss = on has a value (0.5, 1 of 3 runs)",
+    ]
 
 
 def test_a_configuration_keeps_its_colour_in_every_panel():
@@ -311,12 +314,12 @@ def test_log_panels_average_geometrically_and_mark_points_with_fewer_seeds():
     line = ax.get_lines()[0]
     assert line.get_ydata().tolist() == pytest.approx([10.0, 4.0])  # not 50.5
     labels = ax.get_legend_handles_labels()[1]
-    assert "hollow: fewer seeds" in labels  # x = 2 has one finite seed of two
+    assert "hollow marker: fewer seeds" in labels  # x = 2 has one finite seed of two
     ax = Figure().subplots()
     plot_measure_vs_axis(frame.assign(half=[1.0, 2.0, 3.0, 4.0]), x="x",
                          series={"init": "half"}, ax=ax)  # fmt: skip
     assert ax.get_lines()[0].get_ydata().tolist() == pytest.approx([1.5, 3.5])
-    assert "hollow: fewer seeds" not in ax.get_legend_handles_labels()[1]
+    assert "hollow marker: fewer seeds" not in ax.get_legend_handles_labels()[1]
 
 
 def test_a_series_the_same_for_every_hue_level_is_drawn_once():
@@ -356,3 +359,12 @@ def test_the_summary_table_says_a_growing_gradient_grows():
     shown = display_table(summary)
     assert shown["half_life_end"].tolist() == ["1", "grows", "∞"]
     assert shown["half_life_over_seq_len_end"].tolist() == ["0.1", "grows", "∞"]
+
+
+def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():
+    from rnnprobe.report.pages import lines_to_draw
+
+    frame = pd.DataFrame({"T": [5, 10, 5, 10, 10], "bptt": ["4", "4", "8", "8", "8"],
+                          "end": [math.inf, math.inf, math.inf, 1.37, math.inf]})  # fmt: skip
+    kept, _, notes = lines_to_draw(frame, "T", "bptt", {"end": "end"}, positive=True)
+    assert kept == {} and notes == ["end, 8: only T = 10 has a value (1.37, 1 of 2 runs)"]
