@@ -14,6 +14,7 @@ once; everything is written under the output directory only.
 from __future__ import annotations
 
 import base64
+import colorsys
 import html
 import io
 import math
@@ -26,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from rnnprobe.analysis.class_scores import ClassScores
@@ -36,7 +39,7 @@ from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run, load_run
 from rnnprobe.report import plots_classes, plots_gradients, plots_study, plots_training
-from rnnprobe.report.plots import distinct_colours
+from rnnprobe.report.plots import distinct_colours, sorted_levels
 
 __all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
 
@@ -356,6 +359,10 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     if len(others) > 1:  # one line per combination of the other axes: nothing averaged away
         hue = ", ".join(a.rpartition(".")[2] for a in others)
         table = table.assign(**{hue: table[others].astype(str).agg(", ".join, axis=1)})
+    hue_colours: dict[str, Any] = {}  # one colour per level of the hue, in every panel
+    if hue is not None:
+        hue_levels = sorted_levels(pd.Index(table[hue].astype(str).unique()))
+        hue_colours = dict(zip(hue_levels, distinct_colours(len(hue_levels)), strict=True))
     lasted = table[table["outcome"] != "diverged"]  # a diverged run's end is left out below
     init_at = _steps_of(table, "init_step")
     end_at = _steps_of(lasted if len(lasted) else table, "end_step")
@@ -387,6 +394,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                         ylabel=ylabel,
                         ax=ax,
                         log=positive,
+                        palette=hue_colours,
                         **kw,
                     )
                 )
@@ -477,7 +485,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             )
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
-    configs = _configurations(analysis, [a for a in (x, *others) if a])
+    configs = _configurations(analysis, x, others, hue_colours)
     curves = _lyapunov_curves(analysis, configs)
     spans = curves.groupby("configuration")["step"].nunique()
     short = spans[spans < MIN_CURVE_STEPS]  # a run that diverged at once: no curve to draw
@@ -490,15 +498,15 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     if curves["step"].nunique() >= MIN_CURVE_STEPS:
         panels.append(
             lambda ax: plots_study.plot_lyapunov_over_training(
-                curves, colours=configs.colours, legend_title=configs.title, ax=ax
+                curves, styles=configs.styles, legend_title=configs.title, ax=ax
             )
         )
     reach = _study_reach(analysis, configs)
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():
             rows = reach[reach["phase"] == phase]
-            colours = configs.colours if phase == "end" else configs.init_colours
-            order = {label: label for label in colours if label in set(rows["label"])}
+            styles = configs.styles if phase == "end" else configs.init_styles
+            order = {label: label for label in styles if label in set(rows["label"])}
 
             def reach_panel(
                 ax: Axes,
@@ -506,13 +514,13 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 phase: str = phase,
                 at: str = at,
                 order: dict[str, str] = order,
-                colours: dict[str, Any] = colours,
+                styles: dict[str, dict[str, Any]] = styles,
             ) -> Axes:
                 return plots_gradients.plot_gradient_reach(
                     rows,
                     hue="label",
                     labels=order,
-                    colours=colours,
+                    styles=styles,
                     title=f"gradient reach at {phase} ({at})",
                     legend_title=rows["title"].iloc[0],
                     ax=ax,
@@ -574,15 +582,15 @@ def _lyapunov_curves(analysis: StudyAnalysis, configs: Configurations) -> pd.Dat
 @dataclass(frozen=True)
 class Configurations:
     """A study's configurations (its swept ``axes``, seeds aside) in one order, with one label
-    and one colour each, shared by every panel drawn per configuration: a colour means the
-    same configuration across the study figure. At init, configurations that differ only in
-    training settings start from one network; ``init_colours`` gives each such group the
-    colour of its first configuration."""
+    and one line style (colour, dashes) each, shared by every panel drawn per configuration:
+    a style means the same configuration across the study figure. At init, configurations that
+    differ only in training settings start from one network; ``init_styles`` gives each such
+    group the style of its first configuration."""
 
     axes: list[str]
     runs: list[RunSummary]  # numeric levels in numeric order
-    colours: dict[str, Any]
-    init_colours: dict[str, Any]
+    styles: dict[str, dict[str, Any]]
+    init_styles: dict[str, dict[str, Any]]
 
     @property
     def title(self) -> str:
@@ -593,22 +601,45 @@ class Configurations:
         return ", ".join(str(summary.settings.get(a)) for a in axes) or "every setting"
 
 
-def _configurations(analysis: StudyAnalysis, axes: list[str]) -> Configurations:
-    """Return the study's configurations over ``axes``, sorted level by level."""
+DASHES = ("-", "--", ":", "-.")  # a level of the x axis each, where a hue gives the colour
+
+
+def _configurations(
+    analysis: StudyAnalysis, x: str | None, others: list[str], hue_colours: dict[str, Any]
+) -> Configurations:
+    """Return the study's configurations over ``x`` and the ``others`` axes, sorted level by
+    level, styled as the panels against ``x`` draw them: the colour of the configuration's
+    hue level (``hue_colours``) and one dash pattern per level of ``x`` (lighter to darker
+    shades beyond four levels); with no hue, an ordered palette over the levels of ``x``."""
 
     def level(value: object) -> tuple:
         number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
         return (0, float(number), "") if np.isfinite(number) else (1, 0.0, str(value))
 
-    axes = [a for a in axes if a != "seed"]
+    axes = [a for a in (x, *others) if a and a != "seed"]
     runs = sorted(analysis.study.runs, key=lambda s: [level(s.settings.get(a)) for a in axes])
     configs = Configurations(axes, runs, {}, {})
-    labels = list(dict.fromkeys(configs.label(s) for s in runs))
-    configs.colours.update(zip(labels, distinct_colours(len(labels)), strict=True))
+    xs = list(dict.fromkeys(str(s.settings.get(x)) for s in runs)) if x else [""]
+    ordered = sns.color_palette("viridis", len(xs))
     for summary in runs:
-        colour = configs.colours[configs.label(summary)]
-        configs.init_colours.setdefault(configs.label(summary, init=True), colour)
+        where = xs.index(str(summary.settings.get(x))) if x else 0
+        base = hue_colours.get(", ".join(str(summary.settings.get(a)) for a in others))
+        if base is None:
+            style = {"color": ordered[where], "linestyle": "-"}
+        elif len(xs) <= len(DASHES):
+            style = {"color": base, "linestyle": DASHES[where]}
+        else:
+            style = {"color": _shade(base, where, len(xs)), "linestyle": "-"}
+        configs.styles.setdefault(configs.label(summary), style)
+        configs.init_styles.setdefault(configs.label(summary, init=True), style)
     return configs
+
+
+def _shade(colour: Any, index: int, count: int) -> tuple[float, float, float]:
+    """Return ``colour`` lighter for the first of ``count`` levels, darker for the last."""
+    hue, lightness, saturation = colorsys.rgb_to_hls(*to_rgb(colour))
+    shift = 0.0 if count < 2 else 0.36 * (0.5 - index / (count - 1))
+    return colorsys.hls_to_rgb(hue, min(max(lightness + shift, 0.15), 0.85), saturation)
 
 
 def _levels(frame: pd.DataFrame, x: str, column: str, positive: bool = False) -> int:

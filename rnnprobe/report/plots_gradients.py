@@ -69,7 +69,7 @@ def plot_gradient_reach(
     *,
     hue: str | None = None,
     labels: dict | None = None,
-    colours: dict | None = None,
+    styles: dict | None = None,
     title: str = "gradient reach",
     legend_title: str | None = None,
     max_lines: int = 12,
@@ -80,7 +80,8 @@ def plot_gradient_reach(
     Each source is divided by its own norm at distance 0, so lines start at 1 and their slope
     is the decay per step: bold, the longest source (geometric mean over repeats such as
     seeds), faint, each shorter source. ``labels`` maps a hue value to its legend text (e.g.
-    the fitted rate), ``colours`` to its colour (else one distinct colour per line); ``hue``
+    the fitted rate), ``styles`` to its line's colour and dashes (else one distinct colour per
+    line); ``hue``
     defaults to ``"label"`` when the frame has it, else ``"source"``.
     """
     ax = ensure_axes(ax)
@@ -102,7 +103,8 @@ def plot_gradient_reach(
         groups = [groups[i] for i in keep]
     palette = distinct_colours(len(groups))
     for number, (name, group) in enumerate(groups):
-        colour = (colours or {}).get(name, palette[number])
+        style = {"color": palette[number], **(styles or {}).get(name, {})}
+        colour = style["color"]
         # Bold: the longest source (it reaches every distance), geometric mean over repeats;
         # faint: the other sources, one line each. Averaging sources of different lengths
         # would jump wherever one of them ends.
@@ -113,7 +115,7 @@ def plot_gradient_reach(
         bold = group if longest is None else group[group["source"] == longest]
         line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
         text = (labels or {}).get(name, _label(hue, name))
-        ax.plot(line.index, line.to_numpy(), color=colour, marker=".", ms=3, label=text)
+        ax.plot(line.index, line.to_numpy(), marker=".", ms=3, label=text, **style)
         if longest is not None:
             others = group[group["source"] != longest]
             for _, one in others.groupby([k for k in keys if k != "label"], sort=False):

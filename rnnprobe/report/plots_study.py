@@ -114,13 +114,14 @@ def plot_lyapunov_over_training(
     df: pd.DataFrame,
     *,
     hue: str = "configuration",
-    colours: dict | None = None,
+    styles: dict | None = None,
     title: str = "",
     legend_title: str | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return λ₁ against the training step: one colour per ``hue`` level (``colours`` maps a
-    level to its colour, else one distinct colour each), its seed mean bold and each run faint.
+    """Return λ₁ against the training step: one line per ``hue`` level (``styles`` maps a level
+    to its colour and dashes, else one distinct colour each), its seed mean bold and each run
+    faint.
 
     ``df`` has ``run``, ``step``, ``exponent`` (λ₁ of the top layer) and ``hue``. Negative steps
     are pre-flossing updates (``--floss …,pre=P``): the first point of such a run, at −P, is its
@@ -134,12 +135,13 @@ def plot_lyapunov_over_training(
     levels = list(pd.unique(data[hue].astype(str)))  # the caller's order (the study's grid)
     palette = distinct_colours(len(levels))
     for level, default in zip(levels, palette, strict=True):
-        colour = (colours or {}).get(level, default)
+        style = {"color": default, **(styles or {}).get(level, {})}
+        colour = style["color"]
         rows = data[data[hue].astype(str) == level]
         for _, run in rows.groupby("run"):
             ax.plot(run["step"], run["exponent"], color=colour, lw=0.6, alpha=0.35)
         mean = rows.groupby("step")["exponent"].mean()
-        ax.plot(mean.index, mean.to_numpy(), color=colour, lw=1.8, label=level)
+        ax.plot(mean.index, mean.to_numpy(), lw=1.8, label=level, **style)
     ax.axhline(0.0, color="0.3", linestyle=":", lw=1, label="λ₁ = 0")
     xlabel = "training step"
     if (data["step"] < 0).any():
@@ -159,6 +161,7 @@ def plot_measure_vs_axis(
     reference: tuple[str, str] | None = None,
     hline: tuple[float, str] | None = None,
     log: bool = False,
+    palette: dict | None = None,
     ylabel: str = "",
     title: str = "",
     ax: Axes | None = None,
@@ -167,7 +170,8 @@ def plot_measure_vs_axis(
 
     ``series`` maps a legend name to a column (a line style and marker each, e.g. init solid
     with circles and end dashed with squares); ``hue`` colours one line per value of a second
-    axis; ``reference`` is a (column, name) drawn in black (e.g. the mean-field √χ); ``hline``
+    axis (``palette`` maps a level to its colour, as other panels draw it); ``reference`` is a
+    (column, name) drawn in black (e.g. the mean-field √χ); ``hline``
     a (value, name) rule. On a ``log`` axis the mean is geometric and the bar ×/÷ the geometric
     sd. A hollow marker averages fewer seeds than the configurations that have all of them
     (the others not finite, e.g. an infinite half-life, or not positive on a log axis).
@@ -182,6 +186,10 @@ def plot_measure_vs_axis(
     hollow = False
     levels = sorted_levels(pd.Index(df[hue].astype(str).unique())) if hue else ["all"]
     colours = distinct_colours(len(levels))
+    if palette:
+        colours = [
+            palette.get(level, colour) for level, colour in zip(levels, colours, strict=True)
+        ]
     xs = pd.to_numeric(df[x], errors="coerce")
     categorical = xs.isna().any()
     order = sorted_levels(pd.Index(df[x].astype(str).unique()))

@@ -266,7 +266,7 @@ def test_lines_of_one_point_are_named_not_drawn():
     ]
 
 
-def test_a_configuration_keeps_its_colour_in_every_panel():
+def test_a_configuration_keeps_its_style_in_every_panel():
     from types import SimpleNamespace
 
     from rnnprobe.report.pages import _configurations
@@ -277,17 +277,23 @@ def test_a_configuration_keeps_its_colour_in_every_panel():
         for t in (100, 10)
         for s in (0, 1)
     ]
-    configs = _configurations(SimpleNamespace(study=SimpleNamespace(runs=runs)),
-                              ["task.seq_len", "train.clip", "seed"])  # fmt: skip
+    study = SimpleNamespace(study=SimpleNamespace(runs=runs))
+    hue = {"none": "C0", "norm": "C1"}  # the colours the panels against seq_len give clip
+    configs = _configurations(study, "task.seq_len", ["train.clip"], hue)
     assert configs.title == "seq_len, clip"
-    assert list(configs.colours) == ["10, none", "10, norm", "100, none", "100, norm"]
-    assert len({tuple(c) for c in configs.colours.values()}) == 4  # four colours, no repeats
-    # at init the clip setting is not there yet: one curve per seq_len, its first colour
-    assert configs.init_colours == {
-        "10": configs.colours["10, none"],
-        "100": configs.colours["100, none"],
+    assert configs.styles == {  # the hue's colour, a dash pattern per seq_len
+        "10, none": {"color": "C0", "linestyle": "-"},
+        "10, norm": {"color": "C1", "linestyle": "-"},
+        "100, none": {"color": "C0", "linestyle": "--"},
+        "100, norm": {"color": "C1", "linestyle": "--"},
     }
+    # at init the clip setting is not there yet: one curve per seq_len, its first style
+    assert configs.init_styles == {"10": configs.styles["10, none"],
+                                   "100": configs.styles["100, none"]}  # fmt: skip
     assert [configs.label(r) for r in configs.runs[:2]] == ["10, none", "10, none"]  # seeds
+    alone = _configurations(study, "task.seq_len", [], {})  # no hue: ordered colours
+    assert [s["linestyle"] for s in alone.styles.values()] == ["-", "-"]
+    assert len({tuple(s["color"]) for s in alone.styles.values()}) == 2
 
 
 def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path):
