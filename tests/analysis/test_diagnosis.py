@@ -323,3 +323,16 @@ def test_subnormal_adjoints_are_noted_with_what_flushes_them(
         )
         assert 0 < share < 1 and note == [head + (tail if advice else "")]
         assert ("--flush-denormals true" in format_run_summary(tmp_path / "r")) == advice
+
+
+def test_a_configuration_without_a_fit_is_named_in_the_half_life_answer():
+    import dataclasses
+
+    def unfitted(run):
+        end = PhaseMeasures("end", (100,), DecayFit(math.nan, math.nan, shape="not exponential"))
+        return dataclasses.replace(run, phases={**run.phases, "end": end})
+
+    runs = [summary(f"x{k}", {"a": "x", "seed": k}) for k in range(2)]
+    runs += [unfitted(summary(f"y{k}", {"a": "y", "seed": k})) for k in range(2)]
+    answer = study_answer(runs, ["a"])
+    assert "a = x: 0.1 T (×/÷ 1); a = y: no exponential fit." in answer
