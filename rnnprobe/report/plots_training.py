@@ -59,12 +59,14 @@ def plot_jacobian_spectra(
     if data.empty:
         return no_data(ax, "Jacobian spectra", "singular value σ of J_t")
     layer = int(data["layer"].min()) if layer is None else layer
-    data = data[(data["layer"] == layer) & data["step"].isin(thin_steps(data["step"], max_steps))]
+    data = data[data["layer"] == layer]
+    probed = data["step"]  # the schedule, before thinning, sets the axis's scale
+    data = data[data["step"].isin(thin_steps(probed, max_steps))]
     if data.empty:
         return no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
     steps = np.sort(data["step"].unique()).astype(float)
     stats = _log_box_stats([data.loc[data["step"] == s, "value"].to_numpy(float) for s in steps])
-    step_scale(ax, data["step"])  # first: the box widths depend on the scale
+    step_scale(ax, probed)  # first: the box widths depend on the scale
     ax.set_autoscalex_on(True)  # the boxes, not step_scale's left end at 0, set the range
     ax.bxp(
         stats,
@@ -84,9 +86,13 @@ def plot_jacobian_spectra(
     high = max(values.max(), 1.0)
     pad = (high / low) ** 0.05
     ax.set_ylim(low / pad, high * pad)
-    below = values[values < low]
+    below, notes = values[values < low], []
     if len(below):
-        _side_note(ax, f"{len(below)} of {len(values)} σ below\nthe axis, to {below.min():.3g}")
+        notes.append(f"{len(below)} of {len(values)} σ below\nthe axis, to {below.min():.3g}")
+    if len(steps) < probed.nunique():
+        notes.append(f"{len(steps)} of {probed.nunique()} probe\nsteps shown")
+    if notes:
+        _side_note(ax, "\n".join(notes))
     ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
     legend_outside(ax)
     ax.set(
