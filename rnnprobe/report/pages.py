@@ -475,9 +475,16 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         mf = table[table["mean_field_applies"].astype(bool)]
         predictions = pd.to_numeric(mf["predicted_decay"], errors="coerce").round(3).nunique()
         if _has(mf, "decay_per_step_init") and predictions >= 2:
-            # colour by the axis only when it changes the initial weights
+            # colour by an axis that changes the initial weights: the sweep axis, else the hue
+            # (in the hue's colours of the other panels)
             by = x if x.startswith("model.") else None
-            panels.append(lambda ax: plots_gradients.plot_decay_vs_mean_field(mf, hue=by, ax=ax))
+            if by is None and any(a.startswith("model.") for a in others):
+                by = hue
+            panels.append(
+                lambda ax: plots_gradients.plot_decay_vs_mean_field(
+                    mf, hue=by, palette=hue_colours if by == hue else None, ax=ax
+                )
+            )
         if len(analysis.study.seeds) > 1:
             notes.append(
                 f"mean ± sd over {len(analysis.study.seeds)} seeds (on a log axis geometric: "

@@ -137,19 +137,22 @@ def plot_decay_vs_mean_field(
     measured: str = "decay_per_step_init",
     predicted: str = "predicted_decay",
     hue: str | None = None,
+    palette: dict | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return init-phase measured decay per step against the mean-field √χ, y = x dashed."""
+    """Return init-phase measured decay per step against the mean-field √χ, y = x dashed; one
+    colour per level of ``hue`` (``palette`` maps a level to it, as other panels draw it)."""
     ax = ensure_axes(ax)
     data = finite_rows(df, [measured, predicted], positive=measured)
     data = data[data[predicted] > 0] if not data.empty else data
     if data.empty:
         return no_data(ax, "measured vs predicted decay", "measured decay per step")
     hue = hue if hue and hue in data.columns else None
-    levels = sorted_levels(pd.Index(data[hue].unique())) if hue else [None]
+    levels = sorted_levels(pd.Index(data[hue].astype(str).unique())) if hue else [None]
     colours = distinct_colours(len(levels))
     for colour, level in zip(colours, levels, strict=True):
-        rows = data if hue is None else data[data[hue] == level]
+        colour = (palette or {}).get(level, colour)
+        rows = data if hue is None else data[data[hue].astype(str) == level]
         ax.scatter(
             rows[predicted],
             rows[measured],

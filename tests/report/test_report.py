@@ -374,3 +374,21 @@ def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():
                           "end": [math.inf, math.inf, math.inf, 1.37, math.inf]})  # fmt: skip
     kept, _, notes = lines_to_draw(frame, "T", "bptt", {"end": "end"}, positive=True)
     assert kept == {} and notes == ["end, 8: only T = 10 has a value (1.37, 1 of 2 runs)"]
+
+
+def test_the_mean_field_scatter_takes_the_hue_colours_of_the_other_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    from rnnprobe.report.plots_gradients import plot_decay_vs_mean_field
+
+    frame = pd.DataFrame({"decay_per_step_init": [0.4, 0.55], "predicted_decay": [0.41, 0.57],
+                          "model.nonlinearity": ["relu", "tanh"]})  # fmt: skip
+    ax = Figure().subplots()
+    palette = {"relu": (0.0, 0.0, 1.0), "tanh": (1.0, 0.5, 0.0)}
+    plot_decay_vs_mean_field(frame, hue="model.nonlinearity", palette=palette, ax=ax)
+    faces = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections]
+    assert faces == [to_rgba(palette["relu"])[:3], to_rgba(palette["tanh"])[:3]]
