@@ -478,8 +478,9 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             # colour by an axis that changes the initial weights: the sweep axis, else the hue
             # (in the hue's colours of the other panels)
             by = x if x.startswith("model.") else None
-            if by is None and any(a.startswith("model.") for a in others):
-                by = hue
+            changes = [a.startswith("model.") for a in others]
+            if by is None and any(changes) and not any(training_only(a) for a in others):
+                by = hue  # not when the hue holds a training setting: its runs' points coincide
             panels.append(
                 lambda ax: plots_gradients.plot_decay_vs_mean_field(
                     mf, hue=by, palette=hue_colours if by == hue else None, ax=ax
