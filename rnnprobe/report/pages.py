@@ -475,12 +475,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         mf = table[table["mean_field_applies"].astype(bool)]
         predictions = pd.to_numeric(mf["predicted_decay"], errors="coerce").round(3).nunique()
         if _has(mf, "decay_per_step_init") and predictions >= 2:
-            # colour by an axis that changes the initial weights: the sweep axis, else the hue
-            # (in the hue's colours of the other panels)
-            by = x if x.startswith("model.") else None
-            changes = [a.startswith("model.") for a in others]
-            if by is None and any(changes) and not any(training_only(a) for a in others):
-                by = hue  # not when the hue holds a training setting: its runs' points coincide
+            by = mean_field_colour(x, others, hue)
             panels.append(
                 lambda ax: plots_gradients.plot_decay_vs_mean_field(
                     mf, hue=by, palette=hue_colours if by == hue else None, ax=ax
@@ -607,6 +602,18 @@ class Configurations:
     def label(self, summary: RunSummary, init: bool = False) -> str:
         axes = [a for a in self.axes if not (init and training_only(a))]
         return ", ".join(str(summary.settings.get(a)) for a in axes) or "every setting"
+
+
+def mean_field_colour(x: str, others: list[str], hue: str | None) -> str | None:
+    """Return the column that colours the measured-vs-mean-field scatter: the sweep axis ``x``
+    if it changes the initial weights, else the ``hue`` (of the ``others`` axes) if one of them
+    does and none is a training setting (runs that differ only in one start from one network,
+    so their points coincide and one colour would hide another); else None."""
+    if x.startswith("model."):
+        return x
+    if any(a.startswith("model.") for a in others) and not any(map(training_only, others)):
+        return hue
+    return None
 
 
 DASHES = ("-", "--", ":", "-.")  # a level of the x axis each, where a hue gives the colour

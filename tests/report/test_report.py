@@ -392,3 +392,20 @@ def test_the_mean_field_scatter_takes_the_hue_colours_of_the_other_panels():
     plot_decay_vs_mean_field(frame, hue="model.nonlinearity", palette=palette, ax=ax)
     faces = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections]
     assert faces == [to_rgba(palette["relu"])[:3], to_rgba(palette["tanh"])[:3]]
+
+
+def test_the_mean_field_scatter_is_coloured_only_by_axes_that_change_the_initial_network():
+    from rnnprobe.report.pages import mean_field_colour
+
+    # the sweep axis sets the weights: its levels colour the points
+    assert mean_field_colour("model.init", ["train.clip"], "train.clip") == "model.init"
+    # the hue sets them (seq_len: nonlinearity beside T): the hue's colours
+    nonlinearity = ["model.nonlinearity"]
+    assert mean_field_colour("task.seq_len", nonlinearity, "model.nonlinearity") == (
+        "model.nonlinearity"
+    )
+    # flossing: a hue of (init, clip) has runs that share one network, whose points coincide
+    both = ["model.init", "train.clip"]
+    assert mean_field_colour("train.floss", both, "init, clip") is None
+    assert mean_field_colour("task.seq_len", [], None) is None
+    assert mean_field_colour("train.lr", ["train.clip"], "train.clip") is None
