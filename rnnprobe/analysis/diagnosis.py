@@ -145,9 +145,8 @@ class RunDiagnosis:
 
 
 def _steps_text(p: PhaseMeasures) -> str:
-    if len(p.steps) > 1:
-        return f"steps {p.steps[0]}–{p.steps[-1]}, median of {len(p.steps)}"
-    return f"step {p.step}"
+    """Return the phase's steps; each measurement says how many of them its median takes."""
+    return f"steps {p.steps[0]}–{p.steps[-1]}" if len(p.steps) > 1 else f"step {p.step}"
 
 
 def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
@@ -155,9 +154,12 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
     p = s.phase(name)
     d, lyap, T = p.decay, p.lyapunov_max, s.seq_len
     span = d.rate_per_step**T if d.ok and T > 0 else math.nan
-    lyap_text = f"λ₁ = {lyap:+.3g} per step" if math.isfinite(lyap) else None
+    lyap_text = None
+    if math.isfinite(lyap):
+        over = f" (median of {p.lyapunov_steps} probe steps)" if p.lyapunov_steps > 1 else ""
+        lyap_text = f"λ₁ = {lyap:+.3g} per step{over}"
     if math.isfinite(span) and span >= SPAN:
-        reasons = [f"{_decay_text(d, T)}: the gradient doubles every {_doubling(d)} back in time"]
+        reasons = [f"{_decay_text(p, T)}: the gradient doubles every {_doubling(d)} back in time"]
         return "exploding", reasons + ([lyap_text] if lyap_text else [])
     if name == "training":
         if s.nonfinite_steps:
@@ -174,10 +176,10 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
             return "exploding", [f"the gradient norm grew ×{s.grad_growth:.3g} over training"]
     if lyap > EDGE:
         return "chaotic", [f"{lyap_text} > {EDGE}: nearby trajectories separate"] + (
-            [_decay_text(d, T)] if d.ok else []
+            [_decay_text(p, T)] if d.ok else []
         )
     if math.isfinite(span) and span <= 1 / SPAN:
-        reasons = [f"{_decay_text(d, T)}: half-life {_fmt(d.half_life)} steps < T/4"]
+        reasons = [f"{_decay_text(p, T)}: half-life {_fmt(d.half_life)} steps < T/4"]
         return "vanishing", reasons + ([lyap_text] if lyap_text else [])
     if not d.ok and lyap < VANISH_LYAPUNOV:
         return "vanishing", [f"{lyap_text} < {VANISH_LYAPUNOV}"]
@@ -186,10 +188,10 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
         return "vanishing", [f"{stuck:.0%} of units saturated or dead (≥ {STUCK:.0%})"]
     if abs(lyap) <= EDGE:
         return "edge of chaos", [f"|λ₁| = {abs(lyap):.3g} ≤ {EDGE}"] + (
-            [_decay_text(d, T)] if d.ok else []
+            [_decay_text(p, T)] if d.ok else []
         )
     if d.ok or math.isfinite(lyap):
-        reasons = [_decay_text(d, T) + ": it reaches across the sequence"] if d.ok else []
+        reasons = [_decay_text(p, T) + ": it reaches across the sequence"] if d.ok else []
         return "stable", reasons + ([lyap_text] if lyap_text else [])
     why = f"decay fit: {d.shape}" if d.source != "none" else "no reach or adjoint records"
     return "unknown", [why + (f"; {p.lyapunov_note}" if p.lyapunov_note else "")]
@@ -307,9 +309,13 @@ def subnormal_note(s: RunSummary) -> str | None:
     )
 
 
-def _decay_text(d: DecayFit, T: float) -> str:
+def _decay_text(p: PhaseMeasures, T: float) -> str:
+    """Return the phase's decay, its source, the steps its median takes and the fit's R²."""
+    d = p.decay
     where = "reach fit" if d.source == "reach" else "adjoint ratios"
     text = f"decay ×{d.rate_per_step:.4g} per step ({where}"
+    if p.decay_fits > 1:  # the fit of median rate, and its own R²
+        text += f", median of {p.decay_fits} probe steps"
     text += f", R² {d.r2:.3f}" if math.isfinite(d.r2) else ""
     return text + (f"; T = {T:.0f})" if math.isfinite(T) else ")")
 

@@ -141,6 +141,8 @@ class PhaseMeasures:
     # truncated BPTT against full BPTT of the same batch (all tensors as one vector), median
     truncation_cosine: float = NAN
     truncation_dropped: float = NAN  # ‖full − truncated‖ / ‖full‖
+    decay_fits: int = 0  # good fits the decay is the median of (the phase's probe steps)
+    lyapunov_steps: int = 0  # finite λ₁ values lyapunov_max is the median of
 
     @property
     def step(self) -> int | None:
@@ -537,6 +539,8 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             phase=name,
             steps=steps,
             decay=_median_fit(fits),
+            decay_fits=sum(f.ok for f in fits),
+            lyapunov_steps=sum(math.isfinite(v) for v, _ in lyap),
             lyapunov_max=_median([v for v, _ in lyap]),
             lyapunov_note=notes[0] if notes else None,
             saturation=_median([_at(health_by, s, "saturation") for s in hsteps]),

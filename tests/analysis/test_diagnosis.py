@@ -336,3 +336,15 @@ def test_a_configuration_without_a_fit_is_named_in_the_half_life_answer():
     runs += [unfitted(summary(f"y{k}", {"a": "y", "seed": k})) for k in range(2)]
     answer = study_answer(runs, ["a"])
     assert "a = x: 0.1 T (×/÷ 1); a = y: no exponential fit." in answer
+
+
+def test_a_training_median_says_how_many_probe_steps_it_takes(tmp_path):
+    # probes at steps 2, 4, 8, 16, 32 between init (1) and end (40): five fits and five λ₁
+    d = diagnose(tmp_path, decay=0.5, seq_len=16)
+    training = d.phases["training"]
+    assert training.step == "steps 2–32"
+    text = " ".join(training.reasons)
+    assert "reach fit, median of 5 probe steps, R²" in text
+    assert "per step (median of 5 probe steps)" in text
+    # one step, one measurement: no median to speak of
+    assert "median" not in " ".join(d.phases["end"].reasons)
