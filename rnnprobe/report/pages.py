@@ -535,14 +535,8 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             "gradient reach: bold, from the source step s that reaches furthest back (geometric "
             "mean over seeds); faint, from the other source steps s, one line each"
         )
-    if "task.seq_len" in swept and _has(table, "seq_len"):
-        steps = pd.to_numeric(table["seq_len"], errors="coerce")
-        given = pd.to_numeric(table["task.seq_len"], errors="coerce")
-        if not steps.equals(given):  # e.g. copy: the delay plus the pattern and the cue
-            pairs = sorted({(int(g), int(t)) for g, t in zip(given, steps, strict=True)
-                            if np.isfinite(g) and np.isfinite(t)})  # fmt: skip
-            shown = ", ".join(f"{g} → {t}" for g, t in pairs)
-            notes.append(f"T, the steps each sequence runs, is not task.seq_len: {shown}")
+    if "task.seq_len" in swept and (note := seq_len_note(table)):
+        notes.append(note)
     if "train.bptt" in swept:
         notes.append(
             "truncated runs measure decay and reach at init through their truncation window: "
@@ -602,6 +596,21 @@ class Configurations:
     def label(self, summary: RunSummary, init: bool = False) -> str:
         axes = [a for a in self.axes if not (init and training_only(a))]
         return ", ".join(str(summary.settings.get(a)) for a in axes) or "every setting"
+
+
+def seq_len_note(table: pd.DataFrame) -> str | None:
+    """Return a note where T, the steps a run's sequences run, differs from its task.seq_len
+    (copy: the delay plus the pattern and the cue), pairing each value with its T; else None."""
+    if not _has(table, "seq_len") or "task.seq_len" not in table:
+        return None
+    steps = pd.to_numeric(table["seq_len"], errors="coerce")
+    given = pd.to_numeric(table["task.seq_len"], errors="coerce")
+    pairs = sorted({(int(g), int(t)) for g, t in zip(given, steps, strict=True)
+                    if np.isfinite(g) and np.isfinite(t)})  # fmt: skip
+    if all(g == t for g, t in pairs):
+        return None
+    shown = ", ".join(f"{g} → {t}" for g, t in pairs)
+    return f"T, the steps each sequence runs, is not task.seq_len: {shown}"
 
 
 def mean_field_colour(x: str, others: list[str], hue: str | None) -> str | None:

@@ -409,3 +409,16 @@ def test_the_mean_field_scatter_is_coloured_only_by_axes_that_change_the_initial
     assert mean_field_colour("train.floss", both, "init, clip") is None
     assert mean_field_colour("task.seq_len", [], None) is None
     assert mean_field_colour("train.lr", ["train.clip"], "train.clip") is None
+
+
+def test_the_caption_pairs_task_seq_len_with_t_only_where_they_differ():
+    from rnnprobe.report.pages import seq_len_note
+
+    # lm_text: T is task.seq_len, read back as floats beside the spec's integers
+    same = pd.DataFrame({"task.seq_len": [16, 64], "seq_len": [16.0, 64.0]})
+    assert seq_len_note(same) is None
+    copy = pd.DataFrame({"task.seq_len": [10, 10, 20], "seq_len": [30.0, float("nan"), 40.0]})
+    assert (
+        seq_len_note(copy)
+        == "T, the steps each sequence runs, is not task.seq_len: 10 → 30, 20 → 40"
+    )
