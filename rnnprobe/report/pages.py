@@ -366,6 +366,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     lasted = table[table["outcome"] != "diverged"]  # a diverged run's end is left out below
     init_at = _steps_of(table, "init_step")
     end_at = _steps_of(lasted if len(lasted) else table, "end_step")
+    configs = _configurations(analysis, x, others, hue_colours)
     panels: list[Panel] = []
     notes: list[str] = []
     if x is not None:
@@ -475,10 +476,11 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         mf = table[table["mean_field_applies"].astype(bool)]
         predictions = pd.to_numeric(mf["predicted_decay"], errors="coerce").round(3).nunique()
         if _has(mf, "decay_per_step_init") and predictions >= 2:
-            by = mean_field_colour(x, others, hue)
+            by = mean_field_colour(x, others, hue)  # in the colours other panels give it
+            palette = hue_colours if by == hue else configs.x_colours if by == x else None
             panels.append(
                 lambda ax: plots_gradients.plot_decay_vs_mean_field(
-                    mf, hue=by, palette=hue_colours if by == hue else None, ax=ax
+                    mf, hue=by, palette=palette, ax=ax
                 )
             )
         if len(analysis.study.seeds) > 1:
@@ -488,7 +490,6 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             )
     else:
         page.text("No sweep axis with two or more values: no plots against an axis.")
-    configs = _configurations(analysis, x, others, hue_colours)
     curves = _lyapunov_curves(analysis, configs)
     spans = curves.groupby("configuration")["step"].nunique()
     short = spans[spans < MIN_CURVE_STEPS]  # a run that diverged at once: no curve to draw
@@ -588,6 +589,7 @@ class Configurations:
     runs: list[RunSummary]  # numeric levels in numeric order
     styles: dict[str, dict[str, Any]]
     init_styles: dict[str, dict[str, Any]]
+    x_colours: dict[str, Any] = field(default_factory=dict)  # the ordered palette over x
 
     @property
     def title(self) -> str:
@@ -645,6 +647,7 @@ def _configurations(
     configs = Configurations(axes, runs, {}, {})
     xs = list(dict.fromkeys(str(s.settings.get(x)) for s in runs)) if x else [""]
     ordered = sns.color_palette("viridis", len(xs))
+    configs.x_colours.update(zip(xs, ordered, strict=True))
     for summary in runs:
         where = xs.index(str(summary.settings.get(x))) if x else 0
         base = hue_colours.get(", ".join(str(summary.settings.get(a)) for a in others))

@@ -422,3 +422,18 @@ def test_the_caption_pairs_task_seq_len_with_t_only_where_they_differ():
         seq_len_note(copy)
         == "T, the steps each sequence runs, is not task.seq_len: 10 → 30, 20 → 40"
     )
+
+
+def test_the_mean_field_scatter_over_many_gains_takes_the_reach_panels_colours():
+    from types import SimpleNamespace
+
+    from rnnprobe.report.pages import _configurations
+
+    gains = (0.5, 0.75, 1.0, 1.25, 1.375, 1.5, 1.75, 2.0, 2.5, 3.0)  # init_gain's ten levels
+    runs = [SimpleNamespace(settings={"model.init_gain": g, "seed": 0}) for g in gains]
+    configs = _configurations(SimpleNamespace(study=SimpleNamespace(runs=runs)),
+                              "model.init_gain", [], {})  # fmt: skip
+    # the scatter's palette: one colour per gain, each the colour of that gain's reach line
+    assert list(configs.x_colours) == [str(g) for g in gains]
+    assert len({tuple(c) for c in configs.x_colours.values()}) == len(gains)
+    assert all(configs.styles[str(g)]["color"] == configs.x_colours[str(g)] for g in gains)
