@@ -415,7 +415,13 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         # a diverged run's end is its blow-up: its end-phase values say nothing of its setting
         ended = table.copy()
         end_columns = [c for c in table.columns if c.endswith("_end")]
-        ended.loc[table["outcome"] == "diverged", end_columns] = np.nan
+        diverged = table["outcome"] == "diverged"
+        ended.loc[diverged, end_columns] = np.nan
+        if diverged.any():
+            notes.append(
+                f"end values leave out the {int(diverged.sum())} diverged runs: their last "
+                "probe step, the summary table's end, is their blow-up"
+            )
         applies = table["mean_field_applies"].astype(bool)
         ended.loc[~applies, "predicted_decay"] = np.nan  # no √χ where the theory does not apply
         reference = ("predicted_decay", "mean-field √χ (init)") if applies.any() else None

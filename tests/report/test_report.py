@@ -303,6 +303,8 @@ def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path):
               diverge_at=1, status="diverged")  # fmt: skip
     text = (build_report(study, tmp_path / "out") / "README.md").read_text()
     assert "λ₁ over training leaves out init_gain = 2.0: λ₁ at step" in text
+    # its end values are in the summary table, not in the panels whose caption names step 30
+    assert "end values leave out the 1 diverged runs: their last probe step" in text
 
 
 def test_log_panels_average_geometrically_and_mark_points_with_fewer_seeds():
