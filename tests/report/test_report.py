@@ -439,3 +439,26 @@ def test_the_mean_field_scatter_over_many_gains_takes_the_reach_panels_colours()
     assert list(configs.x_colours) == [str(g) for g in gains]
     assert len({tuple(c) for c in configs.x_colours.values()}) == len(gains)
     assert all(configs.styles[str(g)]["color"] == configs.x_colours[str(g)] for g in gains)
+
+
+def test_figures_keep_their_colours_when_compressed():
+    import io
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from rnnprobe.report.pages import DPI, PNG_TOLERANCE, _png_bytes
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.imshow(np.linspace(0, 1, 400).reshape(20, 20), cmap="viridis")  # a heatmap's ramp
+    ax.plot([0, 19], [0, 19], color="C1")  # beside a line in a palette colour
+    raw = io.BytesIO()
+    fig.savefig(raw, format="png", dpi=DPI)
+    original = np.asarray(Image.open(raw).convert("RGB"), np.int16)
+    kept = np.asarray(Image.open(io.BytesIO(_png_bytes(fig))).convert("RGB"), np.int16)
+    assert np.abs(kept - original).max() <= PNG_TOLERANCE  # viridis' yellow stays yellow
