@@ -207,7 +207,11 @@ def plot_lyapunov_spectrum(
 
 
 def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | None = None) -> Axes:
-    """Return W_hh's eigenvalues in the complex plane at the first and last step, unit circle."""
+    """Return W_hh's eigenvalues in the complex plane at the first and last step, unit circle.
+
+    The first step's rings are drawn over the last step's crosses and the circle, so an init
+    that puts every λ at one point (identity: all λ = 1) stays visible; its label says so. The
+    legend stands outside the axes, clear of eigenvalues far from the circle."""
     ax = ensure_axes(ax)
     data = finite_rows(_quantity(df, "w_hh_eigenvalue"), ["step", "layer", "value", "imag"])
     if data.empty:
@@ -218,28 +222,48 @@ def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | N
         return no_data(ax, f"W_hh eigenvalues of layer {layer}", "Im λ")
     first, last = data["step"].min(), data["step"].max()
     circle = np.linspace(0, 2 * np.pi, 256)
-    ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1")
+    ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1", zorder=1)
     colours = sns.color_palette(PALETTE, 2)
-    marks = [(first, "init" if first == 0 else "first", colours[0], "o")]
+    rows = data[data["step"] == first]
+    label = f"{'init' if first == 0 else 'first'} (step {int(first)})"
+    point = _one_point(rows["value"].to_numpy(float) + 1j * rows["imag"].to_numpy(float))
+    if point is not None:
+        label += f": all {len(rows)} λ = {point}"
+    ax.scatter(
+        rows["value"],
+        rows["imag"],
+        s=16 if point is None else 40,  # one point: a big ring, the crosses beneath it show
+        facecolors="none",
+        edgecolors=colours[0],
+        linewidths=0.8 if point is None else 1.2,
+        marker="o",
+        label=label,
+        zorder=3,
+    )
     if last != first and last > 1:  # step 1 records the weights before any update
-        marks.append((last, "end", colours[1], "x"))
-    for step, name, colour, marker in marks:
-        rows = data[data["step"] == step]
+        rows = data[data["step"] == last]
         ax.scatter(
             rows["value"],
             rows["imag"],
-            s=12,
-            color=colour,
-            marker=marker,
-            label=f"{name} (step {int(step)})",
-            alpha=0.8,
+            s=14,
+            color=colours[1],
+            marker="x",
+            label=f"end (step {int(last)})",
+            zorder=2,
         )
     ax.set_aspect("equal", adjustable="datalim")
     ax.axhline(0, color="0.8", linewidth=0.5, zorder=0)
     ax.axvline(0, color="0.8", linewidth=0.5, zorder=0)
-    ax.legend(fontsize="small", loc="upper right")
+    legend_outside(ax)
     ax.set(xlabel="Re λ", ylabel="Im λ", title=f"W_hh eigenvalues, layer {layer}")
     return ax
+
+
+def _one_point(z: np.ndarray) -> str | None:
+    """Return the value shared by all of several eigenvalues ``z`` (n,), as text; else None."""
+    if len(z) < 2 or not np.allclose(z, z[0], rtol=0, atol=1e-6 * max(1.0, abs(z[0]))):
+        return None
+    return f"{z[0].real:.3g}" if abs(z[0].imag) < 1e-9 else f"{z[0]:.3g}".strip("()")
 
 
 def plot_hidden_health(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:

@@ -1,0 +1,52 @@
+"""Per-run figures read on the page: nothing hidden under a legend, notes that match the axes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rnnprobe.report import plots_training
+
+
+def _ax():
+    return Figure(figsize=(8, 4.2)).subplots()
+
+
+def _drawn(ax):
+    ax.figure.savefig(io.BytesIO(), format="png", dpi=40)
+    return ax
+
+
+def _eigenvalue_rows(values: dict[int, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"step": s, "layer": 0, "quantity": "w_hh_eigenvalue", "sample": 0, "index": i,
+         "value": z.real, "imag": z.imag}
+        for s, zs in values.items() for i, z in enumerate(zs)
+    ])  # fmt: skip
+
+
+def test_eigenvalue_legend_stands_outside_and_identity_init_is_drawn_on_top():
+    end = np.r_[np.full(60, 1.0 + 0j), 1.4 + 0.1j, 1.4 - 0.1j, 1.5 + 0.73j, 1.5 - 0.73j]
+    rows = _eigenvalue_rows({0: np.ones(64, complex), 1: np.ones(64, complex), 2000: end})
+    ax = _drawn(plots_training.plot_eigenvalues(rows, ax=_ax()))
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: hides no eigenvalue
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[1] == "init (step 0): all 64 λ = 1" and labels[2] == "end (step 2000)"
+    init, last = ax.collections  # the init rings over the end crosses and the circle
+    assert init.get_zorder() > last.get_zorder() > ax.lines[0].get_zorder()
+
+
+def test_eigenvalues_that_differ_get_no_all_equal_note():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=16) + 1j * rng.normal(size=16)
+    ax = plots_training.plot_eigenvalues(_eigenvalue_rows({0: z, 50: z * 1.1}), ax=_ax())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[1:] == ["init (step 0)", "end (step 50)"]
