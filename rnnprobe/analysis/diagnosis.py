@@ -169,8 +169,8 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
             ]
         if s.clip_rate >= BURST_RATE and s.clip_burst >= BURST:
             return "exploding", [
-                f"norm clipping acted on {s.clip_rate:.0%} of steps, with gradient norms up "
-                f"to {s.clip_burst:.3g}× the threshold: explosions held down by clipping"
+                f"norm clipping acted on {s.clip_rate:.0%} of steps after step 1, with gradient "
+                f"norms up to {s.clip_burst:.3g}× the threshold: explosions held down by clipping"
             ]
         if s.grad_growth >= GROWTH:
             return "exploding", [f"the gradient norm grew ×{s.grad_growth:.3g} over training"]
@@ -282,7 +282,7 @@ def _notes(s: RunSummary) -> list[str]:
         if math.isfinite(value):
             out.append(f"{name} at the end (step {end.step}): {value:.1%}")
     if math.isfinite(s.clip_rate):
-        out.append(f"{s.clip} clipping acted on {s.clip_rate:.1%} of the steps")
+        out.append(f"{s.clip} clipping acted on {s.clip_rate:.1%} of the steps after step 1")
     if math.isfinite(s.grad_growth):
         out.append(f"gradient norm, last 10 % of steps over the first 10 %: ×{s.grad_growth:.3g}")
     subnormals = subnormal_note(s)

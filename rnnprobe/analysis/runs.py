@@ -179,8 +179,8 @@ class RunSummary:
     final_metric: float = NAN  # classifiers: validation accuracy at the last evaluation
     baseline_metric: float = NAN  # the baseline's metric (classify: majority-class accuracy)
     clip: str = "none"
-    clip_rate: float = NAN  # NaN when clipping is off
-    clip_burst: float = NAN  # max pre-clip norm / clip threshold (norm clipping)
+    clip_rate: float = NAN  # steps clipped after step 1 (fraction); NaN when clipping is off
+    clip_burst: float = NAN  # max pre-clip norm after step 1 / clip threshold (norm clipping)
     grad_growth: float = NAN  # median pre-clip norm, last 10 % of steps / first 10 %
     final_grad_norm: float = NAN  # pre-clip global gradient norm, last step with a finite one
     nonfinite_steps: int = 0
@@ -665,10 +665,12 @@ def _tail_mean(steps: pd.DataFrame, column: str) -> float:
 
 
 def _clipping(steps: pd.DataFrame, clip: str, threshold: object) -> tuple[float, float]:
-    """Return (fraction of steps clipped, max pre-clip norm / threshold) when clipping is on."""
+    """Return (fraction of steps clipped, max pre-clip norm / threshold) when clipping is on,
+    over the steps after step 1: the training phase's, whose verdict they decide (step 1's
+    gradient is the initial network's, the init phase's)."""
     if clip == "none" or steps.empty or "clipped" not in steps:
         return NAN, NAN
-    good = _good_steps(steps)
+    good = _good_steps(steps[pd.to_numeric(steps["step"], errors="coerce") > 1])
     rate = float(good["clipped"].astype(float).mean()) if len(good) else NAN
     pre = _numbers(good, "grad_norm_pre_clip").to_numpy(float)
     pre = pre[np.isfinite(pre)]

@@ -348,3 +348,14 @@ def test_a_training_median_says_how_many_probe_steps_it_takes(tmp_path):
     assert "per step (median of 5 probe steps)" in text
     # one step, one measurement: no median to speak of
     assert "median" not in " ".join(d.phases["end"].reasons)
+
+
+def test_clipping_bursts_are_training_steps_not_the_initial_networks_gradient():
+    from rnnprobe.analysis.runs import _clipping
+
+    # seq_len ae6d638e11: 269× the threshold at step 1 (init), at most 55× after it
+    steps = pd.DataFrame({"step": [1, 2, 3, 4], "loss": [1.0] * 4,
+                          "clipped": [True, True, False, True],
+                          "grad_norm_pre_clip": [269.0, 55.0, 0.5, 2.0]})  # fmt: skip
+    rate, burst = _clipping(steps, "norm", 1.0)
+    assert rate == pytest.approx(2 / 3) and burst == pytest.approx(55.0)
