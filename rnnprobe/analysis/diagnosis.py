@@ -262,6 +262,11 @@ def _notes(s: RunSummary) -> list[str]:
                 f"ratio {s.mean_field_ratio:.3g}"
             )
         out.append(line)
+    elif s.pre_floss_updates and math.isfinite(s.predicted_decay):
+        out.append(
+            f"mean-field theory does not apply: step 1 follows {s.pre_floss_updates} "
+            "pre-flossing updates, no longer the random initial weights"
+        )
     elif s.init and math.isfinite(s.predicted_decay):
         out.append(
             f"mean-field theory does not apply: the {s.init} init is not i.i.d. random weights"
@@ -583,7 +588,11 @@ def _mean_field_lines(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     applies = table[table["mean_field_applies"].astype(bool)]
     if applies.empty:
         if "predicted_decay" in table and pd.to_numeric(table["predicted_decay"]).notna().any():
-            return ["Mean-field theory does not apply to these inits (not i.i.d. random weights)."]
+            flossed = "pre_floss_updates" in table and (table["pre_floss_updates"] > 0).any()
+            why = ", or step 1 follows pre-flossing" if flossed else ""
+            return [
+                f"Mean-field theory does not apply to these runs (not i.i.d. random weights{why})."
+            ]
         return []
     applies = applies.assign(ratio=pd.to_numeric(applies["mean_field_ratio"], "coerce"))
     applies = applies.dropna(subset=["ratio"])

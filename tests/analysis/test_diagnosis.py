@@ -359,3 +359,11 @@ def test_clipping_bursts_are_training_steps_not_the_initial_networks_gradient():
                           "grad_norm_pre_clip": [269.0, 55.0, 0.5, 2.0]})  # fmt: skip
     rate, burst = _clipping(steps, "norm", 1.0)
     assert rate == pytest.approx(2 / 3) and burst == pytest.approx(55.0)
+
+
+def test_a_pre_flossed_run_is_kept_from_mean_field_for_its_flossing_not_its_init():
+    flossed = summary("f", {"train.floss": "pre:200", "seed": 0}, init="default",
+                      predicted_decay=0.52, pre_floss_updates=200)  # fmt: skip
+    notes = " ".join(diagnose_run(flossed).notes)
+    assert "step 1 follows 200 pre-flossing updates" in notes
+    assert "not i.i.d." not in notes  # the default init is i.i.d.
