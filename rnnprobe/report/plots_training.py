@@ -51,7 +51,9 @@ def plot_jacobian_spectra(
 ) -> Axes:
     """Return box plots of the one-step Jacobian singular values at a few training steps.
 
-    Boxes stand at their step on a numeric axis; quartiles and whiskers (1.5 IQR) are taken in
+    The probe keeps the top k σ of each sampled J_t (``probes.top_k``): the title says k, read
+    from the ranks recorded, and the y label of how many (H, W_hh's eigenvalues per step). Boxes
+    stand at their step on a numeric axis; quartiles and whiskers (1.5 IQR) are taken in
     decades, and the y axis reaches the lowest whisker, not the outliers: a note counts those
     below it."""
     ax = ensure_axes(ax)
@@ -95,12 +97,23 @@ def plot_jacobian_spectra(
         _side_note(ax, "\n".join(notes))
     ax.axhline(1.0, color="0.2", linestyle="--", linewidth=1, label="σ = 1")
     legend_outside(ax)
+    k = int(data["index"].max()) + 1 if "index" in data else None
+    units = _hidden_size(df, layer)
+    top = "" if k is None else ("all " if k == units else "top ") + f"{k} "
+    of = f" (of {units})" if units and k and k < units else ""
     ax.set(
         xlabel="training step",
-        ylabel="singular value σ of J_t",
-        title=f"spectrum of J_t = diag(φ′) W_hh, layer {layer}",
+        ylabel=f"{top}singular values σ of J_t{of}",
+        title=f"{top}σ of J_t = diag(φ′) W_hh, layer {layer}",
     )
     return ax
+
+
+def _hidden_size(df: pd.DataFrame, layer: int) -> int | None:
+    """Return the layer's hidden size H: how many W_hh eigenvalues a step records; else None."""
+    rows = _quantity(df, "w_hh_eigenvalue")
+    rows = rows[rows["layer"] == layer] if "layer" in rows else rows
+    return int(rows.groupby("step").size().max()) if "step" in rows and len(rows) else None
 
 
 def _log_box_stats(groups: list[np.ndarray]) -> list[dict]:

@@ -50,3 +50,23 @@ def test_eigenvalues_that_differ_get_no_all_equal_note():
     ax = plots_training.plot_eigenvalues(_eigenvalue_rows({0: z, 50: z * 1.1}), ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[1:] == ["init (step 0)", "end (step 50)"]
+
+
+def _jacobian_rows(steps, values_at, k: int = 8) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"step": s, "layer": 0, "quantity": "jacobian_singular", "sample": i // k, "index": i % k,
+         "value": v, "imag": 0.0}
+        for s in steps for i, v in enumerate(values_at(s))
+    ])  # fmt: skip
+
+
+def test_jacobian_spectra_title_says_only_the_top_k_are_shown():
+    rows = _jacobian_rows([1, 101, 201], lambda s: np.geomspace(0.5, 2, 64)[::-1])
+    ax = plots_training.plot_jacobian_spectra(rows, ax=_ax())
+    assert ax.get_title().startswith("top 8 σ of J_t")
+    units = _eigenvalue_rows({0: np.ones(32, complex)})
+    ax = plots_training.plot_jacobian_spectra(pd.concat([rows, units]), ax=_ax())
+    assert ax.get_title().startswith("top 8 σ") and "(of 32)" in ax.get_ylabel()
+    units = _eigenvalue_rows({0: np.ones(8, complex)})
+    ax = plots_training.plot_jacobian_spectra(pd.concat([rows, units]), ax=_ax())
+    assert ax.get_title().startswith("all 8 σ") and "(of" not in ax.get_ylabel()
