@@ -27,8 +27,9 @@ measures its initial network), *solved* (≤ ``SOLVED``; for a language model th
 solving, so it is *learning*), *learning* (< ``BEATS``), *did not learn* (≥ ``BEATS``).
 
 A study's statements: outcomes per configuration (seeds pooled, mean ± sd), an axis *changes*
-a quantity only with ≥ 2 levels, ≥ ``MIN_RUNS`` runs with values, η² ≥ ``MIN_ETA2`` and
-level means that differ by more than ``EFFECT`` and by more than twice the seeds' spread;
+a quantity only with ≥ 2 levels (each of ≥ 2 runs with several seeds), ≥ ``MIN_RUNS`` runs
+with values, η² ≥ ``MIN_ETA2`` and level means that differ by more than ``EFFECT`` and by more
+than twice the seeds' spread (the end-phase half-life: in steps, of exponential fits only);
 init-phase decay against √χ where the prediction applies (over distinct initial networks);
 where λ₁ at init changes sign along a numeric axis; end-phase half-lives / T as geometric
 means of the fits below ``REACH_CAP``, with growing, longer or unfitted runs counted apart.
@@ -92,14 +93,13 @@ BEATS = 0.95
 MIN_STEPS = 10
 REACH_CAP = 8.0  # half-life / T beyond which "the gradient reaches across" needs no number
 CAP = f"{REACH_CAP:g} T"
-LOG2_CAP = math.log2(REACH_CAP)
 MIN_RUNS = 4
 MIN_ETA2 = 0.5
-EFFECT = {"loss_ratio": 0.05, "log2_reach_end": 1.0, "decay_per_step_init": 0.02}
+EFFECT = {"loss_ratio": 0.05, "log2_half_life_end": 1.0, "decay_per_step_init": 0.02}
 EFFECT |= {"lyapunov_max_init": EDGE, "decay_per_step_end": 0.02}
 QUANTITIES = {  # summary column -> how a statement names it
     "loss_ratio": "loss/baseline",
-    "log2_reach_end": "the half-life / T at the end",
+    "log2_half_life_end": "the half-life at the end (in steps)",
     "decay_per_step_init": "decay per step at init",
     "lyapunov_max_init": "λ₁ at init",
 }
@@ -353,10 +353,14 @@ def study_table(study: StudySummary, diagnoses: Sequence[RunDiagnosis]) -> pd.Da
     table.insert(len(study.axes) + 2, "outcome", [d.outcome for d in diagnoses])
     for i, name in enumerate(PHASES):
         table.insert(len(study.axes) + 3 + i, f"regime_{name}", [d.regime(name) for d in diagnoses])
-    # log₂ of half-life / T, capped at REACH_CAP (growing gradients too): for η² only, where a
-    # long reach counts as long; the text never averages a capped value. NaN stays NaN
+    # log₂ of half-life / T, capped at REACH_CAP (growing gradients too): NaN stays NaN
     reach = pd.to_numeric(table["half_life_over_seq_len_end"], errors="coerce")
     table["log2_reach_end"] = np.log2(reach.mask(reach >= REACH_CAP, REACH_CAP))
+    # for η²: log₂ of the half-life in steps, of exponential fits below REACH_CAP only. Over T
+    # it would change with T by construction; a grown or capped value would set η² alone
+    steps = pd.to_numeric(table["half_life_end"], errors="coerce")
+    rate = pd.to_numeric(table["decay_per_step_end"], errors="coerce")
+    table["log2_half_life_end"] = np.log2(steps.where((rate < 1) & (reach < REACH_CAP)))
     return table
 
 
@@ -398,8 +402,9 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     # a diverged run's last loss and end-phase gradients say nothing about its configuration
     unjudged = table["outcome"].isin(["diverged", "untrained"])
     data = table.assign(loss_ratio=pd.to_numeric(table["loss_ratio"], "coerce").mask(unjudged))
-    if "log2_reach_end" in data:
-        data["log2_reach_end"] = data["log2_reach_end"].mask(data["outcome"] == "diverged")
+    for column in ("log2_reach_end", "log2_half_life_end"):
+        if column in data:
+            data[column] = data[column].mask(data["outcome"] == "diverged")
     effects, effect_lines = _effects(data, axes, seeds)
     answer = _outcome_answer(data, axes) + _reach_answer(data, axes)
     answer += _truncation_answer(table, axes)
@@ -491,9 +496,10 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     ]
 
 
-def _reach_cell(rows: pd.DataFrame) -> str:
-    """Return the end-phase half-life / T of ``rows``: the geometric mean (×/÷ sd) of the fits
-    below ``REACH_CAP``, and how many runs grow, reach beyond it or have no fit."""
+def _reach_cell(rows: pd.DataFrame, in_steps: bool = False) -> str:
+    """Return the end-phase half-life / T of ``rows`` (``in_steps``: in steps, then over T):
+    the geometric mean (×/÷ sd) of the fits below ``REACH_CAP``, and how many runs grow,
+    reach beyond it or have no fit."""
     rate = pd.to_numeric(rows["decay_per_step_end"], errors="coerce")
     reach = pd.to_numeric(rows["half_life_over_seq_len_end"], errors="coerce")
     fitted = (rate < 1) & (reach < REACH_CAP)
@@ -503,7 +509,12 @@ def _reach_cell(rows: pd.DataFrame) -> str:
     if fitted.any():
         logs = np.log2(reach[fitted])
         spread = f" (×/÷ {2 ** logs.std():.2g})" if len(logs) > 1 else ""
-        parts.append(f"{2 ** logs.mean():.2g} T{spread}{_share(len(logs), len(rows))}")
+        value = f"{2 ** logs.mean():.2g} T{spread}"
+        if in_steps:
+            steps = np.log2(pd.to_numeric(rows["half_life_end"], errors="coerce")[fitted])
+            spread = f" ×/÷ {2 ** steps.std():.2g}" if len(steps) > 1 else ""
+            value = f"{2 ** steps.mean():.3g} steps{spread} ({2 ** logs.mean():.2g} T)"
+        parts.append(value + _share(len(logs), len(rows)))
     parts += [k + _share(int(m.sum()), len(rows)) for k, m in kinds.items() if m.any()]
     return "; ".join(parts)
 
@@ -548,6 +559,7 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
             matters = bool(
                 len(groups) >= 2
                 and n >= MIN_RUNS
+                and (seeds == 1 or groups["n"].min() >= 2)  # a level's mean, not one run's
                 and eta2 >= MIN_ETA2
                 and spread > EFFECT.get(value, 0.0)
                 and spread > 2 * noise
@@ -557,21 +569,17 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
             )
             if matters:
                 shown = "; ".join(_level(data, g, axis, value) for g in groups.to_dict("records"))
-                how = _reach_how(data[value]) if value == "log2_reach_end" else ""
+                how = f"; geometric mean ×/÷ sd of the exponential fits below {CAP}" * (
+                    value == "log2_half_life_end"
+                )
                 lines.append(f"{axis} changes {name} (η² = {eta2:.2f}, {n} runs{how}): {shown}.")
     return pd.DataFrame(rows), lines
 
 
-def _reach_how(log2_reach: pd.Series) -> str:
-    """Return how the half-life's η² and level text treat capped values."""
-    capped = f", taking grows and ≥ {CAP} as {CAP}" if (log2_reach >= LOG2_CAP).any() else ""
-    return capped + "; geometric mean ×/÷ sd of the fits below " + CAP
-
-
 def _level(data: pd.DataFrame, g: dict, axis: str, value: str) -> str:
-    if value == "log2_reach_end":
-        rows = data[(data[axis].astype(str) == str(g[axis])) & data[value].notna()]
-        return f"{g[axis]}: {_reach_cell(rows)}"
+    if value == "log2_half_life_end":  # every judged run of the level, fitted or not
+        rows = data[(data[axis].astype(str) == str(g[axis])) & (data["outcome"] != "diverged")]
+        return f"{g[axis]}: {_reach_cell(rows, in_steps=True)}"
     spread = f" ± {g['sd']:.2g}" if g["n"] > 1 else ""
     return f"{g[axis]}: {g['mean']:.3g}{spread}"
 

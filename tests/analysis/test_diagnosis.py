@@ -234,15 +234,16 @@ def test_a_diverged_run_names_the_onset_and_the_stop(tmp_path):
     )
 
 
-def summary(run_id, settings, *, rate_end=0.5, rate_init=0.9, steps=100, **fields):
-    """A finished run whose gradient decays by ``rate_*`` per step (T = 10) at init and end."""
+def summary(run_id, settings, *, rate_end=0.5, rate_init=0.9, steps=100, seq_len=10.0,
+            **fields):  # fmt: skip
+    """A finished run whose gradient decays by ``rate_*`` per step (T steps) at init and end."""
 
     def phase(name, step, rate):
         half = math.log(2) / -math.log(rate) if rate < 1 else math.inf
         return PhaseMeasures(name, (step,), DecayFit(rate, half, shape="exponential"))
 
     phases = {"init": phase("init", 1, rate_init), "end": phase("end", steps, rate_end)}
-    return RunSummary(run_id, settings, "done", steps=steps, seq_len=10.0, final_loss=0.5,
+    return RunSummary(run_id, settings, "done", steps=steps, seq_len=seq_len, final_loss=0.5,
                       baseline_loss=1.0, loss_ratio=0.5, phases=phases, **fields)  # fmt: skip
 
 
@@ -271,10 +272,27 @@ def test_grown_or_capped_half_lives_are_counted_never_averaged():
             for a, level in rates.items() for k, r in enumerate(level)]  # fmt: skip
     answer = study_answer(runs, ["a"])
     assert "a = x: 0.74 T in 1 of 4 runs; grows in 3 of 4 runs" in answer
-    assert "a changes the half-life / T at the end" in answer
-    assert "x: 0.74 T in 1 of 4 runs; grows in 3 of 4 runs; y: 0.1 T (×/÷ 1)." in answer
+    # one fit at x is no level mean: no claim that a changes the half-life, and no η² that a
+    # value standing in for the grown ones would set
+    assert "a changes the half-life" not in answer
     capped = 2 ** np.mean([3, 3, 3, np.log2(math.log(2) / -math.log(0.9102) / 10)])
     assert f"{capped:.2g} T" not in answer and "no decay" not in answer
+
+
+def test_a_half_life_changes_with_an_axis_in_steps_not_over_t():
+    # lm_text: one decay per step (one half-life in steps) at every T; over T it falls 8×
+    runs = [summary(f"{t}{k}", {"task.seq_len": t, "seed": k}, rate_end=0.7 + 0.01 * k,
+                    seq_len=float(t)) for t in (16, 128) for k in range(3)]  # fmt: skip
+    answer = study_answer(runs, ["task.seq_len"])
+    assert "task.seq_len changes the half-life" not in answer
+    # a real change: decay 0.5 against 0.9 per step, in steps 1 against 6.6
+    runs = [summary(f"{r}{k}", {"model.init_gain": r, "seed": k}, rate_end=r * (1 + 0.001 * k))
+            for r in (0.5, 0.9) for k in range(3)]  # fmt: skip
+    answer = study_answer(runs, ["model.init_gain"])
+    assert (
+        "model.init_gain changes the half-life at the end (in steps) (η² = 1.00, 6 runs" in answer
+    )
+    assert "0.5: 1 steps ×/÷ 1 (0.1 T); 0.9: 6.64 steps ×/÷ 1 (0.66 T)" in answer
 
 
 def test_mean_field_counts_initial_networks_not_runs():
