@@ -45,6 +45,8 @@ __all__ = [
     "plot_participation_ratio",
 ]
 
+ZERO_FLOOR = 1e-6  # a σ of J_t below this × its step's largest σ is a numerical zero
+
 
 def plot_jacobian_spectra(
     df: pd.DataFrame, *, layer: int | None = None, max_steps: int = 8, ax: Axes | None = None
@@ -55,19 +57,24 @@ def plot_jacobian_spectra(
     from the ranks recorded, and the y label of how many (H, W_hh's eigenvalues per step). Boxes
     stand at their step on a numeric axis; quartiles and whiskers (1.5 IQR) are taken in
     decades, and the y axis reaches the lowest whisker, not the outliers: a note counts those
-    below it."""
+    below it. A σ below ``ZERO_FLOOR`` × its step's largest (a J_t whose units are all off, σ
+    like 1e-90 beside σ ≈ 1) is a numerical zero: the note counts it, the boxes leave it out, as
+    a box through the empty decades between would show σ where there are none."""
     ax = ensure_axes(ax)
-    data = finite_rows(_quantity(df, "jacobian_singular"), ["step", "layer", "value"], "value")
+    data = finite_rows(_quantity(df, "jacobian_singular"), ["step", "layer", "value"])
     if data.empty:
         return no_data(ax, "Jacobian spectra", "singular value σ of J_t")
     layer = int(data["layer"].min()) if layer is None else layer
     data = data[data["layer"] == layer]
     probed = data["step"]  # the schedule, before thinning, sets the axis's scale
     data = data[data["step"].isin(thin_steps(probed, max_steps))]
-    if data.empty:
+    peak = data.groupby("step")["value"].transform("max")
+    zero = (data["value"] <= 0) | (data["value"] < ZERO_FLOOR * peak)
+    shown = data[~zero]
+    if shown.empty:
         return no_data(ax, f"Jacobian spectra of layer {layer}", "singular value σ of J_t")
-    steps = np.sort(data["step"].unique()).astype(float)
-    stats = _log_box_stats([data.loc[data["step"] == s, "value"].to_numpy(float) for s in steps])
+    steps = np.sort(shown["step"].unique()).astype(float)
+    stats = _log_box_stats([shown.loc[shown["step"] == s, "value"].to_numpy(float) for s in steps])
     step_scale(ax, probed)  # first: the box widths depend on the scale
     ax.set_autoscalex_on(True)  # the boxes, not step_scale's left end at 0, set the range
     ax.bxp(
@@ -83,14 +90,16 @@ def plot_jacobian_spectra(
     if ax.get_xscale() == "linear":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # steps are whole
     log_axis(ax, "y")
-    values = data["value"].to_numpy(float)
+    values = shown["value"].to_numpy(float)
     low = min(min(s["whislo"] for s in stats), 1.0)
     high = max(values.max(), 1.0)
     pad = (high / low) ** 0.05
     ax.set_ylim(low / pad, high * pad)
     below, notes = values[values < low], []
+    if zero.any():
+        notes.append(_zero_note(data.loc[zero, "step"], len(data)))
     if len(below):
-        notes.append(f"{len(below)} of {len(values)} σ below\nthe axis, to {below.min():.3g}")
+        notes.append(f"{len(below)} of {len(data)} σ below\nthe axis, to {below.min():.3g}")
     if len(steps) < probed.nunique():
         notes.append(f"{len(steps)} of {probed.nunique()} probe\nsteps shown")
     if notes:
@@ -114,6 +123,15 @@ def _hidden_size(df: pd.DataFrame, layer: int) -> int | None:
     rows = _quantity(df, "w_hh_eigenvalue")
     rows = rows[rows["layer"] == layer] if "layer" in rows else rows
     return int(rows.groupby("step").size().max()) if "step" in rows and len(rows) else None
+
+
+def _zero_note(steps: pd.Series, total: int) -> str:
+    """Return "n of total σ ≈ 0 …" with how many at each step, for the zeros' ``steps`` (n,)."""
+    counts = [f"{n} at {int(s)}" for s, n in steps.value_counts().sort_index().items()]
+    counts[0] = counts[0].replace(" at ", " at step ")
+    lines = [", ".join(counts[i : i + 2]) for i in range(0, len(counts), 2)]
+    floor = f"1e{math.log10(ZERO_FLOOR):.0f}"
+    return f"{len(steps)} of {total} σ ≈ 0 (below\n{floor} σ_max), not drawn:\n" + ",\n".join(lines)
 
 
 def _log_box_stats(groups: list[np.ndarray]) -> list[dict]:

@@ -70,3 +70,28 @@ def test_jacobian_spectra_title_says_only_the_top_k_are_shown():
     units = _eigenvalue_rows({0: np.ones(8, complex)})
     ax = plots_training.plot_jacobian_spectra(pd.concat([rows, units]), ax=_ax())
     assert ax.get_title().startswith("all 8 σ") and "(of" not in ax.get_ylabel()
+
+
+def _boxes(ax) -> list[tuple[float, float]]:
+    """Return each box's (q1, q3), read off its patch."""
+    return [
+        (float(p.get_path().vertices[:, 1].min()), float(p.get_path().vertices[:, 1].max()))
+        for p in ax.patches
+    ]
+
+
+def test_jacobian_spectra_count_numerical_zeros_apart_from_the_boxes():
+    # step 901: 20 of 64 σ are numerical zeros (all units off), the rest lie in 0.9 … 1.3
+    def at(step):
+        values = np.geomspace(1.3, 0.9, 64)
+        if step == 901:
+            values[-20:] = np.r_[1e-90, 1e-24, 5e-9, 0.0, np.full(16, 1e-16)]
+        return values
+
+    ax = _drawn(plots_training.plot_jacobian_spectra(_jacobian_rows([1, 901], at), ax=_ax()))
+    _, (late_q1, _) = _boxes(ax)
+    assert late_q1 > 0.85  # no box through the empty decades below 0.9
+    assert ax.get_ylim()[0] > 0.5  # nor an axis stretched over 90 decades
+    text = " ".join(t.get_text() for t in ax.texts)
+    assert "20 of 128 σ ≈ 0 (below\n1e-6 σ_max)" in text and "20 at step 901" in text
+    assert "below\nthe axis" not in text
