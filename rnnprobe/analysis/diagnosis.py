@@ -485,11 +485,11 @@ def _reach_answer(data: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     for g in configs.iloc[level_order(configs, axes)].to_dict("records"):
         cell = rows[np.logical_and.reduce([rows[a].astype(str) == str(g[a]) for a in axes])]
         label = ", ".join(f"{a.rpartition('.')[2]} = {g[a]}" for a in axes)
-        parts.append(f"{label}: {_reach_cell(cell)}")  # one without a fit says so too
+        parts.append(f"{label}: {_reach_cell(cell, in_steps=True)}")  # unfitted ones too
     if not rows["log2_reach_end"].notna().any():
         return []
     return [
-        "Gradient half-life at the end, as a fraction of the T steps the network runs "
+        "Gradient half-life at the end, in steps and as a fraction of the T steps the network runs "
         f"(geometric mean ×/÷ sd over seeds of the fits below {CAP}; runs whose gradient "
         f"grows, that reach ≥ {CAP} or have no exponential fit are counted, not averaged; "
         "below 0.25 T it vanishes within the sequence) — " + "; ".join(parts) + "."
@@ -513,7 +513,8 @@ def _reach_cell(rows: pd.DataFrame, in_steps: bool = False) -> str:
         if in_steps:
             steps = np.log2(pd.to_numeric(rows["half_life_end"], errors="coerce")[fitted])
             spread = f" ×/÷ {2 ** steps.std():.2g}" if len(steps) > 1 else ""
-            value = f"{2 ** steps.mean():.3g} steps{spread} ({2 ** logs.mean():.2g} T)"
+            mean = f"{2 ** steps.mean():.3g}"
+            value = f"{mean} step{'s' * (mean != '1')}{spread} ({2 ** logs.mean():.2g} T)"
         parts.append(value + _share(len(logs), len(rows)))
     parts += [k + _share(int(m.sum()), len(rows)) for k, m in kinds.items() if m.any()]
     return "; ".join(parts)

@@ -95,7 +95,7 @@ def plot_jacobian_spectra(
     high = max(values.max(), 1.0)
     pad = (high / low) ** 0.05
     ax.set_ylim(low / pad, high * pad)
-    below, notes = values[values < low], []
+    below, notes = values[values < ax.get_ylim()[0]], []  # the axis drawn, not the whisker
     if zero.any():
         notes.append(_zero_note(data.loc[zero, "step"], len(data)))
     if len(below):

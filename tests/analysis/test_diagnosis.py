@@ -271,7 +271,7 @@ def test_grown_or_capped_half_lives_are_counted_never_averaged():
     runs = [summary(f"{a}{k}", {"a": a, "seed": k}, rate_end=r)
             for a, level in rates.items() for k, r in enumerate(level)]  # fmt: skip
     answer = study_answer(runs, ["a"])
-    assert "a = x: 0.74 T in 1 of 4 runs; grows in 3 of 4 runs" in answer
+    assert "a = x: 7.37 steps (0.74 T) in 1 of 4 runs; grows in 3 of 4 runs" in answer
     # one fit at x is no level mean: no claim that a changes the half-life, and no η² that a
     # value standing in for the grown ones would set
     assert "a changes the half-life" not in answer
@@ -292,7 +292,7 @@ def test_a_half_life_changes_with_an_axis_in_steps_not_over_t():
     assert (
         "model.init_gain changes the half-life at the end (in steps) (η² = 1.00, 6 runs" in answer
     )
-    assert "0.5: 1 steps ×/÷ 1 (0.1 T); 0.9: 6.64 steps ×/÷ 1 (0.66 T)" in answer
+    assert "0.5: 1 step ×/÷ 1 (0.1 T); 0.9: 6.64 steps ×/÷ 1 (0.66 T)" in answer
 
 
 def test_mean_field_counts_initial_networks_not_runs():
@@ -353,7 +353,7 @@ def test_a_configuration_without_a_fit_is_named_in_the_half_life_answer():
     runs = [summary(f"x{k}", {"a": "x", "seed": k}) for k in range(2)]
     runs += [unfitted(summary(f"y{k}", {"a": "y", "seed": k})) for k in range(2)]
     answer = study_answer(runs, ["a"])
-    assert "a = x: 0.1 T (×/÷ 1); a = y: no exponential fit." in answer
+    assert "a = x: 1 step ×/÷ 1 (0.1 T); a = y: no exponential fit." in answer
 
 
 def test_a_training_median_says_how_many_probe_steps_it_takes(tmp_path):

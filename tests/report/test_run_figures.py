@@ -95,3 +95,15 @@ def test_jacobian_spectra_count_numerical_zeros_apart_from_the_boxes():
     text = " ".join(t.get_text() for t in ax.texts)
     assert "20 of 128 σ ≈ 0 (below\n1e-6 σ_max)" in text and "20 at step 901" in text
     assert "below\nthe axis" not in text
+
+
+def test_jacobian_spectra_count_below_the_axis_drawn_not_the_whisker():
+    # σ in 0.98 … 1.02 with fliers: 3 above pads the axis's foot below the lowest whisker,
+    # so the flier at 0.94 is drawn (lm_text 61b9c9bc89 said "below the axis, to 0.779")
+    def at(step):
+        return np.r_[np.geomspace(1.02, 0.98, 62), 3.0, 0.94 if step == 101 else 1.0]
+
+    ax = _drawn(plots_training.plot_jacobian_spectra(_jacobian_rows([1, 101], at), ax=_ax()))
+    fliers = np.concatenate([line.get_ydata() for line in ax.lines if line.get_marker() == "o"])
+    assert fliers.min() == 0.94 > ax.get_ylim()[0]  # a flier, drawn on the axis
+    assert "below" not in " ".join(t.get_text() for t in ax.texts)
