@@ -56,10 +56,11 @@ def plot_jacobian_spectra(
     The probe keeps the top k σ of each sampled J_t (``probes.top_k``): the title says k, read
     from the ranks recorded, and the y label of how many (H, W_hh's eigenvalues per step). Boxes
     stand at their step on a numeric axis; quartiles and whiskers (1.5 IQR) are taken in
-    decades, and the y axis reaches the lowest whisker, not the outliers: a note counts those
-    below it. A σ below ``ZERO_FLOOR`` × its step's largest (a J_t whose units are all off, σ
-    like 1e-90 beside σ ≈ 1) is a numerical zero: the note counts it, the boxes leave it out, as
-    a box through the empty decades between would show σ where there are none."""
+    decades, and the y axis reaches a little below the lowest whisker, not the outliers: a note
+    counts the σ below the axis drawn (not below the whisker: a flier above the foot shows).
+    A σ below ``ZERO_FLOOR`` × its step's largest (a J_t whose units are all off, σ like 1e-90
+    beside σ ≈ 1) is a numerical zero: the note counts it, the boxes leave it out, as a box
+    through the empty decades between would show σ where there are none."""
     ax = ensure_axes(ax)
     data = finite_rows(_quantity(df, "jacobian_singular"), ["step", "layer", "value"])
     if data.empty:
