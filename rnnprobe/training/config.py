@@ -116,7 +116,13 @@ class TrainConfig:
         metadata={"help": "consecutive skipped updates (count) before the run ends diverged"},
     )
     eval_every: int = field(default=100, metadata={"help": "optimizer steps between validations"})
-    eval_batches: int = field(default=4, metadata={"help": "batches per validation (count)"})
+    eval_batches: int = field(
+        default=4,
+        metadata={
+            "help": "batches per validation (count; 0: a text or file task's whole validation "
+            "split, the same text at every seq_len; a synthetic task's 8)"
+        },
+    )
     # Gradient flossing (rnnprobe/training/flossing.py); parsed by flossing.FlossSpec.parse.
     floss: str = field(
         default="none",
@@ -370,7 +376,6 @@ POSITIVE = (
     "train.batch_size",
     "train.max_nonfinite",
     "train.eval_every",
-    "train.eval_batches",
     "probes.sub_batch",
     "probes.jacobian_samples",
     "probes.top_k",
@@ -409,6 +414,7 @@ def validate(config: RunConfig) -> None:
         check_choice(flat[key], setting_choices(key) or (), key)
     for key in POSITIVE:
         check_count(flat[key], f"--{flag_name(key)}")
+    check_count(flat["train.eval_batches"], f"--{flag_name('train.eval_batches')}", minimum=0)
     for key, value in flat.items():  # inf or NaN would poison the weights or crash LAPACK
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) < 1e30):
             raise RnnprobeError(f"{key} must be a finite number below 1e30, got {value}")

@@ -1,6 +1,7 @@
 """Validation of a run: loss and metric on its fixed validation batches, and confusion counts.
 
-Means are over sequences: a shorter last batch (classify's validation split) counts less.
+Means are over targets: a shorter last batch (the end of a validation split: fewer sequences,
+or fewer steps of a language model's streams) counts less.
 Everything stays on the device (rows filed with :class:`~rnnprobe.records.pending.PendingRows`).
 """
 
@@ -32,7 +33,7 @@ def evaluate(parts: RunParts, step: int, rows: PendingRows) -> None:
         h = result.h_n
         losses.append(result.loss)
         metrics.append(result.metric)
-        sizes.append(batch.targets.shape[0])
+        sizes.append(batch.targets.numel())  # (B,) or (B, T): sequences, or their steps
         if K and result.predictions is not None:
             cells = batch.targets * K + result.predictions  # (B,) in [0, K²)
             confusion.scatter_add_(0, cells, torch.ones_like(cells))  # no sync, unlike bincount

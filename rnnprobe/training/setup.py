@@ -139,7 +139,7 @@ def build_run(config: RunConfig) -> RunParts:
         cut_generator=torch.Generator().manual_seed(derived_seed(config.seed, "cuts")),
         eval_batches=task.eval_batches(
             config.train.batch_size,
-            num_batches=config.train.eval_batches,
+            num_batches=config.train.eval_batches or None,  # 0: the whole split
             seed=derived_seed(config.seed, "evals"),
         ),
     )

@@ -280,3 +280,53 @@ def test_eval_batches_are_fixed_by_seed() -> None:
 def test_random_windows_need_a_window_shorter_than_the_corpus() -> None:
     batch = random_windows(torch.arange(11), 3, 10, gen(0))
     assert torch.equal(batch.inputs[0], torch.arange(10))
+
+
+def test_a_whole_split_validation_reads_the_same_text_at_every_window() -> None:
+    from rnnprobe.training.config import build_config
+    from rnnprobe.training.setup import build_run
+
+    corpus = corpus_from_text(
+        "the quick brown fox jumps over the lazy dog " * 40, valid_fraction=0.2
+    )
+    texts = []
+    for seq_len in (4, 16, 64):
+        batches = LMTask(corpus, seq_len=seq_len).eval_batches(4)  # num_batches None: all
+        texts.append(torch.cat([b.targets for b in batches], dim=1))  # (B, every step)
+    assert all(torch.equal(texts[0], t) for t in texts[1:])
+    # train.eval_batches = 0 asks for the whole split; below 0 is a user mistake
+    config = build_config({"task.name": "lm", "task.max_chars": 3000, "train.eval_batches": 0,
+                           "model.hidden_size": 8, "train.batch_size": 4})  # fmt: skip
+    parts = build_run(config)
+    assert sum(b.targets.numel() for b in parts.eval_batches) == 4 * (
+        parts.task.corpus.valid.numel() // 4 - 1
+    )
+    with pytest.raises(RnnprobeError, match="eval-batches must be at least 0"):
+        build_config({"train.eval_batches": -1})
+
+
+def test_a_validation_loss_is_the_mean_over_every_target_step() -> None:
+    import torch.nn.functional as F
+
+    from rnnprobe.records.pending import PendingRows
+    from rnnprobe.training.config import build_config
+    from rnnprobe.training.evaluation import evaluate
+    from rnnprobe.training.setup import build_run
+
+    config = build_config({"task.name": "lm", "task.max_chars": 3000, "task.seq_len": 64,
+                           "train.eval_batches": 0, "model.hidden_size": 8,
+                           "train.batch_size": 4})  # fmt: skip
+    parts = build_run(config)
+    lengths = [b.targets.shape[1] for b in parts.eval_batches]
+    assert lengths[-1] < lengths[0]  # the split's end: a shorter last batch
+    rows = PendingRows()
+    evaluate(parts, 1, rows)
+    loss = float(rows.drain()["evals"][0]["loss"][0])
+    total, count, h = 0.0, 0, None
+    with torch.no_grad():
+        for batch in parts.eval_batches:
+            logits, h = parts.model(batch.inputs, h if batch.continues else None)
+            total += F.cross_entropy(logits.flatten(0, 1), batch.targets.t().flatten(),
+                                     reduction="sum").item()  # fmt: skip
+            count += batch.targets.numel()
+    assert loss == pytest.approx(total / count, rel=1e-6)
