@@ -250,6 +250,11 @@ class RunSummary:
         return row
 
 
+ALWAYS_SHOWN = ("task.name", "task.seq_len", "model.nonlinearity", "model.init",
+                "model.hidden_size", "train.optimizer", "train.lr", "train.momentum",
+                "train.clip", "train.clip_value", "train.batch_size", "train.steps")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StudySummary:
     """A study's run summaries in grid order, its swept axes (seed apart) and seeds."""
@@ -260,6 +265,31 @@ class StudySummary:
     axes: list[str]  # swept settings, seed excluded
     seeds: list[Any]
     runs: list[RunSummary]
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """Return the settings every run shares that shape what it measures: the task, model
+        and training ones that differ from the defaults, and the few a reader always needs
+        (task, nonlinearity, init, optimizer, learning rate, clipping, steps)."""
+        from rnnprobe.training.config import RunConfig  # plain Python: no torch
+
+        defaults = RunConfig().flat()
+        shared = {
+            key: value
+            for key, value in (self.runs[0].settings.items() if self.runs else ())
+            if key.split(".")[0] in ("task", "model", "train", "dtype")
+            and key not in self.axes
+            and all(r.settings.get(key) == value for r in self.runs)
+        }
+        if shared.get("train.clip") == "none":
+            shared.pop("train.clip_value", None)
+        if shared.get("train.optimizer") != "sgd":
+            shared.pop("train.momentum", None)
+        group = {"task": 0, "model": 1, "train": 2}
+        return {
+            k: shared[k]
+            for k in sorted(shared, key=lambda k: (group.get(k.split(".")[0], 3), k))
+            if k in ALWAYS_SHOWN or shared[k] != defaults.get(k)
+        }
 
     def table(self) -> pd.DataFrame:
         """Return one row per run: run id, axis values and seed, then every summary number."""

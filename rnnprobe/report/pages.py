@@ -286,6 +286,9 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
             else ""
         )
     )
+    fixed = study.fixed_settings()
+    if fixed:
+        page.text("Every run: " + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ".")
     page.heading("Diagnosis")
     page.bullets(analysis.diagnosis.lines)
     page.heading("Summary")

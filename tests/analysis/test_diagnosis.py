@@ -385,3 +385,23 @@ def test_a_pre_flossed_run_is_kept_from_mean_field_for_its_flossing_not_its_init
     notes = " ".join(diagnose_run(flossed).notes)
     assert "step 1 follows 200 pre-flossing updates" in notes
     assert "not i.i.d." not in notes  # the default init is i.i.d.
+
+
+def test_a_study_names_the_settings_every_run_shares():
+    from types import SimpleNamespace
+
+    from rnnprobe.training.config import RunConfig
+
+    base = RunConfig().flat()
+    runs = [SimpleNamespace(settings={**base, "train.clip": c, "seed": k, "model.init_gain": 2.0,
+                                      "probes.top_k": 8})
+            for c in ("none", "value") for k in (0, 1)]  # fmt: skip
+    fixed = StudySummary("s", "", "", ["train.clip"], [0, 1], runs).fixed_settings()
+    assert fixed["model.init_gain"] == 2.0  # not the default
+    assert fixed["train.lr"] == base["train.lr"] and "task.name" in fixed  # always named
+    assert "train.clip" not in fixed and "seed" not in fixed  # swept
+    assert "probes.top_k" not in fixed and "task.charset" not in fixed  # no probe, a default
+    keys = list(fixed)
+    assert keys[0].startswith("task.") and keys[-1].startswith("train.")
+    unclipped = [SimpleNamespace(settings={**base, "train.clip": "none"})]
+    assert "train.clip_value" not in StudySummary("s", "", "", [], [0], unclipped).fixed_settings()
