@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 
 from rnnprobe.report.plots import (
+    NOTE_COLOR,
     distinct_colours,
     ensure_axes,
     finite_rows,
@@ -25,7 +26,12 @@ from rnnprobe.report.plots import (
     thin_steps,
 )
 
-__all__ = ["plot_adjoint_heatmap", "plot_decay_vs_mean_field", "plot_gradient_reach"]
+__all__ = [
+    "colour_limits",
+    "plot_adjoint_heatmap",
+    "plot_decay_vs_mean_field",
+    "plot_gradient_reach",
+]
 
 
 def plot_adjoint_heatmap(
@@ -36,7 +42,11 @@ def plot_adjoint_heatmap(
     max_steps: int = 200,
     ax: Axes | None = None,
 ) -> Axes:
-    """Return a heatmap of ‖∂L/∂h_t‖ over time step t (y) and training step (x), log colours."""
+    """Return a heatmap of ‖∂L/∂h_t‖ over time step t (y) and training step (x), log colours.
+
+    When a few cells (an early transient, say) would stretch the colour range, the colours span
+    the 2nd–98th percentile of log ‖∂L/∂h_t‖ instead (:func:`colour_limits`): cells beyond take
+    the end colours, the colour bar's arrows and a note say so."""
     ax = ensure_axes(ax)
     data = finite_rows(df, ["step", "layer", "t", value], positive=value)
     if data.empty:
@@ -48,9 +58,8 @@ def plot_adjoint_heatmap(
         return no_data(ax, f"adjoint norms of layer {layer}", "adjoint norm ‖∂L/∂h_t‖")
     grid = data.pivot_table(index="t", columns="step", values=value, aggfunc="mean")
     z = np.ma.masked_invalid(grid.to_numpy(dtype=float))
-    lo, hi = float(z.min()), float(z.max())
-    if hi <= lo:
-        lo, hi = lo / 2, hi * 2
+    logs = np.log10(z.compressed())
+    lo, hi = (10.0**v for v in colour_limits(logs))
     mesh = ax.pcolormesh(
         _edges(grid.columns.to_numpy(dtype=float)),
         _edges(grid.index.to_numpy(dtype=float)),
@@ -59,9 +68,29 @@ def plot_adjoint_heatmap(
         cmap="viridis",
         shading="flat",
     )
-    ax.figure.colorbar(mesh, ax=ax, label="‖∂L/∂h_t‖ (batch mean)")
+    under, over = (z < lo).sum(), (z > hi).sum()
+    extend = {(0, 0): "neither", (1, 0): "min", (0, 1): "max"}.get((min(under, 1), min(over, 1)))
+    bar = ax.figure.colorbar(mesh, ax=ax, extend=extend or "both", label="‖∂L/∂h_t‖ (batch mean)")
+    if under or over:
+        share = (under + over) / len(logs)
+        bar.ax.text(0, -0.08, f"colours: 2nd–98th percentile;\n{share:.0%} of cells beyond take\n"
+                    "the end colours", transform=bar.ax.transAxes, ha="left", va="top",
+                    fontsize="x-small", color=NOTE_COLOR)  # fmt: skip
     ax.set(xlabel="training step", ylabel="time step t", title=f"adjoint norm, layer {layer}")
     return ax
+
+
+def colour_limits(logs: np.ndarray, *, share: float = 0.2) -> tuple[float, float]:
+    """Return the colour range of the values ``logs`` (n,): their 2nd and 98th percentiles when
+    the 4 % of values beyond would take more than ``share`` of the full range, else min and max
+    (widened ±log₁₀ 2 when all are equal)."""
+    lo, hi = float(logs.min()), float(logs.max())
+    if hi <= lo:
+        return lo - np.log10(2), hi + np.log10(2)
+    inner_lo, inner_hi = (float(v) for v in np.percentile(logs, [2, 98]))
+    if inner_hi > inner_lo and (inner_hi - inner_lo) < (1 - share) * (hi - lo):
+        return inner_lo, inner_hi
+    return lo, hi
 
 
 def plot_gradient_reach(

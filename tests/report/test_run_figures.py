@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rnnprobe.report import plots_training
+from rnnprobe.report import plots_gradients, plots_training
 
 
 def _ax():
@@ -107,3 +107,29 @@ def test_jacobian_spectra_count_below_the_axis_drawn_not_the_whisker():
     fliers = np.concatenate([line.get_ydata() for line in ax.lines if line.get_marker() == "o"])
     assert fliers.min() == 0.94 > ax.get_ylim()[0]  # a flier, drawn on the axis
     assert "below" not in " ".join(t.get_text() for t in ax.texts)
+
+
+def _adjoint_rows(steps, norm_at) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"step": s, "layer": 0, "t": t, "adjoint_norm": norm_at(s, t)}
+        for s in steps for t in range(32)
+    ])  # fmt: skip
+
+
+def test_adjoint_colours_are_set_by_the_bulk_of_training_not_its_first_steps():
+    # steps 1-3 reach 1e3; the other 157 steps hold 1e-3.3 … 1e-2.5, rising with t
+    rows = _adjoint_rows(range(1, 161), lambda s, t: 1e3 if s <= 3 else 10 ** (-3.3 + t / 40))
+    ax = plots_gradients.plot_adjoint_heatmap(rows, ax=_ax())
+    mesh = ax.collections[0]
+    assert mesh.norm.vmax < 10**-2.4 and mesh.norm.vmin >= 10**-3.3
+    assert mesh.colorbar.extend in ("max", "both")
+    note = " ".join(t.get_text() for t in mesh.colorbar.ax.texts)
+    assert "2nd–98th percentile" in note and "end colours" in note
+
+
+def test_adjoint_colours_of_an_even_spread_span_all_values_without_a_note():
+    rows = _adjoint_rows(range(1, 41), lambda s, t: 10 ** (-8 + 6 * t / 31))
+    ax = plots_gradients.plot_adjoint_heatmap(rows, ax=_ax())
+    mesh = ax.collections[0]
+    assert np.isclose(mesh.norm.vmin, 1e-8) and np.isclose(mesh.norm.vmax, 1e-2)
+    assert mesh.colorbar.extend == "neither" and not mesh.colorbar.ax.texts
