@@ -411,6 +411,14 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
             "final loss / baseline",
             hline=(1.0, "baseline"),
         )
+        if (table["outcome"] == "diverged").any() and _has(table, "steps", positive=True):
+            measure(  # which settings keep training alive, and for how long the others last
+                table,
+                {"steps run": "steps"},
+                "steps trained (a diverged run: until it stopped)",
+                "optimizer steps (log)",
+                positive=True,
+            )
         phases = {
             f"init ({init_at})": "decay_per_step_init",
             f"end ({end_at})": "decay_per_step_end",

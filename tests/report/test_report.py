@@ -296,12 +296,22 @@ def test_a_configuration_keeps_its_style_in_every_panel():
     assert len({tuple(s["color"]) for s in alone.styles.values()}) == 2
 
 
-def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path):
+def test_a_run_without_a_lyapunov_curve_is_named_not_drawn(tmp_path, monkeypatch):
     study = write_study(tmp_path / "s", gains=(0.5, 1.0, 2.0), seq_lens=(8,), steps=30)
     shutil.rmtree(study / "runs" / "g2.0-T8")  # blows up after its first probes
     write_run(study / "runs" / "g2.0-T8", decay=1.4, seq_len=8, init_gain=2.0, steps=30,
               diverge_at=1, status="diverged")  # fmt: skip
+    from rnnprobe.report import plots_study
+
+    titles, draw = [], plots_study.plot_measure_vs_axis
+
+    def recorded(*args, **kwargs):
+        titles.append(kwargs["title"])
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plots_study, "plot_measure_vs_axis", recorded)
     text = (build_report(study, tmp_path / "out") / "README.md").read_text()
+    assert "steps trained (a diverged run: until it stopped)" in titles  # how long each lasted
     assert "λ₁ over training leaves out init_gain = 2.0: λ₁ at step" in text
     # its end values are in the summary table, not in the panels whose caption names step 30
     assert "end values leave out the 1 diverged runs: their last probe step" in text
