@@ -396,9 +396,13 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     axes = [a for a in study.axes if a in table and table[a].astype(str).nunique() > 1]
     seeds = len(study.seeds)
     lines = [_tally(table, "outcome", OUTCOMES, "Outcomes")]
+    flossed = pd.to_numeric(table.get("pre_floss_updates", pd.Series(dtype=float)), "coerce") > 0
     for name in PHASES:
         if f"regime_{name}" in table and table[f"regime_{name}"].notna().any():
-            lines.append(_tally(table, f"regime_{name}", REGIMES, f"Gradients at {name}"))
+            line = _tally(table, f"regime_{name}", REGIMES, f"Gradients at {name}")
+            if name == "init" and flossed.any():  # not the random initial weights there
+                line += f" Of these, {int(flossed.sum())} runs' step 1 follows pre-flossing."
+            lines.append(line)
     # a diverged run's last loss and end-phase gradients say nothing about its configuration
     unjudged = table["outcome"].isin(["diverged", "untrained"])
     data = table.assign(loss_ratio=pd.to_numeric(table["loss_ratio"], "coerce").mask(unjudged))

@@ -405,3 +405,12 @@ def test_a_study_names_the_settings_every_run_shares():
     assert keys[0].startswith("task.") and keys[-1].startswith("train.")
     unclipped = [SimpleNamespace(settings={**base, "train.clip": "none"})]
     assert "train.clip_value" not in StudySummary("s", "", "", [], [0], unclipped).fixed_settings()
+
+
+def test_the_init_tally_says_which_runs_were_pre_flossed():
+    runs = [summary(f"{f}{k}", {"train.floss": f, "seed": k}, pre_floss_updates=200 * (f != "none"))
+            for f in ("none", "pre") for k in (0, 1)]  # fmt: skip
+    study = StudySummary("s", "", "", ["train.floss"], [0, 1], runs)
+    lines = diagnose_study(study, study_table(study, [diagnose_run(r) for r in runs])).lines
+    init = next(line for line in lines if line.startswith("Gradients at init"))
+    assert init.endswith("Of these, 2 runs' step 1 follows pre-flossing.")
