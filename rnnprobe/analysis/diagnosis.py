@@ -153,7 +153,8 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
     """Return the gradient regime of phase ``name`` of ``s`` and the rules that decided it."""
     p = s.phase(name)
     d, lyap, T = p.decay, p.lyapunov_max, s.seq_len
-    span = d.rate_per_step**T if d.ok and T > 0 else math.nan
+    # r^T: how much the gradient changes across the sequence (a flat fit reads no rate to it)
+    span = d.rate_per_step**T if d.ok and T > 0 and d.shape != "flat" else math.nan
     lyap_text = None
     if math.isfinite(lyap):
         over = f" (median of {p.lyapunov_steps} probe steps)" if p.lyapunov_steps > 1 else ""
@@ -191,7 +192,8 @@ def classify_phase(s: RunSummary, name: str) -> tuple[str, list[str]]:
             [_decay_text(p, T)] if d.ok else []
         )
     if d.ok or math.isfinite(lyap):
-        reasons = [_decay_text(p, T) + ": it reaches across the sequence"] if d.ok else []
+        across = "" if d.shape == "flat" else ": it reaches across the sequence"
+        reasons = [_decay_text(p, T) + across] if d.ok else []
         return "stable", reasons + ([lyap_text] if lyap_text else [])
     why = f"decay fit: {d.shape}" if d.source != "none" else "no reach or adjoint records"
     return "unknown", [why + (f"; {p.lyapunov_note}" if p.lyapunov_note else "")]
@@ -319,6 +321,8 @@ def _decay_text(p: PhaseMeasures, T: float) -> str:
     d = p.decay
     where = "reach fit" if d.source == "reach" else "adjoint ratios"
     text = f"decay ×{d.rate_per_step:.4g} per step ({where}"
+    if d.shape == "flat":
+        text += f", flat: under 2× over distances {d.d_min:.0f}–{d.d_max:.0f}"
     if p.decay_fits > 1:  # the fit of median rate, and its own R²
         text += f", median of {p.decay_fits} probe steps"
     text += f", R² {d.r2:.3f}" if math.isfinite(d.r2) else ""
@@ -506,9 +510,14 @@ def _reach_cell(rows: pd.DataFrame, in_steps: bool = False) -> str:
     reach beyond it or have no fit."""
     rate = pd.to_numeric(rows["decay_per_step_end"], errors="coerce")
     reach = pd.to_numeric(rows["half_life_over_seq_len_end"], errors="coerce")
-    fitted = (rate < 1) & (reach < REACH_CAP)
-    kinds = {"grows": rate > 1, f"≥ {CAP}": (rate <= 1) & (reach >= REACH_CAP)}
-    kinds["no exponential fit"] = ~(fitted | kinds["grows"] | kinds[f"≥ {CAP}"])
+    flat = rows.get("decay_shape_end", pd.Series("", index=rows.index)) == "flat"
+    fitted = (rate < 1) & (reach < REACH_CAP) & ~flat
+    kinds = {
+        "flat (under 2× over the distances fitted)": flat,
+        "grows": (rate > 1) & ~flat,
+        f"≥ {CAP}": (rate <= 1) & (reach >= REACH_CAP) & ~flat,
+    }
+    kinds["no exponential fit"] = ~(fitted | np.logical_or.reduce(list(kinds.values())))
     parts = []
     if fitted.any():
         logs = np.log2(reach[fitted])

@@ -84,6 +84,7 @@ MEAN_FIELD_INITS = ("default", "gaussian")  # i.i.d. random weights: the theory'
 MIN_FIT_POINTS = 4  # distinct distances a decay fit needs
 BEND = 0.05  # ln-slope difference per step between the fit's halves that makes two curves
 KINK = 0.5  # … or this fraction of the whole fit's slope
+FLAT = math.log(2)  # a fit that changes the norm less than this (ln) over its distances
 FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
 FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
@@ -100,8 +101,10 @@ NAN = float("nan")
 class DecayFit:
     """Gradient decay per step r, half-life, R², points, distances fitted and the verdict.
 
-    ``shape`` is ``exponential`` (r is the fit), ``ratio`` (r from adjoint ratios, no fit),
-    ``not exponential``, ``too few points`` or ``no data``; r is NaN unless the first two.
+    ``shape`` is ``exponential`` (r is the fit), ``flat`` (r is the fit, but it changes the
+    norm less than 2× over the distances fitted: no half-life can be read within them, so it
+    is ∞), ``ratio`` (r from adjoint ratios, no fit), ``not exponential``, ``too few points``
+    or ``no data``; r is NaN unless the first three.
     """
 
     rate_per_step: float = NAN
@@ -121,7 +124,10 @@ class DecayFit:
 
     @property
     def half_life_text(self) -> str:
-        """Return the half-life in steps as text: "grows" when r > 1, "∞" when r = 1."""
+        """Return the half-life in steps as text: "flat" (< 2× over the distances fitted),
+        "grows" when r > 1, "∞" when r = 1."""
+        if self.shape == "flat":
+            return "flat"
         if self.rate_per_step > 1:
             return "grows"
         return "∞" if math.isinf(self.half_life) else f"{self.half_life:.3g}"
@@ -399,6 +405,8 @@ def _fit(
         return replace(base, shape="too few points")
     slope, r2, _ = _slope(x, y, g)
     base = replace(base, r2=r2, d_min=float(x.min()), d_max=float(x.max()))
+    if abs(slope) * (x.max() - x.min()) < FLAT:  # under 2× end to end: scatter, not a rate
+        return replace(base, rate_per_step=math.exp(slope), half_life=math.inf, shape="flat")
     middle = np.median(x)
     halves = [x <= middle, x > middle]
     # Two regimes, not one rate: the halves' slopes have opposite signs (a U), or one half's

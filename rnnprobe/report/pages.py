@@ -460,7 +460,8 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         ]
         if drawn and any(infinite):
             notes.append(
-                "an infinite half-life (the gradient does not decay, or grows) is left off the "
+                "an infinite half-life (the gradient grows, or is flat: under 2× over the "
+                "distances fitted) is left off the "
                 "log axis"
             )
         lyap = {k: c.replace("decay_per_step", "lyapunov_max") for k, c in phases.items()}

@@ -414,3 +414,14 @@ def test_the_init_tally_says_which_runs_were_pre_flossed():
     lines = diagnose_study(study, study_table(study, [diagnose_run(r) for r in runs])).lines
     init = next(line for line in lines if line.startswith("Gradients at init"))
     assert init.endswith("Of these, 2 runs' step 1 follows pre-flossing.")
+
+
+def test_a_flat_fit_is_not_extrapolated_over_the_sequence():
+    # truncated at K = 4: distances 1–3 only, 0.95 per step there; T = 100
+    run = summary("k4", {"seed": 0}, seq_len=100.0)
+    flat = DecayFit(0.95, math.inf, shape="flat", d_min=1.0, d_max=3.0, source="reach")
+    run.phases["end"] = PhaseMeasures("end", (100,), flat)
+    verdict = diagnose_run(run).phases["end"]
+    assert verdict.regime != "vanishing"  # 0.95^100 would say so, with a half-life of ∞
+    assert "flat: under 2× over distances 1–3" in " ".join(verdict.reasons)
+    assert "reaches across the sequence" not in " ".join(verdict.reasons)
