@@ -426,6 +426,11 @@ def _curve(
     ylabel: str,
     ax: Axes | None,
 ) -> Axes:
+    """Return ``column`` over training: batch values (raw and smoothed), validation, baseline.
+
+    Log y when the values span decades; else, when the warm-up's peak would squeeze the rest
+    of training into the foot of a linear axis, the axis ends above the later values and the
+    baseline (:func:`_warm_up_limits`), and a note says which steps reach above it."""
     ax = ensure_axes(ax)
     data = finite_rows(df, ["step", column]).sort_values("step") if not df.empty else df
     bad = _nonfinite_steps(df, column)
@@ -433,7 +438,7 @@ def _curve(
     if data.empty and held.empty:
         return no_data(ax, column, ylabel)
     colours = sns.color_palette(PALETTE, 3)
-    values = []
+    points = [f[["step", column]] for f in (data, held) if not f.empty]
     if not data.empty:
         window = max(1, len(data) // 50)
         smooth = data[column].rolling(window, min_periods=1).mean()
@@ -443,19 +448,45 @@ def _curve(
             ax.plot(
                 data["step"], smooth, color=colours[0], lw=1.5, label=f"batch, mean of {window}"
             )
-        values.append(data[column].to_numpy(float))
     if not held.empty:
         ax.plot(held["step"], held[column], color=colours[1], marker="o", ms=4, label="validation")
-        values.append(held[column].to_numpy(float))
-    if baseline is not None and math.isfinite(baseline):
+    if baseline is not None and not math.isfinite(baseline):
+        baseline = None
+    if baseline is not None:
         ax.axhline(baseline, color=colours[2], linestyle="--", lw=1.2, label="baseline")
-        values.append(np.array([baseline]))
     if len(bad):
         ax.axvline(bad[0], color="0.3", linestyle=":", lw=1.2, label=f"first non-finite {column}")
-    log_if_spans(ax, np.concatenate(values))
-    ax.legend(fontsize="small", loc="best")
+    drawn = pd.concat(points, ignore_index=True)
+    steps, values = drawn["step"].to_numpy(float), drawn[column].to_numpy(float)
+    log_if_spans(ax, values if baseline is None else np.r_[values, baseline])
+    limits = _warm_up_limits(steps, values, baseline)
+    if ax.get_yscale() == "linear" and limits is not None:
+        ax.set_ylim(*limits)
+        over = np.unique(steps[values > limits[1]])
+        if len(over):
+            span = f"{over[0]:.0f}–{over[-1]:.0f}" if len(over) > 1 else f"{over[0]:.0f}"
+            where = f"{len(over)} steps in {span}" if len(over) > 1 else f"step {span}"
+            _side_note(ax, f"{column} above the axis\nat {where},\nto {values.max():.3g}")
+    legend_outside(ax)
     ax.set(xlabel="training step", ylabel=ylabel, title=column)
     return ax
+
+
+def _warm_up_limits(
+    steps: np.ndarray, values: np.ndarray, baseline: float | None, *, warm_up: float = 0.1
+) -> tuple[float, float] | None:
+    """Return y limits for the ``values`` (n,) at ``steps`` (n,) after the first ``warm_up``
+    of training, all values' minimum and the ``baseline`` (margins 5 % below, 10 % above), when
+    the later values fill less than a third of the range all of them span; else None."""
+    cut = steps.min() + warm_up * (steps.max() - steps.min())
+    later = values[steps >= cut]
+    if steps.max() <= steps.min() or not len(later):
+        return None
+    kept = np.r_[later, values.min()] if baseline is None else np.r_[later, values.min(), baseline]
+    low, top = float(kept.min()), float(kept.max())
+    if top - low >= (values.max() - low) / 3:
+        return None
+    return low - 0.05 * (top - low), top + 0.1 * (top - low)  # room above the baseline
 
 
 def _nonfinite_steps(df: pd.DataFrame, column: str) -> np.ndarray:

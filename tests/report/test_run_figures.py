@@ -133,3 +133,25 @@ def test_adjoint_colours_of_an_even_spread_span_all_values_without_a_note():
     mesh = ax.collections[0]
     assert np.isclose(mesh.norm.vmin, 1e-8) and np.isclose(mesh.norm.vmax, 1e-2)
     assert mesh.colorbar.extend == "neither" and not mesh.colorbar.ax.texts
+
+
+def test_loss_axis_leaves_out_the_warm_up_spike_and_keeps_the_baseline():
+    # seq_len ae6d638e11: 6.1 at the start, 0.28 at the end, baseline 0.416; a 0-6 axis
+    steps = np.arange(1, 401)
+    loss = 0.27 + 0.1 * np.exp(-steps / 150) + 5.8 * np.exp(-steps / 5)
+    train = pd.DataFrame({"step": steps, "loss": loss})
+    evals = pd.DataFrame({"step": [100, 200, 300, 400], "loss": [0.34, 0.31, 0.29, 0.276]})
+    ax = _drawn(plots_training.plot_loss(train, evals=evals, baseline=0.416, ax=_ax()))
+    low, high = ax.get_ylim()
+    assert ax.get_yscale() == "linear" and 0.2 < low < 0.27 and 0.416 < high < 0.6
+    note = " ".join(t.get_text() for t in ax.texts)
+    assert "loss above the axis\nat 21 steps in 1–21,\nto 5.12" in note
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
+def test_loss_without_a_warm_up_spike_keeps_every_value_on_the_axis():
+    steps = np.arange(1, 401)
+    train = pd.DataFrame({"step": steps, "loss": 0.8 - 0.001 * steps})
+    ax = _drawn(plots_training.plot_loss(train, baseline=0.9, ax=_ax()))
+    low, high = ax.get_ylim()
+    assert low < 0.4 and high > 0.9 and not ax.texts
