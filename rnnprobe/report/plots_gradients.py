@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 
 from rnnprobe.report.plots import (
     NOTE_COLOR,
@@ -70,6 +71,7 @@ def plot_adjoint_heatmap(
     )
     under, over = (z < lo).sum(), (z > hi).sum()
     extend = {(0, 0): "neither", (1, 0): "min", (0, 1): "max"}.get((min(under, 1), min(over, 1)))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # t is an index
     bar = ax.figure.colorbar(mesh, ax=ax, extend=extend or "both", label="‖∂L/∂h_t‖ (batch mean)")
     if under or over:
         share = (under + over) / len(logs)
@@ -107,8 +109,9 @@ def plot_gradient_reach(
     """Return ‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖ against distance s − t (log), one line per ``hue``.
 
     Each source is divided by its own norm at distance 0, so lines start at 1 and their slope
-    is the decay per step: bold, the longest source (geometric mean over repeats such as
-    seeds), faint, each shorter source. ``labels`` maps a hue value to its legend text (e.g.
+    is the decay per step: bold, the source that reaches furthest back (geometric mean over
+    repeats such as seeds, and over sources tied on reach, which the legend then says), faint,
+    each other source. ``labels`` maps a hue value to its legend text (e.g.
     the fitted rate), ``styles`` to its line's colour and dashes (else one distinct colour per
     line); ``hue``
     defaults to ``"label"`` when the frame has it, else ``"source"``.
@@ -133,23 +136,27 @@ def plot_gradient_reach(
     palette = distinct_colours(len(groups))
     for number, (name, group) in enumerate(groups):
         style = {"color": palette[number], **(styles or {}).get(name, {})}
-        colour = style["color"]
-        # Bold: the longest source (it reaches every distance), geometric mean over repeats;
-        # faint: the other sources, one line each. Averaging sources of different lengths
-        # would jump wherever one of them ends.
-        longest = None  # the source whose curve spans the most distances (truncation cuts some)
+        text = (labels or {}).get(name, _label(hue, name))
+        # Bold: the source that reaches furthest back (it spans every distance), geometric
+        # mean over repeats, or over the sources that tie on reach (truncated BPTT: every
+        # k-th); faint: each other source. Averaging sources of different lengths would
+        # jump wherever one of them ends.
+        furthest = None  # the sources whose curves span the most distances
         if "source" in group and hue != "source":
             spans = group.groupby("source")["distance"].max()
-            longest = spans[spans == spans.max()].index.max()
-        bold = group if longest is None else group[group["source"] == longest]
+            furthest = spans.index[spans == spans.max()]
+            if len(furthest) > 1:
+                reach = f"{spans.max():g} step{'s' if spans.max() != 1 else ''} back"
+                text += f"\nbold: geometric mean of the {len(furthest)}\nsources reaching {reach}"
+        bold = group if furthest is None else group[group["source"].isin(furthest)]
         line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
-        text = (labels or {}).get(name, _label(hue, name))
         ax.plot(line.index, line.to_numpy(), marker=".", ms=3, label=text, **style)
-        if longest is not None:
-            others = group[group["source"] != longest]
+        if furthest is not None:
+            others = group if len(furthest) > 1 else group[~group["source"].isin(furthest)]
             for _, one in others.groupby([k for k in keys if k != "label"], sort=False):
                 one = one.sort_values("distance")
-                ax.plot(one["distance"], one["relative"], color=colour, lw=0.6, alpha=0.3)
+                ax.plot(one["distance"], one["relative"], color=style["color"], lw=0.6, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # distances are whole steps
     log_axis(ax, "y")
     ax.set(
         xlabel="distance s − t (time steps back)",

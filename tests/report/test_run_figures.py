@@ -155,3 +155,39 @@ def test_loss_without_a_warm_up_spike_keeps_every_value_on_the_axis():
     ax = _drawn(plots_training.plot_loss(train, baseline=0.9, ax=_ax()))
     low, high = ax.get_ylim()
     assert low < 0.4 and high > 0.9 and not ax.texts
+
+
+def _reach_rows(rates: dict[int, float], reach: int) -> pd.DataFrame:
+    """Sources s reaching ``min(s, reach)`` steps back, each decaying at its own rate."""
+    return pd.DataFrame([
+        {"step": 1, "layer": 0, "source": s, "distance": d, "norm": 2 * r**d, "label": "init"}
+        for s, r in rates.items() for d in range(min(s, reach) + 1)
+    ])  # fmt: skip
+
+
+def test_reach_of_sources_tied_on_reach_draws_their_geometric_mean_bold():
+    # truncated BPTT (bptt = 4): sources 3, 7, 11 all reach 3 steps back
+    rates = {0: 0.9, 1: 0.8, 2: 0.7, 3: 0.5, 7: 0.8, 11: 0.2}
+    ax = plots_gradients.plot_gradient_reach(_reach_rows(rates, reach=3), ax=_ax())
+    bold = ax.lines[0]
+    expected = (0.5 * 0.8 * 0.2) ** (1 / 3)
+    assert np.allclose(bold.get_ydata(), expected ** np.arange(4))  # not the last source's 0.2
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "geometric mean of the 3\nsources reaching 3 steps back" in label
+    ticks = _drawn(ax).get_xticks()
+    assert np.allclose(ticks, np.round(ticks))  # whole distances, no 0.5
+
+
+def test_reach_with_one_furthest_source_draws_it_bold_without_a_note():
+    rates = {0: 0.9, 1: 0.8, 2: 0.7, 5: 0.5}
+    ax = plots_gradients.plot_gradient_reach(_reach_rows(rates, reach=8), ax=_ax())
+    assert np.allclose(ax.lines[0].get_ydata(), 0.5 ** np.arange(6))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["init"]
+
+
+def test_adjoint_heatmap_ticks_whole_time_steps():
+    rows = _adjoint_rows(range(1, 11), lambda s, t: 1.0 + t)
+    rows = rows[rows["t"] < 4]  # T = 4: matplotlib would tick 0.5, 1.5, …
+    ax = _drawn(plots_gradients.plot_adjoint_heatmap(rows, ax=_ax()))
+    ticks = ax.get_yticks()
+    assert np.allclose(ticks, np.round(ticks))
