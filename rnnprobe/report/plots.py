@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.ticker import AutoLocator, Formatter, FuncFormatter, LogLocator
 
@@ -73,10 +74,15 @@ def distinct_colours(n: int) -> list:
     return sns.color_palette("viridis", n)
 
 
-def legend_outside(ax: Axes, title: str | None = None) -> None:
-    """Put the legend to the right of the axes, where it cannot hide data."""
-    if ax.get_legend_handles_labels()[0]:
+def legend_outside(ax: Axes, title: str | None = None, extra: Sequence[Artist] = ()) -> None:
+    """Put the legend to the right of the axes, where it cannot hide data; ``extra`` handles
+    (not drawn on the axes, e.g. a key to line widths) go last."""
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = handles + list(extra), labels + [str(h.get_label()) for h in extra]
+    if handles:
         ax.legend(
+            handles,
+            labels,
             fontsize="x-small",
             title=title,
             title_fontsize="x-small",

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from rnnprobe.report.plots import (
@@ -134,6 +135,7 @@ def plot_gradient_reach(
         keep = np.unique(np.round(np.linspace(0, len(groups) - 1, max_lines)).astype(int))
         groups = [groups[i] for i in keep]
     palette = distinct_colours(len(groups))
+    ties: set[tuple[int, float]] = set()  # (sources, distance) of each bold line that is a mean
     for number, (name, group) in enumerate(groups):
         style = {"color": palette[number], **(styles or {}).get(name, {})}
         text = (labels or {}).get(name, _label(hue, name))
@@ -146,8 +148,7 @@ def plot_gradient_reach(
             spans = group.groupby("source")["distance"].max()
             furthest = spans.index[spans == spans.max()]
             if len(furthest) > 1:
-                reach = f"{spans.max():g} step{'s' if spans.max() != 1 else ''} back"
-                text += f"\nbold: geometric mean of the {len(furthest)}\nsources reaching {reach}"
+                ties.add((len(furthest), float(spans.max())))
         bold = group if furthest is None else group[group["source"].isin(furthest)]
         line = np.exp(np.log(bold["relative"]).groupby(bold["distance"]).mean())
         ax.plot(line.index, line.to_numpy(), marker=".", ms=3, label=text, **style)
@@ -163,8 +164,19 @@ def plot_gradient_reach(
         ylabel="‖∂ℓ_s/∂h_t‖ / ‖∂ℓ_s/∂h_s‖",
         title=title,
     )
-    legend_outside(ax, title=legend_title)
+    legend_outside(ax, title=legend_title, extra=[_tie_handle(ties)] if ties else [])
     return ax
+
+
+def _tie_handle(ties: set[tuple[int, float]]) -> Line2D:
+    """Return a legend entry saying the bold lines average the sources tied on reach."""
+    if len(ties) > 1:
+        text = "bold: where sources tie on\nreach, their geometric mean"
+    else:
+        ((count, distance),) = ties
+        back = f"{distance:g} step{'' if distance == 1 else 's'} back"
+        text = f"bold: geometric mean of the {count}\nsources reaching {back}"
+    return Line2D([], [], color="0.3", lw=1.5, label=text)
 
 
 def plot_decay_vs_mean_field(

@@ -172,8 +172,8 @@ def test_reach_of_sources_tied_on_reach_draws_their_geometric_mean_bold():
     bold = ax.lines[0]
     expected = (0.5 * 0.8 * 0.2) ** (1 / 3)
     assert np.allclose(bold.get_ydata(), expected ** np.arange(4))  # not the last source's 0.2
-    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "geometric mean of the 3\nsources reaching 3 steps back" in label
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["init", "bold: geometric mean of the 3\nsources reaching 3 steps back"]
     ticks = _drawn(ax).get_xticks()
     assert np.allclose(ticks, np.round(ticks))  # whole distances, no 0.5
 
@@ -191,3 +191,12 @@ def test_adjoint_heatmap_ticks_whole_time_steps():
     ax = _drawn(plots_gradients.plot_adjoint_heatmap(rows, ax=_ax()))
     ticks = ax.get_yticks()
     assert np.allclose(ticks, np.round(ticks))
+
+
+def test_reach_legend_keys_ties_of_several_configurations_once():
+    rates = {0: 0.9, 3: 0.5, 7: 0.8, 11: 0.2}
+    rows = pd.concat([_reach_rows(rates, reach=3).assign(label="bptt 4"),
+                      _reach_rows(rates, reach=7).assign(label="bptt 8")])  # fmt: skip
+    ax = plots_gradients.plot_gradient_reach(rows, ax=_ax())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["bptt 4", "bptt 8", "bold: where sources tie on\nreach, their geometric mean"]
