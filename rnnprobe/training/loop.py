@@ -133,7 +133,7 @@ class Trainer:
                 "name": task.name,
                 "kind": task.kind,
                 "metric": task.metric,
-                "seq_len": int(first.inputs.shape[1]),
+                "seq_len": int(task.steps),  # T of training (a short validation split's is less)
                 "baseline_loss": float(task.baseline_loss),
                 "baseline_metric": float(task.baseline_metric),
                 "baseline_description": task.baseline_description,

@@ -340,3 +340,14 @@ def test_a_steps_row_counts_its_own_step(tmp_path):
     steps = load_run(tmp_path / "r").table("steps")
     assert seen[0] > 0  # step 1 took time: its row does not read 0
     assert steps["seconds"].tolist() == seen  # step k's row: training time through step k
+
+
+def test_the_task_table_records_the_training_t_not_a_short_validation_splits(tmp_path):
+    # 300 characters: the validation split's streams hold 14 steps, training windows 32
+    config = build_config({"task.name": "lm", "task.max_chars": 300, "task.seq_len": 32,
+                           "train.batch_size": 2, "train.steps": 2,
+                           "model.hidden_size": 8})  # fmt: skip
+    train_run(config, tmp_path / "r", progress=False)
+    run = load_run(tmp_path / "r")
+    assert int(run.table("task")["seq_len"].iloc[0]) == 32
+    assert run.table("adjoints")["t"].max() == 31
