@@ -418,6 +418,12 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     answer += _truncation_answer(table, axes)
     answer += _mean_field_lines(table, axes) + _edge_lines(table, axes)
     answer += effect_lines
+    if "status" in table:  # a report taken while the study runs: say the answer is partial
+        counts = table.loc[~table["status"].isin(["done", "diverged"]), "status"].value_counts()
+        if len(counts):
+            states = ", ".join(f"{n} {state}" for state, n in counts.items())
+            answer.insert(0, f"Partial: {counts.sum()} of {len(table)} runs are not done "
+                             f"({states}); what follows reads the records so far.")  # fmt: skip
     if (table["outcome"] == "diverged").any():
         lines.append(
             f"{int((table['outcome'] == 'diverged').sum())} diverged run(s) are left out of "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -425,3 +426,11 @@ def test_a_flat_fit_is_not_extrapolated_over_the_sequence():
     assert verdict.regime != "vanishing"  # 0.95^100 would say so, with a half-life of ∞
     assert "flat: under 2× over distances 1–3" in " ".join(verdict.reasons)
     assert "reaches across the sequence" not in " ".join(verdict.reasons)
+
+
+def test_an_answer_taken_while_runs_go_on_says_it_is_partial():
+    runs = [summary("a", {"a": 1, "seed": 0}), summary("b", {"a": 2, "seed": 0})]
+    runs[1] = replace(runs[1], status="running")
+    answer = study_answer(runs, ["a"])
+    assert answer.startswith("Partial: 1 of 2 runs are not done (1 running);")
+    assert not study_answer(runs[:1], ["a"]).startswith("Partial")
