@@ -186,11 +186,18 @@ def train(
 ) -> None:
     """Train one RNN with every probe recording; write its records to a run directory."""
     from rnnprobe.core.threads import default_threads, snapshot
-    from rnnprobe.training.config import build_config, parse_assignment
+    from rnnprobe.training.config import build_config, flag_name, parse_assignment
 
     started = snapshot()  # with the one after torch's import: the cores other work leaves free
+    if threads is not None:
+        check_count(threads, "--threads")
     settings = pop_settings(kwargs)
-    settings.update(parse_assignment(text) for text in assignments)
+    for key, value in (parse_assignment(text) for text in assignments):
+        if key in settings and settings[key] != value:
+            raise RnnprobeError(
+                f"{key} is given twice: --{flag_name(key)} {settings[key]} and --set {key}={value}"
+            )
+        settings[key] = value
     if resume_dir is not None and settings:
         raise RnnprobeError("--resume continues a run as configured; drop the other options")
     config = None if resume_dir is not None else build_config(settings)  # usage errors: no torch
@@ -202,7 +209,7 @@ def train(
 
     threads = threads if threads is not None else default_threads(started, snapshot())
     if threads is not None:
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(threads)
     run_dir: str
     if resume_dir is not None:
         config, run_dir = resume_config(resume_dir), resume_dir

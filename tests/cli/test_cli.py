@@ -224,3 +224,17 @@ def test_bench_prints_each_step_time_and_its_ratios_with_the_gemm_floor():
     assert match, line
     elman, reference, floor, ratio, floor_ratio = map(float, match.groups()[:5])
     assert min(elman, reference, floor) > 0 and ratio > 0 and floor_ratio > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--steps", "2", "--set", "train.steps=3"],
+         "train.steps is given twice: --steps 2 and --set train.steps=3"),
+    ],
+)  # fmt: skip
+def test_train_refuses_a_nonsense_thread_count_and_a_setting_given_twice(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "-o", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "r").exists()
