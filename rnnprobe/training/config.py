@@ -22,6 +22,9 @@ from rnnprobe.nonlinearity import NONLINEARITIES
 from rnnprobe.records.index import flatten
 from rnnprobe.seeds import SEED_LIMIT
 
+LM, RECALL, FILE, TEXT = ("lm",), ("recall",), ("classify",), ("lm", "classify")
+BUILT_IN_TASKS = ("lm", "copy", "adding", "recall", "classify")
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -39,28 +42,51 @@ class TaskConfig:
             "+ 1; lm: the window T; classify: tokens kept per example"
         },
     )
-    corpus: str = field(default="stdlib", metadata={"help": "lm: a UTF-8 file or 'stdlib'"})
-    level: str = field(default="char", metadata={"help": "lm, classify tokens: char or word"})
-    sampling: str = field(default="random", metadata={"help": "lm: random or sequential"})
-    max_chars: int = field(
-        default=2_000_000, metadata={"help": "lm: characters of the corpus read, at most"}
+    # "tasks": the built-in tasks a setting applies to; another one refuses it (validate)
+    corpus: str = field(
+        default="stdlib", metadata={"help": "lm: a UTF-8 file or 'stdlib'", "tasks": LM}
     )
-    num_classes: int = field(default=8, metadata={"help": "recall: number of key tokens K"})
-    variable_length: bool = field(default=False, metadata={"help": "recall: padded lengths"})
+    level: str = field(
+        default="char", metadata={"help": "lm, classify tokens: char or word", "tasks": TEXT}
+    )
+    sampling: str = field(
+        default="random", metadata={"help": "lm: random or sequential", "tasks": LM}
+    )
+    max_chars: int = field(
+        default=2_000_000,
+        metadata={"help": "lm: characters of the corpus read, at most", "tasks": LM},
+    )
+    num_classes: int = field(
+        default=8, metadata={"help": "recall: number of key tokens K", "tasks": RECALL}
+    )
+    variable_length: bool = field(
+        default=False, metadata={"help": "recall: padded lengths", "tasks": RECALL}
+    )
     # classify reads labelled text: a folder of <class>.txt files (one example per line) or a
     # CSV/TSV file with a header naming the text and label columns
     data: str = field(
-        default="", metadata={"help": "classify: a folder of <class>.txt files, or .csv/.tsv"}
+        default="",
+        metadata={"help": "classify: a folder of <class>.txt files, or .csv/.tsv", "tasks": FILE},
     )
-    text_column: str = field(default="text", metadata={"help": "classify: CSV text column"})
-    label_column: str = field(default="label", metadata={"help": "classify: CSV label column"})
+    text_column: str = field(
+        default="text", metadata={"help": "classify: CSV text column", "tasks": FILE}
+    )
+    label_column: str = field(
+        default="label", metadata={"help": "classify: CSV label column", "tasks": FILE}
+    )
     valid_fraction: float = field(
-        default=0.1, metadata={"help": "lm, classify (per class): share held out to validate"}
+        default=0.1,
+        metadata={"help": "lm, classify (per class): share held out to validate", "tasks": TEXT},
     )
-    lowercase: bool = field(default=False, metadata={"help": "lm, classify: lowercase the text"})
+    lowercase: bool = field(
+        default=False, metadata={"help": "lm, classify: lowercase the text", "tasks": TEXT}
+    )
     charset: str = field(
         default="all",
-        metadata={"help": "lm, classify: all, ascii or letters-space (a-z, A-Z and space)"},
+        metadata={
+            "help": "lm, classify: all, ascii or letters-space (a-z, A-Z and space)",
+            "tasks": TEXT,
+        },
     )
 
 
@@ -412,6 +438,13 @@ def validate(config: RunConfig) -> None:
             raise RnnprobeError(f"{key} must be below 2**63, got {value}")
     for key in ("task.name", *CHOICES):
         check_choice(flat[key], setting_choices(key) or (), key)
+    name = flat["task.name"]
+    for key, spec in FIELDS.items():  # an option another built-in task reads: a mistake
+        tasks = spec.metadata.get("tasks")
+        if tasks and name in BUILT_IN_TASKS and name not in tasks and flat[key] != spec.default:
+            raise RnnprobeError(
+                f"--{flag_name(key)} applies to --task {' or '.join(tasks)} only, not {name}"
+            )
     for key in POSITIVE:
         check_count(flat[key], f"--{flag_name(key)}")
     check_count(flat["train.eval_batches"], f"--{flag_name('train.eval_batches')}", minimum=0)

@@ -238,3 +238,19 @@ def test_train_refuses_a_nonsense_thread_count_and_a_setting_given_twice(tmp_pat
     result = CliRunner().invoke(main, ["train", "-o", str(tmp_path / "r"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--corpus", "missing.txt"], "--corpus applies to --task lm only, not copy"),
+        (["--task", "lm", "--num-classes", "5"], "--num-classes applies to --task recall only"),
+        (
+            ["--task", "adding", "--lowercase", "true"],
+            "--lowercase applies to --task lm or classify",
+        ),
+    ],
+)
+def test_an_option_of_another_task_is_refused_not_ignored(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "-o", str(tmp_path / "r"), "--steps", "2", *args])
+    assert result.exit_code == 2 and message in result.output

@@ -239,7 +239,8 @@ def test_new_settings_at_their_default_leave_the_run_id_unchanged():
         old.pop(key)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:10]
     assert config.run_id() == expected
-    assert build_config({"task.seq_len": 7, "task.lowercase": True}).run_id() != expected
+    lowercased = build_config({"task.name": "lm", "task.seq_len": 7, "task.lowercase": True})
+    assert lowercased.run_id() != build_config({"task.name": "lm", "task.seq_len": 7}).run_id()
 
 
 @dataclass(frozen=True)
