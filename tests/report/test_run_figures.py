@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rnnprobe.report import plots_gradients, plots_training
+from rnnprobe.report import plots, plots_gradients, plots_training
 
 
 def _ax():
@@ -200,3 +200,17 @@ def test_reach_legend_keys_ties_of_several_configurations_once():
     ax = plots_gradients.plot_gradient_reach(rows, ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["bptt 4", "bptt 8", "bold: where sources tie on\nreach, their geometric mean"]
+
+
+def test_log_axis_labels_both_halves_of_a_short_span():
+    # 0.68 … 1.9: log ticks 0.7, 0.8, 0.9, 1 label the lower half only (J_t of cfdf0bd94d)
+    ax = _ax()
+    ax.plot([0, 1], [0.68, 1.9])
+    plots.log_axis(ax, "y")
+    ax.set_ylim(0.68, 1.9)
+    _drawn(ax)
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in ax.yaxis.get_minor_ticks() + ax.yaxis.get_major_ticks()
+             if t.label1.get_text() and lo <= t.get_loc() <= hi]  # fmt: skip
+    middle = np.sqrt(lo * hi)
+    assert any(t.get_loc() > middle * 1.2 for t in ticks), [t.label1.get_text() for t in ticks]
