@@ -111,9 +111,11 @@ def _study(
     spec = load_spec(spec_file) if spec_file is not None else StudySpec("study")
     spec = override(spec, flags, [parse_assignment(a) for a in assignments], seeds=seeds)
     out = out if out is not None else Path("runs") / spec.name
-    expand(spec)  # a bad grid is refused before torch loads or the lock file goes in
+    points = expand(spec)  # a bad grid is refused before torch loads or the lock file goes in
     from rnnprobe.study.executors import make_executor
-    from rnnprobe.study.runner import study_lock
+    from rnnprobe.study.runner import check_runs_can_start, study_lock
+
+    check_runs_can_start(points)  # bad data or device: before the study directory exists
 
     executor = make_executor(executor_kind, jobs, address)
     with study_lock(out):  # one study process per directory, through its report

@@ -132,16 +132,16 @@ def run_study(
     """
     out = Path(out)
     points = expand(spec)
-    check_memory(points)
+    check_runs_can_start(points)
     with study_lock(out):
         return _run_locked(spec, out, points, executor, force_new, echo)
 
 
-def check_memory(points: Iterable[GridPoint]) -> None:
-    """Refuse the grid when one of its runs cannot fit in memory (see ``training/memory.py``).
-
-    Tasks that cannot be built (a missing corpus) are left to fail as runs, with the others.
-    """
+def check_runs_can_start(points: Iterable[GridPoint]) -> None:
+    """Refuse the grid, before any run starts, when one of its runs cannot: its task cannot be
+    built (a missing or non-UTF-8 corpus, a window longer than the data), its device is absent,
+    or it cannot fit in memory (``training/memory.py``). These are the user's to fix: a rerun
+    would fail the same way, so none is left to fail as a run."""
     from rnnprobe.core.device import resolve_device
     from rnnprobe.data.tasks import task_from_config
     from rnnprobe.training.memory import check_fits, estimate_run
@@ -152,11 +152,7 @@ def check_memory(points: Iterable[GridPoint]) -> None:
         try:
             if config.task not in tasks:
                 tasks[config.task] = task_from_config(config)
-            device = resolve_device(config.device)
-        except RnnprobeError:
-            continue
-        try:
-            check_fits(estimate_run(config, tasks[config.task]), device)
+            check_fits(estimate_run(config, tasks[config.task]), resolve_device(config.device))
         except RnnprobeError as error:
             where = ", ".join(f"{k}={v!r}" for k, v in point.values.items())
             raise RnnprobeError(f"{where}: {error}" if where else str(error)) from None

@@ -306,8 +306,13 @@ def test_cli_runs_a_spec_file_with_set_and_default_out(tmp_path, monkeypatch):
         (["--steps", "0"], "--steps must be at least 1"),
         (["missing.toml"], "no study spec at missing.toml"),
         (["--executor", "ray", "--address", "127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),
+        # data and devices no rerun can fix: refused before any run starts, not failed runs
+        (["--task", "lm", "--corpus", "missing.txt"], "missing.txt"),
+        (["--task", "lm", "--max-chars", "2000", "--seq-len", "8", "--seq-len", "5000"],
+         "task.seq_len=5000: seq_len 5000 is too long for corpus stdlib"),
+        (["--device", "cuda:99"], "cuda"),
     ],
-)
+)  # fmt: skip
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(study, args)
