@@ -250,13 +250,17 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     """Return the snapshot at ``path``, loaded with ``weights_only=True`` onto the CPU.
 
     Raises a one-line :class:`RnnprobeError` for a path that is not a snapshot (a checkpoint,
-    another file) and :class:`RecordError` for a damaged or incomplete one, naming the file.
+    a file torch.save did not write) and :class:`RecordError` for a damaged or incomplete one
+    (a torch.save archive that does not load as a whole snapshot), naming the file.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise RnnprobeError(f"{path} is not a file; snapshots are RUN/snapshots/<step>-<kind>.pt")
+    with path.open("rb") as file:
+        if file.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; this is none
+            raise RnnprobeError(f"{path} is not an rnnprobe snapshot (not a torch.save file)")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -224,6 +224,8 @@ def damaged(kind: str, snapshot: Path, target: Path) -> Path:
         target.write_bytes(data[: len(data) // 2])
     elif kind == "noise":
         target.write_bytes(bytes(range(256)) * 8)
+    elif kind == "text":
+        target.write_text("garbage")
     elif kind == "incomplete":
         record = torch.load(snapshot, weights_only=True)
         del record["batch"]
@@ -242,7 +244,8 @@ def damaged(kind: str, snapshot: Path, target: Path) -> Path:
     ("kind", "code"),
     [
         ("truncated", 1),
-        ("noise", 1),
+        ("noise", 2),  # no torch.save archive: not a snapshot (a truncated one is damaged)
+        ("text", 2),
         ("incomplete", 1),
         ("pickled object", 1),
         ("tensor", 2),
