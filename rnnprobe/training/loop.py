@@ -248,9 +248,12 @@ class Trainer:
                 self._loop(interrupted)
         except KeyboardInterrupt:
             if not self.mid_step:  # a second Ctrl-C that cut a step keeps the last checkpoint
+                # the event goes in before the checkpoint, whose records a resume keeps
+                message = "stopped between steps by Ctrl-C or a termination signal"
+                store.append(
+                    "events", {"step": self.step, "kind": "interrupted", "message": message}
+                )
                 self._checkpoint()
-                store.append("events", {"step": self.step, "kind": "interrupted", "message": ""})
-                self._flush()
             store.set_status("interrupted", self.step)
             self._end("interrupted")
             raise

@@ -24,11 +24,11 @@ WALL_CLOCK = ("seconds",)
 
 
 def comparable(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """Return the run's tables without wall-clock columns and resume events."""
+    """Return the run's tables without wall-clock columns, interruptions and resume events."""
     tables = {}
     for name, df in load_run(run_dir).tables.items():
         if name == "events":
-            df = df[df["kind"] != "resumed"]
+            df = df[~df["kind"].isin(["resumed", "interrupted"])]
         if not df.empty:
             tables[name] = df.drop(columns=[c for c in WALL_CLOCK if c in df])
             tables[name] = tables[name].reset_index(drop=True)
@@ -146,6 +146,9 @@ def test_killed_run_resumes_to_the_uninterrupted_records(killed_runs, how):
     train_here(["--resume", str(killed), "--no-progress"])
     assert load_run(killed, tables=()).status["status"] == "done"
     assert_same_records(reference, killed)
+    events = load_run(killed).table("events")
+    kept = events[events["kind"] == "interrupted"]  # the resumed run still says it stopped
+    assert (list(kept["step"]) == [18]) == (how != signal.SIGKILL)
 
 
 EXPLODING = dict(
