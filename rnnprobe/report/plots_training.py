@@ -164,11 +164,12 @@ def _side_note(ax: Axes, text: str) -> None:
 
 
 def _lines_per_layer(data: pd.DataFrame, y: str, ax: Axes, marker: str | None = None) -> None:
-    """Draw ``y`` against training step, one colour-blind-safe line per layer."""
+    """Draw ``y`` against training step, one colour-blind-safe line per layer, legend outside."""
     data = data.assign(layer=[f"layer {int(v)}" for v in data["layer"]])
     sns.lineplot(
         data=data, x="step", y=y, hue="layer", palette=PALETTE, marker=marker, errorbar=None, ax=ax
     )
+    legend_outside(ax)
 
 
 def plot_lyapunov(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
@@ -324,7 +325,7 @@ def plot_hidden_health(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
         ax=ax,
     )
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small", title=None)
+    legend_outside(ax)
     ax.set(xlabel="training step", ylabel="fraction of units", title="hidden-unit health")
     return ax
 

@@ -214,3 +214,19 @@ def test_log_axis_labels_both_halves_of_a_short_span():
              if t.label1.get_text() and lo <= t.get_loc() <= hi]  # fmt: skip
     middle = np.sqrt(lo * hi)
     assert any(t.get_loc() > middle * 1.2 for t in ticks), [t.label1.get_text() for t in ticks]
+
+
+def test_over_training_legends_stand_outside_the_axes():
+    steps = np.arange(0, 2001, 100)
+    # λ₁ of seq_len ae6d638e11 peaks by the upper right, where the legend stood
+    lyapunov = pd.DataFrame({"step": steps, "layer": 0, "index": 0,
+                             "exponent": np.linspace(-0.03, 0.02, len(steps))})  # fmt: skip
+    health = pd.DataFrame({"step": steps, "layer": 0, "saturation": 0.4,
+                           "participation_ratio": 12.0})  # fmt: skip
+    for ax in (
+        plots_training.plot_lyapunov(lyapunov, ax=_ax()),
+        plots_training.plot_hidden_health(health, ax=_ax()),
+        plots_training.plot_participation_ratio(health, ax=_ax()),
+    ):
+        legend = _drawn(ax).get_legend().get_window_extent()
+        assert legend.x0 >= ax.get_window_extent().x1, ax.get_title()
