@@ -164,7 +164,7 @@ def _tick(value: float, _: object) -> str:
 
 class _MinorLogLocator(LogLocator):
     """Minor log ticks at 2…9 × 10^k; linear ones (0.85, 0.9, 0.95) on a span too short to
-    hold three ticks that way, or whose ticks leave half of it bare (0.7 … 1 on 0.68 … 1.9)."""
+    hold three ticks that way, or that leaves half of the span bare (0.7 … 1 on 0.68 … 1.9)."""
 
     def __init__(self) -> None:
         super().__init__(subs="auto")
@@ -177,8 +177,8 @@ class _MinorLogLocator(LogLocator):
             return ticks.tolist()
         majors = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1
         inside = ticks[(ticks >= lo) & (ticks <= hi)]
-        edges = np.log10(np.r_[lo, np.unique(inside), hi])
-        bare = np.diff(edges).max() > (edges[-1] - edges[0]) / 2
+        middle = math.sqrt(lo * hi)
+        bare = not ((inside < middle).any() and (inside > middle).any())  # a half unlabelled
         if majors + len(inside) < 3 or bare:
             return AutoLocator().tick_values(lo, hi)
         return ticks.tolist()
