@@ -93,7 +93,7 @@ def partial(tmp_path_factory) -> tuple[list[Path], Path]:
     root = tmp_path_factory.mktemp("partial")
     kinds = tuple(k for k in (*SUMMARY_TABLES, "spectra") if k not in ("reach", "lyapunov"))
     runs = [
-        write_run(root / "full", settings={"task.corpus": SCRIPT}),
+        write_run(root / "full", settings={"task.name": "lm", "task.corpus": SCRIPT}),
         write_run(root / "no-reach", tables=kinds, nonlinearity="relu"),
         write_run(root / "short", steps=2, decay=1.1),
     ]

@@ -62,7 +62,10 @@ def test_study_report_has_valid_figures_and_links(demo):
 
 def test_single_run_report_escapes_text_and_writes_only_under_output(tmp_path):
     run = write_run(
-        tmp_path / "run", settings={"task.corpus": SCRIPT}, error=SCRIPT, status="failed"
+        tmp_path / "run",
+        settings={"task.name": "lm", "task.corpus": SCRIPT},
+        error=SCRIPT,
+        status="failed",
     )
     before = {p for p in tmp_path.rglob("*")}
     out = build_report(run, tmp_path / "out" / "r")
