@@ -552,7 +552,8 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
     if not reach.empty:
         notes.append(
             "gradient reach: bold, from the source step s that reaches furthest back (geometric "
-            "mean over seeds); faint, from the other source steps s, one line each"
+            "mean over seeds, and over the sources that tie on reach, as under truncation); "
+            "faint, from the other source steps s, one line each"
         )
     if "task.seq_len" in swept and (note := seq_len_note(table)):
         notes.append(note)
@@ -914,8 +915,9 @@ def _run_notes(run: Run, s: RunSummary, missing: list[str]) -> str:
     notes = []
     if not run.table("reach").empty:
         notes.append(
-            "gradient reach: bold, from the source step s that reaches furthest back; faint, "
-            "from the other source steps s"
+            "gradient reach: bold, from the source step s that reaches furthest back (where "
+            "several tie, as under truncation, their geometric mean); faint, from the other "
+            "source steps s"
         )
     if s.pre_floss_updates:
         notes.append(
