@@ -8,7 +8,8 @@ more runs on the device. The signs (:class:`WarnSpec`, ``config.TrainConfig.warn
 step, W the window and only finite steps counted:
 
     grad       median ‖∇θL‖ over the last W steps  >  grad × median over the W before
-    loss       L_s  >  loss × m_{s−1},   m = EMA of the loss, α = 2/(W + 1), from W steps on
+    loss       L_s  >  loss × m_{s−1},   m = EMA of the loss, α = 2/(W + 1), from W steps on;
+               before, from step 2, L_s  >  loss² × m_{s−1} (a blow-up, not early noise)
     lyapunov   λ₁ of a layer (``lyapunov`` rows, index 0)  >  lyapunov    (nats per time step)
     jacobian   mean ‖J_t‖₂ of a layer (``weights.jacobian_norm``)  >  jacobian
 
@@ -171,10 +172,12 @@ class ExplosionWatch:
                     f"{older[0][0]}–{older[-1][0]} (threshold {spec.grad:g}×)"
                 )
         mean = self.loss_mean
-        if spec.loss is not None and self.losses >= W and mean > 0 and loss > spec.loss * mean:
+        # the EMA settles over W steps; before that only a gross jump counts
+        factor = None if spec.loss is None else spec.loss if self.losses >= W else spec.loss**2
+        if factor is not None and self.losses >= 1 and mean > 0 and loss > factor * mean:
             signs.append(
                 f"loss spike: {loss:.4g} is {loss / mean:.3g}× its running mean {mean:.4g} "
-                f"(threshold {spec.loss:g}×)"
+                f"(threshold {factor:g}×{'' if self.losses >= W else f' in its first {W} steps'})"
             )
         alpha = 2 / (W + 1)
         self.loss_mean = loss if self.losses == 0 else mean + alpha * (loss - mean)

@@ -268,3 +268,15 @@ def test_the_replay_lyapunov_panel_names_qr_order_and_counts_minus_infinity():
     ax = plot_step_lyapunov(rows, ax=Figure().subplots())
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "QR index" in ax.get_xlabel() and "step 7: 2 λ_i = −∞" in texts
+
+
+def test_a_gross_loss_jump_warns_before_the_window_fills():
+    from rnnprobe.training.warning import ExplosionWatch
+
+    spec = WarnSpec.parse("window=20,lyapunov=off,jacobian=off")
+    watch = ExplosionWatch(spec, (50,))
+    assert watch.observe(1, True, 2.52, 1.0) is None
+    sign = watch.observe(2, True, 1.33e7, 1.0)  # --lr 1e6: the loss at step 2
+    assert sign is not None and "loss spike: 1.33e+07" in sign and "in its first 20 steps" in sign
+    calm = ExplosionWatch(spec, (50,))  # early noise, 5× over the mean: under 16×
+    assert all(calm.observe(s, True, v, 1.0) is None for s, v in enumerate([2.0, 10.0, 3.0], 1))
