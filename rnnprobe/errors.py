@@ -73,6 +73,15 @@ _PATH_ERRORS = (
 )
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    """Return ``text`` on one line, cut at a word boundary to at most ``limit`` characters
+    (then ending "…")."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    return line[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:(") + "…"
+
+
 def describe(error: BaseException) -> tuple[str, int]:
     """Return ``(one line, exit status)`` for ``error`` as the CLI reports it.
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rnnprobe.study.spec import StudySpec
 from rnnprobe.cli.command import RnnprobeCommand
 from rnnprobe.cli.options import pop_settings, setting_options
+from rnnprobe.errors import RnnprobeError
 from rnnprobe.training.config import SCHEDULE_HELP
 
 __all__ = ["format_summary", "study", "write_summary"]
@@ -111,7 +112,13 @@ def _study(
     spec = load_spec(spec_file) if spec_file is not None else StudySpec("study")
     spec = override(spec, flags, [parse_assignment(a) for a in assignments], seeds=seeds)
     out = out if out is not None else Path("runs") / spec.name
-    points = expand(spec)  # a bad grid is refused before torch loads or the lock file goes in
+    try:  # a bad grid is refused before torch loads or the lock file goes in
+        points = expand(spec)
+    except RnnprobeError as error:
+        if spec_file is None:
+            raise
+        where = f"{spec_file} with the options given" if flags or assignments else spec_file
+        raise RnnprobeError(f"{where}: {error}") from None
     from rnnprobe.study.executors import make_executor
     from rnnprobe.study.runner import check_runs_can_start, study_lock
 

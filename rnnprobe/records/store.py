@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rnnprobe.errors import RecordError, RnnprobeError, check_choice, check_count
+from rnnprobe.errors import RecordError, RnnprobeError, check_choice, check_count, shorten
 from rnnprobe.records.index import (
     HEARTBEAT_SECONDS,
     STATUSES,
@@ -105,11 +105,18 @@ class Run:
         return self.tables[name]
 
 
+def check_run_dir(path: Path) -> None:
+    """Raise a one-line error unless ``path`` is a run directory: missing, or not a run."""
+    if not path.exists():
+        raise RnnprobeError(f"{path}: no such file or directory")
+    if not is_run_dir(path):
+        raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+
+
 def load_run(path: str | os.PathLike, tables: Iterable[str] | None = None) -> Run:
     """Return the run at ``path`` with ``tables`` (default: all it wrote) read eagerly."""
     path = Path(path)
-    if not is_run_dir(path):
-        raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+    check_run_dir(path)
     config = read_config_file(path / "config.json")
     names = _table_names(path) if tables is None else list(tables)
     return Run(path, config, read_status(path), {name: read_table(path, name) for name in names})
@@ -200,8 +207,7 @@ class RunStore:
         :class:`RecordError` when checkpoints exist but none is sound.
         """
         path = Path(path)
-        if not is_run_dir(path):
-            raise RnnprobeError(f"{path} is not an rnnprobe run directory (no config.json)")
+        check_run_dir(path)
         store = cls(path, keep_checkpoints=keep_checkpoints)
         _remove_temporaries(path)
         store.checkpoint = store.load_latest_checkpoint(
@@ -365,7 +371,7 @@ def load_checkpoint(file: Path, map_location: str | torch.device = "cpu") -> Che
             "unpickles"
         ) from None
     except Exception as error:  # torch.load fails in many ways on a damaged file
-        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        reason = shorten(str(error)) or type(error).__name__
         raise RecordError(f"{file}: is damaged or not a checkpoint ({reason})") from None
     try:
         return Checkpoint(

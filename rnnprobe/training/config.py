@@ -453,7 +453,7 @@ def validate(config: RunConfig) -> None:
             raise RnnprobeError(f"{key} must be a finite number below 1e30, got {value}")
     for key in ("train.lr", "train.clip_value", "model.init_radius"):
         if not flat[key] > 0:
-            raise RnnprobeError(f"{key} must be positive, got {flat[key]}")
+            raise RnnprobeError(f"--{flag_name(key)} must be positive, got {flat[key]}")
     if not 0 < flat["task.valid_fraction"] < 1:
         raise RnnprobeError(
             f"task.valid_fraction must lie in (0, 1), got {flat['task.valid_fraction']}"

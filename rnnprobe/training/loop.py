@@ -36,7 +36,7 @@ from rnnprobe.data.tasks import Batch
 from rnnprobe.errors import RnnprobeError
 from rnnprobe.records.index import is_run_dir, read_status
 from rnnprobe.records.lock import DirectoryLock
-from rnnprobe.records.store import RunStore, load_run
+from rnnprobe.records.store import RunStore, check_run_dir, load_run
 from rnnprobe.training.batch import BatchResult
 from rnnprobe.training.callbacks import Callback, ProgressBar
 from rnnprobe.training.config import RunConfig, config_from_dict
@@ -558,8 +558,8 @@ def train_run(
     ``callbacks`` are called at the loop's named points (:class:`Callback`).
     """
     run_dir = Path(run_dir)
-    if resume and not is_run_dir(run_dir):
-        raise RnnprobeError(f"{run_dir} is not an rnnprobe run directory (no config.json)")
+    if resume:
+        check_run_dir(run_dir)
     created = not run_dir.exists()
     lock = DirectoryLock(run_dir, "--out").acquire()  # one writer per run, until we return
     trainer = None

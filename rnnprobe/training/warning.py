@@ -46,7 +46,7 @@ from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
-from rnnprobe.errors import RecordError, RnnprobeError
+from rnnprobe.errors import RecordError, RnnprobeError, shorten
 
 if TYPE_CHECKING:
     pass
@@ -272,7 +272,7 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
             "unpickles"
         ) from None
     except Exception as error:  # torch.load fails in many ways on a damaged file
-        reason = " ".join(str(error).split()).split(". ")[0][:120] or type(error).__name__
+        reason = shorten(str(error).split(". ")[0]) or type(error).__name__
         raise RecordError(f"{path}: is damaged or not a snapshot ({reason})") from None
     if not isinstance(record, dict) or record.get("format") != SNAPSHOT_FORMAT:
         if isinstance(record, dict) and {"step", "state", "table_parts"} <= record.keys():

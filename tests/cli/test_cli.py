@@ -254,3 +254,19 @@ def test_train_refuses_a_nonsense_thread_count_and_a_setting_given_twice(tmp_pat
 def test_an_option_of_another_task_is_refused_not_ignored(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", "-o", str(tmp_path / "r"), "--steps", "2", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_messages_name_the_flag_the_file_and_the_missing_path(tmp_path):
+    from rnnprobe.errors import shorten
+
+    negative = CliRunner().invoke(main, ["train", "--lr", "-1", "-o", str(tmp_path / "r")])
+    assert negative.exit_code == 2 and "--lr must be positive, got -1.0" in negative.output
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "gone")])
+    assert resumed.exit_code == 2 and "gone: no such file or directory" in resumed.output
+    spec = tmp_path / "seq0.toml"
+    spec.write_text('name = "s0"\n[task]\nseq_len = 0\n')
+    study = CliRunner().invoke(main, ["study", str(spec), "--out", str(tmp_path / "s")])
+    assert study.exit_code == 2 and f"{spec}: --seq-len must be at least 1" in study.output
+    cut = shorten("failed finding central directory. miniz error. If you are using a custom " * 3)
+    assert len(cut) <= 120 and cut.endswith("…") and not cut.endswith(" …")
+    assert cut[:-1].split()[-1] in "failed finding central directory. miniz error. If you are using"

@@ -225,7 +225,7 @@ def test_command_takes_other_layers_and_inputs(run, args):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["missing"], "is not an rnnprobe run directory"),
+        (["missing"], "missing: no such file or directory"),
         (["no-checkpoint"], "has no checkpoint yet"),
         (["--layer", "2"], "--layer must lie in [0, 2)"),
         (["--layer", "-1"], "--layer must be at least 0, got -1"),

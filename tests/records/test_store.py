@@ -299,11 +299,12 @@ def test_resume_without_checkpoint_starts_tables_over(tmp_path):
 
 def test_not_a_run_directory_is_a_one_line_error(tmp_path):
     (tmp_path / "plain").mkdir()
-    for path in (tmp_path / "plain", tmp_path / "absent"):
+    for path, says in ((tmp_path / "plain", "is not an rnnprobe run directory"),
+                       (tmp_path / "absent", "absent: no such file or directory")):  # fmt: skip
         assert not is_run_dir(path)
-        with pytest.raises(RnnprobeError, match="is not an rnnprobe run directory"):
+        with pytest.raises(RnnprobeError, match=says):
             load_run(path)
-        with pytest.raises(RnnprobeError, match="is not an rnnprobe run directory"):
+        with pytest.raises(RnnprobeError, match=says):
             RunStore.open_for_resume(path)
 
 

@@ -136,7 +136,9 @@ def test_bad_spec_is_a_one_line_error(tmp_path, text, message):
 
 def test_invalid_value_names_the_grid_point():
     spec = tiny_spec(**{"model.nonlinearity": ("tanh", "relu"), "train.lr": (0.1, -1.0)})
-    with pytest.raises(RnnprobeError, match=r"^model.nonlinearity='tanh', train.lr=-1.0: train"):
+    with pytest.raises(
+        RnnprobeError, match=r"^model.nonlinearity='tanh', train.lr=-1.0: --lr must be positive"
+    ):
         expand(spec)
 
 
