@@ -261,6 +261,7 @@ class RayExecutor:
     ) -> None:
         self.address, self.jobs, self.timeout = address, jobs, timeout
         self.description = f"ray at {address}" if address else "ray (local)"
+        _import_ray()  # not installed: refused before the study writes anything
         if address not in (None, "auto"):
             _check_reachable(address, timeout)  # before the study writes anything
 

@@ -241,6 +241,8 @@ class _Progress:
         elapsed = time.monotonic() - self.start
         left = self.total - self.done
         eta = f"ETA {_duration(elapsed / self.here * left)}" if left else "all finished"
+        if outcome.status == "interrupted":  # the study stops here: no ETA, nothing finished
+            eta = "study interrupted"
         where = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items())
         note = f" ({outcome.message})" if outcome.status in ("failed", "diverged") else ""
         if outcome.status == "done":

@@ -375,3 +375,30 @@ def test_sigint_then_sigkill_then_rerun_gives_the_uninterrupted_summary(tmp_path
     assert mtimes(out / "runs" / first) == before  # never recomputed nor rewritten
     pd.testing.assert_frame_equal(comparable(out), comparable(tmp_path / "whole"))
     assert all(r["status"] == "done" for r in read_index(out)["runs"])
+
+
+def test_an_interrupted_last_run_is_not_called_all_finished(tmp_path):
+    from rnnprobe.study.executors import RunOutcome
+    from rnnprobe.study.runner import _Progress
+
+    lines: list[str] = []
+    progress = _Progress(2, 1, lines.append, tmp_path)
+    progress.finished(RunOutcome("r2", "interrupted", 7, "", 1.0), {"seed": 1})
+    assert lines[-1].endswith("; study interrupted") and "all finished" not in lines[-1]
+
+
+def test_ray_missing_is_refused_before_the_study_writes(tmp_path, monkeypatch):
+    import importlib
+
+    from rnnprobe.study import executors
+
+    real = importlib.import_module
+
+    def no_ray(name, *args):
+        if name == "ray":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_ray)
+    with pytest.raises(RnnprobeError, match="--executor ray needs Ray"):
+        executors.RayExecutor()
