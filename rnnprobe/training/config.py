@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -301,8 +302,12 @@ def field_type(key: str) -> type:
 
 
 def check_key(key: str) -> str:
-    """Return ``key`` if it names a setting, else raise an error listing the valid keys."""
+    """Return ``key`` if it names a setting, else raise an error naming the closest keys (or,
+    with none close, listing the valid ones)."""
     if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.75)
+        if close:
+            raise RnnprobeError(f"unknown setting {key!r}; did you mean {' or '.join(close)}?")
         raise RnnprobeError(f"unknown setting {key!r}; valid: {', '.join(FIELDS)}")
     return key
 

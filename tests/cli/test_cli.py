@@ -270,3 +270,9 @@ def test_messages_name_the_flag_the_file_and_the_missing_path(tmp_path):
     cut = shorten("failed finding central directory. miniz error. If you are using a custom " * 3)
     assert len(cut) <= 120 and cut.endswith("…") and not cut.endswith(" …")
     assert cut[:-1].split()[-1] in "failed finding central directory. miniz error. If you are using"
+
+
+def test_a_mistyped_setting_names_the_setting_meant(tmp_path):
+    result = CliRunner().invoke(main, ["study", "--set", "train.stepz=3", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown setting 'train.stepz'; did you mean train.steps?" in result.output

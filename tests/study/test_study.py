@@ -109,7 +109,10 @@ def test_spec_file_gives_fixed_settings_axes_and_seeds(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[model]\nhiden_size = 8", "unknown setting 'model.hiden_size'; valid: task.name"),
+        (
+            "[model]\nhiden_size = 8",
+            "unknown setting 'model.hiden_size'; did you mean model.hidden_size?",
+        ),
         ("stepz = 8", "unknown key 'stepz'; valid: name, question, description, seeds, [sweep]"),
         ("[optim]\nlr = 1", "unknown key 'optim'"),
         ('[sweep]\n"model.widht" = [1, 2]', "unknown setting 'model.widht'"),
