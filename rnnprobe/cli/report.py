@@ -3,7 +3,8 @@
 One run or one study gets its own report (:func:`rnnprobe.report.pages.build_report`); two or more
 runs get a comparison report that overlays them (:func:`rnnprobe.report.compare.build_comparison`).
 Registered by ``cli/main.py`` with ``main.add_command(report)``; ``python -m rnnprobe.cli.report``
-runs it alone.
+runs it alone. Ctrl-C part-way (exit 130, ``rnnprobe: interrupted``) or an error leaves the output
+directory as it was: no half-written report (:mod:`rnnprobe.report.staging`).
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ from rnnprobe.report.pages import (
     distinct_steps,
     load_for_report,
     slug,
+    write_pages,
 )
+from rnnprobe.report.staging import staged_output
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -77,11 +79,8 @@ def build_comparison(
     out = Path(output) if output is not None else default_output(ids)
     if out.exists() and not out.is_dir():
         raise RnnprobeError(f"output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    page = _page(analysis, paths, out)
-    analysis.table.to_csv(out / "summary.csv", index=False)
-    (out / "index.html").write_text(page.html(), encoding="utf-8")
-    (out / "README.md").write_text(page.markdown(), encoding="utf-8")
+    with staged_output(out) as staging:  # Ctrl-C or an error: out is left as it was
+        write_pages(staging, _page(analysis, paths, staging), analysis.table)
     return out
 
 

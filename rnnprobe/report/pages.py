@@ -8,7 +8,8 @@ over training, clipping on for a clipping panel); what is left out is named in t
 ``MAX_RUN_FIGURES`` runs only representative runs get figures. A classifier's run also gets its
 confusion matrix at the last evaluation beside per-class accuracy (``RunSummary.classes``).
 Figures are built on ``matplotlib.figure.Figure`` objects (no pyplot state) and PNG-encoded
-once; everything is written under the output directory only.
+once; everything is written under the output directory only, staged there and moved in once
+the whole report is rendered (:mod:`rnnprobe.report.staging`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from rnnprobe.records.index import is_run_dir
 from rnnprobe.records.store import Run, load_run
 from rnnprobe.report import plots_classes, plots_gradients, plots_study, plots_training
 from rnnprobe.report.plots import distinct_colours, sorted_levels
+from rnnprobe.report.staging import staged_output
 
-__all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report"]
+__all__ = ["MAX_RUN_FIGURES", "PLOT_TABLES", "Page", "build_report", "write_pages"]
 
 MAX_RUN_FIGURES = 8
 DPI = 80
@@ -172,17 +174,23 @@ def build_report(
     out = Path(output) if output is not None else path / "report"
     if out.exists() and not out.is_dir():
         raise RnnprobeError(f"output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if is_run_dir(path):
-        analysis = analyse_run(load_for_report(path))
-        page = _run_report(analysis, out)
-    else:
-        analysis = analysis or _analyse(path)
-        page = _study_report(analysis, out, max_run_figures)
-    analysis.table.to_csv(out / "summary.csv", index=False)
+    with staged_output(out) as staging:  # Ctrl-C or an error: out is left as it was
+        if is_run_dir(path):
+            analysis = analyse_run(load_for_report(path))
+            page = _run_report(analysis, staging)
+        else:
+            analysis = analysis or _analyse(path)
+            page = _study_report(analysis, staging, max_run_figures)
+        write_pages(staging, page, analysis.table)
+    return out
+
+
+def write_pages(out: Path, page: Page, table: pd.DataFrame) -> None:
+    """Write ``summary.csv`` (``table``), ``index.html`` and ``README.md`` of ``page`` under
+    ``out``."""
+    table.to_csv(out / "summary.csv", index=False)
     (out / "index.html").write_text(page.html(), encoding="utf-8")
     (out / "README.md").write_text(page.markdown(), encoding="utf-8")
-    return out
 
 
 def _analyse(path: Path) -> StudyAnalysis:
