@@ -1,7 +1,9 @@
 """The ``rnnprobe fixed-points`` command: fixed and slow points of a trained run's layer.
 
 Parses the flags and calls :func:`rnnprobe.report.fixed_points.analyse_run` and
-``write_results`` (what is computed and written is documented there). Registered by
+``write_results`` (what is computed and written is documented there). The result line names the
+checkpoint's step; for a run that diverged a warning line on stderr says so first, and weights
+that are not finite are refused (exit 2). Registered by
 ``cli/main.py`` with ``main.add_command(fixed_points)``; only click is imported here until the
 command runs.
 """
@@ -81,7 +83,7 @@ def fixed_points(
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
-    from rnnprobe.report.fixed_points import analyse_run, write_results
+    from rnnprobe.report.fixed_points import analyse_run, divergence_note, write_results
 
     found = analyse_run(
         run, held, layer=layer, starts=starts, batches=batches, noise=noise,
@@ -89,11 +91,15 @@ def fixed_points(
     )  # fmt: skip
     out = run / "fixed_points" / f"layer{layer}-{held}" if out is None else out
     write_results(found, out)
+    note = divergence_note(found.settings)
+    if note is not None:
+        click.echo(f"rnnprobe: warning: {note}", err=True)
     fp = found.result
     counts = ", ".join(f"{n} {c}" for c, n in fp.counts().items())
     click.echo(
-        f"layer {layer}, input {held}: {counts} from {fp.starts} starts ({fp.discarded} ended "
-        f"above q = {slow_tol:g}); wrote {out / 'README.md'}"
+        f"layer {layer}, input {held}, checkpoint at step {found.settings['checkpoint_step']}: "
+        f"{counts} from {fp.starts} starts ({fp.discarded} ended above q = {slow_tol:g}); "
+        f"wrote {out / 'README.md'}"
     )
 
 

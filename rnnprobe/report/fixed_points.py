@@ -1,10 +1,11 @@
 """Fixed and slow points of a trained run's layer, and the files ``rnnprobe fixed-points`` writes.
 
 Loads the run's last checkpoint (``weights_only``, through the store), rebuilds its model in
-float64 on the CPU, runs it on a few of the run's own evaluation batches to collect the states
-a layer visits, holds the layer's input constant (zero, the mean of the inputs it saw, or one
-token) and finds the fixed and slow points of the layer's map with
-:func:`rnnprobe.probes.fixed_points.find_fixed_points` (the math is in that module's docstring).
+float64 on the CPU (weights that are not finite are refused), runs it on a few of the run's own
+evaluation batches to collect the states a layer visits, holds the layer's input constant (zero,
+the mean of the inputs it saw, or one token) and finds the fixed and slow points of the layer's
+map with :func:`rnnprobe.probes.fixed_points.find_fixed_points` (the math is in that module's
+docstring).
 Torch, pandas and matplotlib load inside the functions that use them.
 
 Files, under ``RUN/fixed_points/layer<L>-<input>`` (or ``--out``); every table carries
@@ -23,6 +24,11 @@ Files, under ``RUN/fixed_points/layer<L>-<input>`` (or ``--out``); every table c
 - ``trajectories``: ``layer``, ``trajectory``, ``t``, ``pc1``, ``pc2`` (visited sequences).
 - ``visited``: ``layer``, ``pc1``, ``pc2`` (a sample of the visited states).
 - ``summary.json`` (settings, counts, variance explained), ``fixed_points.png``, ``README.md``.
+
+A run that diverged keeps its last finite checkpoint, from before or at the step it stopped:
+``summary.json`` records ``diverged_at`` and ``first_nonfinite_step`` (null for a run that did
+not diverge; both as :mod:`rnnprobe.analysis.runs` reads them), and :func:`divergence_note`
+says which checkpoint the points are of (README.md, the figure's title, the command's warning).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
 
     from rnnprobe.probes.fixed_points import FixedPoints, Projection
 
-__all__ = ["RunFixedPoints", "analyse_run", "tables", "write_results"]
+__all__ = ["RunFixedPoints", "analyse_run", "divergence_note", "tables", "write_results"]
 
 TRAJECTORIES = 3  # visited sequences drawn through the points
 VISITED_SAMPLE = 3000  # visited states kept for the figure's background cloud
@@ -98,6 +104,19 @@ def analyse_run(
     except (KeyError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:160]
         raise RnnprobeError(f"{checkpoint.path} does not fit its run's model ({reason})") from None
+    diverged_at, first_nonfinite = _divergence(run)
+    broken = [
+        name
+        for name, tensor in checkpoint.state["model"].items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        when = f"; the run diverged at step {diverged_at}" if diverged_at is not None else ""
+        raise RnnprobeError(
+            f"{checkpoint.path}: the weights at step {checkpoint.step} are not finite "
+            f"({', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}){when}: "
+            "they have no fixed points to find"
+        )
     model.eval()
     embedding = getattr(model, "embedding", None)  # None: the task's inputs are features
     rnn = next(m for m in model.modules() if isinstance(m, ElmanRNN))
@@ -139,6 +158,8 @@ def analyse_run(
     settings = {
         "run": str(run),
         "checkpoint_step": checkpoint.step,
+        "diverged_at": diverged_at,
+        "first_nonfinite_step": first_nonfinite,
         "task": task.name,
         "layer": layer,
         "input": str(held),
@@ -157,6 +178,35 @@ def analyse_run(
         tuple(projection.project(p) for p in paths),
         projection.project(visited[sample]),
         settings,
+    )
+
+
+def _divergence(run: Path) -> tuple[int | None, int | None]:
+    """Return the step the run diverged at and its first non-finite step (None: none)."""
+    from rnnprobe.analysis.runs import summarise_run
+    from rnnprobe.errors import RecordError
+    from rnnprobe.records.store import load_run
+
+    try:
+        records = load_run(run, tables=("steps", "events"))
+    except RecordError:  # damaged tables: the status alone says whether it diverged
+        records = load_run(run, tables=())
+    summary = summarise_run(records)
+    return summary.divergence_step, summary.first_nonfinite_step
+
+
+def divergence_note(settings: dict[str, Any]) -> str | None:
+    """Return the sentence saying that the run diverged and which checkpoint the points are
+    of, or None when it did not diverge."""
+    diverged_at, first = settings.get("diverged_at"), settings.get("first_nonfinite_step")
+    if diverged_at is None:
+        return None
+    step = settings["checkpoint_step"]
+    onset = f" (first non-finite loss or gradient at step {first})" if first is not None else ""
+    before = ", taken before it diverged" if step < diverged_at else ""
+    return (
+        f"the run diverged at step {diverged_at}{onset}; these fixed points are of its "
+        f"checkpoint at step {step}{before}"
     )
 
 
@@ -253,7 +303,8 @@ def figure_png(frames: dict[str, pd.DataFrame], summary: dict) -> bytes:
     fig.suptitle(
         f"{Path(s['run']).name}: layer {s['layer']} (H = {s['hidden_size']}, "
         f"{s['nonlinearity']}), input held at {_input_text(s['input'])}, "
-        f"checkpoint step {s['checkpoint_step']}",
+        f"checkpoint step {s['checkpoint_step']}"
+        + (f" (the run diverged at step {s['diverged_at']})" if s.get("diverged_at") else ""),
         fontsize="medium",
     )
     buffer = io.BytesIO()
@@ -274,6 +325,9 @@ def readme(points: pd.DataFrame, summary: dict, png: bytes) -> str:
         f"{s['visited_states']} states visited on {s['batches']} evaluation batches (noise "
         f"σ = {s['noise']:g}) were moved to minima of q(h) = ½‖F(h) − h‖²."
     )
+    note = divergence_note(s)
+    if note is not None:
+        page.text(f"Note: {note[0].upper()}{note[1:]}.")
     page.bullets(
         [
             f"fixed points (q < {s['fixed_tol']:g}): {counts['stable']} stable, "
