@@ -261,10 +261,13 @@ def train(
     "--seed", type=int, default=0, show_default=True, help="Seeds the draws, in [0, 2⁶⁴)."
 )
 def sample(run_dir: str, prime: str, length: int, temperature: float, seed: int) -> None:
-    """Generate text from a language-model run's last checkpoint."""
-    from rnnprobe.training.sampling import sample_text
+    """Generate text from a language-model run's last checkpoint, printed as it is drawn."""
+    from rnnprobe.training.sampling import sample_pieces
 
-    click.echo(sample_text(run_dir, prime, length=length, temperature=temperature, seed=seed))
+    pieces = sample_pieces(run_dir, prime, length=length, temperature=temperature, seed=seed)
+    for piece in pieces:  # the prime, then each token: click.echo flushes every one
+        click.echo(piece, nl=False)
+    click.echo()  # Ctrl-C: what was printed stays; 'rnnprobe: interrupted', exit 130
 
 
 def _register_commands() -> None:
