@@ -250,19 +250,14 @@ EIGENVALUE_COLUMNS = ["point", "category", "index", "real", "imag", "modulus"]
 
 
 def write_results(found: RunFixedPoints, out: Path) -> None:
-    """Write the tables, ``summary.json``, ``fixed_points.png`` and ``README.md`` under ``out``."""
+    """Write the tables, ``summary.json``, ``fixed_points.png`` and ``README.md`` under ``out``:
+    all of them or, cut short (Ctrl-C, an error), none (``report/staging.py``)."""
     import io
     import json
 
-    from rnnprobe.records.index import write_atomic
+    from rnnprobe.report.staging import staged_output
 
-    out.mkdir(parents=True, exist_ok=True)
     frames = tables(found)
-    for name, frame in frames.items():
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        write_atomic(out / f"{name}.parquet", buffer.getvalue())
-    write_atomic(out / "points.csv", frames["points"].to_csv(index=False).encode())
     fp = found.result
     summary = {
         **found.settings,
@@ -273,10 +268,17 @@ def write_results(found: RunFixedPoints, out: Path) -> None:
         "points": fp.counts(),
         "explained_variance": found.projection.explained.tolist(),
     }
-    write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    png = figure_png(frames, summary)  # drawn from the tables as written
-    write_atomic(out / "fixed_points.png", png)
-    write_atomic(out / "README.md", readme(frames["points"], summary, png).encode())
+    with staged_output(out) as staging:
+        for name, frame in frames.items():
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            (staging / f"{name}.parquet").write_bytes(buffer.getvalue())
+        (staging / "points.csv").write_bytes(frames["points"].to_csv(index=False).encode())
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        png = figure_png(frames, summary)  # drawn from the tables as written
+        (staging / "fixed_points.png").write_bytes(png)
+        readme_text = readme(frames["points"], summary, png)
+        (staging / "README.md").write_text(readme_text, encoding="utf-8")
 
 
 def figure_png(frames: dict[str, pd.DataFrame], summary: dict) -> bytes:

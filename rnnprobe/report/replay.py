@@ -172,8 +172,10 @@ def replay_snapshot(path: str | Path, out: str | Path | None = None) -> Replay:
         first["loss"],
         first["grad_norm_pre_clip"],
     )
-    out.mkdir(parents=True, exist_ok=True)
-    result.figures = _write_report(result, snapshot, config, probe, run_dir)
+    from rnnprobe.report.staging import staged_output
+
+    with staged_output(out) as staging:  # cut short: out is left as it was
+        result.figures = _write_report(result, snapshot, config, probe, run_dir, staging)
     return result
 
 
@@ -402,8 +404,10 @@ def _write_report(
     config: RunConfig,
     probe: ProbePass,
     run_dir: Path | None,
+    folder: Path,
 ) -> list[str]:
-    """Write README.md, index.html and the PNG figures of the replay; return the PNG names."""
+    """Write README.md, index.html and the PNG figures of the replay into ``folder``; return
+    the PNG names."""
     import pandas as pd
 
     from rnnprobe.report import plots_replay as pr
@@ -416,7 +420,7 @@ def _write_report(
     page.bullets(_findings(probe, snapshot))
     for name, caption, panels, columns in _figures(result, snapshot, probe, run_dir):
         png = pr.figure_png(pr.plot_panel_grid(panels, columns=columns))
-        (result.out / name).write_bytes(png)
+        (folder / name).write_bytes(png)
         page.figure(name, png, caption)
     page.heading("Checks")
     page.table(
@@ -435,8 +439,8 @@ def _write_report(
         ("device, threads", f"{config.device}, {snapshot.get('threads', '?')}"),
     ]
     page.table(pd.DataFrame(rows, columns=["setting", "value"]).astype(str))
-    (result.out / "README.md").write_text(page.markdown(), encoding="utf-8")
-    (result.out / "index.html").write_text(page.html(), encoding="utf-8")
+    (folder / "README.md").write_text(page.markdown(), encoding="utf-8")
+    (folder / "index.html").write_text(page.html(), encoding="utf-8")
     return [block[1] for block in page.blocks if block[0] == "img"]
 
 

@@ -108,3 +108,24 @@ def test_the_note_says_whether_the_checkpoint_came_before_the_divergence(steps, 
     keys = ("diverged_at", "first_nonfinite_step", "checkpoint_step")
     note = divergence_note(dict(zip(keys, steps, strict=True)))
     assert note == (None if says is None else f"the run diverged {says}")
+
+
+def test_fixed_points_cut_short_leave_no_output_or_the_old_one_whole(
+    diverged, tmp_path, monkeypatch
+):
+    from rnnprobe.report import fixed_points as report_fixed_points
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(report_fixed_points, "figure_png", interrupted)
+    done = find(diverged, out)
+    assert done.exit_code == 130, done.output
+    assert not out.exists()  # the old code left the tables and summary.json behind
+    monkeypatch.undo()
+    assert find(diverged, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(report_fixed_points, "readme", interrupted)
+    assert find(diverged, out).exit_code == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

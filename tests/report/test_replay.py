@@ -280,3 +280,17 @@ def test_a_gross_loss_jump_warns_before_the_window_fills():
     assert sign is not None and "loss spike: 1.33e+07" in sign and "in its first 20 steps" in sign
     calm = ExplosionWatch(spec, (50,))  # early noise, 5× over the mean: under 16×
     assert all(calm.observe(s, True, v, 1.0) is None for s, v in enumerate([2.0, 10.0, 3.0], 1))
+
+
+def test_a_replay_cut_short_leaves_no_output_directory(runs, tmp_path, monkeypatch):
+    from rnnprobe.report import plots_replay
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    snapshot = next((runs["float64"] / "snapshots").glob("*-warning.pt"))
+    out = tmp_path / "replay"
+    monkeypatch.setattr(plots_replay, "figure_png", interrupted)
+    done = CliRunner().invoke(replay, [str(snapshot), "--out", str(out)])
+    assert done.exit_code == 130, done.output
+    assert not out.exists()  # the old code left an empty folder, or some of the figures
