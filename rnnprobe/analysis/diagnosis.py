@@ -544,7 +544,7 @@ def _share(count: int, total: int) -> str:
 
 
 def _truncation_answer(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Per configuration of truncated runs: the gradient share the cuts drop, and the cosine."""
+    """Per configuration of truncated runs: ‖full − truncated‖ / ‖full‖, and the cosine."""
     column, cosine = "truncation_dropped_training", "truncation_cosine_training"
     if column not in table or not pd.to_numeric(table[column], errors="coerce").notna().any():
         column, cosine = "truncation_dropped_end", "truncation_cosine_end"
@@ -553,16 +553,23 @@ def _truncation_answer(table: pd.DataFrame, axes: Sequence[str]) -> list[str]:
         return []
     phase = column.rpartition("_")[2]
     key = [a for a in axes if a in dropped]
-    cosine_of = {tuple(map(str, r[key])): r["mean"] for _, r in cosines.iterrows()}
+
+    def levels(frame: pd.DataFrame) -> list[tuple[str, ...]]:
+        # read by column: a row of mixed dtypes (iterrows) would turn the level 4 into 4.0
+        return [tuple(map(str, row)) for row in frame[key].itertuples(index=False)]
+
+    cosine_of = dict(zip(levels(cosines), cosines["mean"], strict=True))
     parts = []
-    for _, d in dropped.iterrows():
-        label = ", ".join(f"{a.rpartition('.')[2]} = {d[a]}" for a in key) or "all runs"
-        mean_cosine = cosine_of.get(tuple(map(str, d[key])), float("nan"))
-        parts.append(f"{label}: {d['mean']:.2g} dropped, cosine {mean_cosine:.2g}")
+    for level, mean in zip(levels(dropped), dropped["mean"], strict=True):
+        named = zip(key, level, strict=True)
+        label = ", ".join(f"{a.rpartition('.')[2]} = {v}" for a, v in named) or "all runs"
+        mean_cosine = cosine_of.get(level, float("nan"))
+        parts.append(f"{label}: {mean:.2g} and cosine {mean_cosine:.2g}")
     return [
         f"Truncated against full BPTT of the same batches ({phase} phase, mean over seeds of "
-        "the median): the share ‖full − truncated‖ / ‖full‖ of the gradient the cuts drop, and "
-        "the cosine of the two — " + "; ".join(parts) + "."
+        "the median): the norm of the gradient the cuts remove relative to the full one, "
+        "‖full − truncated‖ / ‖full‖ (a ratio of norms, not a share), and the cosine of the "
+        "two — " + "; ".join(parts) + "."
     ]
 
 

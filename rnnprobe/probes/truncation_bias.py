@@ -7,8 +7,10 @@ parameter tensor and in total (all tensors as one vector):
 
     cosine = ⟨g, f⟩ / (‖g‖ ‖f‖),    norm_ratio = ‖g‖ / ‖f‖,    dropped = ‖f − g‖ / ‖f‖
 
-``dropped`` is the share of the gradient that the cut paths carry: with segments of K steps,
-every dependency longer than K and the shorter ones that straddle a boundary. With K ≥ T
+``f − g`` is the gradient the cut paths carry (with segments of K steps, every dependency longer
+than K and the shorter ones that straddle a boundary); ``dropped`` is its norm relative to the
+full gradient's: a ratio of norms, not a share of a whole — it exceeds 1 where the cut part
+opposes the kept one. With K ≥ T
 nothing is cut: cosine 1, norm_ratio 1, dropped 0. A tensor whose full gradient is zero gives
 NaN (no direction to compare).
 """

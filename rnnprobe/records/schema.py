@@ -115,7 +115,10 @@ STANDARD_TABLES: dict[str, dict[str, str]] = {
         "tensor": "parameter name (as in the state dict), or total: all as one vector (str)",
         "cosine": "cosine of the truncated and the full-BPTT gradient of the batch (float)",
         "norm_ratio": "‖truncated‖ / ‖full‖ (float)",
-        "dropped": "‖full − truncated‖ / ‖full‖: the share the cut paths carry (float)",
+        "dropped": (
+            "‖full − truncated‖ / ‖full‖: the cut paths' gradient relative to the full one (a "
+            "ratio of norms, not a share: above 1 where the two parts oppose) (float)"
+        ),
     },
     "floss": {
         "step": "optimizer step; −P … −1: the P pre-flossing updates before step 1 (int)",

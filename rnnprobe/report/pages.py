@@ -483,7 +483,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
         measure(
             ended,
             cut,
-            "gradient share truncation drops",
+            "gradient the cuts remove, relative to the full one",
             "‖full − truncated‖ / ‖full‖",
             hline=(0.0, "nothing cut"),
         )

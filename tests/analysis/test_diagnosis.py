@@ -434,3 +434,21 @@ def test_an_answer_taken_while_runs_go_on_says_it_is_partial():
     answer = study_answer(runs, ["a"])
     assert answer.startswith("Partial: 1 of 2 runs are not done (1 running);")
     assert not study_answer(runs[:1], ["a"]).startswith("Partial")
+
+
+def test_the_truncation_answer_gives_the_norm_ratio_as_measured_and_never_calls_it_a_share():
+    from rnnprobe.analysis.diagnosis import _truncation_answer
+
+    table = pd.DataFrame(
+        {
+            "train.bptt": [4, 4, 16, 16],
+            "seed": [0, 1, 0, 1],
+            "truncation_dropped_training": [1.1, 1.3, 0.2, 0.4],  # above 1: the parts oppose
+            "truncation_cosine_training": [0.1, 0.3, 0.9, 0.95],
+        }
+    )
+    (line,) = _truncation_answer(table, ["train.bptt"])
+    assert line.startswith("Truncated against full BPTT of the same batches (training phase")
+    assert "‖full − truncated‖ / ‖full‖ (a ratio of norms, not a share)" in line
+    assert line.endswith("bptt = 4: 1.2 and cosine 0.2; bptt = 16: 0.3 and cosine 0.93.")
+    assert "share of" not in line and "dropped" not in line
