@@ -258,7 +258,7 @@ def plot_eigenvalues(df: pd.DataFrame, *, layer: int | None = None, ax: Axes | N
     ax.plot(np.cos(circle), np.sin(circle), color="0.3", linewidth=1, label="|λ| = 1", zorder=1)
     colours = sns.color_palette(PALETTE, 2)
     rows = data[data["step"] == first]
-    label = f"{'init' if first == 0 else 'first'} (step {int(first)})"
+    label = "init (step 0, before any update)" if first == 0 else f"first (step {int(first)})"
     point = _one_point(rows["value"].to_numpy(float) + 1j * rows["imag"].to_numpy(float))
     if point is not None:
         label += f": all {len(rows)} λ = {point}"

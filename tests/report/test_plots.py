@@ -176,7 +176,7 @@ def test_jacobian_spectra_mark_sigma_one_on_log_axis(run):
 def test_eigenvalues_draw_unit_circle_init_and_end(run):
     ax = plots_training.plot_eigenvalues(run.table("spectra"), ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[0] == "|λ| = 1" and labels[1] == "init (step 0)" and "end" in labels[2]
+    assert labels[:2] == ["|λ| = 1", "init (step 0, before any update)"] and "end" in labels[2]
     circle = ax.lines[0]
     assert np.allclose(np.hypot(circle.get_xdata(), circle.get_ydata()), 1.0)
 

@@ -39,7 +39,7 @@ def test_eigenvalue_legend_stands_outside_and_identity_init_is_drawn_on_top():
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: hides no eigenvalue
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[1] == "init (step 0): all 64 λ = 1" and labels[2] == "end (step 2000)"
+    assert labels[1:] == ["init (step 0, before any update): all 64 λ = 1", "end (step 2000)"]
     init, last = ax.collections  # the init rings over the end crosses and the circle
     assert init.get_zorder() > last.get_zorder() > ax.lines[0].get_zorder()
 
@@ -49,7 +49,7 @@ def test_eigenvalues_that_differ_get_no_all_equal_note():
     z = rng.normal(size=16) + 1j * rng.normal(size=16)
     ax = plots_training.plot_eigenvalues(_eigenvalue_rows({0: z, 50: z * 1.1}), ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[1:] == ["init (step 0)", "end (step 50)"]
+    assert labels[1:] == ["init (step 0, before any update)", "end (step 50)"]
 
 
 def _jacobian_rows(steps, values_at, k: int = 8) -> pd.DataFrame:
