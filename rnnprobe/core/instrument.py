@@ -56,7 +56,7 @@ class Instrumented:
     def uninstrument(self) -> nn.Module:
         """Put the original ``nn.RNN`` modules back (they hold the trained weights); return it."""
         for swap in self.swaps:
-            swap.original.train(swap.elman.training)
+            _give_back(swap.elman, swap.original)
             if swap.parent is not None:
                 setattr(swap.parent, swap.name, swap.original)
         model = self.swaps[0].original if self.swaps and self.swaps[0].parent is None else None
@@ -93,6 +93,19 @@ def instrument(model: nn.Module) -> Instrumented:
     return Instrumented(model, swaps)
 
 
+def _give_back(elman: ElmanRNN, rnn: nn.RNN) -> None:
+    """Register ``elman``'s parameters, as they are now, and its train flag on ``rnn``.
+
+    They are the originals unless something replaced them on the instrumented model:
+    ``load_state_dict(..., assign=True)``, or ``.to()`` under
+    ``torch.__future__.set_overwrite_module_params_on_conversion(True)``.
+    """
+    for name, parameter in elman.named_parameters(recurse=False):
+        setattr(rnn, name, parameter)
+    rnn._init_flat_weights()
+    rnn.train(elman.training)
+
+
 def sharing(rnn: nn.RNN) -> ElmanRNN:
     """Return an ``ElmanRNN`` configured like ``rnn`` whose parameters *are* ``rnn``'s."""
     if rnn.proj_size:
@@ -114,4 +127,8 @@ def sharing(rnn: nn.RNN) -> ElmanRNN:
         setattr(elman, name, parameter)  # registers the same Parameter object
     if hasattr(elman, "_init_flat_weights"):  # an nn.RNNBase: refresh its flat weight list
         elman._init_flat_weights()
+    # The original's weak references to the shared parameters would make ``.to()`` fail under
+    # torch.__future__.set_swap_module_params_on_conversion(True) (swap_tensors refuses a
+    # tensor with weak references); ``_give_back`` makes them again.
+    rnn._flat_weight_refs = [None] * len(rnn._flat_weight_refs)
     return elman.train(rnn.training)

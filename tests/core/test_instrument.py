@@ -104,3 +104,46 @@ def test_a_bare_rnn_is_returned_as_the_handles_model():
 def test_a_model_without_an_elman_rnn_is_refused_in_one_line():
     with pytest.raises(RnnprobeError, match="LSTM"):
         instrument(nn.Sequential(nn.LSTM(3, 4)))
+
+
+class OneRNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(3, 4, num_layers=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+def test_uninstrument_gives_back_parameters_loaded_with_assign():
+    model = OneRNN()
+    original = model.rnn
+    handle = instrument(model)
+    loaded = {name: torch.full_like(value, 0.5) for name, value in model.state_dict().items()}
+    model.load_state_dict(loaded, assign=True)  # new Parameter objects on the ElmanRNN
+    handle.uninstrument()
+    assert model.rnn is original
+    for name, value in original.state_dict().items():
+        assert torch.equal(value, loaded[f"rnn.{name}"]), name
+    x = torch.randn(5, 2, 3)
+    reference = OneRNN()
+    reference.load_state_dict(loaded)
+    torch.testing.assert_close(original(x)[0], reference(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("future", ["overwrite", "swap"])
+def test_to_after_instrument_reaches_the_original_under_either_conversion_future(future):
+    setter = getattr(torch.__future__, f"set_{future}_module_params_on_conversion")
+    model = OneRNN()
+    original = model.rnn
+    handle = instrument(model)
+    setter(True)
+    try:
+        model.to(F64)  # swap: failed ('Cannot swap t1 because it has weakref ...')
+    finally:
+        setter(False)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    expected = model(x)
+    handle.uninstrument()
+    assert original.weight_hh_l0.dtype == F64 and original.weight_hh_l0 is model.rnn.weight_hh_l0
+    torch.testing.assert_close(original(x)[0], expected, rtol=1e-12, atol=1e-12)
