@@ -44,13 +44,14 @@ class Instrumented:
 
     @property
     def rnns(self) -> list[ElmanRNN]:
-        """Return the ElmanRNN modules now inside ``model``, in ``named_modules`` order."""
-        return [swap.elman for swap in self.swaps]
+        """Return the ElmanRNN modules now inside ``model``, in ``named_modules`` order (an
+        nn.RNN registered in two places is one ElmanRNN, listed once)."""
+        return list(dict.fromkeys(swap.elman for swap in self.swaps))
 
     def capture(self, rnn: int = 0, **options: Any) -> Capture:
         """Return a ``Capture`` of the ``rnn``-th instrumented RNN (options as ``Capture``)."""
-        if not 0 <= rnn < len(self.swaps):
-            raise RnnprobeError(f"rnn must lie in [0, {len(self.swaps)}), got {rnn}")
+        if not 0 <= rnn < len(self.rnns):
+            raise RnnprobeError(f"rnn must lie in [0, {len(self.rnns)}), got {rnn}")
         return Capture(self.rnns[rnn], **options)
 
     def uninstrument(self) -> nn.Module:
@@ -80,12 +81,15 @@ def instrument(model: nn.Module) -> Instrumented:
     if type(model) is nn.RNN:
         elman = sharing(model)
         return Instrumented(elman, [_Swap(None, "", model, elman)])
+    made: dict[nn.RNN, ElmanRNN] = {}  # one ElmanRNN per nn.RNN, wherever it is registered
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        # _modules, not named_children(): that skips a module registered a second time
+        for name, child in list(parent._modules.items()):
             if type(child) is nn.RNN:
-                elman = sharing(child)
-                setattr(parent, name, elman)
-                swaps.append(_Swap(parent, name, child, elman))
+                if child not in made:
+                    made[child] = sharing(child)
+                setattr(parent, name, made[child])
+                swaps.append(_Swap(parent, name, child, made[child]))
     if not swaps:
         found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)})
         kinds = f" (it has {', '.join(found)}, which are not Elman RNNs)" if found else ""

@@ -147,3 +147,36 @@ def test_to_after_instrument_reaches_the_original_under_either_conversion_future
     handle.uninstrument()
     assert original.weight_hh_l0.dtype == F64 and original.weight_hh_l0 is model.rnn.weight_hh_l0
     torch.testing.assert_close(original(x)[0], expected, rtol=1e-12, atol=1e-12)
+
+
+class TiedEncoderDecoder(nn.Module):
+    """One nn.RNN registered twice (a tied encoder and decoder), as PyTorch allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.RNN(4, 4)
+        self.decoder = self.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.encoder(x)
+        return self.decoder(x.flip(0), h)[0]
+
+
+def test_an_rnn_registered_twice_is_instrumented_wherever_it_is_called():
+    torch.manual_seed(0)
+    model = TiedEncoderDecoder().to(F64)
+    original = model.encoder
+    x = torch.randn(5, 2, 4, dtype=F64)
+    reference = copy.deepcopy(model)
+    reference(x).square().sum().backward()
+    handle = instrument(model)
+    assert model.decoder is model.encoder and isinstance(model.decoder, ElmanRNN)
+    assert handle.rnns == [model.encoder]
+    with handle.capture() as cap:
+        model(x).square().sum().backward()
+    assert len(cap.records()) == 2  # the decoder's backward, then the encoder's
+    for name, parameter in reference.named_parameters():
+        grad = model.get_parameter(name).grad
+        torch.testing.assert_close(grad, parameter.grad, rtol=1e-12, atol=1e-12)
+    handle.uninstrument()
+    assert model.encoder is original and model.decoder is original
