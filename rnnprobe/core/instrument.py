@@ -107,6 +107,7 @@ def _give_back(elman: ElmanRNN, rnn: nn.RNN) -> None:
     for name, parameter in elman.named_parameters(recurse=False):
         setattr(rnn, name, parameter)
     rnn._init_flat_weights()
+    rnn._is_full_backward_hook = elman._is_full_backward_hook  # a hook registered meanwhile
     rnn.train(elman.training)
 
 
@@ -129,6 +130,13 @@ def sharing(rnn: nn.RNN) -> ElmanRNN:
     )
     for name, parameter in rnn.named_parameters(recurse=False):
         setattr(elman, name, parameter)  # registers the same Parameter object
+    # The same hook dictionaries, not copies: the user's forward, backward and state-dict hooks
+    # fire on the ElmanRNN, their handles' remove() still works, and a hook registered while
+    # instrumented stays on the nn.RNN.
+    for name, value in vars(rnn).items():
+        if "hook" in name and isinstance(value, dict):
+            elman.__dict__[name] = value
+    elman._is_full_backward_hook = rnn._is_full_backward_hook
     if hasattr(elman, "_init_flat_weights"):  # an nn.RNNBase: refresh its flat weight list
         elman._init_flat_weights()
     # The original's weak references to the shared parameters would make ``.to()`` fail under

@@ -180,3 +180,21 @@ def test_an_rnn_registered_twice_is_instrumented_wherever_it_is_called():
         torch.testing.assert_close(grad, parameter.grad, rtol=1e-12, atol=1e-12)
     handle.uninstrument()
     assert model.encoder is original and model.decoder is original
+
+
+def test_the_users_hooks_on_the_rnn_keep_firing_and_stay_removable():
+    model = OneRNN().to(F64)
+    seen: list[str] = []
+    model.rnn.register_forward_pre_hook(lambda module, args: seen.append("pre"))
+    model.rnn.register_forward_hook(lambda module, args, out: seen.append("forward"))
+    model.rnn.register_full_backward_hook(lambda module, gin, gout: seen.append("backward"))
+    removed = model.rnn.register_forward_hook(lambda module, args, out: seen.append("removed"))
+    handle = instrument(model)
+    removed.remove()
+    model(torch.randn(5, 2, 3, dtype=F64, requires_grad=True)).sum().backward()
+    assert seen == ["pre", "forward", "backward"]  # HEAD: [] (the hooks stayed on the nn.RNN)
+    model.rnn.register_forward_hook(lambda module, args, out: seen.append("added"))
+    handle.uninstrument()
+    seen.clear()
+    model(torch.randn(5, 2, 3, dtype=F64))
+    assert seen == ["pre", "forward", "added"]
