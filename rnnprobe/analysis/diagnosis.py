@@ -276,6 +276,13 @@ def _notes(s: RunSummary) -> list[str]:
     for p in s.phases.values():
         if p.lyapunov_note:
             out.append(p.lyapunov_note)
+        if p.lyapunov_unsettled:
+            of = f"{p.lyapunov_unsettled} of {p.lyapunov_steps} probe steps"
+            out.append(
+                f"{p.phase} ({_steps_text(p)}): at {of} a later QR exponent exceeds λ₁ (index 0), "
+                f"by up to {p.lyapunov_excess:.2g} per step: the exponents had not settled into "
+                "descending order, so λ₁ need not be the largest"
+            )
         if p.decay.shape in ("not exponential", "too few points"):
             out.append(
                 f"{p.phase} ({_steps_text(p)}): gradient norm against distance is "

@@ -31,7 +31,9 @@ Conventions, stated once:
   Half-life ``ln 2 / −ln r`` steps (∞ when r ≥ 1; its text says "grows" when r > 1).
 * *λ₁*: the largest Lyapunov exponent (``lyapunov`` table, index 0, batch mean). A value of
   −∞ means a sampled sequence had every unit off at some step (ReLU): it is reported as a note,
-  never averaged into a number.
+  never averaged into a number. Index 0 is the largest once the QR frame has settled; a probe
+  step where a later index exceeds it by more than ``UNSETTLED`` per step is counted
+  (``lyapunov_unsettled``, with the largest excess) and the diagnosis says so.
 * *Final loss*: the last validation loss if any, else the mean training loss over the last
   10 % of steps (skipped or non-finite steps dropped); ``loss_ratio`` = final loss / the task's
   memoryless baseline loss. *Initial loss*: the training loss at step 1 (the initial network
@@ -87,6 +89,7 @@ KINK = 0.5  # … or this fraction of the whole fit's slope
 FLAT = math.log(2)  # a fit that changes the norm less than this (ln) over its distances
 FINAL_FRACTION = 0.10
 GROWTH_MIN_STEPS = 10
+UNSETTLED = 1e-3  # a later QR exponent above index 0 by more than this (per step): not settled
 FIT_STEPS = 32  # probe steps the training phase's median decay is taken over, at most
 NOISE_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(float).eps)}
 # the smallest normal number: a norm below it is a subnormal, rounded to a few bits (or 0)
@@ -149,6 +152,8 @@ class PhaseMeasures:
     truncation_dropped: float = NAN  # ‖full − truncated‖ / ‖full‖
     decay_fits: int = 0  # good fits the decay is the median of (the phase's probe steps)
     lyapunov_steps: int = 0  # finite λ₁ values lyapunov_max is the median of
+    lyapunov_unsettled: int = 0  # of those steps, where a later QR exponent exceeds index 0
+    lyapunov_excess: float = NAN  # the largest such excess (per step)
 
     @property
     def step(self) -> int | None:
@@ -558,6 +563,7 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
     decay_steps = {p: reach_steps.get(p) or adjoint_steps.get(p, ()) for p in PHASES}
     cut_by = _by_step(truncation)
     lyap_by = _by_step(lyapunov[lyapunov["index"] == 0] if "index" in lyapunov else lyapunov)
+    excess_by = _qr_excess(lyapunov)
     health_by = _by_step(health)
     out = {}
     for name in PHASES:
@@ -573,6 +579,8 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
         if not steps:
             continue
         notes = [n for _, n in lyap if n]
+        excess = [excess_by.get(s, NAN) for s in lyap_steps.get(name, ())]
+        unsettled = [e for e in excess if e > UNSETTLED]
         out[name] = PhaseMeasures(
             phase=name,
             steps=steps,
@@ -581,6 +589,8 @@ def _phases(run: Run, dtype: str) -> dict[str, PhaseMeasures]:
             lyapunov_steps=sum(math.isfinite(v) for v, _ in lyap),
             lyapunov_max=_median([v for v, _ in lyap]),
             lyapunov_note=notes[0] if notes else None,
+            lyapunov_unsettled=len(unsettled),
+            lyapunov_excess=max(unsettled, default=NAN),
             saturation=_median([_at(health_by, s, "saturation") for s in hsteps]),
             dead_fraction=_median([_at(health_by, s, "dead_fraction") for s in hsteps]),
             truncation_cosine=_median([_at(cut_by, s, "cosine") for s in csteps]),
@@ -635,6 +645,17 @@ def _median_fit(fits: list[DecayFit]) -> DecayFit:
     if not good:
         return fits[-1]
     return good[(len(good) - 1) // 2]
+
+
+def _qr_excess(lyapunov: pd.DataFrame) -> dict[int, float]:
+    """Return per step how far the largest later QR exponent lies above index 0 (per step;
+    negative when index 0 is the largest), from the finite exponents of the top layer's rows."""
+    if lyapunov.empty or "index" not in lyapunov:
+        return {}
+    finite = lyapunov[np.isfinite(pd.to_numeric(lyapunov["exponent"], errors="coerce"))]
+    first = finite[finite["index"] == 0].groupby("step")["exponent"].first()
+    later = finite[finite["index"] > 0].groupby("step")["exponent"].max()
+    return {int(s): float(later[s] - first[s]) for s in first.index.intersection(later.index)}
 
 
 def _lyapunov(by_step: pd.DataFrame, step: int) -> tuple[float, str | None]:

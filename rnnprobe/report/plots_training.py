@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.cbook import boxplot_stats
 from matplotlib.ticker import MaxNLocator
 
+from rnnprobe.analysis.runs import UNSETTLED
 from rnnprobe.report.plots import (
     NOTE_COLOR,
     PALETTE,
@@ -228,9 +229,18 @@ def plot_lyapunov_spectrum(
     ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1)
     legend_outside(ax)
     cut = df[(df["layer"] == layer) & df["step"].isin(steps) & (df["exponent"] == -np.inf)]
-    if len(cut):
-        counts = cut.groupby("step").size().items()
-        _side_note(ax, "\n".join(f"step {int(s)}: {n} λ_i = −∞\n(not drawn)" for s, n in counts))
+    counts = cut.groupby("step").size().items()
+    notes = [f"step {int(s)}: {n} λ_i = −∞\n(not drawn)" for s, n in counts]
+    for step, rows in data.groupby("step"):  # a later index above index 0: order not settled
+        first, later = rows.loc[rows["index"] == 0, "exponent"], rows[rows["index"] > 0]
+        if len(first) and len(later):
+            top = later.loc[later["exponent"].idxmax()]
+            excess = float(top["exponent"]) - float(first.iloc[0])
+            if excess > UNSETTLED:
+                where = f"step {int(step)}: λ_{int(top['index'])} above λ_0"
+                notes.append(f"{where}\nby {excess:.2g}: QR order\nnot settled")
+    if notes:
+        _side_note(ax, "\n".join(notes))
     ax.set(
         xlabel="QR index i (descending once converged)",
         ylabel="λ_i (nats per time step)",

@@ -340,3 +340,27 @@ def test_a_phase_without_reach_rows_falls_back_to_adjoint_ratios(tmp_path):
     assert s.phase("init").decay.source == "reach" and s.phase("end").decay.source == "reach"
     training = s.phase("training").decay
     assert training.source == "adjoints" and training.rate_per_step == pytest.approx(0.6, rel=0.1)
+
+
+def test_a_later_qr_exponent_above_lambda_1_is_counted_and_said(tmp_path):
+    from rnnprobe.analysis.diagnosis import diagnose_run
+
+    run = synthetic_run(tmp_path)
+    settled = summarise_run(run)
+    assert all(p.lyapunov_unsettled == 0 for p in settled.phases.values())
+    assert not any("QR exponent" in line for line in diagnose_run(settled).notes)
+    lyapunov = run.tables["lyapunov"]
+    lyapunov.loc[(lyapunov["layer"] == 1) & (lyapunov["step"] == 1), "exponent"] = [0.3, 0.35]
+    lyapunov.loc[(lyapunov["layer"] == 0) & (lyapunov["step"] == 1), "exponent"] = [4.0, 5.0]
+    s = summarise_run(run)
+    init = s.phase("init")
+    assert init.lyapunov_max == pytest.approx(0.3)  # still index 0, of the top layer
+    assert (init.lyapunov_unsettled, init.lyapunov_steps) == (1, 1)
+    assert init.lyapunov_excess == pytest.approx(0.05)
+    assert s.phase("end").lyapunov_unsettled == 0  # −∞ exponents are not compared
+    (line,) = [line for line in diagnose_run(s).notes if "QR exponent" in line]
+    assert line == (
+        "init (step 1): at 1 of 1 probe steps a later QR exponent exceeds λ₁ (index 0), by up "
+        "to 0.05 per step: the exponents had not settled into descending order, so λ₁ need "
+        "not be the largest"
+    )
