@@ -310,7 +310,7 @@ def figure_png(frames: dict[str, pd.DataFrame], summary: dict) -> bytes:
         fontsize="medium",
     )
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # no legend cut off
     return buffer.getvalue()
 
 

@@ -1004,7 +1004,7 @@ def _png_bytes(fig: Figure) -> bytes:
     from PIL import Image
 
     raw = io.BytesIO()
-    fig.savefig(raw, format="png", dpi=DPI)
+    fig.savefig(raw, format="png", dpi=DPI, bbox_inches="tight")  # no legend cut at the edge
     raw.seek(0)
     image = Image.open(raw).convert("RGB")
     quantized = image.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE)

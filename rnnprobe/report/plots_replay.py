@@ -402,7 +402,7 @@ def plot_panel_grid(panels: Sequence[Panel], *, columns: int) -> Figure:
 def figure_png(fig: Figure) -> bytes:
     """Return ``fig`` as PNG bytes at the report's DPI."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")  # no legend cut off
     return buffer.getvalue()
 
 

@@ -471,7 +471,34 @@ def test_figures_keep_their_colours_when_compressed():
     ax.imshow(np.linspace(0, 1, 400).reshape(20, 20), cmap="viridis")  # a heatmap's ramp
     ax.plot([0, 19], [0, 19], color="C1")  # beside a line in a palette colour
     raw = io.BytesIO()
-    fig.savefig(raw, format="png", dpi=DPI)
+    fig.savefig(raw, format="png", dpi=DPI, bbox_inches="tight")  # as _png_bytes saves it
     original = np.asarray(Image.open(raw).convert("RGB"), np.int16)
     kept = np.asarray(Image.open(io.BytesIO(_png_bytes(fig))).convert("RGB"), np.int16)
     assert np.abs(kept - original).max() <= PNG_TOLERANCE  # viridis' yellow stays yellow
+
+
+def test_a_legend_outside_the_last_column_is_not_cut_off_the_figure():
+    import io
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from rnnprobe.report.pages import DPI, _png_bytes
+    from rnnprobe.report.plots import legend_outside
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="C0", label="a label far longer than the room right of the axes")
+    legend_outside(ax)
+    legend = ax.get_legend()
+    fig.canvas.draw()
+    assert legend.get_window_extent().x1 > fig.bbox.x1  # the old PNG cut it off here
+    png = Image.open(io.BytesIO(_png_bytes(fig)))
+    # in inches: from the axes' left edge to the legend's right edge, all in the image
+    drawn = (legend.get_window_extent().x1 - ax.get_window_extent().x0) / fig.dpi
+    assert png.size[0] / DPI >= drawn > 4  # the figure is 4 in wide
+    assert np.asarray(png.convert("L")).min() < 128
