@@ -68,6 +68,19 @@ class BackwardRecord:
     real: torch.Tensor | None = None
 
 
+def _not_one_rnn(model: nn.Module, count: int) -> str:
+    """Return the one-line reason why ``model``, holding ``count`` ElmanRNNs, is not captured."""
+    text = f"capture needs a model with exactly one ElmanRNN, found {count}"
+    if count > 1:
+        return f"{text}: capture one, handle.capture(i) or rnnprobe.capture(model.<its name>)"
+    if any(type(m) is nn.RNN for m in model.modules()):
+        return (
+            f"{text}: its torch.nn.RNN is not instrumented; handle = rnnprobe.instrument(model), "
+            "then handle.capture()"
+        )
+    return text
+
+
 def _outer_norms(gram_g: torch.Tensor, gram_p: torch.Tensor) -> torch.Tensor:
     """Return ‖g_tᵀ p_t‖_F per step, (T,), from Σ_bb' (g_b·g_b')(p_b·p_b').
 
@@ -166,9 +179,7 @@ class Capture:
     ) -> None:
         rnns = [m for m in model.modules() if isinstance(m, ElmanRNN)]
         if len(rnns) != 1:
-            raise RnnprobeError(
-                f"capture needs a model with exactly one ElmanRNN, found {len(rnns)}"
-            )
+            raise RnnprobeError(_not_one_rnn(model, len(rnns)))
         check_count(reach_batch, "reach_batch")
         if reach and rnns[0].bidirectional:
             raise RnnprobeError("gradient reach needs a unidirectional RNN")

@@ -50,6 +50,11 @@ class Instrumented:
 
     def capture(self, rnn: int = 0, **options: Any) -> Capture:
         """Return a ``Capture`` of the ``rnn``-th instrumented RNN (options as ``Capture``)."""
+        if not self.swaps:
+            raise RnnprobeError(
+                "this handle's model is no longer instrumented (uninstrument was called): "
+                "call rnnprobe.instrument(model) again"
+            )
         if not 0 <= rnn < len(self.rnns):
             raise RnnprobeError(f"rnn must lie in [0, {len(self.rnns)}), got {rnn}")
         return Capture(self.rnns[rnn], **options)
@@ -91,10 +96,28 @@ def instrument(model: nn.Module) -> Instrumented:
                 setattr(parent, name, made[child])
                 swaps.append(_Swap(parent, name, child, made[child]))
     if not swaps:
-        found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)})
-        kinds = f" (it has {', '.join(found)}, which are not Elman RNNs)" if found else ""
-        raise RnnprobeError(f"the model holds no torch.nn.RNN to instrument{kinds}")
+        raise RnnprobeError(_nothing_to_instrument(model))
     return Instrumented(model, swaps)
+
+
+def _nothing_to_instrument(model: nn.Module) -> str:
+    """Return the one-line reason why ``model`` holds no ``nn.RNN`` to swap."""
+    kinds = {type(m) for m in model.modules()}
+    if any(issubclass(kind, ElmanRNN) for kind in kinds):
+        return (
+            "the model's RNNs are ElmanRNNs already (instrumented, or built with rnnprobe): "
+            "record them with rnnprobe.capture(model), or the handle instrument returned"
+        )
+    subclasses = sorted(k.__name__ for k in kinds if issubclass(k, nn.RNN))
+    if subclasses:  # their forward may differ; a parametrized one computes its weights
+        return (
+            f"the model holds no torch.nn.RNN to instrument: {', '.join(subclasses)} subclass "
+            "torch.nn.RNN, and only torch.nn.RNN itself is swapped (a subclass's forward, or "
+            "a torch.nn.utils.parametrize weight, would not carry over)"
+        )
+    found = sorted(k.__name__ for k in kinds if issubclass(k, nn.RNNBase))
+    kinds_text = f" (it has {', '.join(found)}, which are not Elman RNNs)" if found else ""
+    return f"the model holds no torch.nn.RNN to instrument{kinds_text}"
 
 
 def _give_back(elman: ElmanRNN, rnn: nn.RNN) -> None:

@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
-from rnnprobe import instrument
+from rnnprobe import capture, instrument
 from rnnprobe.core.models import ElmanRNN
 from rnnprobe.errors import RnnprobeError
 
@@ -198,3 +199,40 @@ def test_the_users_hooks_on_the_rnn_keep_firing_and_stay_removable():
     seen.clear()
     model(torch.randn(5, 2, 3, dtype=F64))
     assert seen == ["pre", "forward", "added"]
+
+
+class SubclassedRNN(nn.RNN):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # HEAD said of these two: '(it has ElmanRNN, which are not Elman RNNs)'
+        (lambda: instrument(OneRNN()).model, "ElmanRNNs already"),
+        (lambda: nn.Sequential(ElmanRNN(3, 4)), "ElmanRNNs already"),
+        (lambda: nn.Sequential(SubclassedRNN(3, 4)), "SubclassedRNN subclass torch.nn.RNN"),
+        (
+            lambda: nn.Sequential(weight_norm(nn.RNN(3, 4), name="weight_hh_l0")),
+            "ParametrizedRNN subclass torch.nn.RNN",
+        ),
+        (lambda: nn.Sequential(nn.GRU(3, 4)), "GRU, which are not Elman"),
+    ],
+    ids=["instrumented-twice", "built-with-elman", "subclass", "parametrized", "gru"],
+)
+def test_instrumenting_what_cannot_be_says_why_in_one_line(make, message):
+    with pytest.raises(RnnprobeError, match=message) as caught:
+        instrument(make())
+    assert "\n" not in str(caught.value)
+
+
+def test_capturing_an_uninstrumented_model_or_handle_says_what_to_do():
+    model = OneRNN()
+    with pytest.raises(RnnprobeError, match=r"not instrumented; handle = rnnprobe.instrument"):
+        capture(model)  # HEAD: 'found 0' and no word of instrument
+    handle = instrument(model)
+    handle.uninstrument()
+    with pytest.raises(RnnprobeError, match="no longer instrumented"):
+        handle.capture()  # HEAD: 'rnn must lie in [0, 0), got 0'
+    with pytest.raises(RnnprobeError, match=r"found 2: capture one, handle.capture\(i\)"):
+        capture(nn.Sequential(ElmanRNN(3, 4), ElmanRNN(4, 4)))
