@@ -334,7 +334,11 @@ class ElmanRNN(nn.RNNBase):
             rnn.batch_first, rnn.dropout, rnn.bidirectional, device=first.device,
             dtype=first.dtype,
         )  # fmt: skip
-        model.load_state_dict(rnn.state_dict())
+        # The weights as rnn's forward uses them (by name, not from its state dict, whose keys
+        # differ where a torch.nn.utils.parametrize weight such as weight_norm is applied).
+        with torch.no_grad():
+            for name in model._flat_weights_names:
+                getattr(model, name).copy_(getattr(rnn, name))
         return model.train(rnn.training)
 
     def to_torch(self) -> nn.RNN:
