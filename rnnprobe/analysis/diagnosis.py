@@ -253,6 +253,27 @@ def diagnose_run(s: RunSummary) -> RunDiagnosis:
     return RunDiagnosis(result, reason, verdicts, _notes(s), s)
 
 
+def _unsettled_note(s: RunSummary) -> str | None:
+    """Return where a later QR exponent came out above λ₁, one clause a phase, or None."""
+    parts = []
+    for p in s.phases.values():
+        if not p.lyapunov_unsettled:
+            continue
+        by = f"by {p.lyapunov_excess:.2g}"
+        if p.lyapunov_steps > 1:
+            of = f"{p.lyapunov_unsettled} of {p.lyapunov_steps}"
+            parts.append(f"at {of} {p.phase} probe steps ({_steps_text(p)}) {by} at most")
+        else:
+            parts.append(f"at {'the end' if p.phase == 'end' else p.phase} (step {p.step}) {by}")
+    if not parts:
+        return None
+    where = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (
+        f"a later QR exponent exceeds λ₁ (index 0) {where} (per step): the exponents had not "
+        "settled into descending order, so λ₁ need not be the largest"
+    )
+
+
 def _notes(s: RunSummary) -> list[str]:
     out = []
     init = s.phase("init")
@@ -276,18 +297,14 @@ def _notes(s: RunSummary) -> list[str]:
     for p in s.phases.values():
         if p.lyapunov_note:
             out.append(p.lyapunov_note)
-        if p.lyapunov_unsettled:
-            of = f"{p.lyapunov_unsettled} of {p.lyapunov_steps} probe steps"
-            out.append(
-                f"{p.phase} ({_steps_text(p)}): at {of} a later QR exponent exceeds λ₁ (index 0), "
-                f"by up to {p.lyapunov_excess:.2g} per step: the exponents had not settled into "
-                "descending order, so λ₁ need not be the largest"
-            )
         if p.decay.shape in ("not exponential", "too few points"):
             out.append(
                 f"{p.phase} ({_steps_text(p)}): gradient norm against distance is "
                 f"{p.decay.shape} (R² {_fmt(p.decay.r2)}): no decay rate"
             )
+    unsettled = _unsettled_note(s)
+    if unsettled:
+        out.append(unsettled)
     end = s.phase("end")
     for name, value in (
         ("saturated tanh units", end.saturation),

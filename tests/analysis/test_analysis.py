@@ -360,7 +360,6 @@ def test_a_later_qr_exponent_above_lambda_1_is_counted_and_said(tmp_path):
     assert s.phase("end").lyapunov_unsettled == 0  # −∞ exponents are not compared
     (line,) = [line for line in diagnose_run(s).notes if "QR exponent" in line]
     assert line == (
-        "init (step 1): at 1 of 1 probe steps a later QR exponent exceeds λ₁ (index 0), by up "
-        "to 0.05 per step: the exponents had not settled into descending order, so λ₁ need "
-        "not be the largest"
+        "a later QR exponent exceeds λ₁ (index 0) at init (step 1) by 0.05 (per step): the "
+        "exponents had not settled into descending order, so λ₁ need not be the largest"
     )
