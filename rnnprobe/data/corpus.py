@@ -19,6 +19,7 @@ perplexity ``e^ℓ``.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import re
@@ -51,32 +52,48 @@ def read_text_file(
 ) -> str:
     """Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given).
 
-    Errors are one line naming ``what`` (e.g. "class file") and the path.
+    With ``max_chars`` only the bytes that can hold them are read and checked (UTF-8 takes at
+    most 4 bytes a character): a large corpus is not read whole, and what lies beyond is not
+    judged. Errors are one line naming ``what`` (e.g. "class file") and the path.
     """
     p = Path(path)
     if not p.exists():
         raise RnnprobeError(f"{what} not found: {p}")
     if p.is_dir():
         raise RnnprobeError(f"{what} is a directory, not a text file: {p}")
+    limit = None if max_chars is None else 4 * check_count(max_chars, "max_chars") + len(_BOM)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as file:
+            data = file.read() if limit is None else file.read(limit + 1)
     except OSError as err:
         raise RnnprobeError(f"cannot read {what} {p}: {err.strerror or err}") from None
+    whole = limit is None or len(data) <= limit
+    data = data if whole else data[:limit]
     if not data:
         raise RnnprobeError(f"{what} is empty: {p}")
     nul = data.find(b"\x00")
     if nul >= 0:
         raise RnnprobeError(f"{what} looks binary (NUL byte at byte offset {nul}): {p}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+    # Each byte that is not UTF-8 decodes to one lone surrogate U+DC80–U+DCFF (valid UTF-8
+    # never yields one), so only the characters kept are judged, and a character cut at the
+    # end of the prefix, after them, is not.
+    full = data.decode("utf-8-sig", errors="surrogateescape")
+    text = full[:max_chars]
+    bad = _ESCAPED_BYTE.search(text)
+    if bad is not None:
+        offset = len(text[: bad.start()].encode("utf-8", "surrogateescape"))
+        offset += len(_BOM) if data.startswith(_BOM) else 0
         raise RnnprobeError(
             f"{what} is not UTF-8 (byte 0x{data[offset]:02x} at byte offset {offset}): {p}"
-        ) from None
+        )
     if not text.strip():
-        raise RnnprobeError(f"{what} has no text, only whitespace: {p}")
-    return text if max_chars is None else text[:max_chars]
+        read = "" if whole and text == full else f" in its first {max_chars} characters"
+        raise RnnprobeError(f"{what} has no text{read}, only whitespace: {p}")
+    return text
+
+
+_BOM = codecs.BOM_UTF8
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 _NOT_LETTERS = re.compile(r"[^A-Za-z]+")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 from pathlib import Path
 
@@ -79,6 +80,32 @@ def test_utf8_bom_is_dropped_and_max_chars_caps(tmp_path: Path) -> None:
     path.write_bytes("\ufeffabcdef".encode())
     assert read_text_file(path) == "abcdef"
     assert read_text_file(path, max_chars=3) == "abc"
+
+
+def test_max_chars_reads_and_judges_only_the_characters_it_keeps(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"abc" + "h\xe9llo".encode("latin-1") + b"x" * 100)
+    assert read_text_file(path, max_chars=4) == "abch"  # HEAD: not UTF-8 at byte offset 4
+    with pytest.raises(RnnprobeError) as excinfo:
+        read_text_file(path, max_chars=5)
+    assert "not UTF-8 (byte 0xe9 at byte offset 4)" in one_line_error(excinfo)
+    path.write_bytes(b"   \n" + b"x" * 100)
+    with pytest.raises(RnnprobeError) as excinfo:
+        read_text_file(path, max_chars=4)
+    assert "no text in its first 4 characters" in one_line_error(excinfo)
+
+
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_max_chars_counts_characters_not_bytes(tmp_path: Path, bom: bytes) -> None:
+    path = tmp_path / "wide.txt"
+    text = "é€𝄞" * 5  # 2, 3 and 4 bytes a character
+    path.write_bytes(bom + text.encode())
+    for n in range(1, len(text) + 2):
+        assert read_text_file(path, max_chars=n) == text[:n]
+    path.write_bytes(bom + text.encode()[:-1])  # the last character cut: judged when kept
+    assert read_text_file(path, max_chars=len(text) - 1) == text[:-1]
+    with pytest.raises(RnnprobeError, match="not UTF-8"):
+        read_text_file(path)
 
 
 def test_stdlib_corpus_loads_offline_deterministic_and_capped() -> None:
