@@ -50,11 +50,13 @@ _WORD_PATTERN = re.compile(r"\w+|\s+|[^\w\s]")
 def read_text_file(
     path: str | os.PathLike[str], *, max_chars: int | None = None, what: str = "corpus file"
 ) -> str:
-    """Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given).
+    r"""Return the UTF-8 text of ``path`` (first ``max_chars`` characters if given), its line
+    endings read as Python's text mode reads them: ``\r\n`` and a lone ``\r`` become ``\n``.
 
     With ``max_chars`` only the bytes that can hold them are read and checked (UTF-8 takes at
     most 4 bytes a character): a large corpus is not read whole, and what lies beyond is not
-    judged. Errors are one line naming ``what`` (e.g. "class file") and the path.
+    judged. ``max_chars`` counts the file's characters, before ``\r\n`` becomes one.
+    Errors are one line naming ``what`` (e.g. "class file") and the path.
     """
     p = Path(path)
     if not p.exists():
@@ -89,10 +91,11 @@ def read_text_file(
     if not text.strip():
         read = "" if whole and text == full else f" in its first {max_chars} characters"
         raise RnnprobeError(f"{what} has no text{read}, only whitespace: {p}")
-    return text
+    return _LINE_END.sub("\n", text)  # a Windows file's \r would be a token of its own
 
 
 _BOM = codecs.BOM_UTF8
+_LINE_END = re.compile("\r\n?")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 

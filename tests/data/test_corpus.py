@@ -178,3 +178,13 @@ def test_tinyshakespeare_builds_a_char_corpus() -> None:
     assert corpus.valid.numel() == pytest.approx(0.1 * total, abs=1)
     assert 50 < corpus.vocab_size < 100
     assert corpus.vocab.decode(corpus.train[:5]) == SHAKESPEARE.read_text()[:5]
+
+
+def test_windows_and_old_mac_line_endings_read_as_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"ab\r\ncd\re\n\r\n")
+    assert read_text_file(path) == "ab\ncd\ne\n\n"  # as Python's text mode reads it
+    assert read_text_file(path, max_chars=3) == "ab\n"  # a \r cut from its \n reads as \n too
+    assert read_text_file(path, max_chars=4) == "ab\n"  # max_chars counts the file's \r and \n
+    corpus = build_corpus(str(path))
+    assert "\r" not in corpus.vocab.tokens
