@@ -63,6 +63,8 @@ def read_text_file(
         raise RnnprobeError(f"{what} not found: {p}")
     if p.is_dir():
         raise RnnprobeError(f"{what} is a directory, not a text file: {p}")
+    if not p.is_file():  # a FIFO or a device: reading it could wait forever
+        raise RnnprobeError(f"{what} is not a regular file: {p}")
     limit = None if max_chars is None else 4 * check_count(max_chars, "max_chars") + len(_BOM)
     try:
         with p.open("rb") as file:

@@ -92,7 +92,9 @@ def read_labelled(
 
 def read_class_folder(folder: Path) -> Examples:
     """Return one class per ``*.txt`` file of ``folder`` (sorted), one example per line."""
-    files = sorted(f for f in folder.iterdir() if f.suffix == ".txt" and not f.name.startswith("."))
+    files = sorted(
+        f for f in folder.iterdir() if f.suffix.lower() == ".txt" and not f.name.startswith(".")
+    )  # A.TXT too: a folder written on Windows
     if not files:
         raise RnnprobeError(f"no <class>.txt files in the classification folder {folder}")
     texts, labels = [], []

@@ -327,3 +327,9 @@ def test_confusion_plots_take_empty_frames_without_raising():
         ax = draw(pd.DataFrame())
         assert "no data" in ax.texts[0].get_text()
         plt.close(ax.figure)
+
+
+def test_class_files_with_an_upper_case_suffix_are_classes(tmp_path):
+    folder = _folder_with(tmp_path, {"A.TXT": b"x\ny\n", "B.txt": b"z\nw\n", ".C.txt": b"v\n"})
+    task = ClassifyTask.from_path(folder)  # HEAD: one class only (B)
+    assert task.data.classes == ("A", "B")

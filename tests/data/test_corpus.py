@@ -188,3 +188,13 @@ def test_windows_and_old_mac_line_endings_read_as_newlines(tmp_path: Path) -> No
     assert read_text_file(path, max_chars=4) == "ab\n"  # max_chars counts the file's \r and \n
     corpus = build_corpus(str(path))
     assert "\r" not in corpus.vocab.tokens
+
+
+def test_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # reading it would wait for a writer that never comes
+    with pytest.raises(RnnprobeError) as excinfo:
+        read_text_file(fifo)
+    assert one_line_error(excinfo) == f"corpus file is not a regular file: {fifo}"
