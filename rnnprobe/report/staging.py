@@ -11,12 +11,14 @@ directory too when this call created it and nothing else has been put there: an 
 first report leaves no empty or partial directory that looks finished, and an interrupted
 re-render leaves the previous report's files as they were. Nothing outside the output
 directory is removed (a parent folder that ``-o`` created stays, empty), nor any file this call
-did not write.
+did not write. A staging folder names its writer (``.owner.json``: pid, host, process start);
+one whose writer has died (kill -9, a crash) is removed by the next report into that directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -25,10 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnprobe.records.index import TMP_MARK
+from rnnprobe.records.lock import process_identity, writer_alive
 
 __all__ = ["staged_output"]
 
 LAST = ("summary.csv", "README.md", "index.html")  # moved in after the figures, in this order
+PREFIX = f".report{TMP_MARK}"
+OWNER = ".owner.json"  # in a staging folder: who writes it (never moved into the output)
 
 
 @contextmanager
@@ -40,11 +45,14 @@ def staged_output(out: Path) -> Iterator[Path]:
     """
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".report{TMP_MARK}"))
+    _remove_abandoned(out)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=PREFIX))
+    (staging / OWNER).write_text(json.dumps(process_identity()))
     added: list[Path] = []  # files moved into out under names it did not hold before
     try:
         yield staging
-        names = sorted(os.listdir(staging), key=lambda n: (LAST.index(n) if n in LAST else -1, n))
+        names = [n for n in os.listdir(staging) if n != OWNER]
+        names.sort(key=lambda n: (LAST.index(n) if n in LAST else -1, n))
         for name in names:
             target = out / name
             new = not target.exists()
@@ -60,3 +68,14 @@ def staged_output(out: Path) -> Iterator[Path]:
                 out.rmdir()
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the staging folders in ``out`` whose writer has died on this host."""
+    for folder in out.glob(f"{PREFIX}*"):
+        try:
+            owner = json.loads((folder / OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # being set up this moment, or not ours: leave it
+        if isinstance(owner, dict) and writer_alive(owner) is False:
+            shutil.rmtree(folder, ignore_errors=True)
