@@ -26,6 +26,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.container import ErrorbarContainer
+from matplotlib.lines import Line2D
 from matplotlib.ticker import AutoLocator, Formatter, FuncFormatter, LogLocator
 
 from rnnprobe.analysis.levels import level_order
@@ -76,7 +78,11 @@ def distinct_colours(n: int) -> list:
 
 def legend_outside(ax: Axes, title: str | None = None, extra: Sequence[Artist] = ()) -> None:
     """Put the legend to the right of the axes, where it cannot hide data; ``extra`` handles
-    (not drawn on the axes, e.g. a key to line widths) go last."""
+    (not drawn on the axes, e.g. a key to line widths) go last.
+
+    A dashed line with a marker gets a longer key: at matplotlib's default length of 2 font
+    sizes the marker, drawn in the middle, covers the one gap of a "--" pattern, and the key
+    of a dashed end-phase line looked as solid as the init line beside it."""
     handles, labels = ax.get_legend_handles_labels()
     handles, labels = handles + list(extra), labels + [str(h.get_label()) for h in extra]
     if handles:
@@ -90,7 +96,20 @@ def legend_outside(ax: Axes, title: str | None = None, extra: Sequence[Artist] =
             bbox_to_anchor=(1.02, 1),
             borderaxespad=0,
             frameon=False,
+            handlelength=3.0 if any(map(_dashed_with_marker, handles)) else None,
         )
+
+
+def _dashed_with_marker(handle: object) -> bool:
+    """Return whether a legend ``handle`` (a line, or an errorbar's container) is a dashed,
+    dotted or dash-dot line that also has a marker."""
+    line = handle.lines[0] if isinstance(handle, ErrorbarContainer) else handle
+    if not isinstance(line, Line2D):
+        return False
+    return line.get_linestyle() in ("--", "-.", ":") and line.get_marker() not in NO_MARKER
+
+
+NO_MARKER = (None, "None", "none", "", " ")
 
 
 def ensure_axes(ax: Axes | None) -> Axes:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from rnnprobe.records.schema import STANDARD_TABLES
 from rnnprobe.records.store import load_run
@@ -165,6 +166,40 @@ def test_measure_against_an_axis_averages_seeds_with_error_bars():
     assert np.allclose(means, [0.5, 0.98, 1.3])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "√χ" in labels and "no decay" in labels
+
+
+def _visible_gaps(key: Line2D) -> list[tuple[float, float]]:
+    """Return the gaps (points) of a dashed legend key that its centred marker leaves open."""
+    x0, x1 = sorted(key.get_xdata())
+    centre, half = (x0 + x1) / 2, key.get_markersize() / 2
+    offset, pattern = key._dash_pattern
+    gaps, at, k = [], x0 - offset, 0
+    while at < x1:
+        end = at + pattern[k % len(pattern)]
+        if k % 2 and min(end, x1) - max(at, x0) > 0:
+            for lo, hi in ((max(at, x0), min(end, x1, centre - half)),
+                           (max(at, x0, centre + half), min(end, x1))):  # fmt: skip
+                if hi - lo >= 1.0:  # a point or more: a gap one sees
+                    gaps.append((lo, hi))
+        at, k = end, k + 1
+    return gaps
+
+
+def test_legend_key_of_a_dashed_line_with_markers_shows_its_dashes():
+    # init solid with circles, end dashed with squares: at the default key length the
+    # square covered the dash pattern's one gap and "end" read as solid as "init"
+    summary = SUMMARY.assign(decay_per_step_end=[0.6, 0.62, 0.9, 0.91, 1.1, 1.12])
+    series = {"init (step 1)": "decay_per_step_init", "end (step 60)": "decay_per_step_end"}
+    ax = plots_study.plot_measure_vs_axis(summary, x="model.init_gain", series=series, ax=_ax())
+    ax.figure.canvas.draw()
+    keys = [line for line in ax.get_legend().findobj(Line2D)
+            if line.get_linestyle() == "--" and len(line.get_xdata()) == 2]  # fmt: skip
+    assert len(keys) == 1 and _visible_gaps(keys[0])
+    solid = plots.legend_outside  # a legend of plain lines keeps matplotlib's key length
+    ax = _ax()
+    ax.plot([0, 1], [0, 1], label="a")
+    solid(ax)
+    assert ax.get_legend().handlelength == plt.rcParams["legend.handlelength"]
 
 
 def test_jacobian_spectra_mark_sigma_one_on_log_axis(run):
