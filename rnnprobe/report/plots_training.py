@@ -46,6 +46,7 @@ __all__ = [
     "plot_participation_ratio",
 ]
 
+YLABEL_SPECTRUM = "exponent at index i (nats per time step)"
 ZERO_FLOOR = 1e-6  # a σ of J_t below this × its step's largest σ is a numerical zero
 
 
@@ -202,17 +203,19 @@ def plot_lyapunov_spectrum(
     """Return the Lyapunov exponents by QR index at ``steps`` (default first, mid, last).
 
     The probe leaves them in QR order, descending only once its frame has converged; exponents
-    of −∞ cannot be drawn, a note counts them."""
+    of −∞ cannot be drawn, a note counts them. Indices are named as such ("index 1 above index
+    0 (λ₁)"), not λ_i: the λ₁ of the diagnosis and of the λ₁ panel is index 0, and a note's
+    "λ_1 above λ_0" named index 1 with the symbol the figure gives index 0."""
     ax = ensure_axes(ax)
     data = finite_rows(df, ["step", "layer", "index", "exponent"])
     if data.empty:
-        return no_data(ax, "Lyapunov spectrum", "exponent λ_i (nats per time step)")
+        return no_data(ax, "Lyapunov spectrum", YLABEL_SPECTRUM)
     layer = int(data["layer"].min()) if layer is None else layer
     data = data[data["layer"] == layer]
     steps = list(steps) if steps is not None else list(thin_steps(data["step"], 3))
     data = data[data["step"].isin(steps)]
     if data.empty:
-        return no_data(ax, f"Lyapunov spectrum of layer {layer}", "exponent λ_i")
+        return no_data(ax, f"Lyapunov spectrum of layer {layer}", YLABEL_SPECTRUM)
     order = [f"step {int(s)}" for s in sorted(data["step"].unique())]
     data = data.assign(when=[f"step {int(s)}" for s in data["step"]])
     sns.lineplot(
@@ -230,20 +233,20 @@ def plot_lyapunov_spectrum(
     legend_outside(ax)
     cut = df[(df["layer"] == layer) & df["step"].isin(steps) & (df["exponent"] == -np.inf)]
     counts = cut.groupby("step").size().items()
-    notes = [f"step {int(s)}: {n} λ_i = −∞\n(not drawn)" for s, n in counts]
+    notes = [f"step {int(s)}: {n} exponents\n= −∞ (not drawn)" for s, n in counts]
     for step, rows in data.groupby("step"):  # a later index above index 0: order not settled
         first, later = rows.loc[rows["index"] == 0, "exponent"], rows[rows["index"] > 0]
         if len(first) and len(later):
             top = later.loc[later["exponent"].idxmax()]
             excess = float(top["exponent"]) - float(first.iloc[0])
             if excess > UNSETTLED:
-                where = f"step {int(step)}: λ_{int(top['index'])} above λ_0"
+                where = f"step {int(step)}: index {int(top['index'])}\nabove index 0 (λ₁)"
                 notes.append(f"{where}\nby {excess:.2g}: QR order\nnot settled")
     if notes:
         _side_note(ax, "\n".join(notes))
     ax.set(
         xlabel="QR index i (descending once converged)",
-        ylabel="λ_i (nats per time step)",
+        ylabel=YLABEL_SPECTRUM,
         title=f"Lyapunov spectrum, layer {layer}",
     )
     return ax

@@ -344,9 +344,11 @@ def test_lyapunov_spectrum_is_labelled_by_qr_index_and_notes_minus_infinity_and_
     rows = _lyapunov_rows({1: [-0.01, -0.02, -np.inf, -np.inf], 800: [-0.0135, -0.0068, -0.2, -1]})
     ax = plots_training.plot_lyapunov_spectrum(rows, ax=_ax())
     assert "QR index" in ax.get_xlabel() and "largest" not in ax.get_xlabel()
-    assert "step 1: 2 λ_i = −∞" in _texts(ax) and "not drawn" in _texts(ax)
-    assert "step 800: λ_1 above λ_0\nby 0.0067: QR order\nnot settled" in _texts(ax)
-    assert "step 1: λ_" not in _texts(ax)  # descending there: no note
+    assert "step 1: 2 exponents\n= −∞" in _texts(ax) and "not drawn" in _texts(ax)
+    # λ₁ is index 0 in the diagnosis and the λ₁ panel beside it: no λ_1 naming index 1 here
+    assert "step 800: index 1\nabove index 0 (λ₁)\nby 0.0067: QR order" in _texts(ax)
+    assert "λ_" not in _texts(ax) + ax.get_ylabel()
+    assert "step 1: index" not in _texts(ax)  # descending there: no note
     assert sorted(len(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) > 2) == [4]
 
 

@@ -267,7 +267,7 @@ def test_the_replay_lyapunov_panel_names_qr_order_and_counts_minus_infinity():
                          "exponent": [-0.3, 0.2, -math.inf, -math.inf]})  # fmt: skip
     ax = plot_step_lyapunov(rows, ax=Figure().subplots())
     texts = " ".join(t.get_text() for t in ax.texts)
-    assert "QR index" in ax.get_xlabel() and "step 7: 2 λ_i = −∞" in texts
+    assert "QR index" in ax.get_xlabel() and "step 7: 2 exponents\n= −∞" in texts
 
 
 def test_a_gross_loss_jump_warns_before_the_window_fills():
