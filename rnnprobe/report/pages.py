@@ -718,10 +718,15 @@ def lines_to_draw(
         if any(count >= 2 for count in lines.values()):
             kept[name] = column
         elif lone and _levels(frame, x, column, positive) == 1:
-            # every value at one level of x: one note, naming the hue levels unless all
-            which = name if len(lone) == len(lines) else f"{name}, {' and '.join(map(str, lone))}"
-            rows = frame if hue is None else frame[frame[hue].astype(str).isin(lone)]
-            notes.append(f"{which}: {_lone(rows, x, column, positive)}")
+            # every value at one level of x: a note per value, naming the hue levels that have
+            # it unless all do (one mean over levels of different values describes none)
+            shared: dict[str, list] = {}
+            for level in lone:
+                rows = frame if hue is None else frame[frame[hue].astype(str) == level]
+                shared.setdefault(_lone(rows, x, column, positive), []).append(level)
+            for text, levels in shared.items():
+                which = f"{name}, {' and '.join(map(str, levels))}"
+                notes.append(f"{name if len(levels) == len(lines) else which}: {text}")
             lone = []
         for level in lone:
             rows = frame[frame[hue].astype(str) == level]

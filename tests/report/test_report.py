@@ -391,6 +391,24 @@ def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():
     assert kept == {} and notes == ["end, 8: only T = 10 has a value (1.37, 1 of 2 runs)"]
 
 
+def test_values_at_one_level_for_every_hue_level_are_not_pooled_into_one_mean():
+    from rnnprobe.report.pages import lines_to_draw
+
+    # flossing's init half-life / T: only floss = none has one, 0.02 from the default init and
+    # 0.18 from the identity init; one note said 0.061 for all four lines, a mean of neither
+    frame = pd.DataFrame({"floss": ["none"] * 4 + ["on"] * 4,
+                          "init": ["default", "default", "identity", "identity"] * 2,
+                          "half": [0.02, 0.02, 0.18, 0.18] + [math.inf] * 4})  # fmt: skip
+    kept, _, notes = lines_to_draw(frame, "floss", "init", {"init": "half"}, positive=True)
+    assert kept == {}
+    assert notes == ["init, default: only floss = none has a value (0.02)",
+                     "init, identity: only floss = none has a value (0.18)"]  # fmt: skip
+    same = frame.assign(half=[0.02] * 4 + [math.inf] * 4)  # alike: one note, no level named
+    assert lines_to_draw(same, "floss", "init", {"init": "half"}, positive=True)[2] == [
+        "init: only floss = none has a value (0.02)"
+    ]
+
+
 def test_the_mean_field_scatter_takes_the_hue_colours_of_the_other_panels():
     import matplotlib
 
