@@ -531,6 +531,9 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                 curves, styles=configs.styles, legend_title=configs.title, ax=ax
             )
         )
+        if curves.groupby("configuration")["run"].nunique().max() > 1:  # else bold is the run
+            notes.append("λ₁ over training: bold, the mean over a configuration's seeds; faint, "
+                         "each run")  # fmt: skip
     reach = _study_reach(analysis, configs)
     for phase, at in (("init", init_at), ("end", end_at)):
         if not reach.empty and (reach["phase"] == phase).any():

@@ -409,6 +409,29 @@ def test_values_at_one_level_for_every_hue_level_are_not_pooled_into_one_mean():
     ]
 
 
+def test_the_caption_says_what_the_bold_and_faint_lambda_curves_are(tmp_path):
+    # λ₁ over training draws each configuration's seed mean bold and each run faint; the
+    # caption said what bold and faint are in the reach panels only
+    entries = []
+    for gain in (0.5, 2.0):
+        for seed in (0, 1):
+            write_run(tmp_path / "s" / "runs" / f"g{gain}-s{seed}", decay=0.6 if gain < 1 else 1.2,
+                      seq_len=8, init_gain=gain, steps=30, seed=seed)  # fmt: skip
+            axes = {"model.init_gain": gain, "seed": seed}
+            entries.append({"id": f"g{gain}-s{seed}", "axes": axes, "status": "done"})
+    spec = {"name": "seeds", "axes": {"model.init_gain": [0.5, 2.0], "seed": [0, 1]},
+            "runs": entries}  # fmt: skip
+    (tmp_path / "s" / "study.json").write_text(json.dumps(spec))
+    text = (build_report(tmp_path / "s", tmp_path / "out") / "README.md").read_text()
+    caption = next(line for line in text.splitlines() if line.startswith("*measures"))
+    assert "λ₁ over training: bold, the mean over a configuration's seeds; faint, each run" in (
+        caption
+    )
+    one = write_study(tmp_path / "one", gains=(0.5, 2.0), seq_lens=(8,))  # a run each: no note
+    text = (build_report(one, tmp_path / "out1") / "README.md").read_text()
+    assert "λ₁ over training: bold" not in text
+
+
 def test_the_mean_field_scatter_takes_the_hue_colours_of_the_other_panels():
     import matplotlib
 
