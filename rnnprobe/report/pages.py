@@ -495,6 +495,7 @@ def _study_figures(page: Page, out: Path, analysis: StudyAnalysis, swept: list[s
                     y=hue,
                     value="loss_ratio",
                     label="loss / baseline (seed mean)",
+                    title=f"loss / baseline at the end ({end_at}), seed mean",
                     center=1.0,
                     ax=ax,
                 )

@@ -54,12 +54,14 @@ def plot_phase_diagram(
     label: str | None = None,
     log: bool = False,
     center: float | None = None,
+    title: str | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Return a heatmap of ``value`` (mean over repeats, e.g. seeds) over two sweep axes.
 
     With ``center`` the colour scale diverges from it (e.g. loss/baseline centred at 1: blue
-    beats the baseline, red is worse); ∞ cells are marked.
+    beats the baseline, red is worse); ∞ cells are marked. ``label`` names the colour bar,
+    ``title`` (default ``label``) the panel: there say the step the value was taken at.
     """
     ax = ensure_axes(ax)
     label = label or value
@@ -103,7 +105,7 @@ def plot_phase_diagram(
         ax=ax,
         annot_kws={"fontsize": "small"},
     )
-    ax.set(xlabel=x, ylabel=y or "", title=label)
+    ax.set(xlabel=x, ylabel=y or "", title=title or label)
     rows_text = [str(level) for level in grid.index]
     if max(map(len, rows_text)) > 10:  # "identity, norm": two short lines leave the label room
         ax.set_yticks(ax.get_yticks(), [t.replace(", ", ",\n") for t in rows_text], rotation=0)

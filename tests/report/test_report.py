@@ -432,6 +432,23 @@ def test_the_caption_says_what_the_bold_and_faint_lambda_curves_are(tmp_path):
     assert "λ₁ over training: bold" not in text
 
 
+def test_the_loss_heatmap_names_the_step_its_loss_is_from(tmp_path, monkeypatch):
+    # its neighbour said 'loss / baseline at the end (step 30)'; the heatmap of the same
+    # numbers said 'loss / baseline (seed mean)', of no step
+    from rnnprobe.report import plots_study
+
+    titles, draw = [], plots_study.plot_phase_diagram
+
+    def recorded(*args, **kwargs):
+        ax = draw(*args, **kwargs)
+        titles.append(ax.get_title())
+        return ax
+
+    monkeypatch.setattr(plots_study, "plot_phase_diagram", recorded)
+    build_report(write_study(tmp_path / "s", gains=(0.5, 1.0)), tmp_path / "out")
+    assert titles == ["loss / baseline at the end (step 30), seed mean"]
+
+
 def test_the_mean_field_scatter_takes_the_hue_colours_of_the_other_panels():
     import matplotlib
 
