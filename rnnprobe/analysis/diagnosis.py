@@ -83,6 +83,7 @@ REGIMES = ("exploding", "chaotic", "vanishing", "edge of chaos", "stable", "unkn
 OUTCOMES = ("solved", "learning", "did not learn", "diverged", "untrained", "unknown")
 SPAN = 16.0  # r^T beyond 16 (or below 1/16): the gradient doubles (halves) within T/4 steps
 EDGE = 0.02  # |λ₁| per step below which the dynamics are at the edge of chaos
+FIRST_STEP = 2.0  # a first step back more than 2× off the fitted rate is named beside it
 VANISH_LYAPUNOV = -0.1
 STUCK = 0.5
 BURST_RATE = 0.5
@@ -350,6 +351,9 @@ def _decay_text(p: PhaseMeasures, T: float) -> str:
     if p.decay_fits > 1:  # the fit of median rate, and its own R²
         text += f", median of {p.decay_fits} probe steps"
     text += f", R² {d.r2:.3f}" if math.isfinite(d.r2) else ""
+    first = d.first_step / d.rate_per_step  # NaN without reach rows at distances 0 and 1
+    if math.isfinite(first) and not 1 / FIRST_STEP <= first <= FIRST_STEP:
+        text += f"; the first step back ×{d.first_step:.3g}, which the fit leaves out"
     return text + (f"; T = {T:.0f})" if math.isfinite(T) else ")")
 
 

@@ -107,7 +107,9 @@ class DecayFit:
     ``shape`` is ``exponential`` (r is the fit), ``flat`` (r is the fit, but it changes the
     norm less than 2× over the distances fitted: no half-life can be read within them, so it
     is ∞), ``ratio`` (r from adjoint ratios, no fit), ``not exponential``, ``too few points``
-    or ``no data``; r is NaN unless the first three.
+    or ``no data``; r is NaN unless the first three. ``first_step`` (reach only) is the factor
+    from distance 0 to 1, median over the sources: the first J_t, applied to the gradient as
+    it arrives at h_s, which the fit (distances ≥ 1) leaves out.
     """
 
     rate_per_step: float = NAN
@@ -119,6 +121,7 @@ class DecayFit:
     d_min: float = NAN
     d_max: float = NAN
     shape: str = "no data"
+    first_step: float = NAN
 
     @property
     def ok(self) -> bool:
@@ -403,9 +406,10 @@ def _fit(
     _, g = np.unique(g, return_inverse=True)
     peak = np.zeros(g.max() + 1 if len(g) else 0)
     np.maximum.at(peak, g, y)
+    first = _first_step(x, y, g, normal_min)
     keep = (x >= 1) & (y > eps * peak[g]) & (y >= normal_min)  # across ≥ 1 J_t, not noise
     x, y, g = x[keep], np.log(y[keep]), g[keep]
-    base = DecayFit(source="reach", step=step, n=len(x))
+    base = DecayFit(source="reach", step=step, n=len(x), first_step=first)
     if len(np.unique(x)) < MIN_FIT_POINTS:
         return replace(base, shape="too few points")
     slope, r2, _ = _slope(x, y, g)
@@ -427,6 +431,17 @@ def _fit(
         return replace(base, shape="not exponential")
     rate = math.exp(slope)
     return replace(base, rate_per_step=rate, half_life=_half_life(rate), shape="exponential")
+
+
+def _first_step(x: np.ndarray, y: np.ndarray, g: np.ndarray, normal_min: float) -> float:
+    """Return the median over groups g of y(1) / y(0): the norm's factor at the first step
+    back (NaN when no group has both, as normal numbers)."""
+    ratios = []
+    for group in np.unique(g):
+        at = {d: y[(g == group) & (x == d)] for d in (0, 1)}
+        if len(at[0]) == 1 == len(at[1]) and min(at[0][0], at[1][0]) >= normal_min:
+            ratios.append(at[1][0] / at[0][0])
+    return float(np.median(ratios)) if ratios else NAN
 
 
 def _slope(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, float, float]:

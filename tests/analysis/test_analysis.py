@@ -12,6 +12,7 @@ import pytest
 from rnnprobe.analysis.runs import (
     MIN_FIT_POINTS,
     DecayFit,
+    PhaseMeasures,
     aggregate,
     fit_decay,
     phase_steps,
@@ -363,3 +364,20 @@ def test_a_later_qr_exponent_above_lambda_1_is_counted_and_said(tmp_path):
         "a later QR exponent exceeds λ₁ (index 0) at init (step 1) by 0.05 (per step): the "
         "exponents had not settled into descending order, so λ₁ need not be the largest"
     )
+
+
+def test_a_first_step_far_off_the_rate_is_measured_and_named_beside_it():
+    from rnnprobe.analysis.diagnosis import _decay_text
+
+    # the first J_t divides the arriving gradient by 10, then ×0.9 a step: the fit (d ≥ 1)
+    fit = fit_decay(curve([1.0] + [0.1 * 0.9 ** (d - 1) for d in range(1, 13)]))
+    assert fit.rate_per_step == pytest.approx(0.9) and fit.first_step == pytest.approx(0.1)
+    text = _decay_text(PhaseMeasures(phase="end", steps=(1,), decay=fit), 12)
+    assert text == (
+        "decay ×0.9 per step (reach fit, R² 1.000; the first step back ×0.1, which the fit "
+        "leaves out; T = 12)"
+    )
+    on_the_rate = fit_decay(reach_table({(1, 0): 0.8}))  # the first step as every other
+    assert on_the_rate.first_step == pytest.approx(0.8)
+    assert "first step" not in _decay_text(PhaseMeasures(phase="end", decay=on_the_rate), 12)
+    assert math.isnan(fit_decay(curve([0.0] + [0.9**d for d in range(1, 13)])).first_step)
