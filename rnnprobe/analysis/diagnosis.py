@@ -607,8 +607,11 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
         if value not in data:
             continue
         for axis in axes:
-            eta2, n = variance_explained(data, axis, value)
-            groups = aggregate(data, [axis], value)
+            # only where every level has a value: a level's missing runs (no fit, diverged)
+            # must not leave its mean to other settings than the rest's
+            kept, within = _complete_blocks(data, axis, [a for a in axes if a != axis], value)
+            eta2, n = variance_explained(kept, axis, value)
+            groups = aggregate(kept, [axis], value)
             spread = float(groups["mean"].max() - groups["mean"].min()) if len(groups) else 0.0
             noise = float(groups["sd"].max()) if len(groups) and seeds > 1 else 0.0
             matters = bool(
@@ -623,12 +626,42 @@ def _effects(data: pd.DataFrame, axes: Sequence[str], seeds: int) -> tuple[pd.Da
                 {"axis": axis, "quantity": name, "eta2": eta2, "runs": n, "matters": matters}
             )
             if matters:
-                shown = "; ".join(_level(data, g, axis, value) for g in groups.to_dict("records"))
+                shown = "; ".join(_level(kept, g, axis, value) for g in groups.to_dict("records"))
                 how = f"; geometric mean ×/÷ sd of the exponential fits below {CAP}" * (
                     value == "log2_half_life_end"
                 )
+                how += f"; only {within}, where every level has a value" * bool(within)
                 lines.append(f"{axis} changes {name} (η² = {eta2:.2f}, {n} runs{how}): {shown}.")
     return pd.DataFrame(rows), lines
+
+
+def _complete_blocks(
+    data: pd.DataFrame, axis: str, others: Sequence[str], value: str
+) -> tuple[pd.DataFrame, str]:
+    """Return the rows of the settings of the ``others`` axes at which every level of ``axis``
+    has a finite ``value``, and, when some settings are left out, the text naming those kept."""
+    others = [a for a in others if a in data]
+    if not others or value not in data or axis not in data:
+        return data, ""
+    finite = np.isfinite(pd.to_numeric(data[value], errors="coerce").to_numpy(float))
+    levels = set(data.loc[finite, axis].astype(str))
+    blocks = [tuple(map(str, row)) for row in data[others].itertuples(index=False)]
+    have: dict[tuple[str, ...], set[str]] = {}
+    for block, level, ok in zip(blocks, data[axis].astype(str), finite, strict=True):
+        if ok:
+            have.setdefault(block, set()).add(level)
+    complete = {b for b, seen in have.items() if seen == levels}
+    if len(complete) == len(set(blocks)):
+        return data, ""
+    kept = data[[b in complete for b in blocks]]
+    names = [a.rpartition(".")[2] for a in others]
+    if 0 < len(complete) <= 2:
+        within = " and ".join(
+            ", ".join(f"{n} = {v}" for n, v in zip(names, b, strict=True)) for b in sorted(complete)
+        )
+    else:
+        within = f"{len(complete)} of {len(set(blocks))} settings of {' and '.join(names)}"
+    return kept, within
 
 
 def _level(data: pd.DataFrame, g: dict, axis: str, value: str) -> str:

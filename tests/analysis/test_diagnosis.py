@@ -452,3 +452,26 @@ def test_the_truncation_answer_gives_the_norm_ratio_as_measured_and_never_calls_
     assert "‖full − truncated‖ / ‖full‖ (a ratio of norms, not a share)" in line
     assert line.endswith("bptt = 4: 1.2 and cosine 0.2; bptt = 16: 0.3 and cosine 0.93.")
     assert "share of" not in line and "dropped" not in line
+
+
+def test_an_effect_is_read_only_where_every_level_has_a_value():
+    # irnn_adding: init = identity has a half-life only at T = 100 (flat at T = 10), where
+    # default's is short; at T = 10 default's is long. Pooled, identity's mean stands at
+    # T = 100 alone and default's mixes both T: the effect must be read at T = 100 only.
+    runs = [summary(f"d{t}{k}", {"model.init": "default", "task.seq_len": t, "seed": k},
+                    rate_end=(0.5 if t == 100 else 0.93) + 0.001 * k, seq_len=float(t))
+            for t in (10, 100) for k in range(2)]  # fmt: skip
+    runs += [summary(f"i{t}{k}", {"model.init": "identity", "task.seq_len": t, "seed": k},
+                     rate_end=(0.94 + 0.001 * k) if t == 100 else 1.0, seq_len=float(t))
+             for t in (10, 100) for k in range(2)]  # fmt: skip
+    for r in runs[4:6]:  # identity at T = 10: flat, no half-life
+        r.phases["end"] = replace(r.phases["end"], decay=DecayFit(1.0, math.inf, shape="flat"))
+    answer = study_answer(runs, ["model.init", "task.seq_len"])
+    line = next(x for x in answer.split("\n") if x.startswith("model.init changes the half-life"))
+    assert "(η² = 1.00, 4 runs; " in line  # T = 100 only: HEAD took 6 runs, T = 10 pooled in
+    assert "; only seq_len = 100, where every level has a value): default: 1 step" in line
+    balanced = study_answer(runs[:4] + [summary(f"j{k}", {"model.init": "identity",
+                            "task.seq_len": t, "seed": k}, rate_end=0.99 - 0.001 * k,
+                            seq_len=float(t)) for t in (10, 100) for k in range(2)],
+                            ["model.init", "task.seq_len"])  # fmt: skip
+    assert "where every level has a value" not in balanced
