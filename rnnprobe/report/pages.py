@@ -729,14 +729,24 @@ def lines_to_draw(
                 rows = frame if hue is None else frame[frame[hue].astype(str) == level]
                 shared.setdefault(_lone(rows, x, column, positive), []).append(level)
             for text, levels in shared.items():
-                which = f"{name}, {' and '.join(map(str, levels))}"
+                which = f"{name}, {' and '.join(_hue_text(hue, level) for level in levels)}"
                 notes.append(f"{name if len(levels) == len(lines) else which}: {text}")
             lone = []
         for level in lone:
             rows = frame[frame[hue].astype(str) == level]
-            notes.append(f"{name}, {level}: {_lone(rows, x, column, positive)}")
+            notes.append(f"{name}, {_hue_text(hue, level)}: {_lone(rows, x, column, positive)}")
             frame.loc[frame[hue].astype(str) == level, column] = np.nan
     return kept, frame, notes
+
+
+def _hue_text(hue: str | None, level: object) -> str:
+    """Return a hue level with its axes named: 'bptt = 16', 'init = default, clip = none'
+    (a hue of several axes is named 'init, clip' and its levels 'default, none')."""
+    names = [n.rpartition(".")[2] for n in (hue or "").split(", ")]
+    values = str(level).split(", ")
+    if hue is None or len(names) != len(values):
+        return str(level)
+    return ", ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True))
 
 
 def _line_levels(

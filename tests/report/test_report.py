@@ -257,9 +257,9 @@ def test_lines_of_one_point_are_named_not_drawn():
     assert drawn["init_half"][2:4].isna().all()  # identity's lone point, no longer drawn
     assert frame["init_half"][2] == 0.3  # the caller's frame is left alone
     assert notes == [
-        "init, identity: only floss = none has a value (0.3)",
-        "end, default: only floss = on has a value (0.5)",
-        "end, orthogonal: only floss = none has a value (0.4)",
+        "init, init = identity: only floss = none has a value (0.3)",
+        "end, init = default: only floss = on has a value (0.5)",
+        "end, init = orthogonal: only floss = none has a value (0.4)",
     ]
     kept, _, notes = lines_to_draw(frame[frame["floss"] == "on"], "floss", None, series, True)
     assert kept == {}
@@ -388,7 +388,8 @@ def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():
     frame = pd.DataFrame({"T": [5, 10, 5, 10, 10], "bptt": ["4", "4", "8", "8", "8"],
                           "end": [math.inf, math.inf, math.inf, 1.37, math.inf]})  # fmt: skip
     kept, _, notes = lines_to_draw(frame, "T", "bptt", {"end": "end"}, positive=True)
-    assert kept == {} and notes == ["end, 8: only T = 10 has a value (1.37, 1 of 2 runs)"]
+    assert kept == {}  # the hue level with its axis: 'end, 8' did not say 8 was a bptt
+    assert notes == ["end, bptt = 8: only T = 10 has a value (1.37, 1 of 2 runs)"]
 
 
 def test_values_at_one_level_for_every_hue_level_are_not_pooled_into_one_mean():
@@ -401,8 +402,8 @@ def test_values_at_one_level_for_every_hue_level_are_not_pooled_into_one_mean():
                           "half": [0.02, 0.02, 0.18, 0.18] + [math.inf] * 4})  # fmt: skip
     kept, _, notes = lines_to_draw(frame, "floss", "init", {"init": "half"}, positive=True)
     assert kept == {}
-    assert notes == ["init, default: only floss = none has a value (0.02)",
-                     "init, identity: only floss = none has a value (0.18)"]  # fmt: skip
+    assert notes == ["init, init = default: only floss = none has a value (0.02)",
+                     "init, init = identity: only floss = none has a value (0.18)"]  # fmt: skip
     same = frame.assign(half=[0.02] * 4 + [math.inf] * 4)  # alike: one note, no level named
     assert lines_to_draw(same, "floss", "init", {"init": "half"}, positive=True)[2] == [
         "init: only floss = none has a value (0.02)"
@@ -560,3 +561,11 @@ def test_a_legend_outside_the_last_column_is_not_cut_off_the_figure():
     drawn = (legend.get_window_extent().x1 - ax.get_window_extent().x0) / fig.dpi
     assert png.size[0] / DPI >= drawn > 4  # the figure is 4 in wide
     assert np.asarray(png.convert("L")).min() < 128
+
+
+def test_a_hue_of_several_axes_names_each_in_a_lone_values_note():
+    from rnnprobe.report.pages import _hue_text
+
+    assert _hue_text("init, clip", "default, none") == "init = default, clip = none"
+    assert _hue_text("train.bptt", "16") == "bptt = 16"
+    assert _hue_text("init, clip", "odd") == "odd" and _hue_text(None, "x") == "x"
