@@ -138,6 +138,15 @@ class DecayFit:
             return "grows"
         return "∞" if math.isinf(self.half_life) else f"{self.half_life:.3g}"
 
+    @property
+    def brief(self) -> str:
+        """Return the fit in a legend's words: "×0.5, t½ 1", "×0.984, flat", "×1.01, grows",
+        or its shape when it has no rate."""
+        if not self.ok:
+            return self.shape
+        half = self.half_life_text
+        return f"×{self.rate_per_step:.3g}, {half if half in ('flat', 'grows') else f't½ {half}'}"
+
 
 @dataclass(frozen=True)
 class PhaseMeasures:

@@ -417,10 +417,7 @@ def _layers(s: RunSummary) -> int:
 
 
 def _fit_text(s: RunSummary, phase: str) -> str:
-    d = s.phase(phase).decay
-    if not d.ok:
-        return d.shape
-    return f"×{d.rate_per_step:.3g}, t½ {d.half_life_text}"
+    return s.phase(phase).decay.brief
 
 
 def _ratio_text(s: RunSummary) -> str:

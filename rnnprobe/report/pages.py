@@ -912,10 +912,7 @@ def _run_reach(run: Run, s: RunSummary) -> pd.DataFrame:
 
 
 def _fit_label(s: RunSummary, label: str) -> str:
-    d = s.phase(label.partition(" ")[0]).decay
-    if d.ok:
-        return f"{label}: ×{d.rate_per_step:.3g}, t½ {d.half_life_text}"
-    return f"{label}: {d.shape}"
+    return f"{label}: {s.phase(label.partition(' ')[0]).decay.brief}"
 
 
 def _health(s: RunSummary) -> str:
@@ -1072,15 +1069,20 @@ def _label(summary: RunSummary, axes: list[str]) -> str:
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Return the summary with numbers as short text, and without all-empty columns; a
-    half-life whose gradient grows (decay per step > 1) reads "grows", not ∞."""
+    half-life reads as the Answer words it: "flat" for a flat fit, "grows" where the gradient
+    grows (decay per step > 1), not ∞."""
     keep = [c for c in summary.columns if summary[c].notna().any()]
     shown = summary[keep].map(_cell)
     for column in keep:
         phase = re.fullmatch(r"half_life(?:_over_seq_len)?_(\w+)", column)
-        decay = f"decay_per_step_{phase.group(1)}" if phase else None
+        if phase is None:
+            continue
+        decay, shape = (f"{what}_{phase.group(1)}" for what in ("decay_per_step", "decay_shape"))
         if decay in summary:
             grows = pd.to_numeric(summary[decay], errors="coerce") > 1
             shown.loc[grows, column] = "grows"
+        if shape in summary:
+            shown.loc[summary[shape] == "flat", column] = "flat"
     return shown
 
 

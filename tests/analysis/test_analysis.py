@@ -381,3 +381,10 @@ def test_a_first_step_far_off_the_rate_is_measured_and_named_beside_it():
     assert on_the_rate.first_step == pytest.approx(0.8)
     assert "first step" not in _decay_text(PhaseMeasures(phase="end", decay=on_the_rate), 12)
     assert math.isnan(fit_decay(curve([0.0] + [0.9**d for d in range(1, 13)])).first_step)
+
+
+def test_a_fit_reads_in_a_legend_as_the_answer_words_it():
+    assert DecayFit(0.5, 1.0, shape="exponential").brief == "×0.5, t½ 1"
+    assert DecayFit(0.984, math.inf, shape="flat").brief == "×0.984, flat"  # was 't½ flat'
+    assert DecayFit(1.01, math.inf, shape="exponential").brief == "×1.01, grows"
+    assert DecayFit(shape="not exponential").brief == "not exponential"

@@ -380,6 +380,8 @@ def test_the_summary_table_says_a_growing_gradient_grows():
     shown = display_table(summary)
     assert shown["half_life_end"].tolist() == ["1", "grows", "∞"]
     assert shown["half_life_over_seq_len_end"].tolist() == ["0.1", "grows", "∞"]
+    flat = display_table(summary.assign(decay_shape_end=["exponential", "flat", "flat"]))
+    assert flat["half_life_end"].tolist() == ["1", "flat", "flat"]  # as the Answer says
 
 
 def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():
