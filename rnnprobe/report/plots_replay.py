@@ -345,22 +345,23 @@ def plot_step_reach(reach: pd.DataFrame | None, *, layer: int = 0, ax: Axes | No
 def plot_step_lyapunov(
     lyapunov: pd.DataFrame | None, *, layer: int = 0, ax: Axes | None = None
 ) -> Axes:
-    """Return the Lyapunov spectrum of ``layer``, cut off at λ₁ − 10: exponents far below λ₁
-    (dead ReLU directions read as ln(tiny) per step) would flatten the ones that decide
-    growth. All −inf gives a note instead."""
+    """Return the Lyapunov spectrum of ``layer``, cut off 10 below its largest exponent:
+    exponents far below (dead ReLU directions read as ln(tiny) per step) would flatten the ones
+    that decide growth. All −inf gives a note instead."""
     ax = _axes(ax)
     values = np.array([])
     if lyapunov is not None and not lyapunov.empty:
         values = lyapunov[lyapunov["layer"] == layer]["exponent"].to_numpy(float)
     if len(values) and (values == -np.inf).all():
-        text = "every λ_i = −inf: φ′ = 0 cuts every direction (saturated tanh or inactive ReLU)"
-        note(ax, text, "λ_i (nats per time step)").set_title(f"Lyapunov spectrum, layer {layer}")
+        text = "every exponent = −∞: φ′ = 0 cuts every direction (saturated tanh or inactive ReLU)"
+        title = f"Lyapunov spectrum, layer {layer}"
+        note(ax, text, plots_training.YLABEL_SPECTRUM).set_title(title)
         return ax
     plots_training.plot_lyapunov_spectrum(lyapunov, layer=layer, ax=ax)
     values = values[np.isfinite(values)]
     if len(values) and values.min() < values.max() - 10:
         ax.set_ylim(values.max() - 10, max(values.max(), 0) + 0.5)
-        ax.set_title(ax.get_title() + " (down to λ₁ − 10)")
+        ax.set_title(ax.get_title() + " (down to 10 below the largest)")  # λ₁ is index 0
     return ax
 
 

@@ -268,6 +268,15 @@ def test_the_replay_lyapunov_panel_names_qr_order_and_counts_minus_infinity():
     ax = plot_step_lyapunov(rows, ax=Figure().subplots())
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "QR index" in ax.get_xlabel() and "step 7: 2 exponents\n= −∞" in texts
+    # index 1 above index 0: not λ₁ (index 0) − 10 but the largest − 10 bounds the axis
+    deep = rows.assign(exponent=[-0.3, 0.2, -20.0, -25.0])
+    ax = plot_step_lyapunov(deep, ax=Figure().subplots())
+    assert ax.get_title().endswith("(down to 10 below the largest)")
+    assert ax.get_ylim()[0] == pytest.approx(0.2 - 10)
+    dead = rows.assign(exponent=[-math.inf] * 4)
+    ax = plot_step_lyapunov(dead, ax=Figure().subplots())
+    assert ax.get_ylabel() == "exponent at index i (nats per time step)"
+    assert "every exponent = −∞" in " ".join(t.get_text() for t in ax.texts)
 
 
 def test_a_gross_loss_jump_warns_before_the_window_fills():
