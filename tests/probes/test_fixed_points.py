@@ -25,6 +25,7 @@ from rnnprobe.probes.fixed_points import (
     principal_components,
     speed,
 )
+from tests.support.runs import CHECKPOINTED
 
 f64 = torch.float64
 
@@ -173,19 +174,7 @@ def test_layer_trajectories_match_the_stacked_rnn():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny trained copy-task run with two layers of 8 units."""
-    settings = {
-        "device": "cpu",
-        "model.hidden_size": 8,
-        "model.layers": 2,
-        "task.seq_len": 4,
-        "train.steps": 12,
-        "train.batch_size": 8,
-        "train.eval_every": 12,
-        "train.eval_batches": 1,
-        "checkpoint_every": 12,
-        "flush_every": 12,
-        **{f"probes.{p}": "never" for p in ("hidden", "spectra", "lyapunov", "reach")},
-    }
+    settings = {**CHECKPOINTED, "model.layers": 2, "task.seq_len": 4}
     path = tmp_path_factory.mktemp("fixed_points") / "run"
     assert train_run(build_config(settings), path, progress=False).status == "done"
     return path

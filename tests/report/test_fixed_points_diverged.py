@@ -17,20 +17,9 @@ from click.testing import CliRunner
 from rnnprobe import build_config, train_run
 from rnnprobe.cli.fixed_points import fixed_points
 from rnnprobe.report.fixed_points import divergence_note
+from tests.support.runs import CHECKPOINTED
 
-SETTINGS = {
-    "device": "cpu",
-    "model.hidden_size": 8,
-    "model.layers": 1,
-    "task.seq_len": 40,
-    "train.steps": 12,
-    "train.batch_size": 8,
-    "train.eval_every": 12,
-    "train.eval_batches": 1,
-    "checkpoint_every": 12,
-    "flush_every": 12,
-    **{f"probes.{p}": "never" for p in ("hidden", "spectra", "lyapunov", "reach")},
-}
+SETTINGS = {**CHECKPOINTED, "model.layers": 1, "task.seq_len": 40}
 EXPLODING = {
     "model.nonlinearity": "relu",
     "model.init": "gaussian",

@@ -22,6 +22,21 @@ TINY = {
 }
 
 
+# A 12-step run of 8 units whose only records are the steps, adjoints and one checkpoint at
+# the end: for commands that read a trained model (fixed-points, sample), not its probes.
+CHECKPOINTED = {
+    "device": "cpu",
+    "model.hidden_size": 8,
+    "train.steps": 12,
+    "train.batch_size": 8,
+    "train.eval_every": 12,
+    "train.eval_batches": 1,
+    "checkpoint_every": 12,
+    "flush_every": 12,
+    **{f"probes.{p}": "never" for p in ("hidden", "spectra", "lyapunov", "reach")},
+}
+
+
 def tiny(**settings):
     return build_config({**TINY, **{k.replace("__", "."): v for k, v in settings.items()}})
 

@@ -15,20 +15,13 @@ from rnnprobe.data.corpus import Vocab
 from rnnprobe.records.store import RunStore
 from rnnprobe.training.loop import resume_config
 from rnnprobe.training.sampling import sample_pieces, sample_text
+from tests.support.runs import CHECKPOINTED
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory) -> Path:
-    settings = {
-        "device": "cpu",
-        "task.name": "lm",
-        "task.max_chars": 20000,
-        "task.seq_len": 16,
-        "model.hidden_size": 16,
-        "train.steps": 3,
-        "train.eval_batches": 1,
-        **{f"probes.{p}": "never" for p in ("hidden", "spectra", "lyapunov", "reach")},
-    }
+    lm = {"task.name": "lm", "task.max_chars": 20000, "task.seq_len": 16}
+    settings = {**CHECKPOINTED, **lm, "model.hidden_size": 16, "train.steps": 3}
     path = tmp_path_factory.mktemp("sampling") / "lm"
     assert train_run(build_config(settings), path, progress=False).status == "done"
     return path
