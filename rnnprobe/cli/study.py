@@ -176,11 +176,13 @@ def write_summary(table: pd.DataFrame, out: Path) -> None:
 
 
 def format_summary(analysis: StudyAnalysis) -> str:
-    """Return the answer lines, then the summary table's shown columns (same names as the CSV)."""
+    """Return the answer lines, then the summary table's shown columns (same names as the CSV),
+    each cell as the report's table writes it ("grows" or "flat" for a half-life, not inf)."""
+    from rnnprobe.report.pages import display_table
+
     if analysis.table.empty:
         return "(no runs)"
-    shown = analysis.shown.dropna(axis=1, how="all")
-    table = shown.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    table = display_table(analysis.shown).to_string(index=False)
     return "\n".join([*analysis.diagnosis.answer, "", table])
 
 
