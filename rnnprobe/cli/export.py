@@ -52,13 +52,18 @@ def export(path: Path, tensorboard_dir: Path) -> None:
         click.echo(f"rnnprobe: skipped {run_id}: {reason}", err=True)
     points = sum(run.points for run in done.runs)
     images = sum(len(run.image_tags) for run in done.runs)
-    runs = "1 run" if len(done.runs) == 1 else f"{len(done.runs)} runs"
     click.echo(
-        f"wrote {runs} ({points} scalars, {images} heatmaps) to {done.directory}; "
+        f"wrote {_count(len(done.runs), 'run')} ({_count(points, 'scalar')}, "
+        f"{_count(images, 'heatmap')}) to {done.directory}; "
         f"view with: tensorboard --logdir {done.directory}"
     )
     if done.damaged:  # damaged records that cannot be recovered: exit 1, as elsewhere
         sys.exit(1)
+
+
+def _count(n: int, noun: str) -> str:
+    """Return "1 run", "2 runs": ``n`` and the noun, plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 if __name__ == "__main__":
