@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from rnnprobe.analysis.diagnosis import analyse_study
 from rnnprobe.cli.main import main
 from rnnprobe.cli.study import format_summary
+from rnnprobe.records.store import load_run
 from rnnprobe.report.pages import display_table
 from tests.support.records import write_run, write_study
 
@@ -28,3 +29,28 @@ def test_export_counts_one_heatmap_in_the_singular(tmp_path):
     result = CliRunner().invoke(main, ["export", str(run), "--tensorboard", str(tmp_path / "tb")])
     assert result.exit_code == 0, result.output
     assert "wrote 1 run (" in result.output and "scalars, 1 heatmap) to" in result.output
+
+
+def test_train_closing_lines_name_the_early_warning_and_the_replay_commands(tmp_path):
+    """An exploding run (tests/report/test_replay.py's) warns, then goes non-finite: the closing
+    lines say so and give the commands to replay both steps and to report the run."""
+    run = tmp_path / "boom"
+    settings = {
+        "task": "adding", "seq-len": "8", "steps": "20", "optimizer": "sgd", "lr": "2.0",
+        "momentum": "0.0", "max-nonfinite": "2", "warn": "window=4,lyapunov=off,jacobian=off",
+        "hidden-size": "8", "batch-size": "4", "eval-every": "50", "eval-batches": "1",
+        "device": "cpu", "hidden": "never", "spectra": "never", "lyapunov": "never",
+        "reach": "never", "weight-grads": "never",
+    }  # fmt: skip
+    args = [f"--{key}={value}" for key, value in settings.items()]
+    result = CliRunner().invoke(main, ["train", *args, "--out", str(run), "--no-progress"])
+    assert result.exit_code == 1, result.output  # diverged
+    events = load_run(run).table("events")
+    warned = int(events.loc[events["kind"] == "warning", "step"].iloc[0])
+    nonfinite = int(events.loc[events["kind"] == "nonfinite", "step"].min())
+    lines = result.stdout.splitlines()
+    assert any(x.startswith(f"Early warning at step {warned}: ") for x in lines), lines
+    for step, kind in ((warned, "warning"), (nonfinite, "nonfinite")):
+        command = f"rnnprobe replay {run / 'snapshots' / f'{step}-{kind}.pt'}"
+        assert f"Replay step {step} ({kind}): {command}" in lines
+    assert lines[-1] == f"Figures and the full diagnosis: rnnprobe report {run}"
