@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from click.testing import CliRunner
 
 from rnnprobe.analysis.diagnosis import analyse_study
@@ -9,6 +11,8 @@ from rnnprobe.cli.main import main
 from rnnprobe.cli.study import format_summary
 from rnnprobe.records.store import load_run
 from rnnprobe.report.pages import display_table
+from rnnprobe.training.config import build_config
+from rnnprobe.training.loop import train_run
 from tests.support.records import write_run, write_study
 
 
@@ -54,3 +58,24 @@ def test_train_closing_lines_name_the_early_warning_and_the_replay_commands(tmp_
         command = f"rnnprobe replay {run / 'snapshots' / f'{step}-{kind}.pt'}"
         assert f"Replay step {step} ({kind}): {command}" in lines
     assert lines[-1] == f"Figures and the full diagnosis: rnnprobe report {run}"
+
+
+def test_fixed_points_line_counts_each_category_in_words(tmp_path):
+    config = build_config(
+        {"task.seq_len": 3, "model.hidden_size": 8, "train.steps": 4, "train.batch_size": 4,
+         "train.eval_every": 4, "train.eval_batches": 1, "device": "cpu", "checkpoint_every": 4,
+         "probes.hidden": "never", "probes.spectra": "never", "probes.lyapunov": "never",
+         "probes.reach": "never"}
+    )  # fmt: skip
+    run = train_run(config, tmp_path / "r", progress=False).run_dir
+    args = [str(run), "--starts", "4", "--batches", "1", "--out", str(tmp_path / "fp")]
+    result = CliRunner().invoke(main, ["fixed-points", *args])
+    assert result.exit_code == 0, result.output
+    counts = re.search(r"checkpoint at step 4: (.*) from 4 starts", result.stdout)
+    assert counts is not None, result.stdout
+    pairs = re.findall(r"(\d+) ([a-z ]+)", counts[1])  # in CATEGORIES' order
+    words = [("stable", "stable"), ("saddle", "saddles"), ("source", "sources")]
+    words.append(("slow point", "slow points"))
+    assert len(pairs) == 4, counts[1]
+    expected = [w[n != "1"] for w, (n, _) in zip(words, pairs, strict=True)]
+    assert [noun for _, noun in pairs] == expected
