@@ -182,7 +182,7 @@ def format_summary(analysis: StudyAnalysis) -> str:
 
     if analysis.table.empty:
         return "(no runs)"
-    table = display_table(analysis.shown).to_string(index=False)
+    table = display_table(analysis.shown, analysis.table).to_string(index=False)
     return "\n".join([*analysis.diagnosis.answer, "", table])
 
 

@@ -186,7 +186,7 @@ def _page(analysis: StudyAnalysis, paths: Sequence[Path], out: Path) -> Page:
         + [f"{labels[s.run_id]} — {d.headline}" for s, d in headlines]
     )
     page.heading("Summary")
-    page.table(display_table(analysis.shown))
+    page.table(display_table(analysis.shown, analysis.table))
     page.heading("Figures")
     palette = plots_study.run_colours([s.run_id for s in summaries])
     panels, missing = _panels(analysis, palette, labels, shared)

@@ -213,7 +213,7 @@ def _run_report(analysis: StudyAnalysis, out: Path) -> Page:
     page.heading("Diagnosis")
     page.bullets(diagnosis.lines())
     page.heading("Summary")
-    page.table(display_table(analysis.shown))
+    page.table(display_table(analysis.shown, analysis.table))
     if summary.last_step is None:
         page.text(f"No records yet (status {summary.status}): no figures.")
         return page
@@ -300,7 +300,7 @@ def _study_report(analysis: StudyAnalysis, out: Path, max_run_figures: int) -> P
     page.heading("Diagnosis")
     page.bullets(analysis.diagnosis.lines)
     page.heading("Summary")
-    page.table(display_table(analysis.shown))
+    page.table(display_table(analysis.shown, analysis.table))
     page.heading("Study figures")
     _study_figures(page, out, analysis, swept)
     page.heading("Runs")
@@ -1067,10 +1067,12 @@ def _label(summary: RunSummary, axes: list[str]) -> str:
     return ", ".join(parts)
 
 
-def display_table(summary: pd.DataFrame) -> pd.DataFrame:
+def display_table(summary: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return the summary with numbers as short text, and without all-empty columns; a
     half-life reads as the Answer words it: "flat" for a flat fit, "grows" where the gradient
-    grows (decay per step > 1), not ∞."""
+    grows (decay per step > 1), not ∞. ``full``: the table ``summary`` shows columns of (same
+    index), where the decay columns a half-life needs are read when ``summary`` lacks them."""
+    full = summary if full is None else full
     keep = [c for c in summary.columns if summary[c].notna().any()]
     shown = summary[keep].map(_cell)
     for column in keep:
@@ -1078,11 +1080,11 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         if phase is None:
             continue
         decay, shape = (f"{what}_{phase.group(1)}" for what in ("decay_per_step", "decay_shape"))
-        if decay in summary:
-            grows = pd.to_numeric(summary[decay], errors="coerce") > 1
+        if decay in full:
+            grows = pd.to_numeric(full[decay], errors="coerce") > 1
             shown.loc[grows, column] = "grows"
-        if shape in summary:
-            shown.loc[summary[shape] == "flat", column] = "flat"
+        if shape in full:
+            shown.loc[full[shape] == "flat", column] = "flat"
     return shown
 
 

@@ -153,7 +153,7 @@ def _run_lines(path: Path, s: RunSummary, d: RunDiagnosis, run: Run | None) -> l
         ["", *(f"{p.phase} ({_phase_steps(p.steps, d, p.phase)})" for p in phases)],
         ["regime", *(d.regime(p.phase) or "–" for p in phases)],
         ["decay per step", *(_decay(p.decay) for p in phases)],
-        ["half-life", *(_number(p.decay.half_life) + " steps" for p in phases)],
+        ["half-life", *(_half_life(p.decay) for p in phases)],
         ["λ₁", *(_number(p.lyapunov_max, "+.3g") for p in phases)],
     ]
     return lines + _columns(rows)
@@ -241,6 +241,14 @@ def _clipping(s: RunSummary, *, short: bool = False) -> str:
     if math.isfinite(s.clip_burst):
         text += f", norms up to {s.clip_burst:.3g} × the threshold"
     return text
+
+
+def _half_life(d: DecayFit) -> str:
+    """Return the half-life as the diagnosis words it: steps, or flat, grows, ∞."""
+    if not d.ok:
+        return "n/a"
+    text = d.half_life_text
+    return text if text in ("flat", "grows", "∞") else f"{text} steps"
 
 
 def _number(value: float, spec: str = ".3g") -> str:

@@ -382,6 +382,9 @@ def test_the_summary_table_says_a_growing_gradient_grows():
     assert shown["half_life_over_seq_len_end"].tolist() == ["0.1", "grows", "∞"]
     flat = display_table(summary.assign(decay_shape_end=["exponential", "flat", "flat"]))
     assert flat["half_life_end"].tolist() == ["1", "flat", "flat"]  # as the Answer says
+    full = summary.assign(decay_shape_end=["exponential", "flat", "flat"])  # the whole table
+    shown = display_table(summary[["half_life_end"]], full)  # what a report shows of it
+    assert shown["half_life_end"].tolist() == ["1", "flat", "flat"]  # HEAD: 'grows' and '∞'
 
 
 def test_a_series_with_values_at_one_level_names_the_lines_that_have_them():

@@ -267,3 +267,15 @@ def test_progress_bar_shows_recent_loss_validation_loss_and_clip_rate():
     assert recent.postfix(clipping=False) == {"loss": "2", "val_loss": "1.5"}
     window = clipped[-PROGRESS_STEPS - 1 : -1]  # steps 10-59
     assert recent.postfix(clipping=True)["clip"] == f"{window.mean():.0%}"
+
+
+def test_the_watch_words_a_half_life_as_the_diagnosis_does():
+    import math
+
+    from rnnprobe.analysis.runs import DecayFit
+    from rnnprobe.study.watch import _half_life
+
+    assert _half_life(DecayFit(0.5, 1.0, shape="exponential")) == "1 steps"
+    assert _half_life(DecayFit(0.98, math.inf, shape="flat")) == "flat"  # was '∞ steps'
+    assert _half_life(DecayFit(1.2, math.inf, shape="exponential")) == "grows"
+    assert _half_life(DecayFit(shape="not exponential")) == "n/a"
