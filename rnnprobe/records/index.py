@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rnnprobe.errors import RecordError
+from rnnprobe.errors import RecordError, RnnprobeError
 from rnnprobe.records.lock import writer_alive
 
 __all__ = [
@@ -236,6 +236,26 @@ def is_study_dir(path: str | os.PathLike) -> bool:
     """Return whether ``path`` holds a study: an index, or a ``runs/`` folder of runs."""
     path = Path(path)
     return (path / INDEX_NAME).is_file() or (path / "runs").is_dir()
+
+
+def run_or_study(path: str | os.PathLike) -> str:
+    """Return ``"run"`` or ``"study"`` for ``path``; raise a one-line error for anything else
+    (a folder of runs, as ``rnnprobe train`` fills ``runs/train``, gets its runs named)."""
+    path = Path(path)
+    if not path.exists():
+        raise RnnprobeError(f"{path}: no such file or directory; give a run or a study directory")
+    if is_run_dir(path):
+        return "run"
+    if is_study_dir(path):
+        return "study"
+    runs = sorted(p for p in path.iterdir() if is_run_dir(p)) if path.is_dir() else []
+    hint = ""
+    if runs:
+        shown = ", ".join(map(str, runs[:3])) + (", …" if len(runs) > 3 else "")
+        hint = f"; it holds {len(runs)} run{'s' * (len(runs) > 1)}: give one ({shown})"
+    raise RnnprobeError(
+        f"{path} is neither a run (no config.json) nor a study (no {INDEX_NAME} or runs/){hint}"
+    )
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:

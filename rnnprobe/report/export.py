@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.index import is_run_dir, run_or_study
 from rnnprobe.records.store import Run, load_run
 
 if TYPE_CHECKING:
@@ -353,10 +353,9 @@ def export_tensorboard(
     tensorboard package.
     """
     path, directory = Path(path), Path(directory)
-    if not path.exists():
-        raise RnnprobeError(f"{path} does not exist; give a run or a study directory")
+    kind = run_or_study(path)  # or a one-line error
     writer_class = summary_writer_class()
-    if is_run_dir(path):
+    if kind == "run":
         _prepare(directory)
         run = load_run(path, TABLES)
         target = directory / _safe(path.resolve().name)
@@ -383,12 +382,7 @@ def export_tensorboard(
 
 
 def _study_entries(path: Path) -> list[StudyEntry]:
-    """Return the study's runs; RnnprobeError when ``path`` is neither a run nor a study."""
-    from rnnprobe.records.index import INDEX_NAME, is_study_dir, read_study
+    """Return the runs of the study at ``path``."""
+    from rnnprobe.records.index import read_study
 
-    if not path.is_dir() or not is_study_dir(path):
-        raise RnnprobeError(
-            f"{path} is neither an rnnprobe run (no config.json) nor a study "
-            f"(no {INDEX_NAME} or runs/)"
-        )
     return read_study(path).runs

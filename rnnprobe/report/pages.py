@@ -37,7 +37,7 @@ from rnnprobe.analysis.class_scores import ClassScores
 from rnnprobe.analysis.diagnosis import StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.analysis.runs import RunSummary, training_only
 from rnnprobe.errors import RnnprobeError
-from rnnprobe.records.index import is_run_dir
+from rnnprobe.records.index import is_run_dir, run_or_study
 from rnnprobe.records.store import Run, load_run
 from rnnprobe.report import plots_classes, plots_gradients, plots_study, plots_training
 from rnnprobe.report.plots import distinct_colours, sorted_levels
@@ -166,11 +166,7 @@ def build_report(
     figures for representative runs only.
     """
     path = Path(path)
-    if not path.exists():
-        raise RnnprobeError(f"{path} does not exist")
-    is_study = (path / "study.json").is_file() or (path / "runs").is_dir()
-    if not is_run_dir(path) and not is_study:
-        raise RnnprobeError(f"{path} is neither an rnnprobe run (config.json) nor a study")
+    run_or_study(path)  # or a one-line error
     out = Path(output) if output is not None else path / "report"
     if out.exists() and not out.is_dir():
         raise RnnprobeError(f"output {out} exists and is not a directory")

@@ -22,11 +22,11 @@ from pathlib import Path
 from rnnprobe.analysis.diagnosis import RunDiagnosis, StudyAnalysis, analyse_run, analyse_study
 from rnnprobe.analysis.runs import PHASES, SUMMARY_TABLES, DecayFit, RunSummary
 from rnnprobe.errors import RecordError, RnnprobeError
-from rnnprobe.records.index import INDEX_NAME, is_run_dir, is_study_dir, read_status
+from rnnprobe.records.index import read_status, run_or_study
 from rnnprobe.records.store import Run, load_run
 from rnnprobe.study.spec import study_title
 
-__all__ = ["FINISHED", "View", "finished", "follow", "format_frame", "look", "target_kind"]
+__all__ = ["FINISHED", "View", "finished", "follow", "format_frame", "look"]
 
 FINISHED = ("done", "diverged", "failed", "interrupted")
 MAX_INTERVAL = 86400.0  # seconds; a longer wait is surely a typo
@@ -46,23 +46,9 @@ class View:
     error: str | None = None  # damaged records, as the store names them
 
 
-def target_kind(path: Path) -> str:
-    """Return ``run`` or ``study`` for ``path``; raise a one-line error for anything else."""
-    if not path.exists():
-        raise RnnprobeError(f"{path} does not exist; give a run or a study directory")
-    if is_run_dir(path):
-        return "run"
-    if is_study_dir(path):
-        return "study"
-    raise RnnprobeError(
-        f"{path} is neither a run directory (no config.json) nor a study directory "
-        f"(no {INDEX_NAME} or runs/)"
-    )
-
-
 def look(path: Path) -> View:
     """Return the view of ``path`` now: its tables read once and analysed."""
-    kind = target_kind(path)
+    kind = run_or_study(path)
     try:
         if kind == "run":
             analysis = analyse_run(load_run(path, SUMMARY_TABLES))

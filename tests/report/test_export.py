@@ -178,9 +178,9 @@ def test_missing_tensorboard_is_one_line_naming_the_extra(run_dir, tmp_path, mon
 @pytest.mark.parametrize(
     ("source", "target", "says"),
     [
-        ("missing", "tb", "does not exist"),
-        ("empty", "tb", "neither an rnnprobe run"),
-        ("file", "tb", "neither an rnnprobe run"),
+        ("missing", "tb", "missing: no such file or directory"),
+        ("empty", "tb", "is neither a run (no config.json) nor a study"),
+        ("file", "tb", "is neither a run (no config.json) nor a study"),
         ("run", "file", "is not a directory"),
         ("run", "file/tb", "cannot write TensorBoard events to"),
     ],

@@ -222,9 +222,9 @@ def test_study_not_started_is_waiting_under_its_default_name(tmp_path):
 @pytest.mark.parametrize(
     ("name", "args", "message"),
     [
-        ("absent", [], "does not exist"),
-        ("empty", [], "is neither a run directory (no config.json) nor a study directory"),
-        ("file", [], "is neither a run directory"),
+        ("absent", [], "absent: no such file or directory"),
+        ("empty", [], "is neither a run (no config.json) nor a study (no study.json or runs/)"),
+        ("file", [], "is neither a run (no config.json)"),
         ("empty", ["--interval", "0"], "--interval must be in"),
         ("empty", ["--interval", "nan"], "--interval must be in"),
     ],
