@@ -431,7 +431,8 @@ def diagnose_study(study: StudySummary, table: pd.DataFrame) -> StudyDiagnosis:
     flossed = pd.to_numeric(table.get("pre_floss_updates", pd.Series(dtype=float)), "coerce") > 0
     for name in PHASES:
         if f"regime_{name}" in table and table[f"regime_{name}"].notna().any():
-            line = _tally(table, f"regime_{name}", REGIMES, f"Gradients at {name}")
+            when = {"training": "during training", "end": "at the end"}.get(name, f"at {name}")
+            line = _tally(table, f"regime_{name}", REGIMES, f"Gradients {when}")
             if name == "init" and flossed.any():  # not the random initial weights there
                 line += f" Of these, {int(flossed.sum())} runs' step 1 follows pre-flossing."
             lines.append(line)

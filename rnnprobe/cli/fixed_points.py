@@ -83,7 +83,12 @@ def fixed_points(
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
-    from rnnprobe.report.fixed_points import analyse_run, divergence_note, write_results
+    from rnnprobe.report.fixed_points import (
+        analyse_run,
+        count_text,
+        divergence_note,
+        write_results,
+    )
 
     found = analyse_run(
         run, held, layer=layer, starts=starts, batches=batches, noise=noise,
@@ -95,19 +100,12 @@ def fixed_points(
     if note is not None:
         click.echo(f"rnnprobe: warning: {note}", err=True)
     fp = found.result
-    counts = ", ".join(_count(n, category) for category, n in fp.counts().items())
+    counts = ", ".join(count_text(n, category) for category, n in fp.counts().items())
     click.echo(
         f"layer {layer}, input {held}, checkpoint at step {found.settings['checkpoint_step']}: "
         f"{counts} from {fp.starts} starts ({fp.discarded} ended above q = {slow_tol:g}); "
         f"wrote {out / 'README.md'}"
     )
-
-
-def _count(n: int, category: str) -> str:
-    """Return "1 saddle", "0 sources", "2 stable", "3 slow points": a category's count in words,
-    as the README.md written beside the points says them."""
-    noun = {"slow": "slow point"}.get(category, category)
-    return f"{n} {noun}" if n == 1 or category == "stable" else f"{n} {noun}s"
 
 
 def parse_input(text: str) -> str | int:

@@ -281,6 +281,13 @@ def write_results(found: RunFixedPoints, out: Path) -> None:
         (staging / "README.md").write_text(readme_text, encoding="utf-8")
 
 
+def count_text(n: int, category: str) -> str:
+    """Return a category's count in words: "1 saddle", "0 sources", "2 stable", "3 slow
+    points" (the result line and README.md say them alike)."""
+    noun = {"slow": "slow point"}.get(category, category)
+    return f"{n} {noun}" if n == 1 or category == "stable" else f"{n} {noun}s"
+
+
 def figure_png(frames: dict[str, pd.DataFrame], summary: dict) -> bytes:
     """Return the two-panel PNG: points on the top PCs, and their Jacobians' eigenvalues."""
     import io
@@ -332,8 +339,8 @@ def readme(points: pd.DataFrame, summary: dict, png: bytes) -> str:
         page.text(f"Note: {note[0].upper()}{note[1:]}.")
     page.bullets(
         [
-            f"fixed points (q < {s['fixed_tol']:g}): {counts['stable']} stable, "
-            f"{counts['saddle']} saddles, {counts['source']} sources",
+            f"fixed points (q < {s['fixed_tol']:g}): "
+            + ", ".join(count_text(counts[c], c) for c in ("stable", "saddle", "source")),
             f"slow points (q < {s['slow_tol']:g}): {counts['slow']}",
             f"starts ending above q = {s['slow_tol']:g} (discarded): {s['discarded']}",
             f"points closer than {s['merge_tol']:g} are merged into one",

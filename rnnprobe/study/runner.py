@@ -243,12 +243,12 @@ class _Progress:
         eta = f"ETA {_duration(elapsed / self.here * left)}" if left else "all finished"
         if outcome.status == "interrupted":  # the study stops here: no ETA, nothing finished
             eta = "study interrupted"
-        where = " ".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items())
+        where = "".join(f" {k.rpartition('.')[2]}={v}" for k, v in values.items())
         note = f" ({outcome.message})" if outcome.status in ("failed", "diverged") else ""
         if outcome.status == "done":
             note = _run_outcome(self.runs / outcome.run_id)
         self.echo(
-            f"[{self.done}/{self.total}] {outcome.run_id} {where}: {outcome.status} "
+            f"[{self.done}/{self.total}] {outcome.run_id}{where}: {outcome.status} "
             f"at step {outcome.steps_done} in {_duration(outcome.seconds)}{note}; {eta}"
         )
 

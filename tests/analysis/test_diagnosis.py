@@ -475,3 +475,13 @@ def test_an_effect_is_read_only_where_every_level_has_a_value():
                             seq_len=float(t)) for t in (10, 100) for k in range(2)],
                             ["model.init", "task.seq_len"])  # fmt: skip
     assert "where every level has a value" not in balanced
+
+
+def test_the_regime_tallies_name_their_phase_in_words():
+    runs = [summary(f"r{k}", {"a": a, "seed": k}) for a in ("x", "y") for k in range(2)]
+    seeds = sorted({r.settings["seed"] for r in runs})
+    study = StudySummary("s", "", "", ["a"], seeds, runs)
+    table = study_table(study, [diagnose_run(r) for r in runs])
+    lines = diagnose_study(study, table).lines
+    starts = [line.split(" (")[0] for line in lines if line.startswith("Gradients")]
+    assert starts == ["Gradients at init", "Gradients at the end"]  # HEAD: 'at end'

@@ -25,6 +25,7 @@ from rnnprobe.probes.fixed_points import (
     principal_components,
     speed,
 )
+from rnnprobe.report.fixed_points import count_text
 from tests.support.runs import CHECKPOINTED
 
 f64 = torch.float64
@@ -199,7 +200,16 @@ def test_command_writes_records_and_a_figure(run, tmp_path):
     with Image.open(out / "fixed_points.png") as image:
         image.verify()
         assert image.size[0] > 800 and image.size[1] > 300
-    assert "(fixed_points.png)" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "(fixed_points.png)" in readme
+    counts = summary["points"]  # in words as the result line says them: '1 saddle', not '1 saddles'
+    words = ", ".join(count_text(counts[c], c) for c in ("stable", "saddle", "source"))
+    assert f"): {words}\n" in readme and words in done.stdout
+
+
+def test_counts_read_in_words():
+    assert [count_text(n, "saddle") for n in (0, 1, 2)] == ["0 saddles", "1 saddle", "2 saddles"]
+    assert (count_text(2, "stable"), count_text(1, "slow")) == ("2 stable", "1 slow point")
 
 
 @pytest.mark.parametrize("args", [["--layer", "1", "--input", "mean"], ["--input", "3"]])

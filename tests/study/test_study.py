@@ -23,7 +23,7 @@ from rnnprobe.study.runner import read_index, run_study
 from rnnprobe.study.spec import expand, load_spec, override, spec_from_dict
 from rnnprobe.training.config import build_config
 from tests.support.processes import finish, go, start_pausing, wait_for_pause
-from tests.support.runs import tiny_spec
+from tests.support.runs import TINY_SETTINGS, tiny_spec
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 WALL_CLOCK = ["seconds"]
@@ -405,3 +405,14 @@ def test_ray_missing_is_refused_before_the_study_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_ray)
     with pytest.raises(RnnprobeError, match="--executor ray needs Ray"):
         executors.RayExecutor()
+
+
+def test_a_study_without_axes_prints_its_progress_without_a_stray_space(tmp_path):
+    from rnnprobe.study.spec import StudySpec
+
+    spec = StudySpec("one", {**TINY_SETTINGS, "train.steps": 2}, {})
+    lines: list[str] = []
+    run_study(spec, tmp_path, InProcessExecutor(progress=False), echo=lines.append)
+    (line,) = [x for x in lines if x.startswith("[1/1] ")]
+    run_id = line.split()[1].rstrip(":")
+    assert line.startswith(f"[1/1] {run_id}: done at step 2 in "), line  # HEAD: 'id : done'
