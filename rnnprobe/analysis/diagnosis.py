@@ -81,6 +81,7 @@ __all__ = [
 
 REGIMES = ("exploding", "chaotic", "vanishing", "edge of chaos", "stable", "unknown")
 OUTCOMES = ("solved", "learning", "did not learn", "diverged", "untrained", "unknown")
+METRIC_NAMES = {"bpc": "bits per character", "mse": "mean squared error"}
 SPAN = 16.0  # r^T beyond 16 (or below 1/16): the gradient doubles (halves) within T/4 steps
 EDGE = 0.02  # |λ₁| per step below which the dynamics are at the edge of chaos
 FIRST_STEP = 2.0  # a first step back more than 2× off the fitted rate is named beside it
@@ -137,9 +138,22 @@ class RunDiagnosis:
         parts = [f"{v.phase} ({v.step}): {v.regime}" for v in self.phases.values()]
         return f"Outcome: {self.outcome}. Gradients — " + ("; ".join(parts) or "not measured")
 
+    @property
+    def metric_line(self) -> str | None:
+        """Return "Metric: <name> <final> (baseline <value>)." when the run has a task metric."""
+        s = self.summary
+        if not s.metric or not math.isfinite(s.final_metric):
+            return None
+        line = f"Metric: {METRIC_NAMES.get(str(s.metric), s.metric)} {s.final_metric:.4g}"
+        if math.isfinite(s.baseline_metric):
+            line += f" (baseline {s.baseline_metric:.4g})"
+        return line + "."
+
     def lines(self) -> list[str]:
-        """Return the headline, the outcome's reason, each phase's reasons, then notes."""
+        """Return the headline, the outcome's reason, the task metric, each phase's reasons,
+        then notes."""
         out = [self.headline + ".", f"Loss: {self.outcome_reason}."]
+        out += [self.metric_line] if self.metric_line else []
         for v in self.phases.values():
             out.append(f"{v.phase.capitalize()} ({v.step}): {v.regime} — {'; '.join(v.reasons)}.")
         return out + self.notes

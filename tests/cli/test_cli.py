@@ -105,6 +105,9 @@ def test_train_then_sample_from_the_language_model(tmp_path):
     assert bits is not None, result.output
     assert float(bits[1]) == pytest.approx(summary.final_metric, rel=1e-3)
     assert float(bits[2]) == pytest.approx(summary.baseline_metric, rel=1e-3)
+    report = invoke(["report", str(run), "-o", str(tmp_path / "report")])  # the same line there
+    assert report.exit_code == 0, report.output
+    assert f"- {bits[0]}." in (tmp_path / "report" / "README.md").read_text()  # HEAD: absent
     sampled = invoke(["sample", str(run), "--prime", "def ", "--length", "20"])
     assert sampled.exit_code == 0 and sampled.output.startswith("def ")
     assert "<unk>" not in sampled.output
