@@ -83,6 +83,8 @@ def fixed_points(
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed or wanted
+    from tqdm import tqdm
+
     from rnnprobe.report.fixed_points import (
         analyse_run,
         count_text,
@@ -90,10 +92,20 @@ def fixed_points(
         write_results,
     )
 
-    found = analyse_run(
-        run, held, layer=layer, starts=starts, batches=batches, noise=noise,
-        slow_tol=slow_tol, seed=seed,
-    )  # fmt: skip
+    # the search takes seconds to minutes: a bar of its evaluations, on a terminal only
+    with tqdm(unit=" evaluations", disable=None, leave=False, dynamic_ncols=True) as bar:
+        shown = [""]
+
+        def progress(stage: str) -> None:
+            if stage != shown[0]:  # (a disabled bar keeps no description to compare)
+                shown[0] = stage
+                bar.set_description_str(f"fixed points, {stage}", refresh=False)
+            bar.update()
+
+        found = analyse_run(
+            run, held, layer=layer, starts=starts, batches=batches, noise=noise,
+            slow_tol=slow_tol, seed=seed, progress=progress,
+        )  # fmt: skip
     out = run / "fixed_points" / f"layer{layer}-{held}" if out is None else out
     write_results(found, out)
     note = divergence_note(found.settings)

@@ -126,8 +126,12 @@ def minimise_speed(
     fixed_tol: float = 1e-12,
     lbfgs_iterations: int = 500,
     newton_steps: int = 50,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (h (N, H), q (N,)): each start moved to a minimum of q, all in float64.
+
+    ``progress(stage)`` is called at each evaluation of q ("L-BFGS", "Newton", "L-BFGS on the
+    rest"), for a progress bar.
 
     L-BFGS on the batch sum of q, guarded Newton steps on F(h) − h (module docstring), then a
     fresh L-BFGS on the starts still at q ≥ ``fixed_tol``: its curvature history no longer
@@ -136,11 +140,13 @@ def minimise_speed(
     """
     _check(w_hh, u, starts, "starts")
     w_hh, u = w_hh.detach().double(), u.detach().double()
-    h = _lbfgs(starts.detach().double(), w_hh, u, nonlinearity, lbfgs_iterations)
+    tick = progress or (lambda stage: None)
+    h = _lbfgs(starts.detach().double(), w_hh, u, nonlinearity, lbfgs_iterations, tick)
     q = speed(h, w_hh, u, nonlinearity)
     phi, _ = _phi(nonlinearity)
     eye = torch.eye(w_hh.shape[0], dtype=h.dtype)
     for _ in range(newton_steps if len(h) else 0):
+        tick("Newton")
         residual = phi(u + h @ w_hh.mT) - h  # (N, H)
         system = fixed_point_jacobians(h, w_hh, u, nonlinearity) - eye  # (N, H, H)
         delta, info = torch.linalg.solve_ex(system, -residual.unsqueeze(-1))
@@ -157,7 +163,7 @@ def minimise_speed(
             break
     rest = torch.isfinite(q) & (q >= fixed_tol)
     if rest.any():
-        h_rest = _lbfgs(h[rest], w_hh, u, nonlinearity, lbfgs_iterations)
+        h_rest = _lbfgs(h[rest], w_hh, u, nonlinearity, lbfgs_iterations, tick, "on the rest")
         q_rest = speed(h_rest, w_hh, u, nonlinearity)
         better = q_rest < q[rest]  # the sum went down; keep each start's own gain only
         h[rest] = torch.where(better.unsqueeze(-1), h_rest, h[rest])
@@ -166,9 +172,17 @@ def minimise_speed(
 
 
 def _lbfgs(
-    h: torch.Tensor, w_hh: torch.Tensor, u: torch.Tensor, nonlinearity: str, iterations: int
+    h: torch.Tensor,
+    w_hh: torch.Tensor,
+    u: torch.Tensor,
+    nonlinearity: str,
+    iterations: int,
+    tick: Callable[[str], None],
+    which: str = "",
 ) -> torch.Tensor:
-    """Return ``h`` (N, H) after ``iterations`` of L-BFGS on Σ_n q(h_n)."""
+    """Return ``h`` (N, H) after ``iterations`` of L-BFGS on Σ_n q(h_n); ``tick`` at each
+    evaluation."""
+    stage = f"L-BFGS {which}".strip()
     h = h.clone().requires_grad_(True)
     if iterations > 0 and len(h):
         optimiser = torch.optim.LBFGS(
@@ -182,6 +196,7 @@ def _lbfgs(
         )
 
         def closure() -> torch.Tensor:
+            tick(stage)
             optimiser.zero_grad()
             total = speed(h, w_hh, u, nonlinearity).sum()
             total.backward()
@@ -350,6 +365,7 @@ def find_fixed_points(
     merge_tol: float = 1e-3,
     lbfgs_iterations: int = 500,
     newton_steps: int = 50,
+    progress: Callable[[str], None] | None = None,
 ) -> FixedPoints:
     """Return the distinct fixed (q < fixed_tol) and slow (q < slow_tol) points reached from
     ``starts`` (N, H) under F(h) = φ(u + h W_hhᵀ), each with its Jacobian's eigenvalues."""
@@ -367,6 +383,7 @@ def find_fixed_points(
         fixed_tol=fixed_tol,
         lbfgs_iterations=lbfgs_iterations,
         newton_steps=newton_steps,
+        progress=progress,
     )
     good = torch.isfinite(q) & (q < slow_tol)
     h, q = h[good], q[good]

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 from rnnprobe.errors import RnnprobeError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
     import torch
 
@@ -64,9 +66,10 @@ class RunFixedPoints:
 
 def analyse_run(
     run: Path, held: str | int, *, layer: int, starts: int, batches: int, noise: float,
-    slow_tol: float, seed: int,
+    slow_tol: float, seed: int, progress: Callable[[str], None] | None = None,
 ) -> RunFixedPoints:  # fmt: skip
-    """Return the fixed and slow points of ``layer`` of the run's last checkpoint."""
+    """Return the fixed and slow points of ``layer`` of the run's last checkpoint;
+    ``progress(stage)`` at each step of the search (``find_fixed_points``)."""
     import torch
 
     from rnnprobe.core.models import ElmanRNN
@@ -152,6 +155,7 @@ def analyse_run(
         fpm.sample_starts(visited, starts, noise=noise, generator=generator),
         nonlinearity=config.model.nonlinearity,
         slow_tol=slow_tol,
+        progress=progress,
     )
     projection = fpm.principal_components(visited, 2)
     sample = torch.randperm(len(visited), generator=generator)[:VISITED_SAMPLE]

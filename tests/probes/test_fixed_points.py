@@ -264,3 +264,15 @@ def test_command_module_loads_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stderr.splitlines()[-1] == "[]", done.stderr
     assert "--input zero|mean|TOKEN" in done.stdout
+
+
+def test_the_search_reports_its_stages_and_finds_the_same_points():
+    torch.manual_seed(3)
+    w_hh, u = 1.5 * torch.randn(6, 6, dtype=f64) / 6**0.5, 0.1 * torch.randn(6, dtype=f64)
+    starts = torch.randn(12, 6, dtype=f64)
+    stages: list[str] = []
+    found = find_fixed_points(w_hh, u, starts, progress=stages.append)
+    quiet = find_fixed_points(w_hh, u, starts)
+    assert torch.equal(found.points, quiet.points) and torch.equal(found.q, quiet.q)
+    assert stages[0] == "L-BFGS" and "Newton" in stages  # a bar's description, each update
+    assert set(stages) <= {"L-BFGS", "Newton", "L-BFGS on the rest"}
