@@ -203,6 +203,7 @@ def train(
     config = None if resume_dir is not None else build_config(settings)  # usage errors: no torch
     import torch
 
+    from rnnprobe.records.index import read_status
     from rnnprobe.report.terminal import format_run_summary
     from rnnprobe.training.callbacks import ResumeHint
     from rnnprobe.training.loop import resume_config, train_run
@@ -211,8 +212,10 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     run_dir: str
+    finished = False  # a resumed run that had already finished: nothing is trained
     if resume_dir is not None:
         config, run_dir = resume_config(resume_dir), resume_dir
+        finished = read_status(run_dir).get("status") == "done"  # (diverged: said below)
     else:
         assert config is not None  # built above
         run_dir = out or f"runs/train/{config.run_id()}"
@@ -228,6 +231,8 @@ def train(
             )
             sys.exit(130)
         raise
+    if finished:
+        click.echo(f"rnnprobe: {run_dir} had already finished: nothing to train", err=True)
     click.echo(format_run_summary(result.run_dir))
     if result.status != "done":
         click.echo(f"rnnprobe: run {result.status}: {result.message}", err=True)

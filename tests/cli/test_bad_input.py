@@ -479,6 +479,18 @@ def test_train_out_holding_another_run_is_refused(copy_run, tmp_path):
 # -- damaged run records ------------------------------------------------------------------
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(copy_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(copy_run, run)
+    before = (run / "status.json").read_bytes()
+    result = invoke(["train", "--resume", run, "--no-progress"])
+    assert result.exit_code == 0, result.stderr
+    # HEAD printed the closing lines alone, as if it had trained
+    assert result.stderr == f"rnnprobe: {run} had already finished: nothing to train\n"
+    assert result.stdout.startswith(f"run done after 6 steps: {run}")
+    assert (run / "status.json").read_bytes() == before
+
+
 def test_truncated_status_json_resumes_as_interrupted(copy_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(copy_run, run)
